@@ -1,0 +1,1 @@
+"""Inputs: image files, class names, prompt templates."""

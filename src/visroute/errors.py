@@ -1,0 +1,29 @@
+"""User-facing errors: each carries a message meant to be printed as is, without a traceback."""
+
+
+class VisrouteError(Exception):
+    """Base class for errors whose message tells the user what to do."""
+
+
+class ModelLoadError(VisrouteError):
+    """A model spec could not be turned into a loaded model."""
+
+
+class MissingExtraError(VisrouteError):
+    """An optional dependency (an extra of the visroute package) is not installed."""
+
+    def __init__(self, extra: str, package: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the optional package '{package}', which is not installed. "
+            f"Install it with: pip install 'visroute[{extra}]'"
+        )
+        self.extra = extra
+        self.package = package
+
+
+class LabelError(VisrouteError):
+    """Class names / labels given by the user are unusable (empty, duplicated, malformed)."""
+
+
+class TemplateError(VisrouteError):
+    """Prompt templates are unusable (missing {c}, empty file, unknown dataset key)."""

@@ -1,0 +1,99 @@
+"""transformers backend for CLIP, SigLIP and SigLIP2 (and other dual encoders with the same API)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visroute.errors import ModelLoadError
+from visroute.models.contrastive import Batch, ContrastiveModel
+
+SIGMOID_MODEL_TYPES = {"siglip", "siglip2"}
+
+
+class HFImagePreprocess:
+    """Runs the model's own image processor on one image (the same pixels transformers' pipeline sees)."""
+
+    def __init__(self, image_processor: Any):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Any) -> Batch:
+        out = self.image_processor(images=image, return_tensors="pt")
+        return {k: v[0] for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+class HFContrastiveModel(ContrastiveModel):
+    def __init__(self, model: Any, image_processor: Any, tokenizer: Any, spec: str,
+                 device: torch.device, dtype: torch.dtype, is_random: bool = False):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.is_random = is_random
+        cfg = model.config
+        self.model_type = cfg.model_type
+        self.score_rule = "sigmoid" if self.model_type in SIGMOID_MODEL_TYPES or hasattr(model, "logit_bias") else "softmax"
+        self.logit_scale = float(model.logit_scale.detach().float().exp())
+        self.logit_bias = float(model.logit_bias.detach().float()) if hasattr(model, "logit_bias") else 0.0
+        text_cfg = getattr(cfg, "text_config", cfg)
+        self.context_length = int(getattr(text_cfg, "max_position_embeddings", 77))
+        self._preprocess = HFImagePreprocess(image_processor)
+
+    @property
+    def preprocess(self) -> HFImagePreprocess:
+        return self._preprocess
+
+    def _image_forward(self, batch: Batch) -> torch.Tensor:
+        return _embeds(self.model.get_image_features(**batch))
+
+    def _text_forward(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.score_rule == "sigmoid":
+            # SigLIP was trained on texts padded to the full context; its pooled token is the last one.
+            kw = dict(padding="max_length", max_length=self.context_length, truncation=True)
+        else:
+            kw = dict(padding=True, max_length=self.context_length, truncation=True)
+        tok = self.tokenizer(list(texts), return_tensors="pt", **kw)
+        tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        return _embeds(self.model.get_text_features(**tok))
+
+
+def _embeds(out: Any) -> torch.Tensor:
+    """get_*_features returns a tensor in transformers 4.x and a ModelOutput (pooler_output) in 5.x."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output
+
+
+def load_hf_contrastive(location: str, spec: str, device: torch.device, dtype: torch.dtype,
+                        is_random: bool = False) -> HFContrastiveModel:
+    try:
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+    except ImportError as e:  # pragma: no cover - transformers is a core dependency
+        raise ModelLoadError(f"transformers is not importable: {e}") from e
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    is_dir = Path(location).expanduser().is_dir()
+    try:
+        model = AutoModel.from_pretrained(location, dtype=dtype)
+        image_processor = AutoImageProcessor.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, EnvironmentError) as e:
+        where = f"local directory '{location}'" if is_dir else f"Hugging Face hub id '{location}'"
+        hint = (
+            "Point at local weights with --model hf:/path/to/model_dir (a directory saved with "
+            "save_pretrained), or run `visroute classify --model random-tiny` for an offline smoke test."
+        )
+        net = " HF_HUB_OFFLINE is set, so only the local cache was searched." if offline and not is_dir else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {where} with transformers ({first}).{net} {hint}") from e
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise ModelLoadError(
+            f"'{location}' is a {type(model).__name__}, not a dual image-text encoder "
+            "(CLIP, SigLIP, SigLIP2); it has no get_image_features/get_text_features"
+        )
+    return HFContrastiveModel(model, image_processor, tokenizer, spec, device, dtype, is_random=is_random)

@@ -1,0 +1,83 @@
+"""What `visroute models` shows: known specs and whether their weights are already on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from visroute.models.spec import KNOWN_MODELS, parse_model_spec
+
+CONTRASTIVE_TYPES = {"clip", "siglip", "siglip2", "chinese_clip", "altclip", "align"}
+
+
+def _hf_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _openclip_cached(arch: str, tag: str | None) -> bool:
+    if not tag:
+        return False
+    if Path(tag).expanduser().is_file():
+        return True
+    try:
+        import open_clip
+        from huggingface_hub import scan_cache_dir
+
+        hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "")
+        repo = hub.strip("/").split("/")
+        repo_id = "/".join(repo[:2]) if len(repo) >= 2 else ""
+        return bool(repo_id) and any(r.repo_id == repo_id for r in scan_cache_dir().repos)
+    except Exception:
+        return False
+
+
+def is_available_locally(spec: str) -> bool:
+    parsed = parse_model_spec(spec)
+    if parsed.backend == "hf":
+        return Path(parsed.location).expanduser().is_dir() or _hf_cached(parsed.location)
+    if parsed.backend == "openclip":
+        if parsed.location.startswith("local-dir:"):
+            return Path(parsed.location[len("local-dir:"):]).is_dir()
+        return _openclip_cached(parsed.location, parsed.pretrained)
+    if parsed.backend == "random-tiny":
+        return True  # built locally on first use
+    return False
+
+
+def cached_hub_models() -> list[str]:
+    """Hub repos in the local Hugging Face cache whose config is a CLIP-family model."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = scan_cache_dir().repos
+    except Exception:
+        return []
+    found = []
+    for repo in repos:
+        if repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            cfg = next((f.file_path for f in rev.files if f.file_name == "config.json"), None)
+            if cfg is None:
+                continue
+            try:
+                if json.loads(Path(cfg).read_text()).get("model_type") in CONTRASTIVE_TYPES:
+                    found.append(repo.repo_id)
+                    break
+            except (OSError, ValueError):
+                continue
+    return sorted(found)
+
+
+def list_models() -> list[dict]:
+    rows = [{"name": name, "spec": spec, "cached": is_available_locally(spec)} for name, spec in KNOWN_MODELS.items()]
+    known = {r["spec"] for r in rows}
+    for repo_id in cached_hub_models():
+        if f"hf:{repo_id}" not in known:
+            rows.append({"name": repo_id, "spec": f"hf:{repo_id}", "cached": True})
+    return rows

@@ -1,0 +1,154 @@
+"""Tiny randomly initialised CLIP / SigLIP models, built locally and loaded through the normal hf loader.
+
+They exist so that every command runs on a machine with no access to pretrained weights: the
+pipeline, batching, caching and scoring are real, only the weights are random (so predictions are
+at chance, and outputs say so). Building is deterministic: the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+TINY_VERSION = 1
+
+# Text used to train the SigLIP test tokenizer; any English-ish text works.
+_CORPUS = [
+    "a photo of a {c}.", "a blurry photo of the {c}.", "a good photo of a small {c}.",
+    "itap of a {c}.", "a rendering of a {c}.", "a sculpture of the {c}.", "art of the {c}.",
+    "cat dog bird airplane automobile deer frog horse ship truck tench goldfish shark",
+    "which is has a bird with a red crest, long legs, striped fur, metal wheels and wings",
+    "the quick brown fox jumps over the lazy dog 0123456789",
+]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VISROUTE_CACHE", Path.home() / ".cache" / "visroute"))
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable unicode table (the standard byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_clip_tokenizer(directory: Path, merges: list[tuple[str, str]] | None = None,
+                         context_length: int = 77) -> None:
+    """Write a CLIP BPE tokenizer (vocab.json + merges.txt) and save it in transformers' format.
+
+    With no merges this is a character-level CLIP tokenizer (514 tokens). transformers 5 builds
+    an empty tokenizer from CLIPTokenizer(vocab_file=..., merges_file=...), so it is loaded from
+    the directory with from_pretrained and saved back.
+    """
+    from transformers import CLIPTokenizer
+
+    merges = merges or []
+    chars = list(bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    with tempfile.TemporaryDirectory() as raw:
+        raw_dir = Path(raw)
+        (raw_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (raw_dir / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+        )
+        tok = CLIPTokenizer.from_pretrained(raw_dir, model_max_length=context_length, pad_token="<|endoftext|>")
+        tok.save_pretrained(directory)
+
+
+def write_sentencepiece_tokenizer(directory: Path, vocab_size: int = 128) -> None:
+    """Train a tiny sentencepiece model on a fixed corpus and save a SigLIP tokenizer around it."""
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    with tempfile.TemporaryDirectory() as raw:
+        corpus = Path(raw) / "corpus.txt"
+        corpus.write_text("\n".join(_CORPUS * 4), encoding="utf-8")
+        prefix = str(Path(raw) / "spiece")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
+            character_coverage=1.0, num_threads=1, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            hard_vocab_limit=False, minloglevel=2,
+        )
+        tok = SiglipTokenizer(vocab_file=prefix + ".model", model_max_length=64)
+        tok.save_pretrained(directory)
+
+
+def tiny_clip_config(vocab_size: int, hidden: int = 32, layers: int = 2, image_size: int = 224,
+                     patch_size: int = 32, projection_dim: int = 32):
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1),
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                           num_attention_heads=2, image_size=image_size, patch_size=patch_size),
+        projection_dim=projection_dim,
+    )
+
+
+def build_tiny_clip(directory: Path, seed: int = 0, **config_kw) -> Path:
+    """Save a random tiny CLIP (model, image processor, char-level CLIP tokenizer) into ``directory``."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_clip_tokenizer(directory)
+    vocab_size = len(CLIPTokenizer.from_pretrained(directory))
+    torch.manual_seed(seed)
+    model = CLIPModel(tiny_clip_config(vocab_size, **config_kw))
+    model.save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(directory)
+    return directory
+
+
+def build_tiny_siglip(directory: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """Save a random tiny SigLIP (model, image processor, sentencepiece tokenizer) into ``directory``."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_sentencepiece_tokenizer(directory)
+    vocab_size = len(SiglipTokenizer.from_pretrained(directory))
+    config = SiglipConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64,
+                         projection_size=hidden, pad_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                           num_attention_heads=2, image_size=224, patch_size=32),
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config)
+    model.save_pretrained(directory)
+    SiglipImageProcessor(size={"height": 224, "width": 224}).save_pretrained(directory)
+    return directory
+
+
+def ensure_random_tiny(variant: str) -> Path:
+    """Build (once, atomically) and return the cached directory of the random-tiny model ``variant``."""
+    target = cache_root() / "models" / f"random-tiny-{variant}-v{TINY_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    (build_tiny_siglip if variant == "siglip" else build_tiny_clip)(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; theirs is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,116 @@
+"""Shared fixtures: real images from ../shared/data and tiny random models built through the real loaders."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VISROUTE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep visroute's cache (random-tiny builds, features) inside the test session."""
+    os.environ["VISROUTE_CACHE"] = str(tmp_path_factory.mktemp("visroute-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "imagenet-sample" / "labels.csv").is_file():
+        pytest.fail(f"shared data not found at {SHARED} (set VISROUTE_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def imagenet_images(shared_data) -> list[Path]:
+    """A fixed handful of real ImageNet JPEGs, grayscale ones included."""
+    names = ["n01440764_tench", "n01443537_goldfish", "n02096051_Airedale", "n02123045_tabby",
+             "n03417042_garbage_truck", "n04254680_soccer_ball", "n07753592_banana", "n09472597_volcano"]
+    return [shared_data / "imagenet-sample" / f"{n}.JPEG" for n in names]
+
+
+def clip_bpe_merges() -> list[tuple[str, str]]:
+    """The real CLIP BPE merges, read from the vocabulary file open_clip's wheel ships."""
+    from open_clip.tokenizer import default_bpe
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """Tiny random transformers CLIP with the real CLIP BPE tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from visroute.models.tiny import tiny_clip_config, write_clip_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-clip")
+    write_clip_tokenizer(d, merges=clip_bpe_merges())
+    vocab = len(CLIPTokenizer.from_pretrained(d))
+    torch.manual_seed(1)
+    CLIPModel(tiny_clip_config(vocab)).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    from visroute.models.tiny import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2_dir(tmp_path_factory) -> Path:
+    """Tiny random SigLIP2 (NaFlex image processor: patches + attention mask + spatial shapes)."""
+    import torch
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, SiglipTokenizer
+
+    from visroute.models.tiny import write_sentencepiece_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-siglip2")
+    write_sentencepiece_tokenizer(d)
+    vocab = len(SiglipTokenizer.from_pretrained(d))
+    cfg = Siglip2Config(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, projection_size=32,
+                         pad_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           patch_size=16, num_patches=64),
+    )
+    torch.manual_seed(3)
+    Siglip2Model(cfg).save_pretrained(d)
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=64).save_pretrained(d)
+    return d
+
+
+TINY_OPENCLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_openclip_dir(tmp_path_factory) -> Path:
+    """Tiny random open_clip model saved as an open_clip local directory (config + safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("tiny-openclip")
+    cfg = {"model_cfg": TINY_OPENCLIP_CFG, "preprocess_cfg": {}}
+    (d / "open_clip_config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(4)
+    model = open_clip.create_model("local-dir:" + str(d))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    return d

@@ -1,0 +1,115 @@
+"""`visroute classify` and `visroute models` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from visroute.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def folder(tmp_path, imagenet_images):
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    for p in imagenet_images[:3]:
+        shutil.copy(p, d / p.name)
+    shutil.copy(imagenet_images[3], d / "sub" / imagenet_images[3].name)
+    (d / "broken.jpg").write_bytes(imagenet_images[0].read_bytes()[:500])
+    return d
+
+
+def _json(result):
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_classify_json_reports_predictions_and_skips(folder, tiny_clip_dir):
+    r = runner.invoke(app, ["classify", str(folder), "--labels", "cat, dog ,fish", "--model", f"hf:{tiny_clip_dir}",
+                            "--top-k", "2", "--json", "--device", "cpu"])
+    assert r.exit_code == 1, r.output  # something was skipped
+    doc = _json(r)
+    assert doc["n_classified"] == 4 and doc["n_skipped"] == 1
+    assert doc["skipped"][0]["path"].endswith("broken.jpg") and doc["skipped"][0]["reason"]
+    assert doc["labels"] == ["cat", "dog", "fish"] and doc["random_weights"] is False
+    for p in doc["predictions"]:
+        assert len(p["labels"]) == 2 and set(p["labels"]) <= {"cat", "dog", "fish"} and p["scores"][0] >= p["scores"][1]
+
+
+def test_classify_matches_python_api(folder, tiny_clip_dir):
+    from visroute import ZeroShotClassifier, load_model
+    from visroute.classify import classify_images
+
+    (folder / "broken.jpg").unlink()
+    r = runner.invoke(app, ["classify", str(folder), "--labels", "cat,dog,fish", "--model", f"hf:{tiny_clip_dir}", "--json"])
+    assert r.exit_code == 0, r.output
+    head = ZeroShotClassifier(load_model(f"hf:{tiny_clip_dir}", device="cpu")).fit(["cat", "dog", "fish"])
+    run = classify_images(head, [folder], top_k=5, num_workers=0)
+    cli = {p["path"]: p for p in _json(r)["predictions"]}
+    assert len(cli) == len(run.predictions) == 4
+    for p in run.predictions:
+        assert cli[p.path]["labels"] == p.labels
+        assert cli[p.path]["scores"] == pytest.approx(p.scores, abs=1e-6)
+
+
+def test_random_tiny_smoke_run_is_labelled(folder):
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels", "cat,dog", "--model", "random-tiny"])
+    assert r.exit_code == 0, r.output
+    assert "random weights" in r.stderr and "chance" in r.stderr
+    assert r.stdout.count("\t") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", ""], "empty"),
+    (["--labels", " , ,"], "empty"),
+    (["--labels", "cat", "--templates", "missing.txt"], "does not exist"),
+])
+def test_bad_labels_are_usage_errors(args, message, folder, tiny_clip_dir):
+    r = runner.invoke(app, ["classify", str(folder), "--model", f"hf:{tiny_clip_dir}", *args])
+    assert r.exit_code == 2
+    assert message in r.stderr and "Traceback" not in r.output
+
+
+def test_duplicate_labels_are_merged_with_a_warning(folder, tiny_clip_dir):
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels", "cat,dog,cat", "--model", f"hf:{tiny_clip_dir}", "--json"])
+    assert r.exit_code == 0
+    assert "repeated label(s) merged: cat" in r.stderr and _json(r)["labels"] == ["cat", "dog"]
+
+
+def test_labels_from_csv_column(folder, tiny_clip_dir, shared_data):
+    labels = shared_data / "imagenet-sample" / "labels.csv"
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels-file", str(labels), "--model", f"hf:{tiny_clip_dir}", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(_json(r)["labels"]) == 998  # 1000 CLIP names, two of them repeated (missile, sunglasses)
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels-file", f"{labels}:nope", "--model", f"hf:{tiny_clip_dir}"])
+    assert r.exit_code == 2 and "no column 'nope'" in r.stderr
+
+
+def test_labels_and_templates_from_clip_benchmark_files(folder, tiny_clip_dir, shared_data):
+    cls = shared_data / "classnames" / "en_classnames.json"
+    tpl = shared_data / "classnames" / "en_zeroshot_classification_templates.json"
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels-file", f"{cls}:pets", "--templates", f"{tpl}:pets",
+                            "--model", f"hf:{tiny_clip_dir}", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    assert len(doc["labels"]) == 37 and doc["templates"] == json.loads(tpl.read_text())["pets"]
+    r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels-file", str(cls), "--model", f"hf:{tiny_clip_dir}"])
+    assert r.exit_code == 2 and "keyed by dataset" in r.stderr
+
+
+def test_unreachable_model_is_one_line_not_a_traceback(folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["classify", str(folder), "--labels", "a,b", "--model", "hf:visroute-test/nope"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "random-tiny" in r.stderr
+
+
+def test_models_lists_known_specs():
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["clip-vit-b-32"]["spec"] == "hf:openai/clip-vit-base-patch32"
+    assert rows["random-tiny"]["cached"] is True
