@@ -83,7 +83,7 @@ def tiny_siglip2_dir(tmp_path_factory) -> Path:
     cfg = Siglip2Config(
         text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=64, projection_size=32,
-                         pad_token_id=0, eos_token_id=1),
+                         pad_token_id=0, eos_token_id=1, bos_token_id=1),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            patch_size=16, num_patches=64),
     )

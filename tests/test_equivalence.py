@@ -13,18 +13,25 @@ from visroute.models import load_model
 LABELS = ["tench", "goldfish", "great white shark", "a tabby cat", "garbage truck", "volcano"]
 
 
+@pytest.mark.parametrize("image_backend", ["pil", None])
 @pytest.mark.parametrize("fixture", ["tiny_clip_dir", "tiny_siglip_dir", "tiny_siglip2_dir"])
-def test_hf_backend_matches_transformers_pipeline(fixture, request, imagenet_images):
-    from transformers import pipeline
+def test_hf_backend_matches_transformers_pipeline(fixture, image_backend, request, imagenet_images):
+    """Default (PIL image processor) and transformers' automatic choice, each against the pipeline given the same."""
+    from transformers import AutoImageProcessor, pipeline
 
     model_dir = request.getfixturevalue(fixture)
-    model = load_model(f"hf:{model_dir}", device="cpu")
+    model = load_model(f"hf:{model_dir}", device="cpu", image_backend=image_backend)
     head = ZeroShotClassifier(model, ["a photo of a {c}."]).fit(LABELS)
     encoded = encode_image_files(model, imagenet_images, batch_size=3, num_workers=2)
     assert encoded.paths == [str(p) for p in imagenet_images]
     ours = head.predict_proba(encoded.embeddings)
 
-    pipe = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
+    if image_backend is None:  # the pipeline exactly as a user gets it by default
+        pipe = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
+    else:
+        proc = AutoImageProcessor.from_pretrained(model_dir, backend=image_backend)
+        pipe = pipeline("zero-shot-image-classification", model=str(model_dir), image_processor=proc, device="cpu")
+    assert type(pipe.image_processor).__name__ == type(model.image_processor).__name__
     out = pipe([str(p) for p in imagenet_images], candidate_labels=LABELS, hypothesis_template="a photo of a {}.")
     ref = torch.tensor([[{o["label"]: o["score"] for o in row}[lab] for lab in LABELS] for row in out])
 

@@ -127,6 +127,119 @@ def models(
                "openclip:local-dir:<dir>, a local model directory.")
 
 
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model spec; repeat for several.")],
+    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset spec; repeat for several.")],
+    head: Annotated[str, typer.Option(help="Head: zeroshot.")] = "zeroshot",
+    templates: Annotated[Optional[str], typer.Option(help="Templates with {c}: .txt, JSON list or FILE.json:KEY.")] = None,
+    classnames: Annotated[Optional[str], typer.Option(help="Class names overriding the dataset's (FILE or FILE.json:KEY).")] = None,
+    output: Annotated[Path, typer.Option(help="Directory for result JSON + Parquet files.")] = Path("results"),
+    skip_existing: Annotated[bool, typer.Option(help="Skip runs whose result JSON already exists.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: one per core).")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per feature-cache shard (resume granularity).")] = 2048,
+    fast_decode: Annotated[bool, typer.Option(help="Opt-in reduced-size JPEG decoding.")] = False,
+    device: Annotated[str, typer.Option()] = "auto",
+    dtype: Annotated[str, typer.Option()] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
+    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.models import load_model
+
+    _quiet_libraries()
+    opts = EvalOptions(head=head, templates=templates, classnames=classnames, output=output, batch_size=batch_size,
+                       workers=workers, shard_size=shard_size, fast_decode=fast_decode, skip_existing=skip_existing,
+                       progress=progress, device=device, dtype=dtype)
+    rows, failed = [], 0
+    for spec in model:
+        loaded = None
+        for ds in dataset:
+            try:
+                if loaded is None and not skip_existing:
+                    loaded = load_model(spec, device=device, dtype=dtype)
+                doc = evaluate(loaded or spec, ds, opts)
+            except VisrouteError as e:
+                typer.secho(f"error: {spec} on {ds}: {e}", err=True, fg=typer.colors.RED)
+                failed += 1
+                continue
+            rows.append(doc)
+            for s in doc.get("visroute", {}).get("skipped", []):
+                typer.secho(f"skipped: {s['id']}: {s['reason']}", err=True, fg=typer.colors.YELLOW)
+    if rows:
+        typer.echo(_summary_table(rows))
+    raise typer.Exit(EXIT_USAGE if failed and not rows else (EXIT_SOME_SKIPPED if failed else EXIT_OK))
+
+
+def _summary_table(rows: list[dict]) -> str:
+    head = ["dataset", "model", "head", "templates", "acc1", "acc5", "mpcr", "n", "skipped", "img/s", "note"]
+    lines = []
+    for d in rows:
+        v = d.get("visroute", {})
+        m = d["metrics"]
+        note = ("random weights" if v.get("random_weights") else "") + (" (existing)" if d.get("_skipped_existing") else "")
+        lines.append([d["dataset"], v.get("model_spec", d["model"]), v.get("head", ""), str(v.get("templates", "")),
+                      f"{m['acc1']:.4f}", f"{m['acc5']:.4f}", f"{m['mean_per_class_recall']:.4f}",
+                      str(v.get("n_evaluated", "")), str(v.get("n_skipped", "")),
+                      f"{v['images_per_s']:.1f}" if v.get("images_per_s") else "", note.strip()])
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="Directory with result JSON files (searched recursively).")],
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG bar chart of acc1 per dataset and model.")] = None,
+    metric: Annotated[str, typer.Option(help="Metric to plot: acc1, acc5 or mean_per_class_recall.")] = "acc1",
+) -> None:
+    """Compare result files: a table, and optionally a PNG bar chart."""
+    from visroute.eval.report import plot_results
+    from visroute.eval.results import read_results
+
+    rows = read_results(directory)
+    if not rows:
+        raise _fail(f"no visroute result files under {directory}")
+    typer.echo(_summary_table(rows))
+    if plot is not None:
+        try:
+            plot_results(rows, plot, metric)
+        except VisrouteError as e:
+            raise _fail(str(e))
+        typer.echo(f"wrote {plot}", err=True)
+
+
+cache_app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List cached feature sets."""
+    from visroute.features.cache import FeatureCache
+
+    cache = FeatureCache()
+    entries = cache.entries()
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    typer.echo(f"feature cache: {cache.root}")
+    for e in entries:
+        state = "complete" if e["complete"] else f"partial {e['shards_done']}/{e['n_shards']} shards"
+        typer.echo(f"{e['key']}  {e['bytes'] / 1e6:8.1f} MB  {e['n_items']} images  {state}  {e['model']}  {e['dataset']}")
+    typer.echo(f"{len(entries)} entries, {sum(e['bytes'] for e in entries) / 1e6:.1f} MB")
+
+
+@cache_app.command("clear")
+def cache_clear(key: Annotated[Optional[str], typer.Argument(help="Entry key (or prefix); all if omitted.")] = None) -> None:
+    """Delete cached feature sets."""
+    from visroute.features.cache import FeatureCache
+
+    n = FeatureCache().clear(key)
+    typer.echo(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+
+
 def main() -> None:  # console-script entry point
     app()
 

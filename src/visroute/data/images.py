@@ -26,6 +26,7 @@ class ImageDecodeError(Exception):
 class SkippedFile:
     path: str
     reason: str
+    index: int | None = None
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[SkippedFile]]:
@@ -96,24 +97,42 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         raise ImageDecodeError(f"corrupt or truncated image ({e})") from None
 
 
-class ImageFileDataset:
-    """Map-style dataset: index -> (index, preprocessed tensors) or (index, error message).
+class FileSource:
+    """Images stored as files: item ``i`` is ``paths[i]``, identified by its path."""
 
-    Errors are returned, not raised, so a DataLoader worker never dies on a bad file.
-    """
-
-    def __init__(self, paths: Sequence[str | Path], preprocess: Callable[[Image.Image], Any],
-                 draft_size: int | None = None):
+    def __init__(self, paths: Sequence[str | Path]):
         self.paths = [str(p) for p in paths]
-        self.preprocess = preprocess
-        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+    def item_id(self, i: int) -> str:
+        return self.paths[i]
+
+    def load(self, i: int, draft_size: int | None = None) -> Image.Image:
+        return load_image(self.paths[i], draft_size)
+
+
+class PreprocessedItems:
+    """Map-style dataset over ``source`` restricted to ``indices``: -> (index, tensors, None) or (index, None, error).
+
+    Errors are returned, not raised, so a DataLoader worker never dies on a bad file.
+    """
+
+    def __init__(self, source: Any, preprocess: Callable[[Image.Image], Any], draft_size: int | None = None,
+                 indices: Sequence[int] | None = None):
+        self.source = source
+        self.preprocess = preprocess
+        self.draft_size = draft_size
+        self.indices = list(range(len(source))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, Any, str | None]:
+        i = self.indices[k]
         try:
-            image = load_image(self.paths[i], self.draft_size)
+            image = self.source.load(i, self.draft_size)
             return i, self.preprocess(image), None
         except ImageDecodeError as e:
             return i, None, str(e)
@@ -125,26 +144,36 @@ def _keep_items(items: list[tuple[int, Any, str | None]]) -> list[tuple[int, Any
     return items
 
 
+def default_num_workers() -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, 8)
+
+
 def iter_preprocessed_batches(
-    paths: Sequence[str | Path],
+    source: Any,
     preprocess: Callable[[Image.Image], Any],
     collate: Callable[[list[Any]], Any],
     batch_size: int = 64,
     num_workers: int | None = None,
     draft_size: int | None = None,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[list[int], Any, list[SkippedFile]]]:
-    """Yield (indices of decoded images, collated batch or None, files skipped in this batch).
+    """Yield (indices of decoded items, collated batch or None, items skipped in this batch).
 
+    ``source`` is a list of file paths or any object with ``__len__``, ``load(i, draft_size)`` and
+    ``item_id(i)`` (see ``visroute.data.datasets``); ``indices`` restricts it to a subset.
     Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (default: one
     per CPU core) while the caller runs the model in the main process; order is preserved.
     """
-    import os
-
     from torch.utils.data import DataLoader
 
+    if not hasattr(source, "load"):
+        source = FileSource(source)
     if num_workers is None:
-        num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    dataset = ImageFileDataset(paths, preprocess, draft_size)
+        num_workers = default_num_workers()
+    dataset = PreprocessedItems(source, preprocess, draft_size, indices)
     if num_workers > 0 and len(dataset) <= batch_size:
         num_workers = 0  # start-up of worker processes costs more than it saves on one batch
     loader = DataLoader(
@@ -154,6 +183,6 @@ def iter_preprocessed_batches(
     )
     for items in loader:
         ok = [(i, x) for i, x, err in items if err is None]
-        skipped = [SkippedFile(dataset.paths[i], err) for i, x, err in items if err is not None]
+        skipped = [SkippedFile(source.item_id(i), err, i) for i, x, err in items if err is not None]
         batch = collate([x for _, x in ok]) if ok else None
         yield [i for i, _ in ok], batch, skipped

@@ -7,10 +7,12 @@ from visroute.models.spec import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, parse_m
 from visroute.errors import ModelLoadError
 
 
-def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | None = "auto") -> ContrastiveModel:
+def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | None = "auto",
+               image_backend: str | None = "pil") -> ContrastiveModel:
     """Load a contrastive image-text model from a spec string (see ``visroute.models.spec``).
 
-    Raises ModelLoadError (a VisrouteError) with a message saying what was tried and how to point
+    ``image_backend`` (transformers models only): "pil" (default), "torchvision", or None for
+    transformers' automatic choice. Raises ModelLoadError (a VisrouteError) with a message saying what was tried and how to point
     at local weights when the model cannot be loaded.
     """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
@@ -19,12 +21,13 @@ def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | 
     if parsed.backend == "hf":
         from visroute.models.hf import load_hf_contrastive
 
-        return load_hf_contrastive(parsed.location, parsed.text, dev, dt)
+        return load_hf_contrastive(parsed.location, parsed.text, dev, dt, image_backend=image_backend)
     if parsed.backend == "random-tiny":
         from visroute.models.hf import load_hf_contrastive
         from visroute.models.tiny import ensure_random_tiny
 
-        return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, dev, dt, is_random=True)
+        return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, dev, dt, is_random=True,
+                                   image_backend=image_backend)
     if parsed.backend == "openclip":
         from visroute.models.openclip import load_openclip
 

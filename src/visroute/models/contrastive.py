@@ -121,6 +121,27 @@ class ContrastiveModel(ABC):
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=-1)
 
+    @property
+    def weights_fingerprint(self) -> str:
+        """Short hash of the weights (names, shapes, dtypes and a strided sample of values); cached."""
+        if getattr(self, "_weights_fp", None) is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                flat = t.detach().reshape(-1)
+                step = max(1, flat.numel() // 4096)
+                sample = flat[::step].float().cpu().numpy().tobytes()
+                h.update(f"{name}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+                h.update(sample)
+            self._weights_fp = h.hexdigest()[:16]
+        return self._weights_fp
+
+    @property
+    def preprocess_fingerprint(self) -> str:
+        """Text that changes whenever image preprocessing changes (part of the feature-cache key)."""
+        return repr(self.preprocess)
+
     def describe(self) -> dict[str, Any]:
         """Facts written into result files and printed by the CLI."""
         return {

@@ -17,6 +17,9 @@ class OpenCLIPImagePreprocess:
     def __init__(self, transform: Any):
         self.transform = transform
 
+    def __repr__(self) -> str:
+        return f"OpenCLIPImagePreprocess({self.transform!r})"
+
     def __call__(self, image: Any) -> Batch:
         return {"pixel_values": self.transform(image)}
 

@@ -126,7 +126,7 @@ def build_tiny_siglip(directory: Path, seed: int = 0, hidden: int = 32, layers: 
     config = SiglipConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64,
-                         projection_size=hidden, pad_token_id=0, eos_token_id=1),
+                         projection_size=hidden, pad_token_id=0, eos_token_id=1, bos_token_id=1),
         vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                            num_attention_heads=2, image_size=224, patch_size=32),
     )

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, runs over datasets with cached features, result files, reports."""

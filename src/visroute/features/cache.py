@@ -1,0 +1,213 @@
+"""On-disk image-feature cache: encode every image once per (model weights, preprocessing, dataset).
+
+Layout: ``<root>/<key>/meta.json`` plus ``shard-NNNNNN.safetensors`` files, each holding the
+embeddings of items ``[k*shard_size, (k+1)*shard_size)`` that decoded (``indices``, ``embeddings``)
+and, in its metadata, the items that did not. Shards are written to a temporary file and renamed,
+so a killed run leaves only complete shards and the next run resumes after the last one. Reading
+streams shard by shard, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visroute.data.images import SkippedFile, iter_preprocessed_batches
+from visroute.errors import VisrouteError
+from visroute.models.contrastive import ContrastiveModel
+from visroute.models.tiny import cache_root
+
+CACHE_FORMAT = 1
+
+
+class CacheWriteError(VisrouteError):
+    """A shard could not be written (disk full, permissions); completed shards are kept."""
+
+
+def feature_cache_key(model: ContrastiveModel, dataset, draft_size: int | None = None) -> str:
+    parts = [f"format={CACHE_FORMAT}", model.spec, model.weights_fingerprint, str(model.dtype),
+             model.preprocess_fingerprint, f"draft={draft_size}", dataset.fingerprint, str(len(dataset))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class FeatureSet:
+    """A complete cached entry: stream it with ``iter_shards`` or load it whole with ``load``."""
+
+    directory: Path
+    n_items: int
+    shard_size: int
+    key: str
+    images_encoded: int = 0
+    shards_reused: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def n_shards(self) -> int:
+        return (self.n_items + self.shard_size - 1) // self.shard_size
+
+    def shard_path(self, k: int) -> Path:
+        return self.directory / f"shard-{k:06d}.safetensors"
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (item indices, L2-normalised embeddings) shard by shard."""
+        from safetensors.torch import load_file
+
+        for k in range(self.n_shards):
+            data = load_file(str(self.shard_path(k)))
+            yield data["indices"].numpy(), data["embeddings"]
+
+    def load(self) -> tuple[np.ndarray, torch.Tensor]:
+        parts = list(self.iter_shards())
+        if not parts:
+            return np.empty(0, dtype=np.int64), torch.empty(0, 0)
+        return np.concatenate([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class FeatureCache:
+    """Directory of cached feature sets (default ``$VISROUTE_CACHE/features``)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_root() / "features"
+
+    def entries(self) -> list[dict]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(self.root.iterdir()):
+            meta_file = d / "meta.json"
+            if not meta_file.is_file():
+                continue
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (OSError, ValueError):
+                meta = {}
+            n_shards = meta.get("n_shards", 0)
+            done = len(list(d.glob("shard-*.safetensors")))
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            out.append({"key": d.name, "model": meta.get("model"), "dataset": meta.get("dataset"),
+                        "n_items": meta.get("n_items"), "shards_done": done, "n_shards": n_shards,
+                        "complete": done >= n_shards > 0, "bytes": size})
+        return out
+
+    def clear(self, key: str | None = None) -> int:
+        """Delete one entry (by key or key prefix) or all; returns the number removed."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for d in list(self.root.iterdir()):
+            if d.is_dir() and (key is None or d.name.startswith(key)):
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def encode(self, model: ContrastiveModel, dataset, shard_size: int = 2048, batch_size: int = 64,
+               num_workers: int | None = None, draft_size: int | None = None, progress: bool = False) -> FeatureSet:
+        """Return the dataset's features, encoding only the shards not already on disk."""
+        key = feature_cache_key(model, dataset, draft_size)
+        directory = self.root / key
+        meta_file = directory / "meta.json"
+        if meta_file.is_file():
+            shard_size = int(json.loads(meta_file.read_text())["shard_size"])
+        fs = FeatureSet(directory, len(dataset), shard_size, key)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not meta_file.is_file():
+                meta = {"format": CACHE_FORMAT, "model": model.spec, "weights": model.weights_fingerprint,
+                        "dataset": getattr(dataset, "spec", None), "dataset_fingerprint": dataset.fingerprint,
+                        "n_items": len(dataset), "shard_size": shard_size, "n_shards": fs.n_shards,
+                        "draft_size": draft_size}
+                _atomic_write_bytes(meta_file, json.dumps(meta, indent=1).encode())
+        except OSError as e:
+            raise CacheWriteError(f"cannot write the feature cache at {directory} ({e})") from None
+
+        for stale in directory.glob(".tmp-*"):  # torn writes of a killed run; never read
+            stale.unlink(missing_ok=True)
+        missing = [k for k in range(fs.n_shards) if not fs.shard_path(k).is_file()]
+        fs.shards_reused = fs.n_shards - len(missing)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(dataset), initial=min(len(dataset), fs.shards_reused * shard_size) if missing else len(dataset),
+                       unit="img", desc=f"features {getattr(dataset, 'name', '')}", dynamic_ncols=True)
+        try:
+            if missing:
+                self._encode_shards(model, dataset, fs, missing, batch_size, num_workers, draft_size, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        fs.skipped = self._read_failures(fs)
+        return fs
+
+    def _encode_shards(self, model, dataset, fs: FeatureSet, missing: list[int], batch_size, num_workers,
+                       draft_size, bar) -> None:
+        n, size = fs.n_items, fs.shard_size
+        indices = [i for k in missing for i in range(k * size, min((k + 1) * size, n))]
+        expected = {k: min((k + 1) * size, n) - k * size for k in missing}
+        buf: dict[int, dict] = {}
+        for idx, batch, skipped in iter_preprocessed_batches(dataset, model.preprocess, model.collate, batch_size,
+                                                             num_workers, draft_size, indices):
+            emb = model.encode_images(batch) if batch is not None else None
+            fs.images_encoded += len(idx)
+            for row, i in enumerate(idx):
+                b = buf.setdefault(i // size, {"idx": [], "emb": [], "fail": [], "seen": 0})
+                b["idx"].append(i)
+                b["emb"].append(emb[row])
+                b["seen"] += 1
+            for s in skipped:
+                b = buf.setdefault(s.index // size, {"idx": [], "emb": [], "fail": [], "seen": 0})
+                b["fail"].append([s.index, s.path, s.reason])
+                b["seen"] += 1
+            for k in [k for k, b in buf.items() if b["seen"] == expected[k]]:
+                self._write_shard(fs, k, buf.pop(k))
+            if bar is not None:
+                bar.update(len(idx) + len(skipped))
+
+    @staticmethod
+    def _write_shard(fs: FeatureSet, k: int, b: dict) -> None:
+        from safetensors.torch import save
+
+        emb = torch.stack(b["emb"]) if b["emb"] else torch.empty(0, 0)
+        data = save({"indices": torch.tensor(b["idx"], dtype=torch.int64), "embeddings": emb.contiguous()},
+                    metadata={"failures": json.dumps(b["fail"])})
+        try:
+            _atomic_write_bytes(fs.shard_path(k), data)
+        except OSError as e:
+            raise CacheWriteError(
+                f"could not write feature shard {fs.shard_path(k)} ({e}); the {k} shard(s) before it are kept "
+                "and a re-run resumes from there"
+            ) from None
+
+    @staticmethod
+    def _read_failures(fs: FeatureSet) -> list[SkippedFile]:
+        from safetensors import safe_open
+
+        out = []
+        for k in range(fs.n_shards):
+            with safe_open(str(fs.shard_path(k)), framework="pt") as f:
+                for i, path, reason in json.loads((f.metadata() or {}).get("failures", "[]")):
+                    out.append(SkippedFile(path, reason, i))
+        return out
