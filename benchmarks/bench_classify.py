@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -104,14 +105,70 @@ BUILDERS = {"tiny": build_tiny, "b32": build_b32}
 # --------------------------------------------------------------------------- helpers
 
 
-def clock(fn, repeat: int = 1) -> float:
-    """Best wall time of ``repeat`` calls of ``fn``."""
-    best = float("inf")
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its reaped children)."""
+    import resource
+
+    with open("/proc/stat", encoding="ascii") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return machine, own
+
+
+class Timed:
+    """Wall time of a block, and how many cores other processes kept busy meanwhile ("foreign" load).
+
+    The machine may be shared; a foreign load well above 0 means the timing is pessimistic.
+    """
+
+    def __enter__(self) -> "Timed":
+        self._cpu = busy_cpu_seconds()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        machine, own = busy_cpu_seconds()
+        self.foreign = max(0.0, (machine - self._cpu[0]) - (own - self._cpu[1])) / self.seconds
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` cores; return the last load."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        with Timed() as t:
+            time.sleep(1.0)
+        if t.foreign < threshold or time.monotonic() >= deadline:
+            return t.foreign
+
+
+@dataclass
+class Measure:
+    """Best wall time over repeats, and the worst foreign load seen while taking it."""
+
+    seconds: float = float("inf")
+    foreign: float = 0.0
+
+    def add(self, t: Timed) -> None:
+        self.seconds = min(self.seconds, t.seconds)
+        self.foreign = max(self.foreign, t.foreign)
+
+
+QUIET_WAIT = 60.0  # set from --quiet-wait
+
+
+def clock(fn, repeat: int = 1) -> Measure:
+    """Time ``repeat`` calls of ``fn``, each after waiting for the machine to be quiet."""
+    m = Measure()
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        if QUIET_WAIT > 0:
+            wait_for_quiet(QUIET_WAIT)
+        with Timed() as t:
+            fn()
+        m.add(t)
+    return m
 
 
 def read_classnames(images_dir: Path) -> list[str]:
@@ -140,38 +197,41 @@ def visroute_command() -> list[str]:
 # --------------------------------------------------------------------------- (a), (a')
 
 
-def run_cli(model_dir: Path, images: Path, n_expected: int, labels_file: Path, templates_file: Path,
-            fast_decode: bool) -> float:
-    cmd = visroute_command() + [
-        "classify", str(images), "--model", f"hf:{model_dir}", "--labels-file", str(labels_file),
+def cli_runner(model_dir: Path, labels_file: Path, templates_file: Path, fast_decode: bool):
+    """A function (images dir, expected count) -> None that runs ``visroute classify`` and checks its output."""
+    base = visroute_command() + [
+        "classify", "--model", f"hf:{model_dir}", "--labels-file", str(labels_file),
         "--templates", str(templates_file), "--top-k", "5", "--json", "--no-progress",
-    ]
-    if fast_decode:
-        cmd.append("--fast-decode")
+    ] + (["--fast-decode"] if fast_decode else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"visroute classify failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    n = json.loads(proc.stdout)["n_classified"]
-    if n != n_expected:
-        raise RuntimeError(f"visroute classify classified {n} images, expected {n_expected}")
-    return elapsed
+
+    def run(images: Path, n_expected: int) -> None:
+        proc = subprocess.run(base + [str(images)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"visroute classify failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        n = json.loads(proc.stdout)["n_classified"]
+        if n != n_expected:
+            raise RuntimeError(f"visroute classify classified {n} images, expected {n_expected}")
+
+    return run
 
 
-def bench_cli(model_dir, full_dir, n_full, small_dir, n_small, labels_file, templates_file, fast_decode, repeat):
-    t_small = min(run_cli(model_dir, small_dir, n_small, labels_file, templates_file, fast_decode) for _ in range(repeat))
-    t_full = min(run_cli(model_dir, full_dir, n_full, labels_file, templates_file, fast_decode) for _ in range(repeat))
-    gap = t_full - t_small  # <= 0 when start-up noise swamps the work: no estimate then
-    return {"t_full": t_full, "t_small": t_small, "raw": n_full / t_full,
-            "corrected": (n_full - n_small) / gap if gap > 0 else None}
+def bench_cli(run, full_dir: Path, n_full: int, small_dir: Path, n_small: int, repeat: int) -> dict:
+    """Raw and start-up corrected images/second of the CLI; small and full runs alternate."""
+    small, full = Measure(), Measure()
+    for _ in range(repeat):
+        small.add(clock(lambda: run(small_dir, n_small)))
+        full.add(clock(lambda: run(full_dir, n_full)))
+    gap = full.seconds - small.seconds  # <= 0 when start-up noise swamps the work: no estimate then
+    return {"t_full": full.seconds, "t_small": small.seconds, "raw": n_full / full.seconds,
+            "corrected": (n_full - n_small) / gap if gap > 0 else None,
+            "foreign": max(small.foreign, full.foreign)}
 
 
 # --------------------------------------------------------------------------- (b)
 
 
-def bench_forward(model, paths: list[Path], repeat: int) -> float:
+def bench_forward(model, paths: list[Path], repeat: int) -> dict:
     from PIL import Image
 
     items = []
@@ -185,13 +245,13 @@ def bench_forward(model, paths: list[Path], repeat: int) -> float:
         for b in batches:
             model.encode_images(b)
 
-    return len(paths) / clock(run, repeat)
+    return rate(len(paths), clock(run, repeat))
 
 
 # --------------------------------------------------------------------------- (c)
 
 
-def bench_pipeline(model, paths: list[Path], labels: list[str], repeat: int) -> float:
+def bench_pipeline(model, paths: list[Path], labels: list[str], repeat: int) -> dict:
     from transformers import pipeline
 
     clf = pipeline("zero-shot-image-classification", model=model.model, image_processor=model.image_processor,
@@ -204,13 +264,13 @@ def bench_pipeline(model, paths: list[Path], labels: list[str], repeat: int) -> 
         out = clf(files, **kw)
         assert len(out) == len(files)
 
-    return len(paths) / clock(run, repeat)
+    return rate(len(paths), clock(run, repeat))
 
 
 # --------------------------------------------------------------------------- (d), (d2)
 
 
-def bench_decode_serial(model, paths: list[Path], repeat: int) -> float:
+def bench_decode_serial(model, paths: list[Path], repeat: int) -> dict:
     from PIL import Image
 
     proc = model.image_processor
@@ -220,10 +280,10 @@ def bench_decode_serial(model, paths: list[Path], repeat: int) -> float:
             with Image.open(p) as im:
                 proc(images=im.convert("RGB"), return_tensors="pt")
 
-    return len(paths) / clock(run, repeat)
+    return rate(len(paths), clock(run, repeat))
 
 
-def bench_decode_parallel(model, paths: list[Path], repeat: int) -> float:
+def bench_decode_parallel(model, paths: list[Path], repeat: int) -> dict:
     from visroute.data.images import iter_preprocessed_batches
 
     def run():
@@ -233,7 +293,11 @@ def bench_decode_parallel(model, paths: list[Path], repeat: int) -> float:
             n += len(indices)
         assert n == len(paths)
 
-    return len(paths) / clock(run, repeat)
+    return rate(len(paths), clock(run, repeat))
+
+
+def rate(n: int, m: Measure) -> dict:
+    return {"ips": n / m.seconds, "foreign": m.foreign}
 
 
 # --------------------------------------------------------------------------- table 2
@@ -258,11 +322,12 @@ def bench_head(model, classnames: list[str], templates: list[str], repeat: int) 
         ZeroShotClassifier(model, templates).fit(classnames)
 
     ZeroShotClassifier(model, templates[:1]).fit(classnames[:8])  # warm-up
-    t_tight, t_vis = float("inf"), float("inf")
+    t_tight, t_vis = Measure(), Measure()
     for _ in range(repeat):  # interleaved, best of each
-        t_tight = min(t_tight, clock(tight))
-        t_vis = min(t_vis, clock(visroute))
-    return {"prompts": len(prompts), "tight": t_tight, "visroute": t_vis, "ratio": t_vis / t_tight}
+        t_tight.add(clock(tight))
+        t_vis.add(clock(visroute))
+    return {"prompts": len(prompts), "tight": t_tight.seconds, "visroute": t_vis.seconds,
+            "ratio": t_vis.seconds / t_tight.seconds, "foreign": max(t_tight.foreign, t_vis.foreign)}
 
 
 # --------------------------------------------------------------------------- main
@@ -277,6 +342,8 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global QUIET_WAIT
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of *.JPEG with labels.csv")
     ap.add_argument("--limit", type=int, default=None,
@@ -290,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-repeat", type=int, default=2, help="timed repeats of each head build")
     ap.add_argument("--head-b32", action="store_true", help="also time the head build for b32 (slow on CPU)")
     ap.add_argument("--skip-head", action="store_true", help="skip table 2")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
+                    help="before each timing, wait up to this many seconds for other processes to go idle (0: never)")
     args = ap.parse_args(argv)
+    QUIET_WAIT = args.quiet_wait
 
     import transformers
 
@@ -338,25 +408,27 @@ def main(argv: list[str] | None = None) -> int:
             full_dir = link_subset(paths, tmp / f"images-{size}")
             small_dir = link_subset(paths[:n_small], tmp / f"images-{size}-small")
             for key, fast in (("a", False), ("a'", True)):
-                r[key] = bench_cli(model_dir, full_dir, len(paths), small_dir, n_small, labels_file,
-                                   templates_file, fast, args.cli_repeat)
-                print(f"({key}) visroute{' --fast-decode' if fast else ''}: full {r[key]['t_full']:.2f}s, "
-                      f"start-up run {r[key]['t_small']:.2f}s -> raw {r[key]['raw']:.1f} img/s, "
-                      f"corrected {fmt(r[key]['corrected'])} img/s", flush=True)
-            r["b"] = bench_forward(model, paths, args.repeat)
-            print(f"(b) encode_images only: {r['b']:.1f} img/s", flush=True)
-            r["c"] = bench_pipeline(model, paths, labels, args.repeat)
-            print(f"(c) transformers pipeline: {r['c']:.1f} img/s", flush=True)
-            r["d"] = bench_decode_serial(model, all_paths, args.repeat)
-            print(f"(d) decode+preprocess, 1 process: {r['d']:.1f} img/s", flush=True)
-            r["d2"] = bench_decode_parallel(model, all_paths, args.repeat)
-            print(f"(d2) decode+preprocess, visroute DataLoader: {r['d2']:.1f} img/s", flush=True)
+                run = cli_runner(model_dir, labels_file, templates_file, fast)
+                a = r[key] = bench_cli(run, full_dir, len(paths), small_dir, n_small, args.cli_repeat)
+                print(f"({key}) visroute{' --fast-decode' if fast else ''}: full {a['t_full']:.2f}s, "
+                      f"start-up run {a['t_small']:.2f}s -> raw {a['raw']:.1f} img/s, "
+                      f"corrected {fmt(a['corrected'])} img/s  [foreign load {a['foreign']:.2f}]", flush=True)
+            steps = [
+                ("b", "encode_images only", lambda: bench_forward(model, paths, args.repeat)),
+                ("c", "transformers pipeline", lambda: bench_pipeline(model, paths, labels, args.repeat)),
+                ("d", "decode+preprocess, 1 process", lambda: bench_decode_serial(model, all_paths, args.repeat)),
+                ("d2", "decode+preprocess, visroute DataLoader",
+                 lambda: bench_decode_parallel(model, all_paths, args.repeat)),
+            ]
+            for key, what, bench in steps:
+                r[key] = bench()
+                print(f"({key}) {what}: {r[key]['ips']:.1f} img/s  [foreign load {r[key]['foreign']:.2f}]", flush=True)
 
             if not args.skip_head and (size != "b32" or args.head_b32):
-                heads[size] = bench_head(model, head_classes, head_templates, args.head_repeat)
-                h = heads[size]
+                h = heads[size] = bench_head(model, head_classes, head_templates, args.head_repeat)
                 print(f"head build, {h['prompts']} prompts: visroute {h['visroute']:.2f}s, "
-                      f"tight loop {h['tight']:.2f}s, ratio {h['ratio']:.3f}", flush=True)
+                      f"tight loop {h['tight']:.2f}s, ratio {h['ratio']:.3f}  [foreign load {h['foreign']:.2f}]",
+                      flush=True)
             del model
             shutil.rmtree(model_dir, ignore_errors=True)
 
@@ -366,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(results: dict[str, dict], heads: dict[str, dict], n_labels: int) -> None:
     sizes = list(results)
+    ips = lambda key: lambda r: fmt(r[key]["ips"])  # noqa: E731
     rows = [
         ("images for (a)-(c)", lambda r: str(r["n"])),
         ("(a) visroute classify, raw", lambda r: fmt(r["a"]["raw"])),
@@ -373,14 +446,15 @@ def print_tables(results: dict[str, dict], heads: dict[str, dict], n_labels: int
         ("(a') visroute --fast-decode, raw", lambda r: fmt(r["a'"]["raw"])),
         ("(a') visroute --fast-decode, start-up corrected", lambda r: fmt(r["a'"]["corrected"])),
         ("CLI start-up (small run), s", lambda r: fmt(r["a"]["t_small"], 2)),
-        ("(b) encode_images only", lambda r: fmt(r["b"])),
-        (f"(c) transformers pipeline ({n_labels} labels)", lambda r: fmt(r["c"])),
-        ("(d) decode+preprocess, 1 process", lambda r: fmt(r["d"])),
-        ("(d2) decode+preprocess, visroute DataLoader", lambda r: fmt(r["d2"])),
-        ("ratio (a)/(b)", lambda r: ratio(r["a"]["corrected"], r["b"])),
-        ("ratio (a)/(c)", lambda r: ratio(r["a"]["corrected"], r["c"])),
-        ("ratio (a')/(c)", lambda r: ratio(r["a'"]["corrected"], r["c"])),
-        ("ratio (d2)/(d)", lambda r: ratio(r["d2"], r["d"])),
+        ("(b) encode_images only", ips("b")),
+        (f"(c) transformers pipeline ({n_labels} labels)", ips("c")),
+        ("(d) decode+preprocess, 1 process", ips("d")),
+        ("(d2) decode+preprocess, visroute DataLoader", ips("d2")),
+        ("ratio (a)/(b)", lambda r: ratio(r["a"]["corrected"], r["b"]["ips"])),
+        ("ratio (a)/(c)", lambda r: ratio(r["a"]["corrected"], r["c"]["ips"])),
+        ("ratio (a')/(c)", lambda r: ratio(r["a'"]["corrected"], r["c"]["ips"])),
+        ("ratio (d2)/(d)", lambda r: ratio(r["d2"]["ips"], r["d"]["ips"])),
+        ("worst foreign load (cores)", lambda r: fmt(max(r[k]["foreign"] for k in ("a", "a'", "b", "c", "d", "d2")), 2)),
     ]
     print("\n## Table 1: images/second (ratios use start-up corrected (a), (a'))\n")
     print("| measurement | " + " | ".join(sizes) + " |")
@@ -390,10 +464,11 @@ def print_tables(results: dict[str, dict], heads: dict[str, dict], n_labels: int
 
     if heads:
         print("\n## Table 2: zero-shot head build, 1000 classes x 80 templates (goal: ratio <= 1.1)\n")
-        print("| model | prompts | visroute fit, s | tight loop, s | visroute / tight |")
-        print("|---|---:|---:|---:|---:|")
+        print("| model | prompts | visroute fit, s | tight loop, s | visroute / tight | foreign load |")
+        print("|---|---:|---:|---:|---:|---:|")
         for size, h in heads.items():
-            print(f"| {size} | {h['prompts']} | {h['visroute']:.2f} | {h['tight']:.2f} | {h['ratio']:.3f} |")
+            print(f"| {size} | {h['prompts']} | {h['visroute']:.2f} | {h['tight']:.2f} | {h['ratio']:.3f} "
+                  f"| {h['foreign']:.2f} |")
 
 
 if __name__ == "__main__":

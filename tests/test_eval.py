@@ -261,3 +261,14 @@ def test_cli_eval_report_and_cache(tmp_path, cifar_subset, tiny_clip_dir, monkey
     assert len(entries) == 2 and all(e["complete"] for e in entries)
     r = runner.invoke(app, ["cache", "clear"])
     assert "removed 2" in r.stdout and json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) == []
+
+
+def test_torchvision_builtin_spec(tmp_path, tiny_model, cifar_subset):
+    """torchvision:<Name>:<root> uses the already-downloaded dataset and never downloads."""
+    doc = evaluate(tiny_model, f"torchvision:ImageFolder:{cifar_subset}", EvalOptions(output=tmp_path), FeatureCache(tmp_path / "c"))
+    ref = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "r"), FeatureCache(tmp_path / "c"))
+    assert doc["metrics"] == pytest.approx(ref["metrics"]) and doc["visroute"]["n_evaluated"] == 120
+    from visroute.data.datasets import DatasetError, load_dataset
+
+    with pytest.raises(DatasetError, match="never downloads"):
+        load_dataset(f"torchvision:CIFAR10:{tmp_path / 'nothing'}")

@@ -312,10 +312,17 @@ def _open_torchvision(rest: str, opts: dict[str, str], spec: str) -> Torchvision
     if cls is None:
         raise DatasetError(f"torchvision has no dataset '{name}'")
     train = opts.get("train", "0") in ("1", "true", "yes")
-    try:
-        ds = cls(root=root or ".", train=train, download=False)
-    except TypeError:
-        ds = cls(root=root or ".", split="train" if train else "test", download=False)
-    except RuntimeError as e:
-        raise DatasetError(f"torchvision {name} is not downloaded under '{root}' ({e}); visroute never downloads") from None
+    root = root or "."
+    attempts = ({"train": train, "download": False}, {"split": "train" if train else "test", "download": False}, {})
+    ds, last = None, None
+    for kw in attempts:  # built-ins differ: train=bool (CIFAR, MNIST), split=str (SVHN, Flowers102), neither
+        try:
+            ds = cls(root=root, **kw)
+            break
+        except TypeError as e:
+            last = e
+        except (RuntimeError, FileNotFoundError, OSError) as e:
+            raise DatasetError(f"torchvision {name} is not available under '{root}' ({e}); visroute never downloads") from None
+    if ds is None:
+        raise DatasetError(f"cannot construct torchvision {name} ({last})")
     return TorchvisionDataset(name.lower(), spec, ds, root)

@@ -1,0 +1,209 @@
+"""Training-free discriminative description selection (the method of DisCLIP, AAAI-25).
+
+For each test image, the class-name prompt gives a neighbourhood of its top-k candidate classes.
+For each candidate, keep the descriptions (from one global pool) that the labelled selection set
+says separate it best from the other neighbours: a description qualifies if its mean similarity to
+the candidate's selection images is >= its mean similarity to every neighbour's, and qualifying
+descriptions are ranked by the mean of those differences (over the whole neighbourhood, the zero
+self-difference included). The best m are kept; if none qualifies, the candidate's own first m
+descriptions (in pool order) are used. Candidates are then scored within the neighbourhood.
+
+The functions are pure and vectorised over images (chunked, so memory stays bounded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from visroute.descriptions.sets import DescriptionSet
+from visroute.heads.zeroshot import _as_tensor
+from visroute.models.contrastive import ContrastiveModel
+
+
+def disclip_pool(descriptions: Sequence[Sequence[str]]) -> list[str]:
+    """Global pool: class lists sorted (as lists of strings), flattened, duplicates dropped (first kept)."""
+    return list(dict.fromkeys(d for ds in sorted(list(x) for x in descriptions) for d in ds))
+
+
+def class_mean_similarities(pool_emb: torch.Tensor, sel_X: torch.Tensor, sel_y: np.ndarray, n_classes: int,
+                            n_per_class: int) -> torch.Tensor:
+    """(P, C): mean similarity of each description to the first ``n_per_class`` selection images of each class."""
+    sel_y = np.asarray(sel_y)
+    rows = []
+    for c in range(n_classes):
+        idx = np.flatnonzero(sel_y == c)[:n_per_class]
+        if len(idx) < n_per_class:
+            raise ValueError(f"class {c} has {len(idx)} selection images, fewer than n_per_class={n_per_class}")
+        rows.append(idx)
+    order = torch.as_tensor(np.concatenate(rows))
+    sims = pool_emb.float() @ sel_X.float()[order].T  # (P, C*n)
+    return sims.reshape(pool_emb.shape[0], n_classes, n_per_class).mean(dim=2)
+
+
+def neighbourhoods(X: torch.Tensor, caption_emb: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k classes per image by similarity to the class-name prompt, best first: (N, k)."""
+    return torch.topk(X.float() @ caption_emb.float().T, k, dim=1).indices
+
+
+def select_descriptions(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Sequence[Sequence[int]],
+                        chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected pool indices (N, k, m), -1 where fewer than m qualify, and a fallback flag (N, k).
+
+    ``class_sims`` (P, C) from ``class_mean_similarities``; ``own[c]`` are class c's pool indices.
+    """
+    P = class_sims.shape[0]
+    N, k = topk.shape
+    m_eff = min(m, P)
+    selected = torch.full((N, k, m), -1, dtype=torch.long)
+    fallback = torch.zeros((N, k), dtype=torch.bool)
+    own_first = torch.full((class_sims.shape[1], m), -1, dtype=torch.long)
+    for c, ids in enumerate(own):
+        ids = sorted(set(int(i) for i in ids))[:m]
+        own_first[c, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    for start in range(0, N, chunk):
+        t = topk[start : start + chunk]
+        G = class_sims[:, t]  # (P, n, k)
+        for j in range(k):
+            diff = G[:, :, j : j + 1] - G  # (P, n, k); column j is the zero self-difference
+            ok = (diff >= 0).all(dim=2)
+            score = torch.where(ok, diff.mean(dim=2), torch.tensor(float("-inf"), dtype=diff.dtype))
+            vals, idx = torch.topk(score, m_eff, dim=0)  # (m, n), best first
+            idx = torch.where(torch.isfinite(vals), idx, torch.tensor(-1))
+            none = ~ok.any(dim=0)
+            sel = idx.T
+            if none.any():
+                sel[none] = own_first[t[none, j]][:, :m_eff]
+            selected[start : start + chunk, j, :m_eff] = sel
+            fallback[start : start + chunk, j] = none
+    return selected, fallback
+
+
+def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Mean similarity of each image to the selected descriptions of each candidate: (N, k)."""
+    out = torch.zeros(selected.shape[:2])
+    for s in range(0, X.shape[0], chunk):
+        sel = selected[s : s + chunk]
+        valid = sel >= 0
+        emb = pool_emb[sel.clamp(min=0)]  # (n, k, m, D)
+        sims = torch.einsum("nd,nkmd->nkm", X[s : s + chunk].float(), emb.float())
+        out[s : s + chunk] = (sims * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+    return out
+
+
+class DiscriminativeSelectionClassifier:
+    """DisCLIP-style head: per-image neighbourhood, per-candidate selected descriptions, argmax within.
+
+    ``fit(classnames, X_sel, y_sel)`` needs a small labelled selection set (image features and class
+    indices; ``n_per_class`` images per class, default: clipped to the smallest class). ``mode``:
+    "classname-free" scores w_cls * cos(x, caption) + mean cos(x, selected d); "classname-containing"
+    scores the mean (or ``reduce="max"``) of cos(x, "A photo of a {c}, {d}.") over the selected d.
+    """
+
+    def __init__(self, model: ContrastiveModel, descriptions: DescriptionSet, k: int = 3, m: int = 5,
+                 n_per_class: int | None = None, mode: str = "classname-free", w_cls: float = 0.0,
+                 reduce: str = "mean", caption: str = "A photo of a {c}.", pair: str = "A photo of a {c}, {d}.",
+                 batch_size: int = 1024):
+        self.model = model
+        self.descriptions = descriptions
+        self.k, self.m, self.n_per_class = k, m, n_per_class
+        self.mode, self.w_cls, self.reduce = mode, w_cls, reduce
+        self.caption, self.pair, self.batch_size = caption, pair, batch_size
+
+    def fit(self, classnames: Sequence[str], X_sel=None, y_sel=None):
+        if X_sel is None or y_sel is None:
+            raise ValueError("DiscriminativeSelectionClassifier.fit needs a labelled selection set (X_sel, y_sel)")
+        if self.mode not in ("classname-free", "classname-containing"):
+            raise ValueError(f"unknown mode '{self.mode}'")
+        classnames = list(classnames)
+        dset = self.descriptions.aligned_to(classnames)
+        y_sel = np.asarray(y_sel)
+        counts = np.bincount(y_sel, minlength=len(classnames))
+        if counts.min() == 0:
+            missing = [classnames[i] for i in np.flatnonzero(counts == 0)]
+            raise ValueError(f"selection set has no images of {len(missing)} class(es): {missing[:5]}")
+        self.n_per_class_ = int(min(self.n_per_class or counts.min(), counts.min()))
+        self.classes_ = np.array(classnames, dtype=object)
+        self.class_descriptions_ = dset.descriptions
+        self.pool_ = disclip_pool(dset.descriptions)
+        index = {d: i for i, d in enumerate(self.pool_)}
+        self.own_ = [[index[d] for d in ds] for ds in dset.descriptions]
+        self.pool_embeddings_ = self.model.encode_texts(self.pool_, batch_size=self.batch_size)
+        self.caption_embeddings_ = self.model.encode_texts([self.caption.replace("{c}", c) for c in classnames])
+        self.class_sims_ = class_mean_similarities(self.pool_embeddings_, _as_tensor(X_sel), y_sel, len(classnames),
+                                                   self.n_per_class_)
+        self._pair_cache: dict[tuple[int, int], torch.Tensor] = {}
+        return self
+
+    def select(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(neighbourhoods (N,k), selected pool indices (N,k,m), fallback flags (N,k))."""
+        X = _as_tensor(X).float()
+        k = min(self.k, len(self.classes_))
+        topk = neighbourhoods(X, self.caption_embeddings_, k)
+        selected, fallback = select_descriptions(self.class_sims_, topk, self.m, self.own_)
+        return topk, selected, fallback
+
+    def _pair_embeddings(self, topk: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Embeddings of "A photo of a {c}, {d}." for every (candidate, selected d), encoding each pair once."""
+        cls = topk.unsqueeze(-1).expand_as(selected)
+        pairs = sorted({(int(c), int(d)) for c, d in zip(cls.reshape(-1).tolist(), selected.reshape(-1).tolist()) if d >= 0}
+                       - set(self._pair_cache))
+        if pairs:
+            texts = [self.pair.replace("{c}", str(self.classes_[c])).replace("{d}", self.pool_[d]) for c, d in pairs]
+            emb = self.model.encode_texts(texts, batch_size=self.batch_size)
+            self._pair_cache.update({p: emb[i] for i, p in enumerate(pairs)})
+        dim = self.pool_embeddings_.shape[1]
+        zero = torch.zeros(dim)
+        flat = [self._pair_cache.get((int(c), int(d)), zero) if d >= 0 else zero
+                for c, d in zip(cls.reshape(-1).tolist(), selected.reshape(-1).tolist())]
+        return torch.stack(flat).reshape(*selected.shape, dim)
+
+    def neighbourhood_scores(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores (N,k), neighbourhoods (N,k), selected (N,k,m))."""
+        X = _as_tensor(X).float()
+        topk, selected, _ = self.select(X)
+        if self.mode == "classname-free":
+            scores = masked_mean_similarity(X, self.pool_embeddings_, selected)
+            if self.w_cls:
+                scores = scores + self.w_cls * torch.gather(X @ self.caption_embeddings_.T, 1, topk)
+        else:
+            emb = self._pair_embeddings(topk, selected)
+            sims = torch.einsum("nd,nkmd->nkm", X, emb)
+            valid = selected >= 0
+            if self.reduce == "max":
+                scores = torch.where(valid, sims, torch.tensor(float("-inf"))).max(-1).values
+            else:
+                scores = (sims * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        return scores, topk, selected
+
+    def predict(self, X) -> np.ndarray:
+        scores, topk, _ = self.neighbourhood_scores(X)
+        return torch.gather(topk, 1, scores.argmax(1, keepdim=True)).squeeze(1).numpy()
+
+    def predict_topk(self, X, k: int = 5):
+        """Candidates ranked by their neighbourhood score (at most ``self.k`` columns); softmax within."""
+        scores, topk, _ = self.neighbourhood_scores(X)
+        order = scores.argsort(dim=1, descending=True)
+        probs = torch.softmax(self.model.logit_scale * torch.gather(scores, 1, order), dim=1)
+        kk = min(k, order.shape[1])
+        return torch.gather(topk, 1, order)[:, :kk].numpy(), probs[:, :kk].numpy()
+
+    def score(self, X, y) -> float:
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+    def explain(self, x) -> list[dict]:
+        """For one image feature: candidates, best first, with the descriptions that decided and their share."""
+        X = _as_tensor(x).float().reshape(1, -1)
+        scores, topk, selected = self.neighbourhood_scores(X)
+        out = []
+        for j in scores[0].argsort(descending=True).tolist():
+            ids = [d for d in selected[0, j].tolist() if d >= 0]
+            sims = (X @ self.pool_embeddings_[ids].T)[0] if ids else torch.empty(0)
+            out.append({
+                "class": str(self.classes_[int(topk[0, j])]), "class_index": int(topk[0, j]), "score": float(scores[0, j]),
+                "descriptions": [{"text": self.pool_[d], "similarity": float(s), "contribution": float(s) / len(ids)}
+                                 for d, s in zip(ids, sims.tolist())],
+            })
+        return out
