@@ -131,9 +131,21 @@ def models(
 def eval_cmd(
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model spec; repeat for several.")],
     dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset spec; repeat for several.")],
-    head: Annotated[str, typer.Option(help="Head: zeroshot.")] = "zeroshot",
+    head: Annotated[str, typer.Option(help="zeroshot, descriptions, cupl, random-words, random-chars, classname-free, disclip.")] = "zeroshot",
     templates: Annotated[Optional[str], typer.Option(help="Templates with {c}: .txt, JSON list or FILE.json:KEY.")] = None,
     classnames: Annotated[Optional[str], typer.Option(help="Class names overriding the dataset's (FILE or FILE.json:KEY).")] = None,
+    descriptions: Annotated[Optional[str], typer.Option(help="Description file (DCLIP, CuPL, DisCLIP or visroute JSON).")] = None,
+    fallback_descriptions: Annotated[Optional[str], typer.Option(help="Descriptions for classes the first file leaves empty.")] = None,
+    description_style: Annotated[str, typer.Option(help="dclip ('{c}, which is/has {d}'), photo ('A photo of a {c}, {d}.') or sentence.")] = "dclip",
+    repeats: Annotated[int, typer.Option(min=1, help="Repetitions of the random controls (mean +- std).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random controls.")] = 0,
+    w_cls: Annotated[float, typer.Option(help="Class-name weight for classname-free / disclip scoring.")] = 0.0,
+    w_cls_sweep: Annotated[Optional[str], typer.Option(help="Comma-separated w_cls values to sweep (classname-free).")] = None,
+    selection_dataset: Annotated[Optional[str], typer.Option(help="Labelled selection split for disclip.")] = None,
+    n_per_class: Annotated[Optional[int], typer.Option(help="Selection images per class (default: smallest class).")] = None,
+    k: Annotated[int, typer.Option("-k", help="disclip neighbourhood size.")] = 3,
+    m: Annotated[int, typer.Option("-M", "--m-descriptions", help="disclip descriptions kept per candidate.")] = 5,
+    disclip_mode: Annotated[str, typer.Option(help="classname-free or classname-containing.")] = "classname-free",
     output: Annotated[Path, typer.Option(help="Directory for result JSON + Parquet files.")] = Path("results"),
     skip_existing: Annotated[bool, typer.Option(help="Skip runs whose result JSON already exists.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
@@ -149,7 +161,14 @@ def eval_cmd(
     from visroute.models import load_model
 
     _quiet_libraries()
-    opts = EvalOptions(head=head, templates=templates, classnames=classnames, output=output, batch_size=batch_size,
+    try:
+        sweep = [float(x) for x in w_cls_sweep.split(",") if x.strip()] if w_cls_sweep else []
+    except ValueError:
+        raise _fail(f"--w-cls-sweep must be comma-separated numbers, got {w_cls_sweep!r}")
+    opts = EvalOptions(head=head, templates=templates, classnames=classnames, descriptions=descriptions,
+                       fallback_descriptions=fallback_descriptions, description_style=description_style,
+                       repeats=repeats, seed=seed, w_cls=w_cls, w_cls_sweep=sweep, selection_dataset=selection_dataset,
+                       n_per_class=n_per_class, k=k, m=m, disclip_mode=disclip_mode, output=output, batch_size=batch_size,
                        workers=workers, shard_size=shard_size, fast_decode=fast_decode, skip_existing=skip_existing,
                        progress=progress, device=device, dtype=dtype)
     rows, failed = [], 0
@@ -173,13 +192,14 @@ def eval_cmd(
 
 
 def _summary_table(rows: list[dict]) -> str:
-    head = ["dataset", "model", "head", "templates", "acc1", "acc5", "mpcr", "n", "skipped", "img/s", "note"]
+    head = ["dataset", "model", "head", "prompts", "acc1", "acc5", "mpcr", "n", "skipped", "img/s", "note"]
     lines = []
     for d in rows:
         v = d.get("visroute", {})
         m = d["metrics"]
         note = ("random weights" if v.get("random_weights") else "") + (" (existing)" if d.get("_skipped_existing") else "")
-        lines.append([d["dataset"], v.get("model_spec", d["model"]), v.get("head", ""), str(v.get("templates", "")),
+        prompts = v.get("templates") if v.get("head", "zeroshot") == "zeroshot" else Path(str(v.get("descriptions"))).name
+        lines.append([d["dataset"], v.get("model_spec", d["model"]), v.get("head", ""), str(prompts),
                       f"{m['acc1']:.4f}", f"{m['acc5']:.4f}", f"{m['mean_per_class_recall']:.4f}",
                       str(v.get("n_evaluated", "")), str(v.get("n_skipped", "")),
                       f"{v['images_per_s']:.1f}" if v.get("images_per_s") else "", note.strip()])

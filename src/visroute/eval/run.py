@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,19 @@ from visroute.data.text import load_templates, read_string_list
 from visroute.errors import VisrouteError
 from visroute.eval.metrics import classification_metrics
 from visroute.eval.results import result_stem, write_json, write_predictions_parquet
-from visroute.features.cache import FeatureCache
-from visroute.heads.zeroshot import ZeroShotClassifier
+from visroute.features.cache import FeatureCache, FeatureSet
 from visroute.models import ContrastiveModel, load_model, parse_model_spec
 
-HEADS = ("zeroshot",)
+#: head name -> what it is (``visroute eval --head``)
+HEADS = {
+    "zeroshot": "class names x prompt templates (CLIP)",
+    "descriptions": "class name + descriptions, mean of per-sentence scores (DCLIP; --description-style)",
+    "cupl": "description sentences as prompts, embeddings averaged (CuPL)",
+    "random-words": "control: same number of random-word descriptors per class (WaffleCLIP), --repeats",
+    "random-chars": "control: random-character descriptors, --repeats",
+    "classname-free": "descriptions without the class name, + w_cls x class-name prompt; --w-cls-sweep",
+    "disclip": "discriminative selection per test image's top-k neighbourhood (needs --selection-dataset)",
+}
 
 
 @dataclass
@@ -25,6 +34,18 @@ class EvalOptions:
     head: str = "zeroshot"
     templates: str | None = None
     classnames: str | None = None
+    descriptions: str | None = None
+    fallback_descriptions: str | None = None
+    description_style: str = "dclip"
+    repeats: int = 5
+    seed: int = 0
+    w_cls: float = 0.0
+    w_cls_sweep: list[float] = field(default_factory=list)
+    selection_dataset: str | None = None
+    n_per_class: int | None = None
+    k: int = 3
+    m: int = 5
+    disclip_mode: str = "classname-free"
     output: Path = Path("results")
     batch_size: int = 64
     workers: int | None = None
@@ -36,15 +57,75 @@ class EvalOptions:
     dtype: str = "auto"
 
 
-def make_head(name: str, model: ContrastiveModel, templates: list[str]):
+def _load_descriptions(opts: EvalOptions, classnames: list[str]):
+    from visroute.descriptions import load_descriptions
+
+    if not opts.descriptions:
+        raise VisrouteError(f"head '{opts.head}' needs --descriptions FILE")
+    kind = "sentence" if opts.head == "cupl" else None
+    dset = load_descriptions(opts.descriptions, kind=kind)
+    if opts.fallback_descriptions:
+        dset = dset.with_fallback(load_descriptions(opts.fallback_descriptions, kind=kind))
+    return dset.aligned_to(classnames)
+
+
+def make_heads(opts: EvalOptions, model: ContrastiveModel, classnames: list[str], templates: list[str],
+               selection: tuple | None = None) -> list:
+    """Fitted head(s) for ``opts.head``: several for the random controls (one per repeat)."""
+    from visroute.heads.descriptions import ClassnameFreeClassifier, DescriptionEnsembleClassifier, random_descriptor_set
+    from visroute.heads.selection import DiscriminativeSelectionClassifier
+    from visroute.heads.zeroshot import ZeroShotClassifier
+
+    name = opts.head
     if name == "zeroshot":
-        return ZeroShotClassifier(model, templates)
-    raise VisrouteError(f"unknown head '{name}' (available: {', '.join(HEADS)})")
+        return [ZeroShotClassifier(model, templates).fit(classnames)]
+    if name not in HEADS:
+        raise VisrouteError(f"unknown head '{name}' (available: {', '.join(HEADS)})")
+    dset = _load_descriptions(opts, classnames)
+    if name == "descriptions":
+        return [DescriptionEnsembleClassifier(model, dset, style=opts.description_style).fit(classnames)]
+    if name == "cupl":
+        return [DescriptionEnsembleClassifier(model, dset, style="sentence", aggregate="embedding").fit(classnames)]
+    if name in ("random-words", "random-chars"):
+        kind = name.split("-")[1]
+        return [DescriptionEnsembleClassifier(model, random_descriptor_set(dset, kind, seed=opts.seed + r),
+                                              style=opts.description_style).fit(classnames) for r in range(opts.repeats)]
+    if name == "classname-free":
+        return [ClassnameFreeClassifier(model, dset, w_cls=opts.w_cls).fit(classnames)]
+    if selection is None:
+        raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
+    X_sel, y_sel = selection
+    try:
+        return [DiscriminativeSelectionClassifier(model, dset, k=opts.k, m=opts.m, n_per_class=opts.n_per_class,
+                                                  mode=opts.disclip_mode, w_cls=opts.w_cls).fit(classnames, X_sel, y_sel)]
+    except ValueError as e:
+        raise VisrouteError(str(e)) from None
 
 
-def result_paths(output: Path, dataset_name: str, model_spec: str, head: str, templates: str | None) -> tuple[Path, Path]:
-    stem = result_stem(dataset_name, model_spec, head, Path(templates).name if templates else "default-templates")
+def prompts_label(opts: EvalOptions) -> str:
+    if opts.head == "zeroshot":
+        return Path(opts.templates).name if opts.templates else "default-templates"
+    return Path(opts.descriptions).name if opts.descriptions else "none"
+
+
+def result_paths(output: Path, dataset_name: str, model_spec: str, opts: EvalOptions) -> tuple[Path, Path]:
+    stem = result_stem(dataset_name, model_spec, opts.head, prompts_label(opts))
     return output / f"{stem}.json", output / f"{stem}.parquet"
+
+
+def predict_features(head, features: FeatureSet, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stream the cached shards through a fitted head: (item indices, top-k class indices, top-k scores)."""
+    idx_parts, top_parts, score_parts = [], [], []
+    for indices, emb in features.iter_shards():
+        if len(indices) == 0:
+            continue
+        top, scores = head.predict_topk(emb, k)
+        idx_parts.append(indices)
+        top_parts.append(top)
+        score_parts.append(scores)
+    if not idx_parts:
+        return np.empty(0, np.int64), np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+    return np.concatenate(idx_parts), np.concatenate(top_parts), np.concatenate(score_parts)
 
 
 def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: EvalOptions | None = None,
@@ -56,42 +137,49 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
     classnames = read_string_list(opts.classnames, "classnames", VisrouteError) if opts.classnames else None
     ds = load_dataset(dataset, classnames) if isinstance(dataset, str) else dataset
     spec_text = model.spec if isinstance(model, ContrastiveModel) else parse_model_spec(model).text
-    json_path, parquet_path = result_paths(Path(opts.output), ds.name, spec_text, opts.head, opts.templates)
+    json_path, parquet_path = result_paths(Path(opts.output), ds.name, spec_text, opts)
     if opts.skip_existing and json_path.is_file():
-        import json
-
         doc = json.loads(json_path.read_text())
         doc["_skipped_existing"] = True
         return doc
     templates = load_templates(opts.templates)
     m = model if isinstance(model, ContrastiveModel) else load_model(model, device=opts.device, dtype=opts.dtype)
-    head = make_head(opts.head, m, templates).fit(ds.classnames)
+    encode = dict(shard_size=opts.shard_size, batch_size=opts.batch_size, num_workers=opts.workers,
+                  draft_size=224 if opts.fast_decode else None, progress=opts.progress)
+
+    selection = None
+    if opts.head == "disclip" and opts.selection_dataset:
+        sel_ds = load_dataset(opts.selection_dataset, ds.classnames)
+        sel_idx, sel_X = cache.encode(m, sel_ds, **encode).load()
+        selection = (sel_X, sel_ds.labels[sel_idx])
+    heads = make_heads(opts, m, list(ds.classnames), templates, selection)
 
     t_feat = time.perf_counter()
-    draft = 224 if opts.fast_decode else None
-    features = cache.encode(m, ds, shard_size=opts.shard_size, batch_size=opts.batch_size,
-                            num_workers=opts.workers, draft_size=draft, progress=opts.progress)
+    features = cache.encode(m, ds, **encode)
     feature_time = time.perf_counter() - t_feat
 
     k = min(5, len(ds.classnames))
-    idx_parts, top_parts, score_parts = [], [], []
-    for indices, emb in features.iter_shards():
-        if len(indices) == 0:
-            continue
-        top, scores = head.predict_topk(emb, k)
-        idx_parts.append(indices)
-        top_parts.append(top)
-        score_parts.append(scores)
-    indices = np.concatenate(idx_parts) if idx_parts else np.empty(0, np.int64)
-    topk = np.concatenate(top_parts) if top_parts else np.empty((0, k), np.int64)
-    scores = np.concatenate(score_parts) if score_parts else np.empty((0, k), np.float32)
+    runs = [predict_features(h, features, k) for h in heads]
+    indices, topk, scores = runs[0]
     y = ds.labels[indices]
     metrics = classification_metrics(y, topk, len(ds.classnames))
     confusion = metrics.pop("confusion_matrix")
     per_class = metrics.pop("per_class_accuracy")
+    extra_metrics: dict = {}
+    if len(runs) > 1:  # random controls: mean +- std over repeats
+        per_repeat = [classification_metrics(y, r[1], len(ds.classnames)) for r in runs]
+        for key in ("acc1", "acc5", "mean_per_class_recall"):
+            vals = np.array([p[key] for p in per_repeat])
+            metrics[key] = float(vals.mean())
+            extra_metrics[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            extra_metrics[f"{key}_repeats"] = vals.tolist()
+    if opts.head == "classname-free" and opts.w_cls_sweep:
+        X = features.load()[1]
+        extra_metrics["w_cls_sweep"] = heads[0].sweep(X, ds.labels[features.load()[0]], opts.w_cls_sweep)
     wall = time.perf_counter() - t0
 
     parsed = parse_model_spec(spec_text)
+    head0 = heads[0]
     doc = {
         "dataset": ds.name,
         "model": parsed.location if parsed.backend == "openclip" else spec_text,
@@ -103,8 +191,13 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
             "model_spec": spec_text,
             "dataset_spec": getattr(ds, "spec", ds.name),
             "head": opts.head,
-            "templates": opts.templates or "default",
-            "n_templates": len(templates),
+            "templates": (opts.templates or "default") if opts.head == "zeroshot" else None,
+            "n_templates": len(templates) if opts.head == "zeroshot" else None,
+            "descriptions": opts.descriptions,
+            "fallback_descriptions": opts.fallback_descriptions,
+            "head_params": _head_params(opts),
+            "metrics_extra": extra_metrics,
+            "n_fallback_classes": getattr(head0, "n_fallback_classes_", None),
             "classnames": ds.classnames,
             "per_class_accuracy": {c: a for c, a in zip(ds.classnames, per_class)} if len(set(ds.classnames)) == len(ds.classnames)
             else list(per_class),
@@ -131,3 +224,17 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
     write_json(json_path, doc)
     doc["_file"] = str(json_path)
     return doc
+
+
+def _head_params(opts: EvalOptions) -> dict:
+    if opts.head == "zeroshot":
+        return {}
+    p = {"description_style": opts.description_style}
+    if opts.head.startswith("random"):
+        p.update(repeats=opts.repeats, seed=opts.seed)
+    if opts.head in ("classname-free", "disclip"):
+        p.update(w_cls=opts.w_cls, w_cls_sweep=opts.w_cls_sweep)
+    if opts.head == "disclip":
+        p.update(k=opts.k, m=opts.m, n_per_class=opts.n_per_class, mode=opts.disclip_mode,
+                 selection_dataset=opts.selection_dataset)
+    return p
