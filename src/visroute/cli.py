@@ -230,6 +230,64 @@ def report(
         typer.echo(f"wrote {plot}", err=True)
 
 
+@app.command()
+def describe(
+    classes: Annotated[str, typer.Option(help="Class names: .txt, JSON list, FILE.json:KEY or CSV column.")],
+    llm: Annotated[str, typer.Option(help="openai-compatible:<base_url>#<model> or hf:<local causal LM dir>.")],
+    output: Annotated[Path, typer.Option(help="Where to write the description set (visroute JSON).")],
+    style: Annotated[str, typer.Option(help="dclip (descriptor lists), cupl (sentences) or contrastive.")] = "dclip",
+    neighbours: Annotated[int, typer.Option(min=1, help="Confusable classes per class (contrastive style).")] = 3,
+    confusion: Annotated[Optional[Path], typer.Option(help="Result JSON of a zero-shot eval: neighbours from its confusion matrix.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Contrastive model whose text embeddings give neighbours.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 60.0,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per request (exponential backoff).")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP requests.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Write class descriptions with an LLM. Responses are cached (SQLite): a re-run resumes for free."""
+    from visroute.data.text import parse_labels
+    from visroute.descriptions import save_descriptions
+    from visroute.descriptions.generate import confusion_neighbours, generate_descriptions, text_neighbours
+    from visroute.llm import ResponseCache, load_generator
+
+    _quiet_libraries()
+    try:
+        classnames, _ = parse_labels(labels_file=classes)
+        near = None
+        if style == "contrastive":
+            n = min(neighbours, len(classnames) - 1)
+            if n < 1:
+                raise VisrouteError("the contrastive style needs at least two classes")
+            if confusion is not None:
+                doc = json.loads(confusion.read_text())
+                cm = doc.get("visroute", {}).get("confusion_matrix")
+                if cm is None or len(cm) != len(classnames):
+                    raise VisrouteError(f"{confusion} has no confusion matrix for {len(classnames)} classes")
+                near = confusion_neighbours(cm, n)
+            else:
+                from visroute.models import load_model
+
+                emb = load_model(model or "random-tiny", device="cpu").encode_texts([f"a photo of a {c}." for c in classnames])
+                near = text_neighbours(emb.numpy(), n)
+        kw = {"max_tokens": max_tokens}
+        if llm.startswith("openai-compatible:"):
+            kw.update(timeout=timeout, max_retries=retries, concurrency=concurrency)
+        gen = load_generator(llm, cache=ResponseCache(), **kw)
+        dset, report = generate_descriptions(gen, classnames, style, near, progress=progress)
+    except VisrouteError as e:
+        raise _fail(str(e))
+    save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
+    for f in report.failed:
+        typer.secho(f"failed: {f['class']}: {f['error']}", err=True, fg=typer.colors.RED)
+    for u in report.unparsable:
+        typer.secho(f"unparsable answer for {u['class']}: {u['answer'][:80]!r}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"wrote {output}: {sum(map(len, dset.descriptions))} descriptions for {len(classnames)} classes; "
+               f"{report.requests} requests ({report.cached} cached), {len(report.failed)} failed, "
+               f"{len(report.unparsable)} unparsable, {len(report.empty_classes)} classes without descriptions", err=True)
+    raise typer.Exit(EXIT_SOME_SKIPPED if report.failed or report.empty_classes else EXIT_OK)
+
+
 cache_app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

@@ -1,0 +1,73 @@
+"""A scriptable OpenAI-compatible chat server on loopback, for deterministic retry/timeout/parsing tests.
+
+``script`` is a list of actions consumed one per request: ("status", 500), ("sleep", 2.0) (then answer),
+("text", "..."); when it is empty, ``default(prompt)`` answers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StubServer:
+    def __init__(self, default=None):
+        self.script: list[tuple] = []
+        self.requests: list[dict] = []
+        self.default = default or (lambda prompt: "- a generic feature")
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub._lock:
+                    stub.requests.append(body)
+                    action = stub.script.pop(0) if stub.script else None
+                if action and action[0] == "status":
+                    self.send_response(action[1])
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": "injected failure"}}).encode())
+                    return
+                if action and action[0] == "sleep":
+                    time.sleep(action[1])
+                content = body["messages"][-1]["content"]
+                prompt = content if isinstance(content, str) else " ".join(
+                    p.get("text", "") for p in content if p.get("type") == "text")
+                text = action[1] if action and action[0] == "text" else stub.default(prompt)
+                doc = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}],
+                       "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                                 "total_tokens": len(prompt.split()) + len(text.split())}}
+                data = json.dumps(doc).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
