@@ -114,3 +114,55 @@ def tiny_openclip_dir(tmp_path_factory) -> Path:
     model = open_clip.create_model("local-dir:" + str(d))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
     return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from visroute.models.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tiny_llama_dir, tmp_path_factory):
+    """`transformers serve` (a real OpenAI-compatible server) on loopback around the tiny random Llama."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    hub = tmp_path_factory.mktemp("hf-hub")
+    exe = Path(sys.executable).parent / "transformers"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)}
+    log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w")
+    proc = subprocess.Popen([str(exe), "serve", str(tiny_llama_dir), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited with {proc.returncode}; see {log.name}")
+        try:
+            urllib.request.urlopen(base + "/v1/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("transformers serve did not start within 180 s")
+    yield f"{base}/v1", str(tiny_llama_dir)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -109,3 +109,24 @@ def test_bad_llm_spec_is_a_usage_error(tmp_path):
     r = CliRunner().invoke(app, ["describe", "--classes", str(classes), "--llm", "openai-compatible:http://x",
                                  "--output", str(tmp_path / "o.json")])
     assert r.exit_code == 2 and "#<model>" in r.stderr
+
+
+def test_describe_against_transformers_serve(transformers_server, tmp_path, monkeypatch):
+    """A real OpenAI-compatible server (transformers serve) with a tiny random LLM: its answers are noise, so every
+    one must be reported as unparsable (none silently dropped), and a re-run is answered from the cache."""
+    base_url, model_path = transformers_server
+    monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "cache"))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    out = tmp_path / "desc.json"
+    args = ["describe", "--classes", str(classes), "--llm", f"openai-compatible:{base_url}#{model_path}",
+            "--style", "cupl", "--max-tokens", "12", "--output", str(out), "--no-progress", "--concurrency", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code in (0, 1), r.output
+    report = load_descriptions(out).provenance["report"]
+    assert report["requests"] == 6 and report["n_failed"] == 0 and report["cached"] == 0
+    n_described = sum(len(d) for d in load_descriptions(out).descriptions)
+    assert report["n_unparsable"] + n_described == 6  # every answer is either a description or reported
+    assert all(u["answer"] is not None and u["class"] in ("cat", "dog") for u in report["unparsable"])
+    r2 = CliRunner().invoke(app, args)
+    assert load_descriptions(out).provenance["report"]["cached"] == 6, r2.output
