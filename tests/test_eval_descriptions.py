@@ -105,3 +105,27 @@ def test_cli_eval_with_descriptions(tmp_path, splits, tiny_clip_dir, shared_data
     r = CliRunner().invoke(app, ["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(splits / "test"), "--head", "disclip",
                                  "--descriptions", str(cupl), "--output", str(tmp_path / "o"), "--no-progress"])
     assert r.exit_code == 2 and "--selection-dataset" in r.stderr
+
+
+def test_explain_writes_html_and_json(tmp_path, splits, tiny_clip_dir, shared_data, monkeypatch):
+    monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "cache"))
+    cupl = shared_data / "descriptions" / "cupl" / "cifar10_prompts_full.json"
+    img = splits / "test" / "cat" / "0100.jpg"
+    page = tmp_path / "e.html"
+    r = CliRunner().invoke(app, ["explain", str(img), "--descriptions", str(cupl), "--model", f"hf:{tiny_clip_dir}",
+                                 "--html", str(page), "--json", "--top-k", "2"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    classes = doc[0]["classes"]
+    assert len(classes) == 2 and classes[0]["probability"] >= classes[1]["probability"]
+    first = classes[0]["descriptions"]
+    assert sum(d["contribution"] for d in first) == pytest.approx(classes[0]["score"], abs=1e-5)
+    text = page.read_text()
+    assert "data:image/jpeg;base64," in text and classes[0]["class"] in text and first[0]["text"][:30] in text
+    # the disclip explanation: the selected descriptions per candidate of the neighbourhood
+    r = CliRunner().invoke(app, ["explain", str(img), "--descriptions", str(cupl), "--model", f"hf:{tiny_clip_dir}",
+                                 "--selection-dataset", str(splits / "select"), "--html", str(page), "--json"])
+    assert r.exit_code == 0, r.output
+    cands = json.loads(r.stdout)[0]["classes"]
+    assert len(cands) == 3 and all(1 <= len(c["descriptions"]) <= 5 for c in cands)
+    assert [c["score"] for c in cands] == sorted((c["score"] for c in cands), reverse=True)

@@ -288,6 +288,64 @@ def describe(
     raise typer.Exit(EXIT_SOME_SKIPPED if report.failed or report.empty_classes else EXIT_OK)
 
 
+@app.command()
+def explain(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    descriptions: Annotated[str, typer.Option(help="Description file (any supported format).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Contrastive model spec.")] = "random-tiny",
+    classes: Annotated[Optional[str], typer.Option(help="Class names (default: the description file's keys).")] = None,
+    selection_dataset: Annotated[Optional[str], typer.Option(help="Labelled split: explain the disclip selection.")] = None,
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    html_out: Annotated[Path, typer.Option("--html", help="HTML page to write.")] = Path("explain.html"),
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the explanation as JSON.")] = False,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Why each image got its class: top-k classes and the descriptions that decided, with contributions."""
+    from visroute.data.text import parse_labels
+    from visroute.descriptions import load_descriptions
+    from visroute.descriptions.explain import render_html, thumbnail_data_uri
+    from visroute.features import encode_image_files
+    from visroute.features.cache import FeatureCache
+    from visroute.heads.descriptions import DescriptionEnsembleClassifier
+    from visroute.heads.selection import DiscriminativeSelectionClassifier
+    from visroute.models import load_model
+
+    _quiet_libraries()
+    try:
+        dset = load_descriptions(descriptions)
+        names = parse_labels(labels_file=classes)[0] if classes else list(dset.classnames)
+        clip = load_model(model, device=device)
+        if selection_dataset:
+            from visroute.data.datasets import load_dataset
+
+            sel = load_dataset(selection_dataset, names)
+            idx, X_sel = FeatureCache().encode(clip, sel).load()
+            head = DiscriminativeSelectionClassifier(clip, dset, k=top_k).fit(names, X_sel, sel.labels[idx])
+            head_name = "disclip"
+        else:
+            head = DescriptionEnsembleClassifier(clip, dset, style="sentence" if dset.kind == "sentence" else "dclip").fit(names)
+            head_name = "descriptions"
+        enc = encode_image_files(clip, images, num_workers=0)
+    except (VisrouteError, ValueError) as e:
+        raise _fail(str(e))
+    items = []
+    for path, emb in zip(enc.paths, enc.embeddings):
+        expl = head.explain(emb) if head_name == "disclip" else head.explain(emb, top_k)
+        items.append({"path": path, "model": clip.spec, "head": head_name, "random_weights": clip.is_random,
+                      "classes": expl})
+    html_out.write_text(render_html([{**it, "image": thumbnail_data_uri(it["path"])} for it in items]), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+    else:
+        for it in items:
+            best = it["classes"][0]
+            typer.echo(f"{it['path']}\t{best['class']}\t" + "; ".join(d["text"] for d in best["descriptions"][:3]))
+    for s in enc.skipped:
+        typer.secho(f"skipped: {s.path}: {s.reason}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"wrote {html_out}", err=True)
+    raise typer.Exit(EXIT_SOME_SKIPPED if enc.skipped else EXIT_OK)
+
+
 cache_app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

@@ -123,6 +123,21 @@ class DescriptionEnsembleClassifier:
     def score(self, X, y) -> float:
         return float((self.predict(X) == np.asarray(y)).mean())
 
+    def explain(self, x, k: int = 3) -> list[dict]:
+        """Top-k classes for one image feature, each with its sentences' similarities and contributions."""
+        X = _as_tensor(x).float().reshape(1, -1)
+        probs = self.predict_proba(X)[0]
+        sims = (X @ self.text_embeddings_.T)[0]
+        out = []
+        for c in probs.topk(min(k, len(self.classes_))).indices.tolist():
+            rows = (self.owner_ == c).nonzero().squeeze(1).tolist()
+            items = sorted(({"text": self.texts_[r], "similarity": float(sims[r]),
+                             "contribution": float(sims[r]) / len(rows)} for r in rows),
+                           key=lambda d: -d["similarity"])
+            out.append({"class": str(self.classes_[c]), "class_index": c, "probability": float(probs[c]),
+                        "score": float(sims[rows].mean()), "descriptions": items})
+        return out
+
 
 def random_descriptor_set(real: DescriptionSet, kind: str = "words", seed: int = 0, n_per_class: int | None = None,
                           words_per_descriptor: int = 2, vocabulary: Sequence[str] | None = None) -> DescriptionSet:

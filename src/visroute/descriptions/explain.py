@@ -1,0 +1,47 @@
+"""Explanations as a self-contained HTML page (image, top-k classes, deciding descriptions) or JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+
+def thumbnail_data_uri(path: str | Path, size: int = 320) -> str:
+    from visroute.data.images import load_image
+
+    im = load_image(path)
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def render_html(items: list[dict], title: str = "visroute explain") -> str:
+    """``items``: [{"path", "model", "head", "classes": [{class, score, probability?, descriptions: [...]}]}]."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:1100px}"
+             ".img{display:flex;gap:2em;margin-bottom:2.5em;border-bottom:1px solid #ddd;padding-bottom:1.5em}"
+             "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;font-size:14px}"
+             ".bar{background:#4a7bd0;height:10px;display:inline-block}h3{margin:.6em 0 .2em}"
+             ".note{color:#a60}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for it in items:
+        parts.append("<div class='img'>")
+        parts.append(f"<div><img src='{it['image']}' alt=''><br><small>{html.escape(str(it['path']))}</small></div><div>")
+        parts.append(f"<p>model <code>{html.escape(it['model'])}</code>, head <code>{html.escape(it['head'])}</code></p>")
+        if it.get("random_weights"):
+            parts.append("<p class='note'>random weights (smoke test): predictions are at chance level</p>")
+        for rank, c in enumerate(it["classes"], 1):
+            prob = f", p = {c['probability']:.3f}" if "probability" in c else ""
+            parts.append(f"<h3>{rank}. {html.escape(c['class'])} <small>(score {c['score']:.4f}{prob})</small></h3><table>"
+                         "<tr><th>description</th><th>similarity</th><th>contribution</th><th></th></tr>")
+            top = max((abs(d["contribution"]) for d in c["descriptions"]), default=1.0) or 1.0
+            for d in c["descriptions"]:
+                width = int(120 * abs(d["contribution"]) / top)
+                parts.append(f"<tr><td>{html.escape(d['text'])}</td><td>{d['similarity']:.4f}</td>"
+                             f"<td>{d['contribution']:.4f}</td><td><span class='bar' style='width:{width}px'></span></td></tr>")
+            parts.append("</table>")
+        parts.append("</div></div>")
+    parts.append("</body></html>")
+    return "".join(parts)
