@@ -131,7 +131,8 @@ class Timed:
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._t0
         machine, own = busy_cpu_seconds()
-        self.foreign = max(0.0, (machine - self._cpu[0]) - (own - self._cpu[1])) / self.seconds
+        self.cpu = own - self._cpu[1]
+        self.foreign = max(0.0, (machine - self._cpu[0]) - self.cpu) / self.seconds
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
@@ -146,13 +147,15 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
 
 @dataclass
 class Measure:
-    """Best wall time over repeats, and the worst foreign load seen while taking it."""
+    """Best wall time and best own CPU time over repeats, and the worst foreign load seen meanwhile."""
 
     seconds: float = float("inf")
+    cpu: float = float("inf")
     foreign: float = 0.0
 
-    def add(self, t: Timed) -> None:
+    def add(self, t: "Timed | Measure") -> None:
         self.seconds = min(self.seconds, t.seconds)
+        self.cpu = min(self.cpu, t.cpu)
         self.foreign = max(self.foreign, t.foreign)
 
 
@@ -327,7 +330,8 @@ def bench_head(model, classnames: list[str], templates: list[str], repeat: int) 
         t_tight.add(clock(tight))
         t_vis.add(clock(visroute))
     return {"prompts": len(prompts), "tight": t_tight.seconds, "visroute": t_vis.seconds,
-            "ratio": t_vis.seconds / t_tight.seconds, "foreign": max(t_tight.foreign, t_vis.foreign)}
+            "ratio": t_vis.seconds / t_tight.seconds, "cpu_ratio": t_vis.cpu / t_tight.cpu,
+            "foreign": max(t_tight.foreign, t_vis.foreign)}
 
 
 # --------------------------------------------------------------------------- main
@@ -427,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_head and (size != "b32" or args.head_b32):
                 h = heads[size] = bench_head(model, head_classes, head_templates, args.head_repeat)
                 print(f"head build, {h['prompts']} prompts: visroute {h['visroute']:.2f}s, "
-                      f"tight loop {h['tight']:.2f}s, ratio {h['ratio']:.3f}  [foreign load {h['foreign']:.2f}]",
-                      flush=True)
+                      f"tight loop {h['tight']:.2f}s, ratio {h['ratio']:.3f} (by CPU time {h['cpu_ratio']:.3f})"
+                      f"  [foreign load {h['foreign']:.2f}]", flush=True)
             del model
             shutil.rmtree(model_dir, ignore_errors=True)
 
@@ -464,11 +468,12 @@ def print_tables(results: dict[str, dict], heads: dict[str, dict], n_labels: int
 
     if heads:
         print("\n## Table 2: zero-shot head build, 1000 classes x 80 templates (goal: ratio <= 1.1)\n")
-        print("| model | prompts | visroute fit, s | tight loop, s | visroute / tight | foreign load |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| model | prompts | visroute fit, s | tight loop, s | visroute / tight | same, by CPU time "
+              "| foreign load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for size, h in heads.items():
             print(f"| {size} | {h['prompts']} | {h['visroute']:.2f} | {h['tight']:.2f} | {h['ratio']:.3f} "
-                  f"| {h['foreign']:.2f} |")
+                  f"| {h['cpu_ratio']:.3f} | {h['foreign']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -129,9 +131,19 @@ def models(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model spec; repeat for several.")],
-    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset spec; repeat for several.")],
-    head: Annotated[str, typer.Option(help="zeroshot, descriptions, cupl, random-words, random-chars, classname-free, disclip.")] = "zeroshot",
+    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset or task-file spec; repeat for several.")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Contrastive model spec; repeat for several.")] = None,
+    head: Annotated[str, typer.Option(help="zeroshot, descriptions, cupl, random-words, random-chars, classname-free, disclip; "
+                                           "task pipelines: vlm, vlm+llm, clip-options.")] = "zeroshot",
+    vlm: Annotated[Optional[str], typer.Option(help="Generative VLM spec (hf:<dir> or openai-compatible:<url>#<model>).")] = None,
+    llm: Annotated[Optional[str], typer.Option(help="LLM spec for vlm+llm (hf:<dir> or openai-compatible:<url>#<model>).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt template name (mcq, mcq-text, open, ...) or file.")] = None,
+    options_top_k: Annotated[Optional[int], typer.Option(help="Classification datasets: options = top-k of a CLIP pre-filter (--model).")] = None,
+    prices: Annotated[Optional[Path], typer.Option(help="Price table JSON (per model: tokens, images, seconds).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Generation length for vlm / llm.")] = 64,
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 120.0,
+    retries: Annotated[int, typer.Option(min=0)] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP requests.")] = 4,
     templates: Annotated[Optional[str], typer.Option(help="Templates with {c}: .txt, JSON list or FILE.json:KEY.")] = None,
     classnames: Annotated[Optional[str], typer.Option(help="Class names overriding the dataset's (FILE or FILE.json:KEY).")] = None,
     descriptions: Annotated[Optional[str], typer.Option(help="Description file (DCLIP, CuPL, DisCLIP or visroute JSON).")] = None,
@@ -171,6 +183,14 @@ def eval_cmd(
                        n_per_class=n_per_class, k=k, m=m, disclip_mode=disclip_mode, output=output, batch_size=batch_size,
                        workers=workers, shard_size=shard_size, fast_decode=fast_decode, skip_existing=skip_existing,
                        progress=progress, device=device, dtype=dtype)
+    if head in TASK_HEADS:
+        rows, failed = _eval_tasks(head, dataset, model or [], vlm, llm, prompt, options_top_k, prices, max_tokens, timeout,
+                                   retries, concurrency, output, device, dtype)
+        if rows:
+            typer.echo(_task_table(rows))
+        raise typer.Exit(EXIT_USAGE if failed and not rows else (EXIT_SOME_SKIPPED if failed else EXIT_OK))
+    if not model:
+        raise _fail(f"head '{head}' needs --model")
     rows, failed = [], 0
     for spec in model:
         loaded = None
@@ -189,6 +209,94 @@ def eval_cmd(
     if rows:
         typer.echo(_summary_table(rows))
     raise typer.Exit(EXIT_USAGE if failed and not rows else (EXIT_SOME_SKIPPED if failed else EXIT_OK))
+
+
+TASK_HEADS = ("vlm", "vlm+llm", "clip-options")
+
+
+def _eval_tasks(head, datasets, models, vlm, llm, prompt, options_top_k, prices, max_tokens, timeout, retries,
+                concurrency, output, device, dtype) -> tuple[list[dict], int]:
+    from visroute.data.datasets import load_dataset
+    from visroute.eval.tasks_run import evaluate_tasks
+    from visroute.heads.vlm import CLIPOptionsPipeline, VLMDirectPipeline, VLMThenLLMPipeline
+    from visroute.llm import ResponseCache, load_generator
+    from visroute.models import load_model
+    from visroute.tasks.costs import PriceTable
+    from visroute.tasks.model import load_tasks, tasks_from_classification
+
+    rows, failed = [], 0
+    try:
+        table = PriceTable.load(prices)
+        cache = ResponseCache()
+        gen_kw = dict(max_tokens=max_tokens, timeout=timeout, max_retries=retries, concurrency=concurrency, device=device)
+        clip = load_model(models[0], device=device, dtype=dtype) if models else None
+        if head == "clip-options":
+            if clip is None:
+                raise VisrouteError("head 'clip-options' needs --model (a contrastive model)")
+            pipeline = CLIPOptionsPipeline(clip, prices=table)
+        elif head == "vlm":
+            if not vlm:
+                raise VisrouteError("head 'vlm' needs --vlm")
+            pipeline = VLMDirectPipeline(load_generator(vlm, cache=cache, **gen_kw), prompt or "mcq", table)
+        else:
+            if not vlm or not llm:
+                raise VisrouteError("head 'vlm+llm' needs --vlm and --llm")
+            pipeline = VLMThenLLMPipeline(load_generator(vlm, cache=cache, **gen_kw), load_generator(llm, cache=cache, **gen_kw),
+                                          prices=table, **({"reason_prompt": prompt} if prompt else {}))
+    except VisrouteError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        return [], 1
+    for spec in datasets:
+        try:
+            base = spec.partition("#")[0]
+            if base.endswith((".jsonl", ".csv")) and _has_question_column(base):
+                tasks, skipped = load_tasks(spec)
+                name = Path(base).stem
+            else:
+                ds = load_dataset(spec)
+                top = None
+                if options_top_k:
+                    if clip is None:
+                        raise VisrouteError("--options-top-k needs --model for the CLIP pre-filter")
+                    from visroute.features.cache import FeatureCache
+                    from visroute.heads.zeroshot import ZeroShotClassifier
+
+                    fs = FeatureCache().encode(clip, ds)
+                    idx, X = fs.load()
+                    top = np.zeros((len(ds), options_top_k), dtype=np.int64)
+                    top[idx] = ZeroShotClassifier(clip).fit(ds.classnames).predict_topk(X, options_top_k)[0]
+                tasks, skipped, name = tasks_from_classification(ds, top), [], ds.name
+            for s in skipped:
+                typer.secho(f"skipped task row {s['row']}: {s['reason']}", err=True, fg=typer.colors.YELLOW)
+            random = bool(clip is not None and clip.is_random) or any("random-tiny" in m for m in pipeline.models)
+            doc = evaluate_tasks(pipeline, tasks, name, output, prompt or "default", skipped, random)
+            rows.append(doc)
+        except VisrouteError as e:
+            typer.secho(f"error: {head} on {spec}: {e}", err=True, fg=typer.colors.RED)
+            failed += 1
+    return rows, failed
+
+
+def _has_question_column(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return "question" in first
+
+
+def _task_table(rows: list[dict]) -> str:
+    head = ["dataset", "pipeline", "models", "acc1", "chance", "unparsable", "errors", "cost", "cost/task", "latency", "cached"]
+    lines = []
+    for d in rows:
+        v = d["visroute"]
+        lines.append([d["dataset"], v["head"], d["model"], f"{d['metrics']['acc1']:.3f}", f"{d['metrics']['chance_acc1']:.3f}",
+                      str(v["n_unparsable"]), str(v["n_errors"]), f"{v['cost_total']:.6f}", f"{(v['cost_per_task'] or 0):.2e}",
+                      f"{(v['latency_mean_s'] or 0):.3f}s", str(v["n_cached"])])
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
 
 
 def _summary_table(rows: list[dict]) -> str:

@@ -245,6 +245,28 @@ def parse_generator_spec(spec: str) -> tuple[str, str, str | None]:
 def load_generator(spec: str, cache: ResponseCache | None = None, **kw) -> Generator:
     backend, location, model = parse_generator_spec(spec)
     if backend == "openai-compatible":
-        return OpenAICompatibleGenerator(location, model, cache=cache, **kw)
+        http = {k: v for k, v in kw.items() if k in ("api_key", "timeout", "max_retries", "concurrency", "backoff_s",
+                                                       "max_tokens", "temperature")}
+        return OpenAICompatibleGenerator(location, model, cache=cache, **http)
     allowed = {k: v for k, v in kw.items() if k in ("max_tokens", "temperature", "device", "batch_size")}
+    if allowed.get("device") == "auto":
+        import torch
+
+        allowed["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if _is_vision_language(location):
+        from visroute.llm.hf_vlm import HFVisionLanguageGenerator
+
+        return HFVisionLanguageGenerator(location, cache=cache, **allowed)
     return HFCausalLMGenerator(location, cache=cache, **allowed)
+
+
+def _is_vision_language(location: str) -> bool:
+    """A transformers checkpoint with a vision tower (LLaVA, Qwen2-VL, PaliGemma, BLIP-2, ...)."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not read the config of '{location}' ({str(e).splitlines()[0]}); point at a local "
+                             "model directory with hf:/path/to/dir") from e
+    return hasattr(cfg, "vision_config")

@@ -1,0 +1,196 @@
+"""Task pipelines: three ways to pick a response option, all on the same tasks, all costed.
+
+(a) ``VLMDirectPipeline``   a generative VLM answers with the options in its prompt;
+(b) ``VLMThenLLMPipeline``  a VLM describes the image, an LLM reasons over that text and the options;
+(c) ``CLIPOptionsPipeline`` a contrastive model scores "a photo of a {option}" for each option.
+
+Each returns one ``TaskPrediction`` per task with the parsed option (None if the answer could not be
+mapped to an option: counted wrong, reported by rule), latency, tokens, images and cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from visroute.llm.client import ChatRequest, Generator, GenerationResult
+from visroute.tasks.costs import PriceTable
+from visroute.tasks.model import Task
+from visroute.tasks.parse import parse_option
+from visroute.tasks.prompts import PromptTemplate, load_prompt
+
+
+@dataclass
+class TaskPrediction:
+    task_id: str
+    predicted: int | None
+    parse_rule: str
+    raw_answer: str
+    latency_s: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+    cost: float = 0.0
+    cached: bool = False
+    error: str | None = None
+    option_scores: list[float] = field(default_factory=list)
+    intermediate: str = ""
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def _costed(res: GenerationResult, spec: str, prices: PriceTable, images: int) -> float:
+    if res.cached:
+        return 0.0
+    return prices.price(spec).cost(res.input_tokens, res.output_tokens, images, res.latency_s)
+
+
+def _image_of(task: Task):
+    return task.image
+
+
+class VLMDirectPipeline:
+    name = "vlm"
+
+    def __init__(self, vlm: Generator, prompt: str | PromptTemplate = "mcq", prices: PriceTable | None = None,
+                 batch: int = 16):
+        self.vlm = vlm
+        self.prompt = prompt if isinstance(prompt, PromptTemplate) else load_prompt(prompt)
+        self.prices = prices or PriceTable()
+        self.batch = batch
+
+    @property
+    def models(self) -> list[str]:
+        return [self.vlm.spec]
+
+    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+        out = []
+        for s in range(0, len(tasks), self.batch):
+            chunk = tasks[s : s + self.batch]
+            results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=[_image_of(t)]) for t in chunk])
+            for t, r in zip(chunk, results):
+                idx, rule = parse_option(r.text, t.options, lettered=self.prompt.lettered) if r.ok else (None, "error")
+                out.append(TaskPrediction(t.task_id, idx, rule, r.text, r.latency_s, r.input_tokens or 0,
+                                          r.output_tokens or 0, 1, _costed(r, self.vlm.spec, self.prices, 1), r.cached,
+                                          r.error))
+        return out
+
+
+class VLMThenLLMPipeline:
+    name = "vlm+llm"
+
+    def __init__(self, vlm: Generator, llm: Generator, describe_prompt: str | PromptTemplate = "describe",
+                 reason_prompt: str | PromptTemplate = "llm-reason", prices: PriceTable | None = None, batch: int = 16):
+        self.vlm, self.llm = vlm, llm
+        self.describe_prompt = describe_prompt if isinstance(describe_prompt, PromptTemplate) else load_prompt(describe_prompt)
+        self.reason_prompt = reason_prompt if isinstance(reason_prompt, PromptTemplate) else load_prompt(reason_prompt)
+        self.prices = prices or PriceTable()
+        self.batch = batch
+
+    @property
+    def models(self) -> list[str]:
+        return [self.vlm.spec, self.llm.spec]
+
+    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+        out = []
+        for s in range(0, len(tasks), self.batch):
+            chunk = tasks[s : s + self.batch]
+            seen = self.vlm.generate([ChatRequest(self.describe_prompt.render(t), images=[_image_of(t)]) for t in chunk])
+            reqs = [ChatRequest(self.reason_prompt.render(t, description=v.text)) for t, v in zip(chunk, seen)]
+            todo = [i for i, v in enumerate(seen) if v.ok]
+            reasoned = dict(zip(todo, self.llm.generate([reqs[i] for i in todo]))) if todo else {}
+            for i, (t, v) in enumerate(zip(chunk, seen)):
+                r = reasoned.get(i)
+                cost = _costed(v, self.vlm.spec, self.prices, 1) + (_costed(r, self.llm.spec, self.prices, 0) if r else 0.0)
+                if r is None or not r.ok:
+                    out.append(TaskPrediction(t.task_id, None, "error", "", v.latency_s + (r.latency_s if r else 0),
+                                              (v.input_tokens or 0), (v.output_tokens or 0), 1, cost, v.cached,
+                                              v.error or (r.error if r else None), intermediate=v.text))
+                    continue
+                final = r.text.strip().splitlines()[-1] if r.text.strip() else ""
+                idx, rule = parse_option(final, t.options, lettered=self.reason_prompt.lettered)
+                if idx is None and final != r.text:
+                    idx, rule = parse_option(r.text, t.options, lettered=self.reason_prompt.lettered)
+                out.append(TaskPrediction(t.task_id, idx, rule, r.text, v.latency_s + r.latency_s,
+                                          (v.input_tokens or 0) + (r.input_tokens or 0),
+                                          (v.output_tokens or 0) + (r.output_tokens or 0), 1, cost,
+                                          v.cached and r.cached, None, intermediate=v.text))
+        return out
+
+
+class _TaskImages:
+    """Item source over task images (paths or PIL images) for the parallel loader."""
+
+    def __init__(self, tasks: Sequence[Task]):
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def item_id(self, i: int) -> str:
+        return self.tasks[i].task_id
+
+    def load(self, i: int, draft_size=None):
+        from visroute.data.images import load_image, to_rgb
+
+        im = self.tasks[i].image
+        return load_image(im, draft_size) if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__") else to_rgb(im)
+
+
+class CLIPOptionsPipeline:
+    """Zero-shot over each task's own options with a contrastive model; no text generation, no parsing."""
+
+    name = "clip-options"
+
+    def __init__(self, model, templates: Sequence[str] = ("a photo of a {c}.",), prices: PriceTable | None = None,
+                 batch_size: int = 64, num_workers: int | None = 0):
+        self.model = model
+        self.templates = list(templates)
+        self.prices = prices or PriceTable()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model.spec]
+
+    def _option_embeddings(self, options: Sequence[str]) -> torch.Tensor:
+        new = [o for o in dict.fromkeys(options) if o not in self._text_cache]
+        if new:
+            from visroute.heads.zeroshot import class_embeddings_from_prompts, fill_templates
+
+            emb = class_embeddings_from_prompts(self.model.encode_texts(fill_templates(new, self.templates)), len(new))
+            self._text_cache.update(zip(new, emb))
+        return torch.stack([self._text_cache[o] for o in options])
+
+    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+        from visroute.data.images import iter_preprocessed_batches
+
+        self._option_embeddings([o for t in tasks for o in t.options])
+        preds: dict[int, TaskPrediction] = {}
+        price = self.prices.price(self.model.spec)
+        for idx, batch, skipped in iter_preprocessed_batches(_TaskImages(tasks), self.model.preprocess, self.model.collate,
+                                                             self.batch_size, self.num_workers):
+            t0 = time.perf_counter()
+            emb = self.model.encode_images(batch) if batch is not None else None
+            per = (time.perf_counter() - t0) / max(1, len(idx))
+            for row, i in enumerate(idx):
+                t = tasks[i]
+                probs = self.model.probabilities(self.model.logits(emb[row : row + 1], self._option_embeddings(t.options)))[0]
+                best = int(probs.argmax())
+                preds[i] = TaskPrediction(t.task_id, best, "scores", t.options[best], per, 0, 0, 1,
+                                          price.cost(0, 0, 1, per), False, None, [float(p) for p in probs])
+            for sk in skipped:
+                preds[sk.index] = TaskPrediction(tasks[sk.index].task_id, None, "error", "", error=sk.reason)
+        return [preds[i] for i in range(len(tasks))]
+
+
+def accuracy(tasks: Sequence[Task], preds: Sequence[TaskPrediction]) -> float:
+    ok = [p.predicted is not None and p.predicted == t.answer for t, p in zip(tasks, preds)]
+    return float(np.mean(ok)) if ok else float("nan")
