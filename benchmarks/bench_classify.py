@@ -34,6 +34,12 @@ unless ``--head-b32`` is given.
 torch keeps its default thread count. TOKENIZERS_PARALLELISM is set to "false" unless already
 set, as ``visroute classify`` does, so every tokenizer (in and out of the CLI) runs the same way.
 
+The machine may be shared. Before each timing the script waits (up to ``--quiet-wait`` seconds)
+for other processes to go idle, and every number is printed with the "foreign load": the average
+number of cores that processes other than this one and its children kept busy while it was taken
+(from /proc/stat and getrusage). Numbers taken at a foreign load well above 0 are pessimistic.
+Table 2 also gives the visroute/tight ratio by this process's CPU time, which contention distorts less.
+
 Usage::
 
     python benchmarks/bench_classify.py [--images DIR] [--limit N] [--sizes tiny,b32]
@@ -159,7 +165,7 @@ class Measure:
         self.foreign = max(self.foreign, t.foreign)
 
 
-QUIET_WAIT = 60.0  # set from --quiet-wait
+QUIET_WAIT = 15.0  # set from --quiet-wait
 
 
 def clock(fn, repeat: int = 1) -> Measure:
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-repeat", type=int, default=2, help="timed repeats of each head build")
     ap.add_argument("--head-b32", action="store_true", help="also time the head build for b32 (slow on CPU)")
     ap.add_argument("--skip-head", action="store_true", help="skip table 2")
-    ap.add_argument("--quiet-wait", type=float, default=60.0,
+    ap.add_argument("--quiet-wait", type=float, default=15.0,
                     help="before each timing, wait up to this many seconds for other processes to go idle (0: never)")
     args = ap.parse_args(argv)
     QUIET_WAIT = args.quiet_wait
