@@ -326,3 +326,34 @@ def _open_torchvision(rest: str, opts: dict[str, str], spec: str) -> Torchvision
     if ds is None:
         raise DatasetError(f"cannot construct torchvision {name} ({last})")
     return TorchvisionDataset(name.lower(), spec, ds, root)
+
+
+class SubsetDataset(ImageDataset):
+    """The items ``indices`` of another dataset (same classes), e.g. a quick grid on part of a test set."""
+
+    def __init__(self, base: ImageDataset, indices):
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.name, self.spec = base.name, f"{base.spec}[{len(self.indices)} of {len(base)}]"
+        self.classnames = base.classnames
+        self.labels = base.labels[self.indices]
+        self.extra = {k: [v[i] for i in self.indices] for k, v in base.extra.items()}
+        if hasattr(base, "paths"):
+            self.paths = [base.paths[i] for i in self.indices]
+
+    def item_id(self, i: int) -> str:
+        return self.base.item_id(self.indices[i])
+
+    def load(self, i: int, draft_size: int | None = None) -> Image.Image:
+        return self.base.load(self.indices[i], draft_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.base.fingerprint}:{self.indices}".encode()).hexdigest()[:16]
+
+
+def spread_subset(dataset: ImageDataset, limit: int | None) -> ImageDataset:
+    """At most ``limit`` items, evenly spread over the dataset (so every class of a sorted folder appears)."""
+    if not limit or limit >= len(dataset):
+        return dataset
+    return SubsetDataset(dataset, np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int)))

@@ -209,6 +209,7 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
             "random_weights": m.is_random,
             "wall_time_s": wall,
             "feature_time_s": feature_time,
+            "seconds_per_image": features.seconds_per_image,
             "images_per_s": len(ds) / wall if wall > 0 else None,
             "feature_cache": {"key": features.key, "images_encoded": features.images_encoded,
                               "shards_reused": features.shards_reused, "n_shards": features.n_shards},

@@ -92,6 +92,7 @@ def _write_task_parquet(path: Path, tasks: list[Task], preds, correct: np.ndarra
         "output_tokens": pa.array([r["output_tokens"] for r in rows], pa.int64()),
         "images": pa.array([r["images"] for r in rows], pa.int32()),
         "cost": pa.array([r["cost"] for r in rows], pa.float64()),
+        "call_cost": pa.array([r["call_cost"] for r in rows], pa.float64()),
         "cached": pa.array([r["cached"] for r in rows], pa.bool_()),
         "error": [r["error"] for r in rows],
         "option_scores": pa.array([r["option_scores"] for r in rows], pa.list_(pa.float32())),

@@ -62,6 +62,7 @@ class FeatureSet:
     key: str
     images_encoded: int = 0
     shards_reused: int = 0
+    seconds_per_image: float | None = None  # measured when the features were encoded (kept in meta.json)
     skipped: list[SkippedFile] = field(default_factory=list)
 
     @property
@@ -155,10 +156,21 @@ class FeatureCache:
                        unit="img", desc=f"features {getattr(dataset, 'name', '')}", dynamic_ncols=True)
         try:
             if missing:
+                import time
+
+                t0 = time.perf_counter()
                 self._encode_shards(model, dataset, fs, missing, batch_size, num_workers, draft_size, bar)
+                if fs.images_encoded:
+                    meta = json.loads(meta_file.read_text())
+                    meta["seconds_per_image"] = (time.perf_counter() - t0) / fs.images_encoded
+                    _atomic_write_bytes(meta_file, json.dumps(meta, indent=1).encode())
         finally:
             if bar is not None:
                 bar.close()
+        try:
+            fs.seconds_per_image = json.loads(meta_file.read_text()).get("seconds_per_image")
+        except (OSError, ValueError):
+            pass
         fs.skipped = self._read_failures(fs)
         return fs
 

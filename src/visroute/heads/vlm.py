@@ -39,15 +39,18 @@ class TaskPrediction:
     error: str | None = None
     option_scores: list[float] = field(default_factory=list)
     intermediate: str = ""
+    call_cost: float = 0.0  # what the calls cost when not served from the cache (routing uses this)
 
     def as_row(self) -> dict:
         return asdict(self)
 
 
-def _costed(res: GenerationResult, spec: str, prices: PriceTable, images: int) -> float:
-    if res.cached:
-        return 0.0
+def _call_cost(res: GenerationResult, spec: str, prices: PriceTable, images: int) -> float:
     return prices.price(spec).cost(res.input_tokens, res.output_tokens, images, res.latency_s)
+
+
+def _costed(res: GenerationResult, spec: str, prices: PriceTable, images: int) -> float:
+    return 0.0 if res.cached else _call_cost(res, spec, prices, images)
 
 
 def _image_of(task: Task):
@@ -77,7 +80,7 @@ class VLMDirectPipeline:
                 idx, rule = parse_option(r.text, t.options, lettered=self.prompt.lettered) if r.ok else (None, "error")
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, r.latency_s, r.input_tokens or 0,
                                           r.output_tokens or 0, 1, _costed(r, self.vlm.spec, self.prices, 1), r.cached,
-                                          r.error))
+                                          r.error, call_cost=_call_cost(r, self.vlm.spec, self.prices, 1)))
         return out
 
 
@@ -107,10 +110,11 @@ class VLMThenLLMPipeline:
             for i, (t, v) in enumerate(zip(chunk, seen)):
                 r = reasoned.get(i)
                 cost = _costed(v, self.vlm.spec, self.prices, 1) + (_costed(r, self.llm.spec, self.prices, 0) if r else 0.0)
+                call = _call_cost(v, self.vlm.spec, self.prices, 1) + (_call_cost(r, self.llm.spec, self.prices, 0) if r else 0.0)
                 if r is None or not r.ok:
                     out.append(TaskPrediction(t.task_id, None, "error", "", v.latency_s + (r.latency_s if r else 0),
                                               (v.input_tokens or 0), (v.output_tokens or 0), 1, cost, v.cached,
-                                              v.error or (r.error if r else None), intermediate=v.text))
+                                              v.error or (r.error if r else None), intermediate=v.text, call_cost=call))
                     continue
                 final = r.text.strip().splitlines()[-1] if r.text.strip() else ""
                 idx, rule = parse_option(final, t.options, lettered=self.reason_prompt.lettered)
@@ -119,7 +123,7 @@ class VLMThenLLMPipeline:
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, v.latency_s + r.latency_s,
                                           (v.input_tokens or 0) + (r.input_tokens or 0),
                                           (v.output_tokens or 0) + (r.output_tokens or 0), 1, cost,
-                                          v.cached and r.cached, None, intermediate=v.text))
+                                          v.cached and r.cached, None, intermediate=v.text, call_cost=call))
         return out
 
 
@@ -184,8 +188,9 @@ class CLIPOptionsPipeline:
                 t = tasks[i]
                 probs = self.model.probabilities(self.model.logits(emb[row : row + 1], self._option_embeddings(t.options)))[0]
                 best = int(probs.argmax())
-                preds[i] = TaskPrediction(t.task_id, best, "scores", t.options[best], per, 0, 0, 1,
-                                          price.cost(0, 0, 1, per), False, None, [float(p) for p in probs])
+                c = price.cost(0, 0, 1, per)
+                preds[i] = TaskPrediction(t.task_id, best, "scores", t.options[best], per, 0, 0, 1, c, False, None,
+                                          [float(p) for p in probs], call_cost=c)
             for sk in skipped:
                 preds[sk.index] = TaskPrediction(tasks[sk.index].task_id, None, "error", "", error=sk.reason)
         return [preds[i] for i in range(len(tasks))]

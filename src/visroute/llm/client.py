@@ -112,7 +112,9 @@ class Generator:
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
-                results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], 0.0, cached=True, attempts=0)
+                # latency and tokens are those of the original call: what the call costs, though this one was free
+                results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], hit["latency_s"] or 0.0,
+                                              cached=True, attempts=0)
             else:
                 todo.append(i)
         if todo:

@@ -40,7 +40,14 @@ class Task:
     @property
     def text(self) -> str:
         """What a router reads: instruction + options + dataset name."""
-        return f"{self.question} Options: {'; '.join(self.options)}. Dataset: {self.dataset}"
+        return task_text(self.question, self.options, self.dataset)
+
+
+def task_text(question: str, options: list[str], dataset: str, max_options: int = 20) -> str:
+    """The router's view of a task. Long option lists (classification over many classes) are abbreviated."""
+    shown = list(options[:max_options])
+    more = f"; ... ({len(options)} options)" if len(options) > max_options else ""
+    return f"{question} Options: {'; '.join(shown)}{more}. Dataset: {dataset}"
 
 
 def _answer_index(raw: Any, options: list[str], where: str) -> int | None:
