@@ -96,8 +96,9 @@ def test_describe_cli_contrastive_with_confusion_matrix(tmp_path, monkeypatch):
                                      "--style", "contrastive", "--neighbours", "1", "--confusion", str(result),
                                      "--output", str(out), "--no-progress"])
         assert r.exit_code == 0, r.output
-        prompts = [q["messages"][-1]["content"] for q in srv.requests]
-        assert "distinguish a cat from a fox" in prompts[0] and "distinguish a dog from a cat" in prompts[1]
+        prompts = " | ".join(q["messages"][-1]["content"] for q in srv.requests)  # concurrent: any order
+        assert "distinguish a cat from a fox" in prompts and "distinguish a dog from a cat" in prompts
+        assert "distinguish a fox from a cat" in prompts
     d = load_descriptions(out)
     assert d.descriptions == [["pointed ears", "bushy tail"]] * 3 and d.provenance["style"] == "contrastive"
     assert d.provenance["generator"].endswith("#m") and d.provenance["report"]["requests"] == 3

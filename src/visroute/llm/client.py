@@ -65,6 +65,21 @@ def _image_bytes(image: Any) -> bytes:
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
+def _image_hash(image: Any) -> str:
+    """Content hash for the cache key: the file's bytes for a path (no decoding), the pixels for a PIL image."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            from visroute.data.images import ImageDecodeError
+
+            raise ImageDecodeError(f"cannot read image {image} ({e})") from None
+    h = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
 def _messages(req: ChatRequest, for_key: bool) -> list[dict]:
     """OpenAI chat messages; in the cache key, images are represented by their content hash."""
     msgs = []
@@ -75,11 +90,10 @@ def _messages(req: ChatRequest, for_key: bool) -> list[dict]:
         return msgs
     content: list[dict] = []
     for im in req.images:
-        data = _image_bytes(im)
         if for_key:
-            content.append({"type": "image", "sha256": hashlib.sha256(data).hexdigest()})
+            content.append({"type": "image", "sha256": _image_hash(im)})
         else:
-            url = "data:image/png;base64," + base64.b64encode(data).decode()
+            url = "data:image/png;base64," + base64.b64encode(_image_bytes(im)).decode()
             content.append({"type": "image_url", "image_url": {"url": url}})
     content.append({"type": "text", "text": req.prompt})
     msgs.append({"role": "user", "content": content})
@@ -107,9 +121,19 @@ class Generator:
     def generate(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
         requests = list(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
-        keys = [request_key(self.spec, _messages(r, for_key=True), self.params) for r in requests]
+        from visroute.data.images import ImageDecodeError
+
+        keys: list[str | None] = []
+        for i, r in enumerate(requests):
+            try:
+                keys.append(request_key(self.spec, _messages(r, for_key=True), self.params))
+            except ImageDecodeError as e:  # an unreadable image fails its own request, not the batch
+                keys.append(None)
+                results[i] = GenerationResult("", error=f"image: {e}", attempts=0)
         todo = []
         for i, key in enumerate(keys):
+            if key is None:
+                continue
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 # latency and tokens are those of the original call: what the call costs, though this one was free
