@@ -132,6 +132,13 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    from visroute.models.tiny_vlm import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def transformers_server(tiny_llama_dir, tmp_path_factory):
     """`transformers serve` (a real OpenAI-compatible server) on loopback around the tiny random Llama."""
     import subprocess

@@ -9,13 +9,6 @@ from visroute.llm import ChatRequest, ResponseCache, load_generator
 
 
 @pytest.fixture(scope="module")
-def tiny_llava_dir(tmp_path_factory):
-    from visroute.models.tiny_vlm import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def vlm(tiny_llava_dir):
     from visroute.llm.hf_vlm import HFVisionLanguageGenerator
 

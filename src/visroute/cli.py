@@ -454,6 +454,187 @@ def explain(
     raise typer.Exit(EXIT_SOME_SKIPPED if enc.skipped else EXIT_OK)
 
 
+grid_app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> routing records.", no_args_is_help=True)
+app.add_typer(grid_app, name="grid")
+
+
+@grid_app.command("run")
+def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visroute.router.grid).")],
+             progress: Annotated[bool, typer.Option()] = True) -> None:
+    """Run every cell not yet done (resumable) and write <output>/records.parquet."""
+    from visroute.router.grid import GridSpec, run_grid
+
+    _quiet_libraries()
+    try:
+        target = run_grid(GridSpec.load(grid_file), progress=progress, log=lambda m: typer.echo(m, err=True))
+    except VisrouteError as e:
+        raise _fail(str(e))
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(target)
+    typer.echo(f"wrote {target}: {t.num_rows} records, models: {', '.join(sorted(set(t.column('model').to_pylist())))}")
+
+
+class _RouteGroup(__import__("typer").core.TyperGroup):
+    """`visroute route IMAGE ...` runs the `ask` command; `visroute route build|train|eval` are subcommands."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "ask", self.commands["ask"], args
+        return super().resolve_command(ctx, args)
+
+
+route_app = typer.Typer(cls=_RouteGroup, no_args_is_help=True,
+                        help="Routing: build a table from records, train a router, evaluate it, route a task.")
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("build")
+def route_build(
+    records: Annotated[list[Path], typer.Argument(help="Records Parquet file(s) (from `visroute grid run`).")],
+    out: Annotated[Path, typer.Option(help="Directory for the routing table.")] = Path("routing-table"),
+    granularity: Annotated[str, typer.Option(help="sample or dataset-prompt.")] = "sample",
+    split: Annotated[str, typer.Option(help="dataset (held-out datasets) or sample.")] = "sample",
+    holdout: Annotated[Optional[str], typer.Option(help="Comma-separated test datasets (split=dataset).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Aggregate records into a routing table with train/val/test splits."""
+    from visroute.router.table import build_table, read_records
+
+    try:
+        table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None, seed=seed)
+    except VisrouteError as e:
+        raise _fail(str(e))
+    table.save(out)
+    counts = {k: int((table.split == k).sum()) for k in ("train", "val", "test")}
+    typer.echo(f"wrote {out}: {len(table)} rows x {len(table.models)} models ({', '.join(table.models)}); splits {counts}")
+
+
+@route_app.command("train")
+def route_train(
+    table_dir: Annotated[Path, typer.Argument(help="Routing table directory.")],
+    router: Annotated[str, typer.Option(help="knn, logistic, mlp, mf or slm.")] = "knn",
+    out: Annotated[Path, typer.Option(help="Directory for the trained router.")] = Path("router"),
+    features: Annotated[str, typer.Option(help="text or text+image.")] = "text",
+    image_model: Annotated[Optional[str], typer.Option(help="Contrastive model for image features (text+image).")] = None,
+    target_cost: Annotated[Optional[float], typer.Option(help="Calibrate lambda to this mean cost per task.")] = None,
+    target_share: Annotated[Optional[float], typer.Option(help="Calibrate lambda to this share of --heavy calls.")] = None,
+    heavy: Annotated[Optional[str], typer.Option(help="Model whose share --target-share bounds (default: dearest).")] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="GRID.yaml whose model entries say how to call each model.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="slm router: local transformers checkpoint (default: MiniLM).")] = None,
+) -> None:
+    """Train a router on the table's train split; lambda is calibrated on its validation split."""
+    from visroute.router.bundle import train_bundle
+    from visroute.router.table import RoutingTable
+
+    _quiet_libraries()
+    try:
+        table = RoutingTable.load(table_dir)
+        configs = {}
+        if grid is not None:
+            from visroute.router.grid import GridSpec
+
+            configs = {m["name"]: m for m in GridSpec.load(grid).models}
+        kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
+        bundle = train_bundle(table, router, features, image_model, target_cost, target_share, heavy, configs, kw)
+    except VisrouteError as e:
+        raise _fail(str(e))
+    bundle.save(out)
+    typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
+
+
+@route_app.command("eval")
+def route_eval(
+    table_dir: Annotated[Path, typer.Argument(help="Routing table directory.")],
+    router_dir: Annotated[Path, typer.Option("--router", help="Trained router directory.")] = Path("router"),
+    out: Annotated[Path, typer.Option(help="Directory for report.json and curve.png.")] = Path("route-report"),
+    part: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+) -> None:
+    """Router vs always-one-model, random, cheapest and oracle; accuracy-cost curve; kNN baseline alongside."""
+    from visroute.router.bundle import RouterBundle
+    from visroute.router.evaluate import evaluate_router, plot_report
+    from visroute.router.routers import KNNRouter
+    from visroute.router.table import RoutingTable
+
+    _quiet_libraries()
+    try:
+        table = RoutingTable.load(table_dir)
+        bundle = RouterBundle.load(router_dir)
+        if bundle.models != table.models:
+            raise VisrouteError(f"router models {bundle.models} differ from the table's {table.models}")
+        test = table.part(part)
+        if len(test) == 0:
+            raise VisrouteError(f"the table has no '{part}' rows")
+        paths = test.image_path if bundle.features == "text+image" else None
+        proba = bundle.predict_proba(test.text, paths)
+        report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
+        train = table.part("train")
+        from visroute.router.embed import TextEmbedder
+
+        emb = TextEmbedder()
+        knn = KNNRouter().fit(emb.embed(train.text), train.success, train.weight)
+        base = evaluate_router(knn.predict_proba(emb.embed(test.text)), test.success, test.cost, table.models, bundle.costs,
+                               test.weight, bundle.lam)
+        report["knn_baseline"] = {"operating_point": base["operating_point"], "router_best_accuracy": base["router_best_accuracy"],
+                                  "cost_to_match_best_single": base["cost_to_match_best_single"]}
+        report["router"] = {"kind": bundle.kind, "features": bundle.features, "dir": str(router_dir), "part": part,
+                            "rows": len(test)}
+    except VisrouteError as e:
+        raise _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    from visroute.eval.results import write_json
+
+    write_json(out / "report.json", report)
+    plot_report(report, out / "curve.png", title=f"visroute {bundle.kind} router on {part} ({len(test)} tasks)")
+    op = report["operating_point"]
+    typer.echo(f"{'policy':<28} {'accuracy':>9} {'cost/task':>12}")
+    for name, s in report["single_models"].items():
+        typer.echo(f"{'always ' + name:<28} {s['accuracy']:>9.4f} {s['cost']:>12.3g}")
+    for name in ("random", "oracle"):
+        typer.echo(f"{name:<28} {report[name]['accuracy']:>9.4f} {report[name]['cost']:>12.3g}")
+    typer.echo(f"{'router (' + bundle.kind + ')':<28} {op['accuracy']:>9.4f} {op['cost']:>12.3g}")
+    kb = report["knn_baseline"]["operating_point"]
+    typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}")
+    pgr = op.get("performance_gap_recovered")
+    frac = report.get("cost_to_match_best_single_fraction_of_most_expensive")
+    typer.echo(f"performance gap recovered: {pgr if pgr is None else round(pgr, 3)}; cost to match the best single model: "
+               f"{'never' if frac is None else f'{frac:.2f} x the most expensive model'}")
+    typer.echo(f"wrote {out / 'report.json'} and {out / 'curve.png'}", err=True)
+
+
+@route_app.command("ask")
+def route_ask(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    task: Annotated[str, typer.Option(help="Instruction or question.")],
+    options: Annotated[str, typer.Option(help="Comma-separated response options.")],
+    router_dir: Annotated[Path, typer.Option("--router", help="Trained router directory.")] = Path("router"),
+    dataset: Annotated[str, typer.Option(help="Dataset name the router should assume.")] = "user",
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="Override the calibrated lambda.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only choose; do not call the model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Pick a model for one task with the router and run it (also: `visroute route IMAGE --task ... --options ...`)."""
+    from visroute.router.bundle import RouterBundle
+    from visroute.router.run import route_task
+
+    _quiet_libraries()
+    opts = [o.strip() for o in options.split(",") if o.strip()]
+    try:
+        if len(opts) < 2:
+            raise VisrouteError("give at least two --options")
+        result = route_task(RouterBundle.load(router_dir), str(image), task, opts, dataset, lam, run=not dry_run)
+    except VisrouteError as e:
+        raise _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"chosen model: {result['chosen']}  (lambda={result['lambda']:.4g})")
+    for name, p in result["predicted_accuracy"].items():
+        typer.echo(f"  {name:<20} predicted accuracy {p:.3f}   expected cost {result['expected_cost'][name]:.3g}")
+    if "answer" in result:
+        typer.echo(f"answer: {result['answer']}  (raw: {result['raw_answer']!r}, parsed by {result['parse_rule']})")
+
+
 cache_app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

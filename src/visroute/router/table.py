@@ -50,6 +50,7 @@ class RoutingTable:
     task_id: np.ndarray          # (n,) str
     text: np.ndarray             # (n,) str
     image_id: np.ndarray         # (n,) str
+    image_path: np.ndarray       # (n,) str (absolute path where known, for image-aware routers)
     success: np.ndarray          # (n, m) float32 in [0, 1], NaN where the model was not run
     cost: np.ndarray             # (n, m) float32, NaN where not run
     weight: np.ndarray           # (n,) number of samples a row stands for (dataset-prompt granularity)
@@ -62,7 +63,8 @@ class RoutingTable:
     def subset(self, mask: np.ndarray) -> "RoutingTable":
         f = lambda a: a[mask]  # noqa: E731
         return RoutingTable(list(self.models), f(self.dataset), f(self.prompt), f(self.task_id), f(self.text),
-                            f(self.image_id), f(self.success), f(self.cost), f(self.weight), f(self.split), dict(self.meta))
+                            f(self.image_id), f(self.image_path), f(self.success), f(self.cost), f(self.weight),
+                            f(self.split), dict(self.meta))
 
     def part(self, name: str) -> "RoutingTable":
         return self.subset(self.split == name)
@@ -79,7 +81,7 @@ class RoutingTable:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cols = {"dataset": self.dataset, "prompt_variant": self.prompt, "task_id": self.task_id, "task_text": self.text,
-                "image_id": self.image_id, "weight": self.weight, "split": self.split}
+                "image_id": self.image_id, "image_path": self.image_path, "weight": self.weight, "split": self.split}
         for j, m in enumerate(self.models):
             cols[f"success::{m}"] = self.success[:, j]
             cols[f"cost::{m}"] = self.cost[:, j]
@@ -101,7 +103,7 @@ class RoutingTable:
         success = np.stack([col(f"success::{m}") for m in models], axis=1).astype(np.float32)
         cost = np.stack([col(f"cost::{m}") for m in models], axis=1).astype(np.float32)
         return cls(models, col("dataset").astype(str), col("prompt_variant").astype(str), col("task_id").astype(str),
-                   col("task_text").astype(str), col("image_id").astype(str), success, cost,
+                   col("task_text").astype(str), col("image_id").astype(str), col("image_path").astype(str), success, cost,
                    col("weight").astype(np.float32), col("split").astype(str), meta)
 
 
@@ -131,6 +133,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     cost = np.nan_to_num(np.asarray(get("cost", 0.0), dtype=np.float32), nan=0.0)
     text = get("task_text", "").astype(str)
     image = get("image_id", "").astype(str)
+    image_path = get("image_path", "").astype(str)
 
     # broadcast prompt-agnostic records ("*") to every prompt variant seen for the same dataset
     star = prompt == "*"
@@ -143,7 +146,8 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
         new_prompt = np.concatenate([sorted(variants.get(ds, ["*"])) for ds in dataset[star]]).astype(str)
         keep = np.flatnonzero(~star)
         sel = np.concatenate([keep, idx_star])
-        dataset, task, model, correct, cost, text, image = (a[sel] for a in (dataset, task, model, correct, cost, text, image))
+        dataset, task, model, correct, cost, text, image, image_path = (
+            a[sel] for a in (dataset, task, model, correct, cost, text, image, image_path))
         prompt = np.concatenate([prompt[keep], new_prompt])
 
     if granularity == "sample":
@@ -172,6 +176,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     r_dataset, r_prompt = dataset[first], prompt[first]
     r_task = task[first] if granularity == "sample" else np.full(R, "*")
     r_image = image[first] if granularity == "sample" else np.full(R, "")
+    r_image_path = image_path[first] if granularity == "sample" else np.full(R, "")
 
     rng = np.random.default_rng(seed)
     split = np.full(R, "train", dtype=object)
@@ -196,5 +201,5 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     else:
         raise VisrouteError("split_by must be 'dataset' or 'sample'")
     meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n)}
-    return RoutingTable(list(models.astype(str)), r_dataset, r_prompt, r_task, r_text, r_image, success, mean_cost,
-                        weight, split.astype(str), meta)
+    return RoutingTable(list(models.astype(str)), r_dataset, r_prompt, r_task, r_text, r_image, r_image_path, success,
+                        mean_cost, weight, split.astype(str), meta)

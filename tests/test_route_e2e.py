@@ -1,0 +1,71 @@
+"""End to end on ../shared/data with tiny random models: grid -> records -> table -> router -> eval -> plot -> route."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from tests.test_tasks import SQA_ROWS
+from visroute.cli import app
+
+
+def test_grid_build_train_eval_plot_and_route(tmp_path, shared_data, tiny_clip_dir, tiny_llava_dir, tiny_llama_dir,
+                                               monkeypatch):
+    monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "cache"))
+    tasks = tmp_path / "sqa.jsonl"
+    tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "image": str(shared_data / "imagenet-sample" / f"{img}.JPEG"),
+                                           "question": q, "choices": c, "answer": a, "context": ctx})
+                               for i, (img, q, c, a, ctx) in enumerate(SQA_ROWS)))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"""
+output: {tmp_path / 'grid'}
+limit: 30
+max_tokens: 4
+device: cpu
+datasets:
+  - {shared_data / 'cifar10-test'}
+  - {{spec: {tasks}, name: sqa}}
+models:
+  - {{name: clip-a, head: zeroshot, model: "hf:{tiny_clip_dir}"}}
+  - {{name: clip-b, head: zeroshot, model: random-tiny}}
+  - {{name: llava, head: vlm, vlm: "hf:{tiny_llava_dir}"}}
+  - {{name: llava+llama, head: vlm+llm, vlm: "hf:{tiny_llava_dir}", llm: "hf:{tiny_llama_dir}"}}
+prompts: [mcq, mcq-text]
+""")
+    runner = CliRunner()
+    r = runner.invoke(app, ["grid", "run", str(grid), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    records = pq.read_table(tmp_path / "grid" / "records.parquet").to_pandas()
+    # 2 datasets x (2 clip models + 2 generative models x 2 prompts)
+    assert set(records["model"]) == {"clip-a", "clip-b", "llava", "llava+llama"}
+    assert len(records) == (30 + 8) * 2 + (30 + 8) * 2 * 2
+    assert records["cost"].notna().all() and (records.loc[records.model == "llava", "cost"] > 0).all()
+    n_cells = len(list((tmp_path / "grid" / "records").glob("*.parquet")))
+    r = runner.invoke(app, ["grid", "run", str(grid), "--no-progress"])  # resumable: nothing left to do
+    assert r.exit_code == 0 and "grid:" not in r.stderr and n_cells == 12
+
+    r = runner.invoke(app, ["route", "build", str(tmp_path / "grid" / "records.parquet"), "--out", str(tmp_path / "table")])
+    assert r.exit_code == 0, r.output
+    assert "76 rows x 4 models" in r.stdout  # (30 + 8) tasks x 2 prompt variants
+    r = runner.invoke(app, ["route", "train", str(tmp_path / "table"), "--router", "mlp", "--grid", str(grid),
+                            "--out", str(tmp_path / "router"), "--target-share", "0.5"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["route", "eval", str(tmp_path / "table"), "--router", str(tmp_path / "router"),
+                            "--out", str(tmp_path / "report"), "--part", "train"])
+    assert r.exit_code == 0, r.output
+    assert "always llava+llama" in r.stdout and "knn baseline" in r.stdout
+    png = tmp_path / "report" / "curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(rep["single_models"]) == {"clip-a", "clip-b", "llava", "llava+llama"} and rep["oracle"]["accuracy"] >= max(
+        s["accuracy"] for s in rep["single_models"].values())
+
+    img = shared_data / "imagenet-sample" / "n02123045_tabby.JPEG"
+    r = runner.invoke(app, ["route", str(img), "--task", "Which animal is this?", "--options", "dog,cat,horse",
+                            "--router", str(tmp_path / "router"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["chosen"] in rep["single_models"] and set(out["predicted_accuracy"]) == set(rep["single_models"])
+    assert out["answer"] in (None, "dog", "cat", "horse") and "parse_rule" in out
