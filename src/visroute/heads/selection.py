@@ -160,6 +160,17 @@ class DiscriminativeSelectionClassifier:
                 for c, d in zip(cls.reshape(-1).tolist(), selected.reshape(-1).tolist())]
         return torch.stack(flat).reshape(*selected.shape, dim)
 
+    @staticmethod
+    def cycled(selected: torch.Tensor) -> torch.Tensor:
+        """Selected indices in ascending pool order, padded to m by cycling ([s0, s1, s0, s1, s0] for two):
+        the classname-containing texts the reference builds, so repeated descriptions weigh more in the mean."""
+        big = torch.iinfo(torch.long).max
+        srt = torch.where(selected >= 0, selected, torch.full_like(selected, big)).sort(dim=-1).values
+        count = (selected >= 0).sum(-1, keepdim=True).clamp(min=1)
+        pos = torch.arange(selected.shape[-1]).expand_as(selected) % count
+        out = torch.gather(srt, -1, pos)
+        return torch.where(out == big, torch.full_like(out, -1), out)
+
     def neighbourhood_scores(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores (N,k), neighbourhoods (N,k), selected (N,k,m))."""
         X = _as_tensor(X).float()
@@ -169,9 +180,10 @@ class DiscriminativeSelectionClassifier:
             if self.w_cls:
                 scores = scores + self.w_cls * torch.gather(X @ self.caption_embeddings_.T, 1, topk)
         else:
-            emb = self._pair_embeddings(topk, selected)
+            padded = self.cycled(selected)
+            emb = self._pair_embeddings(topk, padded)
             sims = torch.einsum("nd,nkmd->nkm", X, emb)
-            valid = selected >= 0
+            valid = padded >= 0
             if self.reduce == "max":
                 scores = torch.where(valid, sims, torch.tensor(float("-inf"))).max(-1).values
             else:
