@@ -165,7 +165,7 @@ class Measure:
         self.foreign = max(self.foreign, t.foreign)
 
 
-QUIET_WAIT = 15.0  # set from --quiet-wait
+QUIET_WAIT = 5.0  # set from --quiet-wait
 
 
 def clock(fn, repeat: int = 1) -> Measure:
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-repeat", type=int, default=2, help="timed repeats of each head build")
     ap.add_argument("--head-b32", action="store_true", help="also time the head build for b32 (slow on CPU)")
     ap.add_argument("--skip-head", action="store_true", help="skip table 2")
-    ap.add_argument("--quiet-wait", type=float, default=15.0,
+    ap.add_argument("--quiet-wait", type=float, default=5.0,
                     help="before each timing, wait up to this many seconds for other processes to go idle (0: never)")
     args = ap.parse_args(argv)
     QUIET_WAIT = args.quiet_wait

@@ -265,7 +265,10 @@ def parse_generator_spec(spec: str) -> tuple[str, str, str | None]:
         return backend, url, model
     if backend == "hf" and sep and rest:
         return backend, rest, None
-    raise ModelLoadError(f"unknown LLM spec '{spec}' (openai-compatible:<base_url>#<model> or hf:<local dir>)")
+    if backend == "random-tiny" and rest in ("llama", "llava"):
+        return backend, rest, None
+    raise ModelLoadError(f"unknown LLM spec '{spec}' (openai-compatible:<base_url>#<model>, hf:<local dir>, "
+                         "or the smoke-test models random-tiny:llama / random-tiny:llava)")
 
 
 def load_generator(spec: str, cache: ResponseCache | None = None, **kw) -> Generator:
@@ -274,6 +277,10 @@ def load_generator(spec: str, cache: ResponseCache | None = None, **kw) -> Gener
         http = {k: v for k, v in kw.items() if k in ("api_key", "timeout", "max_retries", "concurrency", "backoff_s",
                                                        "max_tokens", "temperature")}
         return OpenAICompatibleGenerator(location, model, cache=cache, **http)
+    if backend == "random-tiny":
+        from visroute.models.tiny import ensure_random_tiny
+
+        location = str(ensure_random_tiny(location))
     allowed = {k: v for k, v in kw.items() if k in ("max_tokens", "temperature", "device", "batch_size")}
     if allowed.get("device") == "auto":
         import torch
@@ -282,8 +289,12 @@ def load_generator(spec: str, cache: ResponseCache | None = None, **kw) -> Gener
     if _is_vision_language(location):
         from visroute.llm.hf_vlm import HFVisionLanguageGenerator
 
-        return HFVisionLanguageGenerator(location, cache=cache, **allowed)
-    return HFCausalLMGenerator(location, cache=cache, **allowed)
+        gen = HFVisionLanguageGenerator(location, cache=cache, **allowed)
+    else:
+        gen = HFCausalLMGenerator(location, cache=cache, **allowed)
+    if backend == "random-tiny":
+        gen.spec = spec  # results name the smoke-test model, not its cache directory
+    return gen
 
 
 def _is_vision_language(location: str) -> bool:

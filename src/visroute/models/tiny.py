@@ -138,13 +138,20 @@ def build_tiny_siglip(directory: Path, seed: int = 0, hidden: int = 32, layers: 
 
 
 def ensure_random_tiny(variant: str) -> Path:
-    """Build (once, atomically) and return the cached directory of the random-tiny model ``variant``."""
+    """Build (once, atomically) and return the cached directory of the random-tiny model ``variant``
+    (clip, siglip, llama — a causal LM — or llava — a generative VLM)."""
     target = cache_root() / "models" / f"random-tiny-{variant}-v{TINY_VERSION}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    (build_tiny_siglip if variant == "siglip" else build_tiny_clip)(tmp)
+    if variant == "llava":
+        from visroute.models.tiny_vlm import build_tiny_llava
+
+        builder = build_tiny_llava
+    else:
+        builder = {"siglip": build_tiny_siglip, "llama": build_tiny_llama}.get(variant, build_tiny_clip)
+    builder(tmp)
     try:
         tmp.rename(target)
     except OSError:  # another process won the race; theirs is identical
