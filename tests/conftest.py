@@ -138,9 +138,8 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
 
 
-@pytest.fixture(scope="session")
-def transformers_server(tiny_llama_dir, tmp_path_factory):
-    """`transformers serve` (a real OpenAI-compatible server) on loopback around the tiny random Llama."""
+def _serve(model_dir: Path, tmp_path_factory):
+    """Start `transformers serve` (a real OpenAI-compatible server) on loopback around ``model_dir``."""
     import subprocess
     import sys
     import time
@@ -151,7 +150,7 @@ def transformers_server(tiny_llama_dir, tmp_path_factory):
     exe = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)}
     log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w")
-    proc = subprocess.Popen([str(exe), "serve", str(tiny_llama_dir), "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
                              "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -166,10 +165,31 @@ def transformers_server(tiny_llama_dir, tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("transformers serve did not start within 180 s")
-    yield f"{base}/v1", str(tiny_llama_dir)
+    return proc, log, f"{base}/v1"
+
+
+def _stop(proc, log):
+    import subprocess
+
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tiny_llama_dir, tmp_path_factory):
+    """`transformers serve` around the tiny random Llama: (base_url, model name)."""
+    proc, log, url = _serve(tiny_llama_dir, tmp_path_factory)
+    yield url, str(tiny_llama_dir)
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="session")
+def llava_server(tiny_llava_dir, tmp_path_factory):
+    """`transformers serve` around the tiny random LLaVA (image inputs are used): (base_url, model name)."""
+    proc, log, url = _serve(tiny_llava_dir, tmp_path_factory)
+    yield url, str(tiny_llava_dir)
+    _stop(proc, log)

@@ -131,3 +131,16 @@ def test_describe_against_transformers_serve(transformers_server, tmp_path, monk
     assert all(u["answer"] is not None and u["class"] in ("cat", "dog") for u in report["unparsable"])
     r2 = CliRunner().invoke(app, args)
     assert load_descriptions(out).provenance["report"]["cached"] == 6, r2.output
+
+
+def test_describe_with_a_local_causal_lm(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "cache"))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    out = tmp_path / "d.json"
+    r = CliRunner().invoke(app, ["describe", "--classes", str(classes), "--llm", f"hf:{tiny_llama_dir}", "--max-tokens", "8",
+                                 "--output", str(out), "--no-progress"])
+    assert r.exit_code in (0, 1), r.output
+    report = load_descriptions(out).provenance["report"]
+    assert report["requests"] == 2 and report["n_failed"] == 0
+    assert report["n_unparsable"] + sum(1 for d in load_descriptions(out).descriptions if d) == 2

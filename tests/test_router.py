@@ -131,3 +131,18 @@ def test_multimodal_features_resolve_what_text_cannot(data):
     multi = KNNRouter(k=10).fit(both[~test], succ[~test]).predict_proba(both[test])
     acc = lambda p: evaluate_router(p, succ[test], succ[test] * 0 + costs, ["a", "b"], costs, lam=0.0)["operating_point"]["accuracy"]  # noqa: E731
     assert acc(text_only) < 0.65 and acc(multi) > 0.95
+
+
+def test_small_language_model_router_learns_task_types():
+    """The published design: a small LM (here the shipped MiniLM checkpoint) fine-tuned as a multi-label router."""
+    from visroute.router.routers import SequenceClassifierRouter
+
+    texts, succ, cost, kinds = make_records(n=240, seed=2)
+    rng = np.random.default_rng(0)
+    test = rng.random(len(texts)) < 0.25
+    router = SequenceClassifierRouter(epochs=4, lr=1e-4, batch_size=16).fit([t for t, m in zip(texts, test) if not m],
+                                                                              succ[~test])
+    proba = router.predict_proba([t for t, m in zip(texts, test) if m])
+    rep = evaluate_router(proba, succ[test], cost[test], MODELS, COSTS, lam=0.0)
+    best = rep["single_models"][rep["best_single"]]["accuracy"]
+    assert proba.shape == (test.sum(), 3) and rep["operating_point"]["accuracy"] > best + 0.05

@@ -140,3 +140,32 @@ def test_cli_eval_task_pipelines(task_file, tmp_path, tiny_clip_dir, monkeypatch
     table = pq.read_table(tmp_path / "out" / vlm_doc["visroute"]["predictions_file"]).to_pandas()
     assert {"cost", "latency_s", "input_tokens", "output_tokens", "images", "cached", "parse_rule"} <= set(table.columns)
     assert len(table) == 8 and table["correct"].sum() == 6
+
+
+def test_vlm_pipelines_through_a_real_openai_compatible_server(task_file, tmp_path, llava_server, transformers_server):
+    """vlm and vlm+llm against `transformers serve` (tiny random LLaVA and Llama): the openai client, image content,
+    token usage and costs all real; the answers are noise, so they are mostly unparsable — and counted as such."""
+    tasks, _ = load_tasks(str(task_file))
+    (vlm_url, vlm_name), (llm_url, llm_name) = llava_server, transformers_server
+    cache = ResponseCache(tmp_path / "r.sqlite")
+    vlm = load_generator(f"openai-compatible:{vlm_url}#{vlm_name}", cache=cache, max_tokens=6, concurrency=2)
+    llm = load_generator(f"openai-compatible:{llm_url}#{llm_name}", cache=cache, max_tokens=6, concurrency=2)
+    prices = PriceTable({"*": {"per_second": 1.0}})
+    direct = VLMDirectPipeline(vlm, "mcq", prices).predict(tasks)
+    assert all(p.error is None and p.input_tokens > 16 and p.output_tokens > 0 and p.cost > 0 for p in direct)
+    assert all(p.predicted is not None or p.parse_rule in ("unparsable", "ambiguous", "refusal", "conflict", "empty")
+               for p in direct)
+    two = VLMThenLLMPipeline(vlm, llm, prices=prices).predict(tasks[:3])
+    assert all(p.error is None and p.intermediate and p.images == 1 for p in two)
+    again = VLMDirectPipeline(vlm, "mcq", prices).predict(tasks)
+    assert all(p.cached and p.cost == 0 and p.call_cost > 0 for p in again)
+    assert [p.raw_answer for p in again] == [p.raw_answer for p in direct]
+
+
+def test_unreadable_task_image_is_a_counted_failure(task_file, tmp_path):
+    tasks, _ = load_tasks(str(task_file))
+    tasks[1].image = str(tmp_path / "missing.jpg")
+    with StubServer(default=lambda p: "A") as srv:
+        gen = load_generator(f"openai-compatible:{srv.base_url}#vlm", cache=ResponseCache(tmp_path / "r.sqlite"))
+        preds = VLMDirectPipeline(gen, "mcq").predict(tasks[:3])
+    assert [p.predicted for p in preds] == [0, None, 0] and "missing.jpg" in preds[1].error
