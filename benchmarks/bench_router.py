@@ -1,0 +1,529 @@
+"""Scale benchmark of the router pipeline: records -> routing table -> embeddings -> routers -> decisions.
+
+1. Generates a synthetic records Parquet (``visroute.router.records.records_schema``) of about ``--rows``
+   rows: ``--models`` models x ``--datasets`` datasets x ``--prompts`` prompt variants x N samples. The first
+   ``--star-models`` models are prompt-agnostic (CLIP-style, ``prompt_variant="*"``, one record per sample,
+   broadcast to every prompt variant by ``build_table``), so N is chosen so that the total is ~``--rows``.
+   Task texts are built with ``visroute.tasks.model.task_text`` from per-dataset question templates whose
+   slots and options are drawn from small vocabularies, so texts repeat a lot (the number of unique texts is
+   printed). Success depends on (dataset type, model), the prompt variant, a per-text difficulty and noise;
+   per-call costs differ by orders of magnitude between models. Generation is timed but is not part of the
+   goal.
+2. Times ``read_records`` + ``build_table(granularity="sample", split_by="dataset")`` ("build"), embedding
+   the table's unique task texts with ``TextEmbedder`` (MiniLM on the CPU, fresh cache directory: model
+   load, encode and cache write are reported apart), the ``train_bundle``-style featurisation of the train
+   split (``embed(train.text)``, memo hits), and fitting ``KNNRouter``, ``MLPRouter`` (default epochs, then
+   fewer epochs, then - outside visroute - on train rows aggregated by identical text) and
+   ``MatrixFactorizationRouter`` on the train split. Goal: build + embed + train kNN + train MLP < 5 min.
+3. Decision latency with cached embeddings: ``router.predict_proba(X)`` + ``choose(proba, costs, lam)`` for
+   single tasks (batch of 1) and batches of 1000; per-task microseconds (goal < 1 ms). Also the cost of a
+   fresh ``TextEmbedder`` answering one already-cached text from the on-disk cache (what
+   ``RouterBundle.featurise`` does per call when no embedder is passed).
+4. Peak RSS of the process (``ru_maxrss``) after each phase.
+
+The machine may be shared: before each timed phase the script waits (up to ``--max-wait`` s, 30 s at a
+time) while the load of other processes is above ``--max-load``; each figure is printed with the 1-minute
+load average read just before it and the "foreign load" (average cores other processes kept busy during
+the measurement, from /proc/stat minus this process's CPU time).
+
+Usage::
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_router.py [--rows 2500000] [--models 7] [--datasets 10]
+        [--prompts 8] [--star-models 1] [--seed 0] [--workdir DIR] [--max-load 1.5] [--max-wait 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# --------------------------------------------------------------------------- machine load / timing
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return machine, r.ru_utime + r.ru_stime
+
+
+def loadavg1() -> float:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return float(f.read().split()[0])
+
+
+class Timed:
+    """Wall time of a block, this process's CPU time, and the foreign load meanwhile."""
+
+    def __enter__(self) -> "Timed":
+        self._cpu = busy_cpu_seconds()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        machine, own = busy_cpu_seconds()
+        self.cpu = own - self._cpu[1]
+        self.foreign = max(0.0, (machine - self._cpu[0]) - self.cpu) / max(self.seconds, 1e-9)
+
+
+MAX_LOAD, MAX_WAIT = 1.5, 600.0
+
+
+def wait_for_quiet(first: bool = False) -> float:
+    """Wait while other processes keep more than MAX_LOAD cores busy (sampled over 3 s), 30 s at a time, at
+    most MAX_WAIT s. For the first phase the 1-minute load average itself must also be under MAX_LOAD (later
+    on it includes this process's own previous phase). Returns the 1-minute load average at the start."""
+    deadline = time.monotonic() + MAX_WAIT
+    while True:
+        with Timed() as t:
+            time.sleep(3.0)
+        la = loadavg1()
+        busy = t.foreign > MAX_LOAD or (first and la > MAX_LOAD)
+        if not busy or time.monotonic() >= deadline:
+            if busy:
+                print(f"  [still busy after {MAX_WAIT:.0f}s: load1 {la:.2f}, foreign {t.foreign:.2f}; measuring anyway]",
+                      flush=True)
+            return la
+        print(f"  [machine busy: load1 {la:.2f}, foreign {t.foreign:.2f} cores; waiting 30 s]", flush=True)
+        time.sleep(30.0)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+@dataclass
+class Row:
+    phase: str
+    seconds: float | None
+    detail: str = ""
+    load1: float | None = None
+    foreign: float | None = None
+    rss: float | None = None
+    in_goal: bool = False
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, phase, t: Timed | None, detail="", load1=None, in_goal=False, seconds=None) -> Row:
+        r = Row(phase, t.seconds if t is not None else seconds, detail, load1, t.foreign if t is not None else None,
+                rss_mib(), in_goal)
+        self.rows.append(r)
+        s = f"{r.seconds:9.2f} s" if r.seconds is not None else " " * 11
+        extra = f"  load1 {load1:.2f} foreign {r.foreign:.2f}" if load1 is not None and r.foreign is not None else ""
+        print(f"{phase:<46} {s}  peak RSS {r.rss:8.0f} MiB{extra}  {detail}", flush=True)
+        return r
+
+
+def timed_phase(report: Report, phase: str, fn, detail=None, in_goal=False, first=False):
+    la = wait_for_quiet(first)
+    with Timed() as t:
+        out = fn()
+    d = detail(out) if callable(detail) else (detail or "")
+    report.add(phase, t, d, la, in_goal)
+    return out
+
+
+# --------------------------------------------------------------------------- synthetic records
+
+# (name, type, question templates with one {slot}, slot vocabulary, option vocabulary)
+DATASETS = [
+    ("cub-birds", "fine-grained", ["Which bird species is shown in this {s} photo?", "What kind of bird is perched on the {s}?",
+                                   "Identify the bird species in the {s} image."],
+     ["close-up", "field", "branch", "water", "feeder", "winter"],
+     ["American crow", "Blue jay", "Cardinal", "Cedar waxwing", "Common yellowthroat", "Indigo bunting",
+      "Painted bunting", "Red-winged blackbird", "Rufous hummingbird", "Scarlet tanager"]),
+    ("stanford-cars", "fine-grained", ["Which car model is this {s}?", "What is the make and model of the {s} car?",
+                                       "Identify the {s} vehicle."],
+     ["sedan", "coupe", "convertible", "SUV", "hatchback", "pickup"],
+     ["Audi A4 2012", "BMW M3 2011", "Chevrolet Camaro 2012", "Dodge Charger 2012", "Ford Mustang 2010",
+      "Honda Accord 2012", "Hyundai Sonata 2012", "Tesla Model S 2012", "Toyota Camry 2012", "Volvo XC90 2007"]),
+    ("textvqa", "ocr", ["What does the text on the {s} say?", "What word is written on the {s}?",
+                        "What is the brand name shown on the {s}?"],
+     ["sign", "bottle", "shirt", "storefront", "bus", "book cover", "poster"],
+     ["stop", "exit", "coffee", "open", "sale", "pepsi", "nike", "welcome", "police", "hotel"]),
+    ("chartqa", "chart", ["What is the value of the {s} bar in the chart?", "Which category has the highest {s}?",
+                          "By how much did the {s} change between the first and last year?"],
+     ["revenue", "population", "share", "growth", "profit", "temperature"],
+     ["12", "15", "18", "21", "24", "30", "35", "42", "50", "64"]),
+    ("clevr-count", "counting", ["How many {s} objects are there?", "How many {s} cubes are in the scene?",
+                                 "Count the {s} spheres."],
+     ["red", "blue", "green", "yellow", "metal", "rubber", "large", "small"],
+     ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
+    ("vsr-spatial", "spatial", ["Where is the {s} relative to the table?", "What is the position of the {s} in the image?",
+                                "Which side of the person is the {s} on?"],
+     ["cat", "dog", "cup", "laptop", "chair", "umbrella", "bicycle"],
+     ["left", "right", "above", "below", "in front", "behind", "on top", "under", "next to", "inside"]),
+    ("imagenet-sample", "general", ["What is shown in this {s} image?", "What is the main object in the {s} photo?",
+                                    "Which object category best describes this {s} picture?"],
+     ["outdoor", "indoor", "blurry", "bright", "dark", "cropped"],
+     ["golden retriever", "tabby cat", "goldfish", "school bus", "espresso", "mountain bike", "pizza",
+      "red wine", "sea lion", "volcano"]),
+    ("vqav2", "general", ["What color is the {s}?", "What is the {s} made of?", "What is the person holding near the {s}?"],
+     ["car", "shirt", "wall", "umbrella", "kite", "plate", "bench"],
+     ["red", "blue", "white", "black", "green", "wood", "metal", "plastic", "phone", "frisbee"]),
+    ("docvqa", "ocr", ["What is the {s} on the document?", "Which {s} is written in the header?",
+                       "What {s} appears at the bottom of the page?"],
+     ["date", "total amount", "invoice number", "company name", "signature name", "address"],
+     ["March 3, 1998", "$1,250.00", "INV-2041", "Acme Corp.", "J. Smith", "12 Main St.", "R&D Division",
+      "Confidential", "Page 2", "Fax 555-0199"]),
+    ("scienceqa", "reasoning", ["Which of these {s} is the best answer?", "Based on the {s} shown, which option is correct?",
+                                "Which statement about the {s} is true?"],
+     ["food web", "magnet diagram", "map", "circuit", "weather chart", "life cycle"],
+     ["the force is attraction", "the force is repulsion", "it is a solid", "it is a liquid", "it is a gas",
+      "Ohio", "Texas", "the producer", "the consumer", "the decomposer"]),
+]
+TYPES = ["fine-grained", "ocr", "chart", "counting", "spatial", "general", "reasoning"]
+
+# (name, cost per call in $, logit by dataset type in TYPES order)
+MODELS = [
+    ("clip-vit-b32", 2e-6, [0.8, -2.0, -2.2, -1.5, -1.2, 1.2, -1.0]),
+    ("clip-vit-l14", 1.2e-5, [1.3, -1.4, -2.0, -1.3, -1.0, 1.6, -0.8]),
+    ("smolvlm-256m", 8e-5, [-0.8, -0.5, -0.8, -0.3, -0.2, 0.3, -0.4]),
+    ("qwen2-vl-2b", 3e-4, [-0.2, 0.9, 0.3, 0.4, 0.3, 0.9, 0.4]),
+    ("llava-1.6-7b", 1.5e-3, [0.2, 0.7, 0.2, 0.6, 0.6, 1.3, 0.7]),
+    ("qwen2-vl-2b+llama-3-8b", 4e-3, [0.0, 1.0, 0.9, 0.5, 0.7, 1.1, 1.3]),
+    ("gpt-4o", 1.2e-2, [1.2, 2.0, 1.8, 1.2, 1.4, 2.2, 2.0]),
+]
+
+
+def model_table(n_models: int):
+    if n_models <= len(MODELS):
+        return MODELS[:n_models]
+    rng = np.random.default_rng(123)
+    extra = [(f"extra-vlm-{i}", float(10 ** rng.uniform(-5, -2)), list(rng.normal(0, 1, len(TYPES))))
+             for i in range(n_models - len(MODELS))]
+    return MODELS + extra
+
+
+def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_prompts: int, n_star: int, seed: int):
+    """Write the records Parquet; return a dict of facts about it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visroute.router.records import records_schema
+    from visroute.tasks.model import task_text
+
+    rng = np.random.default_rng(seed)
+    models = model_table(n_models)
+    n_star = min(n_star, n_models)
+    datasets = [DATASETS[i % len(DATASETS)] for i in range(n_datasets)]
+    ds_names = [d[0] if i < len(DATASETS) else f"{d[0]}-{i // len(DATASETS)}" for i, d in enumerate(datasets)]
+    per_sample = n_datasets * (n_prompts * (n_models - n_star) + n_star)
+    S = max(1, int(round(rows / per_sample)))
+    prompts = [f"p{i}" for i in range(n_prompts)]
+
+    # ---- per-sample texts (python strings: D x S of them), then a global text dictionary
+    text_index: dict[str, int] = {}
+    texts: list[str] = []
+    sample_text = np.empty((n_datasets, S), np.int64)
+    for di, (_, _, templates, slots, opts) in enumerate(datasets):
+        tpl = rng.integers(0, len(templates), S)
+        slot = rng.integers(0, len(slots), S)
+        # 4 options out of the dataset's vocabulary, listed in vocabulary order (a few hundred combinations)
+        keys = rng.random((S, len(opts)))
+        chosen = np.sort(np.argsort(keys, axis=1)[:, :4], axis=1)
+        for si in range(S):
+            q = templates[tpl[si]].format(s=slots[slot[si]])
+            t = task_text(q, [opts[j] for j in chosen[si]], ds_names[di])
+            k = text_index.get(t)
+            if k is None:
+                k = text_index[t] = len(texts)
+                texts.append(t)
+            sample_text[di, si] = k
+    U = len(texts)
+    difficulty = rng.normal(0.0, 1.0, U)           # latent per-text difficulty: what a router can learn
+    sample_noise = rng.normal(0.0, 0.5, (n_datasets, S))  # per-image difficulty, invisible to the router
+    sens = rng.uniform(0.4, 1.2, n_models)          # how much each model suffers from hard texts
+    prompt_eff = rng.normal(0.0, 0.3, (n_datasets, n_prompts, n_models))
+    type_idx = [TYPES.index(d[1]) for d in datasets]
+    base = np.array([[m[2][type_idx[di]] for m in models] for di in range(n_datasets)])  # (D, M)
+    # a per-(dataset, model) offset on top of the type, so datasets of one type still differ
+    base = base + rng.normal(0.0, 0.3, base.shape)
+
+    # ---- record index arrays
+    parts = []
+    for mi in range(n_models):
+        star = mi < n_star
+        P = 1 if star else n_prompts
+        d, p, s = np.meshgrid(np.arange(n_datasets), np.arange(P), np.arange(S), indexing="ij")
+        d, p, s = d.ravel(), p.ravel(), s.ravel()
+        parts.append((mi, star, d, p, s))
+    n = sum(len(x[2]) for x in parts)
+    dcode = np.concatenate([x[2] for x in parts]).astype(np.int32)
+    scode = np.concatenate([x[4] for x in parts]).astype(np.int64)
+    mcode = np.concatenate([np.full(len(x[2]), x[0], np.int32) for x in parts])
+    pcode = np.concatenate([np.full(len(x[2]), n_prompts, np.int32) if x[1] else x[3].astype(np.int32)
+                            for x in parts])  # n_prompts = "*"
+    tcode = sample_text[dcode, scode]
+    peff = np.where(pcode < n_prompts, prompt_eff[dcode, np.minimum(pcode, n_prompts - 1), mcode], 0.0)
+    logit = base[dcode, mcode] + peff - sens[mcode] * (difficulty[tcode] + sample_noise[dcode, scode]) \
+        + rng.normal(0.0, 0.3, n)
+    prob = 1.0 / (1.0 + np.exp(-logit))
+    correct = rng.random(n) < prob
+    score = np.clip(prob + rng.normal(0, 0.1, n), 0, 1).astype(np.float32)
+    unit = np.array([m[1] for m in models])
+    cost = unit[mcode] * rng.lognormal(0.0, 0.25, n)
+    latency = np.array([0.004, 0.01, 0.15, 0.4, 1.2, 2.5, 1.8])[np.minimum(mcode, 6)] * rng.lognormal(0, 0.3, n)
+
+    # ---- strings via dictionary arrays, cast to the schema's plain strings
+    gid = dcode.astype(np.int64) * S + scode  # global sample id
+    task_ids = [f"{ds_names[di]}/{si:06d}" for di in range(n_datasets) for si in range(S)]
+    image_ids = [f"{ds_names[di]}/images/{si:06d}.jpg" for di in range(n_datasets) for si in range(S)]
+
+    def dict_col(codes, values):
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values, pa.string())
+                                              ).cast(pa.string())
+
+    cols = {
+        "task_id": dict_col(gid, task_ids),
+        "dataset": dict_col(dcode, ds_names),
+        "prompt_variant": dict_col(pcode, prompts + ["*"]),
+        "task_text": dict_col(tcode, texts),
+        "image_id": dict_col(gid, image_ids),
+        "image_path": dict_col(gid, [f"/data/{i}" for i in image_ids]),
+        "model": dict_col(mcode, [m[0] for m in models]),
+        "correct": pa.array(correct),
+        "score": pa.array(score, pa.float32()),
+        "cost": pa.array(cost, pa.float64()),
+        "latency_s": pa.array(latency, pa.float64()),
+    }
+    table = pa.table(cols, schema=records_schema())
+    pq.write_table(table, path)
+    return {"rows": n, "samples_per_dataset": S, "unique_texts_generated": U, "models": [m[0] for m in models],
+            "star_models": [m[0] for m in models[:n_star]], "file_mib": os.path.getsize(path) / 2**20,
+            "text_chars_mean": float(np.mean([len(t) for t in texts]))}
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def aggregate_by_text(X_codes: np.ndarray, Y: np.ndarray, w: np.ndarray):
+    """Train rows with identical text -> one row: weighted mean success (NaN where no model run), summed weight.
+    (What an MLP fit could do; KNNRouter.fit already does the same by embedding.)"""
+    G = int(X_codes.max()) + 1
+    mask = ~np.isnan(Y)
+    sums = np.zeros((G, Y.shape[1]))
+    cnt = np.zeros((G, Y.shape[1]))
+    np.add.at(sums, X_codes, np.nan_to_num(Y) * w[:, None])
+    np.add.at(cnt, X_codes, mask * w[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        Yg = np.where(cnt > 0, sums / cnt, np.nan).astype(np.float32)
+    wg = np.bincount(X_codes, weights=w, minlength=G).astype(np.float32)
+    return Yg, wg
+
+
+def latency(router, X, costs, lam, batch: int, reps: int) -> dict:
+    from visroute.router.decide import choose
+
+    n = len(X)
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, max(1, n - batch), reps)
+    for s in starts[: min(5, reps)]:  # warm-up
+        choose(router.predict_proba(X[s : s + batch]), costs, lam)
+    times = np.empty(reps)
+    for i, s in enumerate(starts):
+        xb = X[s : s + batch]
+        t0 = time.perf_counter()
+        choose(router.predict_proba(xb), costs, lam)
+        times[i] = time.perf_counter() - t0
+    per = times / batch * 1e6
+    return {"median_us": float(np.median(per)), "p99_us": float(np.percentile(per, 99)), "mean_us": float(per.mean())}
+
+
+def main(argv=None) -> int:
+    global MAX_LOAD, MAX_WAIT
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2_500_000)
+    ap.add_argument("--models", type=int, default=7)
+    ap.add_argument("--datasets", type=int, default=10)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--star-models", type=int, default=1,
+                    help="how many of the models are prompt-agnostic (prompt_variant '*'); default 1")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="where the Parquet and the embedding cache go (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--few-epochs", type=int, default=5)
+    ap.add_argument("--single-reps", type=int, default=2000)
+    ap.add_argument("--batch-reps", type=int, default=30)
+    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--max-wait", type=float, default=600.0)
+    ap.add_argument("--skip-mf", action="store_true")
+    args = ap.parse_args(argv)
+    MAX_LOAD, MAX_WAIT = args.max_load, args.max_wait
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    from visroute.router.decide import choose  # noqa: F401  (imported up front: not part of any timing)
+    from visroute.router.embed import TextEmbedder
+    from visroute.router.routers import KNNRouter, MatrixFactorizationRouter, MLPRouter
+    from visroute.router.table import build_table, read_records
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_router-")
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, "records.parquet")
+    print(f"bench_router: python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs; workdir {work}", flush=True)
+    rep = Report()
+    rep.add("start (imports)", None, "")
+
+    # ---- 1. generation (not part of the goal)
+    facts = timed_phase(rep, "generate records Parquet (not in goal)",
+                        lambda: generate_records(path, args.rows, args.models, args.datasets, args.prompts,
+                                                 args.star_models, args.seed),
+                        lambda f: f"{f['rows']:,} rows, {f['file_mib']:.0f} MiB", first=True)
+    print(f"  models: {facts['models']} (prompt-agnostic: {facts['star_models']}); "
+          f"{facts['samples_per_dataset']} samples per dataset; {facts['unique_texts_generated']:,} unique task texts "
+          f"(mean {facts['text_chars_mean']:.0f} chars)", flush=True)
+
+    # ---- 2. build
+    records = timed_phase(rep, "read_records", lambda: read_records(path), lambda t: f"{t.num_rows:,} records",
+                          in_goal=True)
+    table = timed_phase(rep, "build_table(sample, split_by=dataset)",
+                        lambda: build_table(records, granularity="sample", split_by="dataset", seed=args.seed),
+                        lambda t: f"{len(t):,} table rows x {len(t.models)} models", in_goal=True)
+    del records
+    splits = {s: int((table.split == s).sum()) for s in ("train", "val", "test")}
+    test_sets = sorted(set(table.dataset[table.split == "test"]))
+    print(f"  splits {splits}; test datasets {test_sets}; NaN cells {int(np.isnan(table.success).sum()):,}", flush=True)
+
+    # ---- embeddings: unique texts of the whole table, fresh cache
+    cache = os.path.join(work, "emb-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    emb = TextEmbedder(cache_dir=cache)
+    uniq, inv = timed_phase(rep, "unique texts (np.unique over table.text)",
+                            lambda: np.unique(table.text, return_inverse=True),
+                            lambda r: f"{len(r[0]):,} unique of {len(table):,}", in_goal=True)
+    timed_phase(rep, "embed: load MiniLM", lambda: emb.model, "SentenceTransformer on cpu", in_goal=True)
+    enc_time = []
+    real_encode = emb._model.encode
+
+    def timed_encode(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return real_encode(*a, **k)
+        finally:
+            enc_time.append(time.perf_counter() - t0)
+
+    emb._model.encode = timed_encode  # instance attribute: measures the encode share of embed()
+    E = timed_phase(rep, "embed: TextEmbedder.embed(unique texts)", lambda: emb.embed(list(uniq)),
+                    lambda e: f"{len(uniq):,} texts, {e.shape}", in_goal=True)
+    r = rep.rows[-1]
+    enc = sum(enc_time)
+    print(f"  of which model.encode {enc:.2f} s ({len(uniq) / enc:.0f} texts/s), cache write + memo "
+          f"{r.seconds - enc:.2f} s; cache file {os.path.getsize(os.path.join(cache, 'minilm.npz')) / 2**20:.1f} MiB",
+          flush=True)
+
+    train, val, test = table.part("train"), table.part("val"), table.part("test")
+    Xtr = timed_phase(rep, "featurise train: embed(train.text) (memo hits)", lambda: emb.embed(list(train.text)),
+                      lambda x: f"{x.shape[0]:,} x {x.shape[1]} float32 ({x.nbytes / 2**20:.0f} MiB)", in_goal=True)
+    Xte = E[inv[table.split == "test"]]
+    costs = train.model_costs()
+    med = float(np.median(costs))
+    lam = 1.0 / (10 * med) if med > 0 else 0.0  # a mid-range trade-off
+
+    # ---- training
+    knn = timed_phase(rep, "train KNNRouter(k=20)", lambda: KNNRouter().fit(Xtr, train.success, train.weight),
+                      lambda k: f"{len(k.X_):,} points after aggregating duplicates", in_goal=True)
+    mlp = timed_phase(rep, "train MLPRouter() default (30 epochs, patience 5)",
+                      lambda: MLPRouter().fit(Xtr, train.success, train.weight), "", in_goal=True)
+    mlp_few = timed_phase(rep, f"train MLPRouter(epochs={args.few_epochs})",
+                          lambda: MLPRouter(epochs=args.few_epochs).fit(Xtr, train.success, train.weight), "")
+    # outside visroute: aggregate train rows by identical text first (like KNNRouter.fit), then the default MLP
+    tr_codes = inv[table.split == "train"]
+    agg = timed_phase(rep, "aggregate train rows by text (bench-side)",
+                      lambda: aggregate_by_text(np.unique(tr_codes, return_inverse=True)[1].reshape(-1),
+                                                train.success, train.weight.astype(np.float64)),
+                      lambda a: f"{len(a[0]):,} rows")
+    tr_uniq = np.unique(tr_codes)
+    mlp_agg = timed_phase(rep, "train MLPRouter() default on aggregated rows",
+                          lambda: MLPRouter().fit(E[tr_uniq], agg[0], agg[1]), "")
+    mf = None
+    if not args.skip_mf:
+        mf = timed_phase(rep, "train MatrixFactorizationRouter() default",
+                         lambda: MatrixFactorizationRouter().fit(Xtr, train.success, train.weight), "")
+
+    # quality sanity check (mean log-loss on the held-out datasets, lower is better), not timed
+    def logloss(p, y):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        m = ~np.isnan(y)
+        return float(-(np.nan_to_num(y) * np.log(p) + (1 - np.nan_to_num(y)) * np.log(1 - p))[m].mean())
+
+    quality = {name: logloss(rt.predict_proba(Xte), test.success) for name, rt in
+               [("knn", knn), ("mlp", mlp), (f"mlp{args.few_epochs}", mlp_few), ("mlp-agg", mlp_agg)]
+               + ([("mf", mf)] if mf is not None else [])}
+    prior = np.nanmean(train.success, axis=0)
+    quality["prior"] = logloss(np.broadcast_to(prior, test.success.shape), test.success)
+    print("  test log-loss (held-out datasets): " + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()), flush=True)
+
+    # ---- 3. decision latency with cached embeddings
+    lat = {}
+    for name, rt in [("knn", knn), ("mlp", mlp)]:
+        for batch, reps in [(1, args.single_reps), (1000, args.batch_reps)]:
+            la = wait_for_quiet()
+            with Timed() as t:
+                res = latency(rt, Xte, costs, lam, batch, reps)
+            lat[(name, batch)] = res
+            rep.add(f"latency {name} predict_proba+choose, batch {batch}", None,
+                    f"median {res['median_us']:.1f} us/task, p99 {res['p99_us']:.1f} (over {reps} calls)", la)
+            rep.rows[-1].foreign = t.foreign
+    # what RouterBundle.featurise does per call without an embedder: a fresh TextEmbedder, memo empty,
+    # answers an already-cached text from the on-disk npz store
+    one = [str(test.text[0])]
+    la = wait_for_quiet()
+    with Timed() as t:
+        TextEmbedder(cache_dir=cache).embed(one)
+    rep.add("fresh TextEmbedder().embed([cached text])", t, "loads the whole npz cache", la)
+
+    # ---- final table
+    goal_rows = [r for r in rep.rows if r.in_goal]
+    goal = sum(r.seconds for r in goal_rows)
+    print("\n## bench_router results\n")
+    print(f"records: {facts['rows']:,} rows ({args.models} models, {args.datasets} datasets, {args.prompts} prompt "
+          f"variants, {facts['samples_per_dataset']} samples/dataset, {len(facts['star_models'])} prompt-agnostic "
+          f"model); routing table {len(table):,} rows (train {splits['train']:,}, val {splits['val']:,}, "
+          f"test {splits['test']:,}); unique task texts {len(uniq):,}\n")
+    print("| phase | seconds | peak RSS (MiB) | load1 before | foreign load | notes |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for r in rep.rows:
+        if r.phase.startswith("latency"):
+            continue
+        s = f"{r.seconds:.2f}" if r.seconds is not None else ""
+        l1 = f"{r.load1:.2f}" if r.load1 is not None else ""
+        fl = f"{r.foreign:.2f}" if r.foreign is not None else ""
+        print(f"| {r.phase}{' (goal)' if r.in_goal else ''} | {s} | {r.rss:.0f} | {l1} | {fl} | {r.detail} |")
+    print(f"| **build + embed + train kNN + MLP (goal < 300 s)** | **{goal:.1f}** | | | | "
+          f"{'met' if goal < 300 else 'NOT met'} |")
+    print("\n| decision latency (cached embeddings) | median us/task | p99 us/task | mean us/task | load1 before | foreign load |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rep.rows:
+        if r.phase.startswith("latency"):
+            name, batch = r.phase.split()[1], int(r.phase.split()[-1])
+            x = lat[(name, batch)]
+            print(f"| {name}, batch {batch} | {x['median_us']:.1f} | {x['p99_us']:.1f} | {x['mean_us']:.1f} | "
+                  f"{r.load1:.2f} | {r.foreign:.2f} |")
+    print("\n| router | test log-loss (held-out datasets) |\n| --- | ---: |")
+    for k, v in quality.items():
+        print(f"| {k} | {v:.4f} |")
+    print(f"\npeak RSS at exit: {rss_mib():.0f} MiB")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
