@@ -109,11 +109,11 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root_pid, self.interval, self.skip_root = root_pid, interval, skip_root
         self.peaks = MemPeaks()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.t0 = time.perf_counter()
 
     def stop(self) -> MemPeaks:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peaks
 
@@ -132,29 +132,31 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         p = self.peaks
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             main, kids = self._main_and_children()
-            if main is not None:
+            if main is not None and main.is_running() and main.status() != psutil.STATUS_ZOMBIE:
                 main_rss = tree_rss = tree_pss = 0
                 n = 0
                 for k, proc in enumerate([main] + kids):
                     try:
                         info = proc.memory_full_info()  # reads smaps_rollup: rss, pss, uss
                     except psutil.Error:
+                        if k == 0:
+                            break  # main process gone: no sample
                         continue
                     n += 1
                     tree_rss += info.rss
                     tree_pss += getattr(info, "pss", info.rss)
                     if k == 0:
                         main_rss = info.rss
-                if n:
+                if n and main_rss:
                     p.samples += 1
                     p.main_rss = max(p.main_rss, main_rss)
                     p.tree_rss = max(p.tree_rss, tree_rss)
                     p.tree_pss = max(p.tree_pss, tree_pss)
                     p.max_procs = max(p.max_procs, n)
                     p.timeline.append((round(time.perf_counter() - self.t0, 2), main_rss, tree_rss, tree_pss, n))
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
 
 # --------------------------------------------------------------------------- one CLI run
@@ -272,7 +274,7 @@ def fresh_cache(workdir: Path, models_dir: Path, name: str) -> Path:
 def build_model(model: str, models_cache: Path) -> None:
     code = "import sys; from visroute.models import load_model; load_model(sys.argv[1], device='cpu')"
     env = dict(os.environ, VISROUTE_CACHE=str(models_cache), HF_HUB_OFFLINE="1")
-    subprocess.run([sys.executable, "-c", code, model], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code, model], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def build_big_folder(src: Path, dst: Path, n_target: int) -> int:
@@ -317,6 +319,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="passed to visroute eval (default: its own)")
     ap.add_argument("--workers", type=int, default=None, help="passed to visroute eval (default: its own)")
     ap.add_argument("--shard-size", type=int, default=None, help="passed to visroute eval (default: its own)")
+    ap.add_argument("--budget-min", type=float, default=20.0,
+                    help="if the big run, projected from the first run's images/s, would end the benchmark later "
+                         "than this many minutes, --big is reduced (to a multiple of 10k, at least 20k) and a note "
+                         "is printed; 0: never reduce")
     ap.add_argument("--poll", type=float, default=0.2, help="psutil sampling interval, seconds")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -345,6 +351,19 @@ def main() -> None:
         tmpl = run_eval("templates", args, args.data, cache, workdir / "out-templates", workdir, templates)
 
         big = None
+        if args.big > 0 and args.budget_min > 0:
+            elapsed = time.perf_counter() - t_all
+            overhead = max(0.0, first.proc_wall - first.wall)  # start-up, imports, model load
+            per_image = first.wall / first.n_images
+            room = args.budget_min * 60 - elapsed - overhead - 30
+            if args.big * per_image > room:
+                unit = 10_000
+                fit = max(2 * unit, int(room / per_image) // unit * unit)
+                if fit < args.big:
+                    print(f"\nnote: {args.big:,} images at the first run's {1 / per_image:.0f} img/s would take "
+                          f"~{args.big * per_image / 60:.0f} min, past --budget-min {args.budget_min:g} "
+                          f"({elapsed / 60:.1f} min used); using --big {fit:,} instead")
+                    args.big = fit
         if args.big > 0:
             big_dir = workdir / f"big-{args.big}"
             t = time.perf_counter()

@@ -77,22 +77,25 @@ class Timed:
         self.foreign = max(0.0, (machine - self._cpu[0]) - self.cpu) / max(self.seconds, 1e-9)
 
 
-MAX_LOAD, MAX_WAIT = 1.5, 600.0
+MAX_LOAD, MAX_WAIT, WAIT_LEFT = 1.5, 600.0, 1800.0
 
 
 def wait_for_quiet(first: bool = False) -> float:
     """Wait while other processes keep more than MAX_LOAD cores busy (sampled over 3 s), 30 s at a time, at
     most MAX_WAIT s. For the first phase the 1-minute load average itself must also be under MAX_LOAD (later
     on it includes this process's own previous phase). Returns the 1-minute load average at the start."""
-    deadline = time.monotonic() + MAX_WAIT
+    global WAIT_LEFT
+    t_start = time.monotonic()
+    deadline = t_start + min(MAX_WAIT, max(0.0, WAIT_LEFT))
     while True:
         with Timed() as t:
             time.sleep(3.0)
         la = loadavg1()
         busy = t.foreign > MAX_LOAD or (first and la > MAX_LOAD)
         if not busy or time.monotonic() >= deadline:
+            WAIT_LEFT -= time.monotonic() - t_start
             if busy:
-                print(f"  [still busy after {MAX_WAIT:.0f}s: load1 {la:.2f}, foreign {t.foreign:.2f}; measuring anyway]",
+                print(f"  [still busy after {time.monotonic() - t_start:.0f}s: load1 {la:.2f}, foreign {t.foreign:.2f}; measuring anyway]",
                       flush=True)
             return la
         print(f"  [machine busy: load1 {la:.2f}, foreign {t.foreign:.2f} cores; waiting 30 s]", flush=True)
@@ -110,6 +113,7 @@ class Row:
     detail: str = ""
     load1: float | None = None
     foreign: float | None = None
+    cpu: float | None = None
     rss: float | None = None
     in_goal: bool = False
 
@@ -120,7 +124,7 @@ class Report:
 
     def add(self, phase, t: Timed | None, detail="", load1=None, in_goal=False, seconds=None) -> Row:
         r = Row(phase, t.seconds if t is not None else seconds, detail, load1, t.foreign if t is not None else None,
-                rss_mib(), in_goal)
+                t.cpu if t is not None else None, rss_mib(), in_goal)
         self.rows.append(r)
         s = f"{r.seconds:9.2f} s" if r.seconds is not None else " " * 11
         extra = f"  load1 {load1:.2f} foreign {r.foreign:.2f}" if load1 is not None and r.foreign is not None else ""
@@ -209,7 +213,8 @@ def model_table(n_models: int):
     return MODELS + extra
 
 
-def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_prompts: int, n_star: int, seed: int):
+def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_prompts: int, n_star: int, seed: int,
+                     option_vocab: int = 8):
     """Write the records Parquet; return a dict of facts about it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -230,10 +235,14 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
     text_index: dict[str, int] = {}
     texts: list[str] = []
     sample_text = np.empty((n_datasets, S), np.int64)
+    tpl_of = np.empty((n_datasets, S), np.int64)
+    slot_of = np.empty((n_datasets, S), np.int64)
     for di, (_, _, templates, slots, opts) in enumerate(datasets):
+        opts = opts[: max(4, option_vocab)]
         tpl = rng.integers(0, len(templates), S)
         slot = rng.integers(0, len(slots), S)
-        # 4 options out of the dataset's vocabulary, listed in vocabulary order (a few hundred combinations)
+        tpl_of[di], slot_of[di] = tpl, slot
+        # 4 options out of the first option_vocab words, listed in vocabulary order (C(option_vocab, 4) sets)
         keys = rng.random((S, len(opts)))
         chosen = np.sort(np.argsort(keys, axis=1)[:, :4], axis=1)
         for si in range(S):
@@ -245,7 +254,16 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
                 texts.append(t)
             sample_text[di, si] = k
     U = len(texts)
-    difficulty = rng.normal(0.0, 1.0, U)           # latent per-text difficulty: what a router can learn
+    # latent difficulty of a text (what a router can learn): its question template and slot word, plus a
+    # per-text part (the option set)
+    tpl_eff, slot_eff = rng.normal(0.0, 0.8, (n_datasets, 3)), rng.normal(0.0, 0.6, (n_datasets, 8))
+    difficulty = rng.normal(0.0, 0.4, U)
+    text_tpl = np.zeros(U, np.int64)
+    text_slot = np.zeros(U, np.int64)
+    text_ds = np.zeros(U, np.int64)
+    for di in range(n_datasets):
+        text_tpl[sample_text[di]], text_slot[sample_text[di]], text_ds[sample_text[di]] = tpl_of[di], slot_of[di], di
+    difficulty += tpl_eff[text_ds, text_tpl] + slot_eff[text_ds, text_slot]
     sample_noise = rng.normal(0.0, 0.5, (n_datasets, S))  # per-image difficulty, invisible to the router
     sens = rng.uniform(0.4, 1.2, n_models)          # how much each model suffers from hard texts
     prompt_eff = rng.normal(0.0, 0.3, (n_datasets, n_prompts, n_models))
@@ -345,7 +363,7 @@ def latency(router, X, costs, lam, batch: int, reps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    global MAX_LOAD, MAX_WAIT
+    global MAX_LOAD, MAX_WAIT, WAIT_LEFT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--models", type=int, default=7)
@@ -354,6 +372,10 @@ def main(argv=None) -> int:
     ap.add_argument("--star-models", type=int, default=1,
                     help="how many of the models are prompt-agnostic (prompt_variant '*'); default 1")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--option-vocab", type=int, default=8,
+                    help="each task shows 4 options out of the first N words of its dataset's option vocabulary "
+                         "(controls the number of unique texts: C(N, 4) option sets x 3 templates x ~7 slots per dataset)")
+    ap.add_argument("--max-total-wait", type=float, default=1800.0, help="cap on all waiting for a quiet machine")
     ap.add_argument("--workdir", default=None, help="where the Parquet and the embedding cache go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--few-epochs", type=int, default=5)
@@ -363,7 +385,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait", type=float, default=600.0)
     ap.add_argument("--skip-mf", action="store_true")
     args = ap.parse_args(argv)
-    MAX_LOAD, MAX_WAIT = args.max_load, args.max_wait
+    MAX_LOAD, MAX_WAIT, WAIT_LEFT = args.max_load, args.max_wait, args.max_total_wait
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
@@ -384,7 +406,7 @@ def main(argv=None) -> int:
     # ---- 1. generation (not part of the goal)
     facts = timed_phase(rep, "generate records Parquet (not in goal)",
                         lambda: generate_records(path, args.rows, args.models, args.datasets, args.prompts,
-                                                 args.star_models, args.seed),
+                                                 args.star_models, args.seed, args.option_vocab),
                         lambda f: f"{f['rows']:,} rows, {f['file_mib']:.0f} MiB", first=True)
     print(f"  models: {facts['models']} (prompt-agnostic: {facts['star_models']}); "
           f"{facts['samples_per_dataset']} samples per dataset; {facts['unique_texts_generated']:,} unique task texts "
@@ -497,16 +519,17 @@ def main(argv=None) -> int:
           f"variants, {facts['samples_per_dataset']} samples/dataset, {len(facts['star_models'])} prompt-agnostic "
           f"model); routing table {len(table):,} rows (train {splits['train']:,}, val {splits['val']:,}, "
           f"test {splits['test']:,}); unique task texts {len(uniq):,}\n")
-    print("| phase | seconds | peak RSS (MiB) | load1 before | foreign load | notes |")
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    print("| phase | seconds | own CPU s | peak RSS (MiB) | load1 before | foreign load | notes |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rep.rows:
         if r.phase.startswith("latency"):
             continue
         s = f"{r.seconds:.2f}" if r.seconds is not None else ""
         l1 = f"{r.load1:.2f}" if r.load1 is not None else ""
         fl = f"{r.foreign:.2f}" if r.foreign is not None else ""
-        print(f"| {r.phase}{' (goal)' if r.in_goal else ''} | {s} | {r.rss:.0f} | {l1} | {fl} | {r.detail} |")
-    print(f"| **build + embed + train kNN + MLP (goal < 300 s)** | **{goal:.1f}** | | | | "
+        c = f"{r.cpu:.1f}" if r.cpu is not None else ""
+        print(f"| {r.phase}{' (goal)' if r.in_goal else ''} | {s} | {c} | {r.rss:.0f} | {l1} | {fl} | {r.detail} |")
+    print(f"| **build + embed + train kNN + MLP (goal < 300 s)** | **{goal:.1f}** | | | | | "
           f"{'met' if goal < 300 else 'NOT met'} |")
     print("\n| decision latency (cached embeddings) | median us/task | p99 us/task | mean us/task | load1 before | foreign load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from visroute.descriptions.sets import DescriptionSet
-from visroute.heads.zeroshot import _as_tensor
+from visroute.heads.zeroshot import ClassScoresMixin, _as_tensor
 from visroute.models.contrastive import ContrastiveModel
 
 _VERB_STARTS = ("has ", "have ", "is ", "are ", "can ", "may ", "often ", "typically ", "usually ", "was ", "were ")
@@ -53,7 +53,7 @@ def segment_mean(sims: torch.Tensor, owner: torch.Tensor, n_classes: int) -> tor
     return out / counts
 
 
-class DescriptionEnsembleClassifier:
+class DescriptionEnsembleClassifier(ClassScoresMixin):
     """Each class is scored by the mean similarity to its descriptions, written as sentences.
 
     ``style``: "dclip" ("{c}, which is/has {d}"), "photo" ("A photo of a {c}, {d}.") or "sentence"
@@ -112,16 +112,6 @@ class DescriptionEnsembleClassifier:
     def predict_proba(self, X) -> torch.Tensor:
         return self.model.probabilities(self.decision_function(X))
 
-    def predict(self, X) -> np.ndarray:
-        return self.similarities(X).argmax(-1).numpy()
-
-    def predict_topk(self, X, k: int = 5):
-        k = max(1, min(k, len(self.classes_)))
-        v, i = self.predict_proba(X).topk(k, dim=-1)
-        return i.numpy(), v.numpy()
-
-    def score(self, X, y) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())
 
     def explain(self, x, k: int = 3) -> list[dict]:
         """Top-k classes for one image feature, each with its sentences' similarities and contributions."""
@@ -175,7 +165,7 @@ def shuffled_assignment_set(real: DescriptionSet, seed: int = 0) -> DescriptionS
                           {"source": "random-assignment", "seed": seed, "control_for": real.provenance.get("source")})
 
 
-class ClassnameFreeClassifier:
+class ClassnameFreeClassifier(ClassScoresMixin):
     """Descriptions without the class name, plus the class-name prompt weighted by ``w_cls``.
 
     score(x, c) = w_cls * cos(x, "A photo of a {c}.") + mean_{d in D_c} cos(x, d). With w_cls = 0 the class
@@ -234,13 +224,3 @@ class ClassnameFreeClassifier:
     def predict_proba(self, X) -> torch.Tensor:
         return torch.softmax(self.decision_function(X), dim=-1)
 
-    def predict(self, X) -> np.ndarray:
-        return self.similarities(X).argmax(-1).numpy()
-
-    def predict_topk(self, X, k: int = 5):
-        k = max(1, min(k, len(self.classes_)))
-        v, i = self.predict_proba(X).topk(k, dim=-1)
-        return i.numpy(), v.numpy()
-
-    def score(self, X, y) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())

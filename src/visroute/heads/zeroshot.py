@@ -27,7 +27,26 @@ def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-class ZeroShotClassifier:
+class ClassScoresMixin:
+    """predict / predict_topk / score for heads that define ``decision_function`` and ``predict_proba`` over
+    ``classes_`` (argmax of the decision function: ties and monotone probability rules give the same class)."""
+
+    def predict(self, X) -> np.ndarray:
+        """Index of the best class for each image."""
+        return self.decision_function(X).argmax(dim=-1).numpy()
+
+    def predict_topk(self, X, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, probabilities), each (n_images, k), best first."""
+        k = max(1, min(k, len(self.classes_)))
+        values, indices = self.predict_proba(X).topk(k, dim=-1)
+        return indices.numpy(), values.numpy()
+
+    def score(self, X, y) -> float:
+        """Top-1 accuracy against class indices ``y``."""
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+
+class ZeroShotClassifier(ClassScoresMixin):
     """Zero-shot classifier over image features (from ``model.encode_images``).
 
     ``fit(classnames)`` encodes every prompt (all classes x all templates) in large batches and
@@ -56,18 +75,3 @@ class ZeroShotClassifier:
 
     def predict_proba(self, X) -> torch.Tensor:
         return self.model.probabilities(self.decision_function(X))
-
-    def predict(self, X) -> np.ndarray:
-        """Index of the best class for each image."""
-        return self.decision_function(X).argmax(dim=-1).numpy()
-
-    def predict_topk(self, X, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """(class indices, probabilities), each (n_images, k), best first."""
-        k = max(1, min(k, len(self.classes_)))
-        probs = self.predict_proba(X)
-        values, indices = probs.topk(k, dim=-1)
-        return indices.numpy(), values.numpy()
-
-    def score(self, X, y) -> float:
-        """Top-1 accuracy against class indices ``y``."""
-        return float((self.predict(X) == np.asarray(y)).mean())
