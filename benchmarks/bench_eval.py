@@ -38,6 +38,10 @@ The model is built once, up front, into a directory that every fresh ``VISROUTE_
    main process's RSS over time (at 10%, 25%, 50%, 75%, 90% of the run and its last sample) is written to
    the work directory (``rss_timeline_*.json``) and summarised, to show where memory grows if it does.
 
+   ``--budget-min`` (default 20): if the big run, projected from the first run's images/s, would end the
+   benchmark later than that, ``--big`` is reduced to a multiple of 10k (at least 20k) and a note says so.
+   On an idle 2-core machine the whole benchmark with 100k images takes about 7-8 minutes.
+
 The machine may be shared. Every run is printed with the 1-minute load average read just before it and
 the "foreign load": the average number of cores that processes *other than the run* kept busy during it
 (busy CPU time from /proc/stat minus the run's user+system time, from /usr/bin/time, over its wall time).
@@ -45,8 +49,8 @@ Runs at a foreign load well above 0 are pessimistic for throughput (memory is ha
 
 Usage::
 
-    python benchmarks/bench_eval.py [--data DIR] [--model random-tiny] [--big 100000] [--workdir DIR]
-        [--batch-size N] [--workers N] [--shard-size N] [--poll 0.2] [--keep]
+    python benchmarks/bench_eval.py [--data DIR] [--model random-tiny] [--big 100000] [--budget-min 20]
+        [--workdir DIR] [--batch-size N] [--workers N] [--shard-size N] [--poll 0.2] [--keep]
 
 psutil must be importable (it is in the dev venv); ``/usr/bin/time`` is used when present.
 """

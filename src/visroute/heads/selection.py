@@ -53,7 +53,18 @@ def select_descriptions(class_sims: torch.Tensor, topk: torch.Tensor, m: int, ow
     """Selected pool indices (N, k, m), -1 where fewer than m qualify, and a fallback flag (N, k).
 
     ``class_sims`` (P, C) from ``class_mean_similarities``; ``own[c]`` are class c's pool indices.
+    The selection depends only on the (ordered) neighbourhood, and many images share one, so each
+    distinct neighbourhood is computed once and the result copied to its images.
     """
+    uniq, inverse = torch.unique(topk, dim=0, return_inverse=True)
+    if len(uniq) < len(topk):
+        sel, fb = _select_unique(class_sims, uniq, m, own, chunk)
+        return sel[inverse], fb[inverse]
+    return _select_unique(class_sims, topk, m, own, chunk)
+
+
+def _select_unique(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Sequence[Sequence[int]],
+                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     P = class_sims.shape[0]
     N, k = topk.shape
     m_eff = min(m, P)

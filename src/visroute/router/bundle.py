@@ -34,7 +34,9 @@ class RouterBundle:
     def featurise(self, texts, image_paths=None, embedder: TextEmbedder | None = None) -> Any:
         if getattr(self.router, "takes_text", False):
             return list(texts)
-        X = (embedder or TextEmbedder()).embed(list(texts))
+        if embedder is None:  # one embedder per bundle: its memo keeps MiniLM and the cache loaded between calls
+            embedder = self.__dict__.setdefault("_embedder", TextEmbedder())
+        X = embedder.embed(list(texts))
         if self.features == "text+image":
             if image_paths is None:
                 raise VisrouteError("this router also looks at the image: give image paths")
