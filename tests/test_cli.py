@@ -113,3 +113,17 @@ def test_models_lists_known_specs():
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["clip-vit-b-32"]["spec"] == "hf:openai/clip-vit-base-patch32"
     assert rows["random-tiny"]["cached"] is True
+
+
+def test_fast_decode_keeps_the_models_input_size(tmp_path):
+    """--fast-decode must not decode a 336-pixel model's images at 224 (transformers 5 uses a SizeDict)."""
+    from transformers import CLIPImageProcessorPil
+
+    from visroute.cli import _draft_size
+
+    class M:
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+
+    assert _draft_size(M()) == 336
+    M.image_processor = CLIPImageProcessorPil(size={"shortest_edge": 224})
+    assert _draft_size(M()) == 224

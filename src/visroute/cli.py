@@ -104,10 +104,13 @@ def classify(
 
 
 def _draft_size(model) -> int | None:
-    """Smallest side the model's preprocessing needs, for reduced-size JPEG decoding."""
-    proc = getattr(model, "image_processor", None)
-    size = getattr(proc, "size", None) or {}
-    side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else None
+    """Smallest side the model's preprocessing needs, for reduced-size JPEG decoding.
+
+    transformers 5 stores ``size`` as a SizeDict (attributes), 4.x as a dict; both are read.
+    """
+    size = getattr(getattr(model, "image_processor", None), "size", None)
+    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))  # noqa: E731
+    side = (get("shortest_edge") or get("height")) if size is not None else None
     return int(side) if side else 224
 
 
