@@ -80,7 +80,7 @@ def build_b32(directory: Path) -> Path:
     """A random CLIP with ViT-B/32's shapes, saved like visroute's tiny models (char-level tokenizer)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from visroute.models.tiny import write_clip_tokenizer
+    from visroute.testing.tiny_models import write_clip_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     write_clip_tokenizer(directory)
@@ -100,7 +100,7 @@ def build_b32(directory: Path) -> Path:
 
 
 def build_tiny(directory: Path) -> Path:
-    from visroute.models.tiny import build_tiny_clip
+    from visroute.testing.tiny_models import build_tiny_clip
 
     return build_tiny_clip(directory)
 

@@ -119,7 +119,7 @@ def test_fast_decode_keeps_the_models_input_size(tmp_path):
     """--fast-decode must not decode a 336-pixel model's images at 224 (transformers 5 uses a SizeDict)."""
     from transformers import CLIPImageProcessorPil
 
-    from visroute.cli import _draft_size
+    from visroute.classify import draft_size as _draft_size
 
     class M:
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
@@ -127,3 +127,101 @@ def test_fast_decode_keeps_the_models_input_size(tmp_path):
     assert _draft_size(M()) == 336
     M.image_processor = CLIPImageProcessorPil(size={"shortest_edge": 224})
     assert _draft_size(M()) == 224
+
+
+# -- global options, fast start, structure ------------------------------------------------------------------
+
+_NO_HEAVY_IMPORTS = """
+import sys
+from visroute.cli import main
+sys.argv = ["visroute", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "transformers", "open_clip", "pyarrow", "pandas", "matplotlib") if m in sys.modules)
+print("HEAVY", heavy, "EXIT", code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args, code, out", [
+    (["--version"], 0, "visroute 0.1.0"),
+    (["--help"], 0, "classify"),
+    (["classify", "--help"], 0, "--labels"),
+    (["eval", "--help"], 0, "--w-cls-sweep"),
+    (["route", "eval", "--help"], 0, "--router"),
+    (["classify"], 2, "Missing argument"),            # argument errors stay cheap too
+    (["eval", "-d", "x", "--top-secret"], 2, "No such option"),
+])
+def test_help_version_and_argument_errors_import_no_heavy_library(args, code, out):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _NO_HEAVY_IMPORTS, *args], capture_output=True, text=True, timeout=120)
+    assert f"HEAVY [] EXIT {code}" in r.stderr, r.stderr
+    assert out in r.stdout + r.stderr
+
+
+def test_version_matches_the_package_metadata():
+    from importlib.metadata import version
+
+    import visroute
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"visroute {visroute.__version__}" == f"visroute {version('visroute')}"
+
+
+def test_import_visroute_is_lazy_but_exports_work():
+    import subprocess
+    import sys
+
+    code = ("import sys, visroute; assert 'torch' not in sys.modules, 'import visroute loaded torch'; "
+            "assert 'ZeroShotClassifier' in dir(visroute) and 'load_model' in visroute.__all__; "
+            "from visroute import ZeroShotClassifier, load_model; from visroute.heads.zeroshot import ZeroShotClassifier as Z; "
+            "assert ZeroShotClassifier is Z and callable(load_model)\n"
+            "try:\n    visroute.nope\nexcept AttributeError as e:\n    assert 'nope' in str(e)\nelse:\n    raise SystemExit(1)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_python_m_visroute_cli_is_the_console_script():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "visroute.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().startswith("visroute ")
+
+
+def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
+    from visroute.errors import VisrouteError
+
+    r = runner.invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: no visroute result files under {tmp_path}"
+    r = runner.invoke(app, ["--debug", "report", str(tmp_path)])
+    assert r.exit_code != 0 and isinstance(r.exception, VisrouteError) and "no visroute result files" in str(r.exception)
+
+
+@pytest.mark.parametrize("flags, level", [([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-q"], "ERROR"),
+                                          (["--verbose", "--quiet"], "WARNING")])
+def test_verbosity_flags_set_the_visroute_logger_level(flags, level):
+    import logging
+
+    r = runner.invoke(app, [*flags, "models", "--json"])
+    assert r.exit_code == 0, r.output
+    assert logging.getLevelName(logging.getLogger("visroute").level) == level
+
+
+def test_cli_functions_are_thin():
+    """Every command function (and helper) in visroute.cli is at most 40 lines, signature included."""
+    import inspect
+    import pkgutil
+
+    import visroute.cli as pkg
+
+    mods = [pkg] + [__import__(f"visroute.cli.{i.name}", fromlist=["_"]) for i in pkgutil.iter_modules(pkg.__path__)
+                    if i.name != "__main__"]
+    sizes = {f"{m.__name__}.{name}": len(inspect.getsourcelines(inspect.unwrap(fn))[0])
+             for m in mods for name, fn in inspect.getmembers(m, inspect.isfunction)
+             if inspect.unwrap(fn).__module__ == m.__name__}
+    assert "visroute.cli.evaluate.eval_cmd" in sizes and "visroute.cli.main" in sizes  # decorated commands are seen
+    assert not {k: v for k, v in sizes.items() if v > 40}

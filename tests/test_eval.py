@@ -220,7 +220,7 @@ def test_cache_write_failure_keeps_finished_shards(tmp_path, tiny_model, cifar_s
     from visroute.errors import VisrouteError
     from visroute.features import cache as cache_mod
 
-    real = cache_mod._atomic_write_bytes
+    real = cache_mod.atomic_write_bytes
     calls = {"n": 0}
 
     def flaky(path, data):
@@ -230,13 +230,13 @@ def test_cache_write_failure_keeps_finished_shards(tmp_path, tiny_model, cifar_s
                 raise OSError(28, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(cache_mod, "_atomic_write_bytes", flaky)
+    monkeypatch.setattr(cache_mod, "atomic_write_bytes", flaky)
     cache = FeatureCache(tmp_path / "c")
     with pytest.raises(VisrouteError, match="No space left"):
         evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "o", shard_size=30), cache)
     assert len(list((tmp_path / "c").glob("*/shard-*"))) == 2
     assert not list((tmp_path / "c").glob("*/.tmp-*"))
-    monkeypatch.setattr(cache_mod, "_atomic_write_bytes", real)
+    monkeypatch.setattr(cache_mod, "atomic_write_bytes", real)
     doc = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "o", shard_size=30), cache)
     assert doc["visroute"]["feature_cache"]["shards_reused"] == 2 and doc["visroute"]["n_evaluated"] == 120
 

@@ -51,3 +51,64 @@ def classify_images(head: ZeroShotClassifier, inputs: Sequence[str | Path], top_
         run.predictions += preds
         run.skipped += skipped
     return run
+
+
+def draft_size(model) -> int:
+    """Smallest side the model's preprocessing needs, for reduced-size JPEG decoding (``--fast-decode``).
+
+    transformers 5 stores ``size`` as a SizeDict (attributes), 4.x as a dict; both are read.
+    """
+    size = getattr(getattr(model, "image_processor", None), "size", None)
+    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))  # noqa: E731
+    side = (get("shortest_edge") or get("height")) if size is not None else None
+    return int(side) if side else 224
+
+
+@dataclass
+class ClassifyJob:
+    """A fitted head and the image files it will classify (``visroute classify``), set up by ``prepare_classify``."""
+
+    head: ZeroShotClassifier
+    classnames: list[str]
+    templates: list[str]
+    paths: list[Path]
+    skipped: list[SkippedFile]
+    repeated_labels: list[str]
+
+    def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None, fast_decode: bool = False,
+                progress: bool | None = None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
+        """Predictions batch by batch; the progress bar defaults to on for more than 8 images."""
+        show = progress if progress is not None else len(self.paths) > 8
+        draft = draft_size(self.head.model) if fast_decode else None
+        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, draft, show)
+
+    def document(self, top_k: int, run: ClassifyRun) -> dict:
+        """The JSON document ``visroute classify --json`` prints."""
+        return {
+            **self.head.model.describe(),
+            "labels": self.classnames,
+            "templates": self.templates,
+            "top_k": top_k,
+            "predictions": [{"path": p.path, "labels": p.labels, "scores": p.scores} for p in run.predictions],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in run.skipped],
+            "n_classified": len(run.predictions),
+            "n_skipped": len(run.skipped),
+        }
+
+
+def prepare_classify(inputs: Sequence[str | Path], labels: str | None = None, labels_file: str | None = None,
+                     templates: str | None = None, model: str | None = None, device: str = "auto",
+                     dtype: str = "auto") -> ClassifyJob:
+    """Parse labels and templates, expand the inputs, load the model and fit the head; any problem is one
+    ``VisrouteError`` raised before a single image is decoded."""
+    from visroute.data.text import load_templates, parse_labels
+    from visroute.errors import VisrouteError
+    from visroute.models import DEFAULT_MODEL, load_model
+
+    classnames, repeated = parse_labels(labels, labels_file)
+    template_list = load_templates(templates)
+    paths, skipped = find_images(inputs)
+    if not paths and not skipped:
+        raise VisrouteError("no image files found under the given paths")
+    head = ZeroShotClassifier(load_model(model or DEFAULT_MODEL, device=device, dtype=dtype), template_list).fit(classnames)
+    return ClassifyJob(head, classnames, template_list, list(paths), list(skipped), list(repeated))

@@ -27,3 +27,7 @@ class LabelError(VisrouteError):
 
 class TemplateError(VisrouteError):
     """Prompt templates are unusable (missing {c}, empty file, unknown dataset key)."""
+
+
+class InputError(VisrouteError, ValueError):
+    """Arrays given to an estimator have the wrong shape, type or values (a ValueError, as scikit-learn expects)."""

@@ -10,8 +10,9 @@ Spec forms::
 
 Options after ``#`` (``hf:/data/pets#split=test&image=img&label=lbl``): ``split``, ``image``, ``label``
 (column names), and for torchvision ``train=1``. Every dataset is an item source: ``len``, ``load(i)`` (a
-decoded RGB image or ImageDecodeError), ``item_id(i)``, ``labels`` (int array, -1 = unknown), ``classnames``,
-``extra`` (manifest / dataset columns) and a ``fingerprint`` that changes when the data does.
+decoded RGB image or ImageDecodeError), ``item_id(i)``, ``labels`` (int array, each a valid class index: see
+``visroute.data.labels``), ``classnames``, ``extra`` (manifest / dataset columns) and a ``fingerprint`` that
+changes when the data does. Images larger than ``max_pixels`` (default: ``visroute.data.images``) are skipped.
 """
 
 from __future__ import annotations
@@ -28,12 +29,9 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image
 
-from visroute.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image, to_rgb
-from visroute.errors import VisrouteError
-
-
-class DatasetError(VisrouteError):
-    """A dataset spec could not be opened or its labels do not match its class names."""
+from visroute.data.images import (IMAGE_EXTENSIONS, ImageDecodeError, check_pixels, load_image, not_a_regular_file,
+                                  resolve_max_pixels, to_rgb)
+from visroute.data.labels import DatasetError, labels_to_indices  # noqa: F401  (DatasetError: public here too)
 
 
 class ImageDataset:
@@ -44,6 +42,7 @@ class ImageDataset:
     labels: np.ndarray
     extra: dict[str, list]
     spec: str
+    max_pixels: int | None = None  # None: $VISROUTE_MAX_PIXELS or the default
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,7 +86,7 @@ class FileDataset(ImageDataset):
             return str(p)
 
     def load(self, i: int, draft_size: int | None = None) -> Image.Image:
-        return load_image(self.paths[i], draft_size)
+        return load_image(self.paths[i], draft_size, self.max_pixels)
 
     @property
     def fingerprint(self) -> str:
@@ -113,17 +112,11 @@ class HFImageDataset(ImageDataset):
         self.ds = ds.cast_column(image_column, _undecoded_image_feature()) if _is_image_feature(ds, image_column) else ds
         self.image_column = image_column
         feature = ds.features[label_column]
-        raw = ds[label_column]
-        if hasattr(feature, "names"):
-            self.classnames = list(feature.names)
-            self.labels = np.asarray(raw, dtype=np.int64)
-        elif raw and isinstance(raw[0], str):
-            self.classnames = sorted(set(raw))
-            lookup = {c: k for k, c in enumerate(self.classnames)}
-            self.labels = np.asarray([lookup[r] for r in raw], dtype=np.int64)
-        else:
-            self.labels = np.asarray(raw, dtype=np.int64)
-            self.classnames = [str(k) for k in range(int(self.labels.max()) + 1)] if len(raw) else []
+        raw = list(ds[label_column])
+        names = list(feature.names) if hasattr(feature, "names") else None
+        if raw and all(type(v) is int for v in raw):
+            raw = np.asarray(raw, dtype=np.int64) if all(abs(v) < 2**62 for v in raw) else raw
+        self.labels, self.classnames = labels_to_indices(raw, lambda i: f"dataset '{spec}' row {i}", names)
         self.extra = {c: ds[c] for c in ds.column_names if c not in (image_column, label_column)
                       and not _is_image_feature(ds, c)}
         self._fingerprint = getattr(ds, "_fingerprint", None) or hashlib.sha256(repr(ds).encode()).hexdigest()
@@ -135,17 +128,19 @@ class HFImageDataset(ImageDataset):
         value = self.ds[i][self.image_column]
         try:
             if isinstance(value, Image.Image):
+                check_pixels(value.size, resolve_max_pixels(self.max_pixels))
                 return to_rgb(value)
             if isinstance(value, dict) and value.get("bytes"):
                 with Image.open(io.BytesIO(value["bytes"])) as im:
                     if draft_size and im.format == "JPEG":
                         im.draft("RGB", (draft_size, draft_size))
+                    check_pixels(im.size, resolve_max_pixels(self.max_pixels))
                     im.load()
                     from PIL import ImageOps
 
                     return to_rgb(ImageOps.exif_transpose(im))
             if isinstance(value, dict) and value.get("path"):
-                return load_image(value["path"], draft_size)
+                return load_image(value["path"], draft_size, self.max_pixels)
         except ImageDecodeError:
             raise
         except Exception as e:
@@ -162,9 +157,12 @@ class TorchvisionDataset(ImageDataset):
 
     def __init__(self, name: str, spec: str, ds: Any, root: str):
         self.name, self.spec, self.ds = name, spec, ds
-        targets = getattr(ds, "targets", None) or getattr(ds, "labels", None)
-        self.labels = np.asarray(targets if targets is not None else [ds[i][1] for i in range(len(ds))], dtype=np.int64)
-        self.classnames = list(getattr(ds, "classes", [str(k) for k in range(int(self.labels.max()) + 1)]))
+        targets = getattr(ds, "targets", None)
+        targets = getattr(ds, "labels", None) if targets is None else targets  # may be an array: no `or`
+        raw = np.asarray(targets if targets is not None else [ds[i][1] for i in range(len(ds))])
+        classes = getattr(ds, "classes", None)
+        self.labels, self.classnames = labels_to_indices(raw, lambda i: f"torchvision {name} item {i}",
+                                                         list(classes) if classes is not None else None)
         self.extra = {}
         self._fp = hashlib.sha256(f"{type(ds).__name__}\0{root}\0{len(ds)}".encode()).hexdigest()[:16]
 
@@ -198,8 +196,12 @@ def _split_options(spec: str) -> tuple[str, dict[str, str]]:
     return base, dict(parse_qsl(query))
 
 
-def load_dataset(spec: str, classnames: list[str] | None = None) -> ImageDataset:
-    """Open a dataset spec (see module docstring); ``classnames`` overrides the dataset's own names."""
+def load_dataset(spec: str, classnames: list[str] | None = None, max_pixels: int | None = None) -> ImageDataset:
+    """Open a dataset spec (see module docstring); ``classnames`` overrides the dataset's own names.
+
+    ``max_pixels`` bounds the images decoded (0: no limit; None: $VISROUTE_MAX_PIXELS or the default).
+    """
+    resolve_max_pixels(max_pixels)
     base, opts = _split_options(spec)
     if base.startswith("hf:"):
         ds = _open_hf(base[3:], opts, spec)
@@ -210,12 +212,15 @@ def load_dataset(spec: str, classnames: list[str] | None = None) -> ImageDataset
         if path.is_dir():
             ds = _open_imagefolder(path, spec)
         elif path.is_file() and path.suffix.lower() in (".csv", ".jsonl"):
-            ds = _open_manifest(path, spec, opts)
+            ds = _open_manifest(path, spec, opts, classnames)
+        elif path.exists() and not_a_regular_file(path):
+            raise DatasetError(f"dataset '{spec}' is {not_a_regular_file(path)}")
         else:
             raise DatasetError(
                 f"dataset '{spec}' not found: use an ImageFolder directory, a .csv/.jsonl manifest, "
                 "hf:<saved dataset dir or cached hub id>, or torchvision:<Name>:<root>"
             )
+    ds.max_pixels = max_pixels
     return ds.with_classnames(classnames) if classnames is not None else ds
 
 
@@ -233,45 +238,68 @@ def _open_imagefolder(root: Path, spec: str) -> FileDataset:
     return FileDataset(root.name, spec, root, paths, labels, classes)
 
 
-def _read_manifest_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8-sig")
+def _manifest_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read manifest {path}: {e.strerror or e}") from None
+
+
+def _read_manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) for each row of a CSV (with header) or JSONL manifest."""
+    text = _manifest_text(path)
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        rows = []
+        try:
+            for row in reader:
+                if None in row:
+                    raise DatasetError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} fields, "
+                                       f"but the header has {len(reader.fieldnames or [])}")
+                rows.append((reader.line_num, row))
+        except csv.Error as e:
+            raise DatasetError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+        return rows
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DatasetError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
         if not isinstance(row, dict):
-            raise DatasetError(f"{path}:{n}: each line must be a JSON object")
-        rows.append(row)
+            raise DatasetError(f"{path}:{n}: each line must be a JSON object, found {type(row).__name__}")
+        rows.append((n, row))
     return rows
 
 
-def _open_manifest(path: Path, spec: str, opts: dict[str, str]) -> FileDataset:
-    rows = _read_manifest_rows(path)
+def _manifest_path(base: Path, value: Any, at: str, column: str) -> Path:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise DatasetError(f"{at}: the '{column}' value must be an image file path, found {str(value)[:60]!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _open_manifest(path: Path, spec: str, opts: dict[str, str], classnames: list[str] | None = None) -> FileDataset:
+    numbered = _read_manifest_rows(path)
     pcol, lcol = opts.get("image", "path"), opts.get("label", "label")
-    if not rows:
+    if not numbered:
         raise DatasetError(f"manifest '{path}' has no rows")
+    rows = [r for _, r in numbered]
     missing = [c for c in (pcol, lcol) if c not in rows[0]]
     if missing:
         raise DatasetError(f"manifest '{path}' lacks column(s) {missing}; has {sorted(rows[0])} (#image=COL&label=COL)")
-    raw_labels = [r[lcol] for r in rows]
-    if all(isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()) for v in raw_labels):
-        labels = [int(v) for v in raw_labels]
-        classnames = [str(k) for k in range(max(labels) + 1)]
-    else:
-        classnames = list(dict.fromkeys(str(v) for v in raw_labels))
-        classnames.sort()
-        lookup = {c: k for k, c in enumerate(classnames)}
-        labels = [lookup[str(v)] for v in raw_labels]
-    paths = [(path.parent / str(r[pcol])).resolve() if not Path(str(r[pcol])).is_absolute() else Path(str(r[pcol]))
-             for r in rows]
+
+    def where(i: int) -> str:
+        return f"{path}:{numbered[i][0]}"
+
+    labels, names = labels_to_indices([r.get(lcol) for r in rows], where, classnames)
+    paths = [_manifest_path(path.parent, r.get(pcol), where(i), pcol) for i, r in enumerate(rows)]
     extra = {c: [r.get(c) for r in rows] for c in rows[0] if c not in (pcol, lcol)}
-    return FileDataset(path.stem, spec, path.parent.resolve(), paths, labels, classnames, extra)
+    return FileDataset(path.stem, spec, path.parent.resolve(), paths, labels, names, extra)
 
 
 def _open_hf(location: str, opts: dict[str, str], spec: str) -> HFImageDataset:

@@ -7,6 +7,8 @@ rescaled to 8 bits instead of being clipped to white, CMYK and palette images ar
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,66 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from visroute.errors import VisrouteError
+from visroute.log import get_logger
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
+#: Largest image decoded by default (8192 x 8192): a 50-megapixel camera photo fits, while the decoded RGB copy
+#: stays under 200 MiB per worker. PIL's own bomb limit (89M, error at 179M) is too high for several workers.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+MAX_PIXELS_ENV = "VISROUTE_MAX_PIXELS"
 
-class ImageDecodeError(Exception):
+
+class ImageDecodeError(VisrouteError):
     """One file could not be turned into an RGB image; the message says why."""
+
+
+def resolve_max_pixels(value: int | None = None) -> int | None:
+    """The pixel limit in force: ``value`` if given, else $VISROUTE_MAX_PIXELS, else the default; 0 means none."""
+    if value is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        try:
+            number = float(raw.replace("_", ""))
+        except ValueError:
+            number = float("nan")
+        if not (number >= 0 and number.is_integer()):
+            raise VisrouteError(f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count "
+                                "(a whole number such as 67108864; 0 disables the limit)")
+        value = int(number)
+    if value < 0:
+        raise VisrouteError(f"the pixel limit must be 0 (no limit) or positive, not {value}")
+    return int(value) or None
+
+
+def not_a_regular_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an image file (None if it is a regular file); never opens it.
+
+    Opening a FIFO blocks until a writer appears and a device such as /dev/zero never ends, so both
+    are refused from ``stat`` alone.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot access the file ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def check_pixels(size: tuple[int, int], limit: int | None) -> None:
+    """Refuse an image whose header announces more than ``limit`` pixels, before any decoding."""
+    w, h = size
+    if limit is not None and w * h > limit:
+        raise ImageDecodeError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
+                               f"(raise it with {MAX_PIXELS_ENV}=N; 0 disables it)")
 
 
 @dataclass(frozen=True)
@@ -33,18 +90,25 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[SkippedFi
     """Expand files and folders (recursively, by image extension, sorted) into image paths.
 
     Files named explicitly are kept whatever their extension (decoding decides); paths that do not
-    exist are returned as skipped.
+    exist, and FIFOs, devices or sockets (named, or with an image extension in a folder), are returned
+    as skipped with the reason.
     """
     found: list[Path] = []
     missing: list[SkippedFile] = []
     for p in paths:
         path = Path(p).expanduser()
         if path.is_dir():
-            found.extend(sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            for f in sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()):
+                why = not_a_regular_file(f)  # a FIFO named x.png would block the decoder
+                if why:
+                    missing.append(SkippedFile(str(f), why))
+                else:
+                    found.append(f)
         elif path.is_file():
             found.append(path)
         else:
-            missing.append(SkippedFile(str(p), "no such file or directory"))
+            why = not_a_regular_file(path)
+            missing.append(SkippedFile(str(p), "no such file or directory" if why == "no such file" else why))
     return found, missing
 
 
@@ -53,26 +117,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16"):
-            scale = 65535.0
-        else:
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = arr - lo
-            scale = (hi - lo) or 1.0
-        arr = np.clip(np.rint(arr * (255.0 / scale)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(_deep_to_uint8(image), mode="L").convert("RGB")
     if image.mode in ("P", "PA") and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def _deep_to_uint8(image: Image.Image) -> np.ndarray:
+    """16/32-bit integer or float pixels rescaled to 0..255, a block of rows at a time to bound memory."""
+    src = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        lo, scale = 0.0, 65535.0
+    else:
+        finite = src[np.isfinite(src)] if src.dtype.kind == "f" else src
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scale = (hi - lo) or 1.0
+    out = np.empty(src.shape, dtype=np.uint8)
+    rows = max(1, (1 << 22) // max(1, src.shape[1]))
+    for r in range(0, src.shape[0], rows):
+        block = (src[r : r + rows].astype(np.float64) - lo) * (255.0 / scale)
+        out[r : r + rows] = np.clip(np.rint(np.nan_to_num(block, nan=0.0)), 0, 255)
+    return out
+
+
+def load_image(path: str | Path, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode one file into an RGB PIL image, or raise ImageDecodeError with a readable reason.
 
     ``draft_size`` (opt-in) lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while keeping
     the shorter side at least that many pixels: much faster for large photos, slightly different pixels.
+    ``max_pixels`` (default: $VISROUTE_MAX_PIXELS or DEFAULT_MAX_PIXELS) is checked on the size the
+    header announces, after drafting, so an oversized image is refused without being decoded.
+    Only regular files are opened: a FIFO or device would block or never end.
     """
+    limit = resolve_max_pixels(max_pixels)
+    why = not_a_regular_file(path)
+    if why:
+        raise ImageDecodeError(why)
     try:
         with Image.open(path) as im:
             if draft_size and im.format == "JPEG":
@@ -80,6 +160,7 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 scale = min(w, h) / draft_size
                 if scale >= 2:
                     im.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
+            check_pixels(im.size, limit)
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.width < 1 or im.height < 1:
@@ -100,8 +181,9 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
 class FileSource:
     """Images stored as files: item ``i`` is ``paths[i]``, identified by its path."""
 
-    def __init__(self, paths: Sequence[str | Path]):
+    def __init__(self, paths: Sequence[str | Path], max_pixels: int | None = None):
         self.paths = [str(p) for p in paths]
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -110,7 +192,7 @@ class FileSource:
         return self.paths[i]
 
     def load(self, i: int, draft_size: int | None = None) -> Image.Image:
-        return load_image(self.paths[i], draft_size)
+        return load_image(self.paths[i], draft_size, self.max_pixels)
 
 
 class PreprocessedItems:
@@ -136,7 +218,7 @@ class PreprocessedItems:
             return i, self.preprocess(image), None
         except ImageDecodeError as e:
             return i, None, str(e)
-        except Exception as e:  # a processor rejecting an odd image must not kill the worker
+        except Exception as e:  # a processor rejecting an odd image must not kill the worker; counted as skipped
             return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
 
 
@@ -159,18 +241,21 @@ def iter_preprocessed_batches(
     num_workers: int | None = None,
     draft_size: int | None = None,
     indices: Sequence[int] | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[tuple[list[int], Any, list[SkippedFile]]]:
     """Yield (indices of decoded items, collated batch or None, items skipped in this batch).
 
     ``source`` is a list of file paths or any object with ``__len__``, ``load(i, draft_size)`` and
     ``item_id(i)`` (see ``visroute.data.datasets``); ``indices`` restricts it to a subset.
+    ``max_pixels`` applies to a plain list of paths (item sources carry their own limit).
     Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (default: one
     per CPU core) while the caller runs the model in the main process; order is preserved.
     """
     from torch.utils.data import DataLoader
 
+    resolve_max_pixels(max_pixels)  # a malformed $VISROUTE_MAX_PIXELS is one error here, not a skip per image
     if not hasattr(source, "load"):
-        source = FileSource(source)
+        source = FileSource(source, max_pixels)
     if num_workers is None:
         num_workers = default_num_workers()
     dataset = PreprocessedItems(source, preprocess, draft_size, indices)
@@ -181,8 +266,13 @@ def iter_preprocessed_batches(
         collate_fn=_keep_items, prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
     )
+    n_skipped, first = 0, None
     for items in loader:
         ok = [(i, x) for i, x, err in items if err is None]
         skipped = [SkippedFile(source.item_id(i), err, i) for i, x, err in items if err is not None]
+        n_skipped, first = n_skipped + len(skipped), first or (skipped[0] if skipped else None)
         batch = collate([x for _, x in ok]) if ok else None
         yield [i for i, _ in ok], batch, skipped
+    if first is not None:  # each skip is also returned to the caller, which lists them
+        get_logger(__name__).warning("%d of %d image(s) skipped: could not be read or preprocessed (first: %s: %s)",
+                                     n_skipped, len(dataset), first.path, first.reason)

@@ -39,19 +39,43 @@ def _split_file_key(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
+def _read_text(path: Path, spec: str, what: str, error: type[Exception]) -> str:
+    """The file's text, or one error saying why it cannot be read (missing, a FIFO or device, not UTF-8)."""
+    from visroute.data.images import not_a_regular_file
+
+    why = not_a_regular_file(path)
+    if why == "no such file":
+        raise error(f"{what} file '{spec}' does not exist")
+    if why:
+        raise error(f"{what} file '{spec}' is {why}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} file '{path}' is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise error(f"cannot read {what} file '{path}': {e.strerror or e}") from None
+
+
+def _non_string(items: list, path: Path, what: str, key: str | None, error: type[Exception]) -> None:
+    where = f"{what} file '{path}'" + (f", key '{key}'" if key is not None else "")
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise error(f"{where}: expected a JSON list of strings, but item {i} is {type(x).__name__} {str(x)[:40]!r}")
+
+
 def read_string_list(spec: str, what: str, error: type[Exception]) -> list[str]:
     """Read a list of strings from a .txt / .json file (``FILE:KEY`` picks a key of a JSON object)."""
     path, key = _split_file_key(spec)
-    if not path.is_file():
-        raise error(f"{what} file '{spec}' does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path, spec, what, error)
     if path.suffix.lower() == ".csv":
         return _read_csv_column(path, text, key or "classname", what, error)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise error(f"{what} file '{path}' is not valid JSON: {e}") from None
+            raise error(f"{what} file '{path}' is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise error(f"{what} file '{path}' is not usable JSON: nested too deeply") from None
         if isinstance(data, dict):
             if key is None:
                 raise error(
@@ -61,8 +85,10 @@ def read_string_list(spec: str, what: str, error: type[Exception]) -> list[str]:
             if key not in data:
                 raise error(f"{what} file '{path}' has no key '{key}' (keys: {', '.join(sorted(data))})")
             data = data[key]
-        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise error(f"{what} file '{path}' must hold a JSON list of strings")
+        if not isinstance(data, list):
+            where = f"{what} file '{path}'" + (f", key '{key}'" if key is not None else "")
+            raise error(f"{where}: expected a JSON list of strings, found {type(data).__name__}")
+        _non_string(data, path, what, key, error)
         return list(data)
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
@@ -72,9 +98,13 @@ def _read_csv_column(path: Path, text: str, column: str, what: str, error: type[
     import io
 
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or column not in reader.fieldnames:
-        raise error(f"{what} file '{path}' has no column '{column}' (columns: {reader.fieldnames}); use '{path}:COLUMN'")
-    return [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+    try:
+        if not reader.fieldnames or column not in reader.fieldnames:
+            raise error(f"{what} file '{path}' has no column '{column}' (columns: {reader.fieldnames}); "
+                        f"use '{path}:COLUMN'")
+        return [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+    except csv.Error as e:
+        raise error(f"{what} file '{path}', line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def parse_labels(labels: str | None = None, labels_file: str | None = None) -> tuple[list[str], list[str]]:
@@ -87,6 +117,10 @@ def parse_labels(labels: str | None = None, labels_file: str | None = None) -> t
         raise LabelError("give either --labels or --labels-file, not both")
     if labels_file:
         names = read_string_list(labels_file, "labels", LabelError)
+        try:
+            validate_classnames(names, allow_duplicates=True)
+        except LabelError as e:
+            raise LabelError(f"labels file '{labels_file}': {e}") from None
     elif labels is not None:
         names = [x.strip() for x in labels.split(",")]
         names = [x for x in names if x]
@@ -117,8 +151,13 @@ def validate_classnames(names: list[str], allow_duplicates: bool = False) -> lis
 
 def load_templates(spec: str | None = None) -> list[str]:
     """Templates from a file (or ``FILE:KEY``), or the shipped defaults when ``spec`` is None."""
-    templates = list(DEFAULT_TEMPLATES) if spec is None else read_string_list(spec, "templates", TemplateError)
-    return validate_templates(templates)
+    if spec is None:
+        return validate_templates(list(DEFAULT_TEMPLATES))
+    templates = read_string_list(spec, "templates", TemplateError)
+    try:
+        return validate_templates(templates)
+    except TemplateError as e:
+        raise TemplateError(f"templates file '{spec}': {e}") from None
 
 
 def validate_templates(templates: list[str]) -> list[str]:

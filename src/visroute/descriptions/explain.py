@@ -45,3 +45,41 @@ def render_html(items: list[dict], title: str = "visroute explain") -> str:
         parts.append("</div></div>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def explain_images(images, descriptions: str, model: str = "random-tiny", classes: str | None = None,
+                   selection_dataset: str | None = None, top_k: int = 3, html_out: str | Path = "explain.html",
+                   device: str = "auto") -> tuple[list[dict], list]:
+    """``visroute explain``: why each image got its class, with a description head (or the disclip selection when
+    ``selection_dataset`` is given); writes the HTML page and returns (one explanation per image, skipped files)."""
+    from visroute.data.text import parse_labels
+    from visroute.descriptions import load_descriptions
+    from visroute.errors import VisrouteError
+    from visroute.features import encode_image_files
+    from visroute.features.cache import FeatureCache
+    from visroute.heads.descriptions import DescriptionEnsembleClassifier
+    from visroute.heads.selection import DiscriminativeSelectionClassifier
+    from visroute.models import load_model
+
+    try:
+        dset = load_descriptions(descriptions)
+        names = parse_labels(labels_file=classes)[0] if classes else list(dset.classnames)
+        clip = load_model(model, device=device)
+        if selection_dataset:
+            from visroute.data.datasets import load_dataset
+
+            sel = load_dataset(selection_dataset, names)
+            idx, X_sel = FeatureCache().encode(clip, sel).load()
+            head = DiscriminativeSelectionClassifier(clip, dset, k=top_k).fit(names, X_sel, sel.labels[idx])
+        else:
+            head = DescriptionEnsembleClassifier(clip, dset, style="sentence" if dset.kind == "sentence" else "dclip").fit(names)
+        enc = encode_image_files(clip, images, num_workers=0)
+    except ValueError as e:  # malformed description or class files
+        raise VisrouteError(str(e)) from e
+    head_name = "disclip" if selection_dataset else "descriptions"
+    items = [{"path": path, "model": clip.spec, "head": head_name, "random_weights": clip.is_random,
+              "classes": head.explain(emb) if selection_dataset else head.explain(emb, top_k)}
+             for path, emb in zip(enc.paths, enc.embeddings)]
+    Path(html_out).write_text(render_html([{**it, "image": thumbnail_data_uri(it["path"])} for it in items]),
+                              encoding="utf-8")
+    return items, list(enc.skipped)

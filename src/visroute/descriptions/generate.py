@@ -141,3 +141,40 @@ def generate_descriptions(generator: Generator, classnames: Sequence[str], style
     prompt = " | ".join(CUPL_PROMPTS) if style == "cupl" else (DCLIP_PROMPT if style == "dclip" else CONTRASTIVE_PROMPT)
     prov = {"generator": generator.spec, "style": style, "prompt": prompt, "source": "visroute describe"}
     return DescriptionSet(list(classnames), descs, kind, prov), report
+
+
+def describe_classes(classes: str, llm: str, output, style: str = "dclip", neighbours: int = 3, confusion=None,
+                     model: str | None = None, timeout: float = 60.0, retries: int = 4, concurrency: int = 4,
+                     max_tokens: int = 256, progress: bool = False) -> tuple[DescriptionSet, GenerationReport]:
+    """``visroute describe``: read class names, find each class's confusable neighbours (contrastive style: from a
+    result file's confusion matrix, else from a contrastive model's text embeddings), generate, save to ``output``."""
+    import json
+
+    from visroute.data.text import parse_labels
+    from visroute.descriptions.sets import save_descriptions
+    from visroute.errors import VisrouteError
+    from visroute.llm import ResponseCache, load_generator
+
+    classnames, _ = parse_labels(labels_file=classes)
+    near = None
+    if style == "contrastive":
+        n = min(neighbours, len(classnames) - 1)
+        if n < 1:
+            raise VisrouteError("the contrastive style needs at least two classes")
+        if confusion is not None:
+            cm = json.loads(confusion.read_text()).get("visroute", {}).get("confusion_matrix")
+            if cm is None or len(cm) != len(classnames):
+                raise VisrouteError(f"{confusion} has no confusion matrix for {len(classnames)} classes")
+            near = confusion_neighbours(cm, n)
+        else:
+            from visroute.models import load_model
+
+            emb = load_model(model or "random-tiny", device="cpu").encode_texts([f"a photo of a {c}." for c in classnames])
+            near = text_neighbours(emb.numpy(), n)
+    kw: dict = {"max_tokens": max_tokens}
+    if llm.startswith("openai-compatible:"):
+        kw.update(timeout=timeout, max_retries=retries, concurrency=concurrency)
+    dset, report = generate_descriptions(load_generator(llm, cache=ResponseCache(), **kw), classnames, style, near,
+                                         progress=progress)
+    save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
+    return dset, report

@@ -105,59 +105,98 @@ def _guess_kind(descs: list[list[str]]) -> str:
     return "sentence" if sentences > 0.6 * len(sample) else "descriptor"
 
 
-def _check_lists(mapping: dict, path: Path) -> None:
+def _check_lists(mapping: dict, path: Path, what: str = "class") -> None:
     for k, v in mapping.items():
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise DescriptionError(f"{path}: the value for class {k!r} must be a list of strings")
+        if not isinstance(v, list):
+            raise DescriptionError(f"{path}: the value for {what} {k!r} must be a list of strings, "
+                                   f"found {type(v).__name__}")
+        bad = next((i for i, x in enumerate(v) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise DescriptionError(f"{path}: the value for {what} {k!r} must be a list of strings, "
+                                   f"but item {bad} is {type(v[bad]).__name__}")
+
+
+def _read_json(path: Path) -> object:
+    from visroute.data.images import not_a_regular_file
+
+    why = not_a_regular_file(path)
+    if why:
+        raise DescriptionError(f"description file '{path}' " + ("does not exist" if why == "no such file" else f"is {why}"))
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DescriptionError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise DescriptionError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except RecursionError:
+        raise DescriptionError(f"{path} is not usable JSON: nested too deeply") from None
+    except OSError as e:
+        raise DescriptionError(f"cannot read description file '{path}': {e.strerror or e}") from None
+
+
+def _visroute_format(data: dict, path: Path, kind: str | None, prov: dict) -> DescriptionSet:
+    classes = data.get("classes")
+    if not isinstance(classes, list):
+        raise DescriptionError(f"{path}: 'classes' must be a list of {{name, descriptions}} objects, "
+                               f"found {type(classes).__name__}")
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise DescriptionError(f"{path}: classes[{i}] must be an object with a string 'name' "
+                                   "and a list 'descriptions'")
+    _check_lists({c["name"]: c.get("descriptions", []) for c in classes}, path)
+    provenance = data.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise DescriptionError(f"{path}: 'provenance' must be an object, found {type(provenance).__name__}")
+    return DescriptionSet([c["name"] for c in classes], [list(c.get("descriptions", [])) for c in classes],
+                          kind or data.get("kind", "descriptor"), {**provenance, **prov})
+
+
+def _disclip_format(data: dict, path: Path, kind: str | None, prov: dict) -> DescriptionSet:
+    i2d, i2c = data["index_to_descriptions"], data.get("index_to_classname")
+    if not isinstance(i2d, dict) or not isinstance(i2c, dict):
+        raise DescriptionError(f"{path}: DisCLIP format needs 'index_to_descriptions' and 'index_to_classname' objects")
+    _check_lists(i2d, path, "index")
+    bad = next((k for k, v in i2c.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise DescriptionError(f"{path}: index_to_classname[{bad!r}] must be a class name string")
+    try:
+        idx = sorted(i2c, key=int)
+    except ValueError:
+        raise DescriptionError(f"{path}: DisCLIP indices (keys of 'index_to_classname') must be integers") from None
+    missing = [i for i in idx if i not in i2d]
+    if missing:
+        raise DescriptionError(f"{path}: no descriptions for index/indices {missing[:10]}")
+    return DescriptionSet([i2c[i] for i in idx], [list(i2d[i]) for i in idx], kind or "descriptor",
+                          {**prov, "format": "disclip", "indexed": True})
 
 
 def load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
     """Read any supported description file; malformed files raise DescriptionError naming the problem."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DescriptionError(f"description file '{path}' does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise DescriptionError(f"{path} is not valid JSON: {e}") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise DescriptionError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    if not data:
+        raise DescriptionError(f"{path}: the JSON object is empty; expected descriptions per class")
     prov = {"source": str(path)}
-    if data.get("format") == FORMAT:
-        classes = data.get("classes")
-        if not isinstance(classes, list) or not all(isinstance(c, dict) and "name" in c for c in classes):
-            raise DescriptionError(f"{path}: 'classes' must be a list of {{name, descriptions}} objects")
-        mapping = {c["name"]: c.get("descriptions", []) for c in classes}
-        _check_lists(mapping, path)
-        return DescriptionSet([c["name"] for c in classes], [list(c.get("descriptions", [])) for c in classes],
-                              kind or data.get("kind", "descriptor"), {**data.get("provenance", {}), **prov})
-    if "index_to_descriptions" in data:
-        i2d, i2c = data["index_to_descriptions"], data.get("index_to_classname")
-        if not isinstance(i2d, dict) or not isinstance(i2c, dict):
-            raise DescriptionError(f"{path}: DisCLIP format needs 'index_to_descriptions' and 'index_to_classname' objects")
-        _check_lists(i2d, path)
-        try:
-            idx = sorted(i2c, key=int)
-        except ValueError:
-            raise DescriptionError(f"{path}: DisCLIP indices must be integers") from None
-        missing = [i for i in idx if i not in i2d]
-        if missing:
-            raise DescriptionError(f"{path}: no descriptions for index/indices {missing[:10]}")
-        return DescriptionSet([i2c[i] for i in idx], [list(i2d[i]) for i in idx], kind or "descriptor",
-                              {**prov, "format": "disclip", "indexed": True})
-    _check_lists(data, path)
-    descs = [list(v) for v in data.values()]
-    return DescriptionSet(list(data), descs, kind or _guess_kind(descs), {**prov, "format": "class-to-list"})
+    try:
+        if data.get("format") == FORMAT:
+            return _visroute_format(data, path, kind, prov)
+        if "index_to_descriptions" in data:
+            return _disclip_format(data, path, kind, prov)
+        _check_lists(data, path)
+        descs = [list(v) for v in data.values()]
+        return DescriptionSet(list(data), descs, kind or _guess_kind(descs), {**prov, "format": "class-to-list"})
+    except DescriptionError as e:
+        msg = str(e)
+        raise DescriptionError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def save_descriptions(path: str | Path, dset: DescriptionSet, **provenance) -> Path:
     """Write visroute's format with provenance (generator, prompt, date, ... as given)."""
-    from visroute.features.cache import _atomic_write_bytes
+    from visroute.io import atomic_write_json
 
     prov = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **dset.provenance, **provenance}
     doc = {"format": FORMAT, "kind": dset.kind, "provenance": prov,
            "classes": [{"name": c, "descriptions": d} for c, d in zip(dset.classnames, dset.descriptions)]}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, json.dumps(doc, indent=1, ensure_ascii=False).encode())
-    return path
+    return atomic_write_json(Path(path), doc, indent=1, ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""Comparison plots across result files (matplotlib, headless)."""
+"""Reading result files back: text tables (what ``visroute eval`` and ``visroute report`` print) and comparison plots."""
 
 from __future__ import annotations
 
@@ -43,3 +43,60 @@ def plot_results(rows: list[dict], path: Path, metric: str = "acc1") -> Path:
 def _series(r: dict) -> str:
     v = r.get("visroute", {})
     return f"{v.get('model_spec', r['model'])} | {v.get('head', '')} | {v.get('templates', '')}"
+
+
+TASK_KIND = "multiple_choice"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per classification result: dataset, model, head, prompts, acc1/acc5/mpcr, counts, speed."""
+    head = ["dataset", "model", "head", "prompts", "acc1", "acc5", "mpcr", "n", "skipped", "img/s", "note"]
+    lines = []
+    for d in rows:
+        v = d.get("visroute", {})
+        m = d["metrics"]
+        note = ("random weights" if v.get("random_weights") else "") + (" (existing)" if d.get("_skipped_existing") else "")
+        prompts = v.get("templates") if v.get("head", "zeroshot") == "zeroshot" else Path(str(v.get("descriptions"))).name
+        lines.append([d["dataset"], v.get("model_spec", d["model"]), v.get("head", ""), str(prompts),
+                      _num(m.get("acc1")), _num(m.get("acc5")), _num(m.get("mean_per_class_recall")),
+                      str(v.get("n_evaluated", "")), str(v.get("n_skipped", "")),
+                      f"{v['images_per_s']:.1f}" if v.get("images_per_s") else "", note.strip()])
+    return _table(head, lines)
+
+
+def task_table(rows: list[dict]) -> str:
+    """One line per task-pipeline result: accuracy against chance, parse failures, errors, cost and latency."""
+    head = ["dataset", "pipeline", "models", "acc1", "chance", "unparsable", "errors", "cost", "cost/task", "latency", "cached"]
+    lines = []
+    for d in rows:
+        v = d["visroute"]
+        lines.append([d["dataset"], v["head"], d["model"], f"{d['metrics']['acc1']:.3f}", f"{d['metrics']['chance_acc1']:.3f}",
+                      str(v["n_unparsable"]), str(v["n_errors"]), f"{v['cost_total']:.6f}", f"{(v['cost_per_task'] or 0):.2e}",
+                      f"{(v['latency_mean_s'] or 0):.3f}s", str(v["n_cached"])])
+    return _table(head, lines)
+
+
+def report_directory(directory: Path, plot: Path | None = None, metric: str = "acc1") -> str:
+    """The tables for every result file under ``directory``; with ``plot``, also a PNG of the classification runs."""
+    from visroute.eval.results import read_results
+
+    rows = read_results(directory)
+    if not rows:
+        raise VisrouteError(f"no visroute result files under {directory}")
+    tasks = [r for r in rows if r.get("task") == TASK_KIND]
+    images = [r for r in rows if r.get("task") != TASK_KIND]
+    if plot is not None:
+        if not images:
+            raise VisrouteError(f"no classification results under {directory} to plot")
+        plot_results(images, plot, metric)
+    return "\n\n".join(t for t in (summary_table(images) if images else "", task_table(tasks) if tasks else "") if t)
+
+
+def _num(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _table(head: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])

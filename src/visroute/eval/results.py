@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from visroute.features.cache import _atomic_write_bytes
+from visroute.io import atomic_write_json, atomic_write_parquet
 
 
 def slug(text: str) -> str:
@@ -36,15 +36,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, json.dumps(_jsonable(doc), indent=2).encode())
+    atomic_write_json(path, _jsonable(doc), indent=2)
 
 
 def write_predictions_parquet(path: Path, image_ids: list[str], labels: np.ndarray, classnames: list[str],
                               topk_idx: np.ndarray, topk_scores: np.ndarray, extra: dict[str, list] | None = None) -> None:
     """Per-sample predictions: image id, true label, top-k labels and scores — raw material for routing."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     names = np.asarray(classnames, dtype=object)
     cols = {
@@ -62,11 +60,7 @@ def write_predictions_parquet(path: Path, image_ids: list[str], labels: np.ndarr
                 cols[k] = pa.array(v)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 cols[k] = pa.array([json.dumps(x) for x in v], pa.string())
-    table = pa.table(cols)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write_parquet(path, pa.table(cols))
 
 
 def read_results(directory: Path) -> list[dict]:

@@ -16,6 +16,7 @@ from visroute.eval.metrics import classification_metrics
 from visroute.eval.results import result_stem, write_json, write_predictions_parquet
 from visroute.features.cache import FeatureCache, FeatureSet
 from visroute.models import ContrastiveModel, load_model, parse_model_spec
+from visroute.pipeline.spec import PipelineSpec
 
 #: head name -> what it is (``visroute eval --head``)
 HEADS = {
@@ -55,55 +56,53 @@ class EvalOptions:
     progress: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    prices: dict | None = None
+
+    def to_spec(self, model_spec: str) -> PipelineSpec:
+        """The pipeline spec these options describe for one contrastive model."""
+        if self.head not in HEADS:
+            raise VisrouteError(f"unknown head '{self.head}' (available: {', '.join(HEADS)})")
+        p: dict = {}
+        if self.head in ("descriptions", "random-words", "random-chars"):
+            p["description_style"] = self.description_style
+        if self.head.startswith("random"):
+            p.update(repeats=self.repeats, seed=self.seed)
+        if self.head in ("classname-free", "disclip"):
+            p["w_cls"] = self.w_cls
+        if self.head == "classname-free" and self.w_cls_sweep:
+            p["w_cls_sweep"] = list(self.w_cls_sweep)
+        if self.head == "disclip":
+            p.update(k=self.k, m=self.m, n_per_class=self.n_per_class, mode=self.disclip_mode,
+                     selection_dataset=self.selection_dataset)
+        return PipelineSpec(head=self.head, model=model_spec, templates=self.templates if self.head == "zeroshot" else None,
+                            descriptions=self.descriptions, fallback_descriptions=self.fallback_descriptions,
+                            prices=self.prices, device=self.device, dtype=self.dtype, params=p)
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec, **run) -> "EvalOptions":
+        p = spec.params
+        templates = list(spec.templates) if isinstance(spec.templates, tuple) else spec.templates
+        return cls(head=spec.head, templates=templates, descriptions=spec.descriptions,
+                   fallback_descriptions=spec.fallback_descriptions,
+                   description_style=p.get("description_style", "dclip"), repeats=int(p.get("repeats", 5)),
+                   seed=int(p.get("seed", 0)), w_cls=float(p.get("w_cls", 0.0)), w_cls_sweep=list(p.get("w_cls_sweep", [])),
+                   selection_dataset=p.get("selection_dataset"), n_per_class=p.get("n_per_class"), k=int(p.get("k", 3)),
+                   m=int(p.get("m", 5)), disclip_mode=p.get("mode", "classname-free"), device=spec.device,
+                   dtype=spec.dtype, prices=spec.prices, **run)
 
 
-def _load_descriptions(opts: EvalOptions, classnames: list[str]):
-    from visroute.descriptions import load_descriptions
-
-    if not opts.descriptions:
-        raise VisrouteError(f"head '{opts.head}' needs --descriptions FILE")
-    kind = "sentence" if opts.head == "cupl" else None
-    dset = load_descriptions(opts.descriptions, kind=kind)
-    if opts.fallback_descriptions:
-        dset = dset.with_fallback(load_descriptions(opts.fallback_descriptions, kind=kind))
-    return dset.aligned_to(classnames)
-
-
-def make_heads(opts: EvalOptions, model: ContrastiveModel, classnames: list[str], templates: list[str],
+def make_heads(opts: EvalOptions, model: ContrastiveModel, classnames: list[str], templates: list[str] | None = None,
                selection: tuple | None = None) -> list:
-    """Fitted head(s) for ``opts.head``: several for the random controls (one per repeat)."""
-    from visroute.heads.descriptions import ClassnameFreeClassifier, DescriptionEnsembleClassifier, random_descriptor_set
-    from visroute.heads.selection import DiscriminativeSelectionClassifier
-    from visroute.heads.zeroshot import ZeroShotClassifier
+    """Fitted head(s) for ``opts.head`` (see ``visroute.pipeline.heads.make_heads``)."""
+    from visroute.pipeline.heads import make_heads as spec_heads
 
-    name = opts.head
-    if name == "zeroshot":
-        return [ZeroShotClassifier(model, templates).fit(classnames)]
-    if name not in HEADS:
-        raise VisrouteError(f"unknown head '{name}' (available: {', '.join(HEADS)})")
-    dset = _load_descriptions(opts, classnames)
-    if name == "descriptions":
-        return [DescriptionEnsembleClassifier(model, dset, style=opts.description_style).fit(classnames)]
-    if name == "cupl":
-        return [DescriptionEnsembleClassifier(model, dset, style="sentence", aggregate="embedding").fit(classnames)]
-    if name in ("random-words", "random-chars"):
-        kind = name.split("-")[1]
-        return [DescriptionEnsembleClassifier(model, random_descriptor_set(dset, kind, seed=opts.seed + r),
-                                              style=opts.description_style).fit(classnames) for r in range(opts.repeats)]
-    if name == "classname-free":
-        return [ClassnameFreeClassifier(model, dset, w_cls=opts.w_cls).fit(classnames)]
-    if selection is None:
-        raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
-    X_sel, y_sel = selection
-    try:
-        return [DiscriminativeSelectionClassifier(model, dset, k=opts.k, m=opts.m, n_per_class=opts.n_per_class,
-                                                  mode=opts.disclip_mode, w_cls=opts.w_cls).fit(classnames, X_sel, y_sel)]
-    except ValueError as e:
-        raise VisrouteError(str(e)) from None
+    return spec_heads(opts.to_spec(model.spec), model, classnames, selection)
 
 
 def prompts_label(opts: EvalOptions) -> str:
     if opts.head == "zeroshot":
+        if isinstance(opts.templates, (list, tuple)):
+            return "inline-templates"
         return Path(opts.templates).name if opts.templates else "default-templates"
     return Path(opts.descriptions).name if opts.descriptions else "none"
 
@@ -128,10 +127,15 @@ def predict_features(head, features: FeatureSet, k: int) -> tuple[np.ndarray, np
     return np.concatenate(idx_parts), np.concatenate(top_parts), np.concatenate(score_parts)
 
 
-def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: EvalOptions | None = None,
+def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageDataset, opts: EvalOptions | None = None,
              cache: FeatureCache | None = None) -> dict:
-    """Evaluate one model on one dataset; returns the result document (also written to ``opts.output``)."""
+    """Evaluate one model (or pipeline spec) on one dataset; returns the result document (also written to
+    ``opts.output``). A spec's head settings replace those of ``opts``; ``opts`` keeps the run settings."""
     opts = opts or EvalOptions()
+    if isinstance(model, PipelineSpec):
+        run = {k: getattr(opts, k) for k in ("output", "batch_size", "workers", "shard_size", "fast_decode",
+                                             "skip_existing", "progress", "classnames")}
+        opts, model = EvalOptions.from_spec(model, **run), model.model
     cache = cache or FeatureCache()
     t0 = time.perf_counter()
     classnames = read_string_list(opts.classnames, "classnames", VisrouteError) if opts.classnames else None
@@ -142,8 +146,12 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
         doc = json.loads(json_path.read_text())
         doc["_skipped_existing"] = True
         return doc
-    templates = load_templates(opts.templates)
     m = model if isinstance(model, ContrastiveModel) else load_model(model, device=opts.device, dtype=opts.dtype)
+    spec = opts.to_spec(m.spec)
+    from visroute.pipeline.build import build_pipeline
+
+    pipeline = build_pipeline(spec, model=m)
+    templates = load_templates(opts.templates) if not isinstance(opts.templates, (list, tuple)) else list(opts.templates)
     encode = dict(shard_size=opts.shard_size, batch_size=opts.batch_size, num_workers=opts.workers,
                   draft_size=224 if opts.fast_decode else None, progress=opts.progress)
 
@@ -152,7 +160,7 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
         sel_ds = load_dataset(opts.selection_dataset, ds.classnames)
         sel_idx, sel_X = cache.encode(m, sel_ds, **encode).load()
         selection = (sel_X, sel_ds.labels[sel_idx])
-    heads = make_heads(opts, m, list(ds.classnames), templates, selection)
+    heads = pipeline.classifiers(list(ds.classnames), selection)
 
     t_feat = time.perf_counter()
     features = cache.encode(m, ds, **encode)
@@ -191,11 +199,13 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
             "model_spec": spec_text,
             "dataset_spec": getattr(ds, "spec", ds.name),
             "head": opts.head,
-            "templates": (opts.templates or "default") if opts.head == "zeroshot" else None,
+            "templates": ((list(opts.templates) if isinstance(opts.templates, (list, tuple)) else opts.templates)
+                          or "default") if opts.head == "zeroshot" else None,
             "n_templates": len(templates) if opts.head == "zeroshot" else None,
             "descriptions": opts.descriptions,
             "fallback_descriptions": opts.fallback_descriptions,
-            "head_params": _head_params(opts),
+            "head_params": dict(spec.params),
+            "pipeline": spec.to_dict(),
             "metrics_extra": extra_metrics,
             "n_fallback_classes": getattr(head0, "n_fallback_classes_", None),
             "classnames": ds.classnames,
@@ -220,22 +230,10 @@ def evaluate(model: str | ContrastiveModel, dataset: str | ImageDataset, opts: E
         np.save(json_path.with_suffix(".confusion.npy"), confusion)
         doc["visroute"]["confusion_matrix_file"] = json_path.with_suffix(".confusion.npy").name
     ids = [ds.item_id(int(i)) for i in indices]
-    extra = {c: [v[int(i)] for i in indices] for c, v in ds.extra.items()}
+    per_image = features.seconds_per_image or 0.0
+    extra = {"cost": np.full(len(indices), pipeline.image_cost(per_image)), "latency_s": np.full(len(indices), per_image),
+             **{c: [v[int(i)] for i in indices] for c, v in ds.extra.items()}}
     write_predictions_parquet(parquet_path, ids, y, ds.classnames, topk, scores, extra)
     write_json(json_path, doc)
     doc["_file"] = str(json_path)
     return doc
-
-
-def _head_params(opts: EvalOptions) -> dict:
-    if opts.head == "zeroshot":
-        return {}
-    p = {"description_style": opts.description_style}
-    if opts.head.startswith("random"):
-        p.update(repeats=opts.repeats, seed=opts.seed)
-    if opts.head in ("classname-free", "disclip"):
-        p.update(w_cls=opts.w_cls, w_cls_sweep=opts.w_cls_sweep)
-    if opts.head == "disclip":
-        p.update(k=opts.k, m=opts.m, n_per_class=opts.n_per_class, mode=opts.disclip_mode,
-                 selection_dataset=opts.selection_dataset)
-    return p

@@ -14,7 +14,9 @@ from visroute.tasks.model import Task
 
 
 def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path, prompt_label: str,
-                   skipped_rows: list[dict] | None = None, random_weights: bool = False) -> dict:
+                   skipped_rows: list[dict] | None = None, random_weights: bool = False,
+                   dataset_spec: str | None = None) -> dict:
+    """Run a task pipeline over tasks; write the result JSON (with the pipeline's spec) and per-task Parquet."""
     t0 = time.perf_counter()
     preds = pipeline.predict(tasks)
     wall = time.perf_counter() - t0
@@ -41,6 +43,8 @@ def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path,
         "visroute": {
             "head": pipeline.name,
             "models": pipeline.models,
+            "pipeline": spec.to_dict() if (spec := getattr(pipeline, "spec", None)) is not None else None,
+            "dataset_spec": dataset_spec,
             "prompt": prompt_label,
             "n_tasks": len(tasks),
             "n_correct": int(correct.sum()),
@@ -72,13 +76,13 @@ def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path,
 
 def _write_task_parquet(path: Path, tasks: list[Task], preds, correct: np.ndarray) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = [p.as_row() for p in preds]
     table = pa.table({
         "task_id": [t.task_id for t in tasks],
         "dataset": [t.dataset for t in tasks],
         "image_id": [t.image if isinstance(t.image, str) else t.task_id for t in tasks],
+        "image_path": [t.image if isinstance(t.image, str) else "" for t in tasks],
         "question": [t.question for t in tasks],
         "options": pa.array([t.options for t in tasks], pa.list_(pa.string())),
         "answer": pa.array([t.answer for t in tasks], pa.int32()),
@@ -97,7 +101,6 @@ def _write_task_parquet(path: Path, tasks: list[Task], preds, correct: np.ndarra
         "error": [r["error"] for r in rows],
         "option_scores": pa.array([r["option_scores"] for r in rows], pa.list_(pa.float32())),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    from visroute.io import atomic_write_parquet
+
+    atomic_write_parquet(path, table)

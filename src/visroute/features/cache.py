@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +23,12 @@ import torch
 from visroute.data.images import SkippedFile, iter_preprocessed_batches
 from visroute.errors import VisrouteError
 from visroute.models.contrastive import ContrastiveModel
-from visroute.models.tiny import cache_root
+from visroute.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, cache_root, file_lock
+from visroute.log import get_logger
 
 CACHE_FORMAT = 1
+
+log = get_logger(__name__)
 
 
 class CacheWriteError(VisrouteError):
@@ -37,19 +39,6 @@ def feature_cache_key(model: ContrastiveModel, dataset, draft_size: int | None =
     parts = [f"format={CACHE_FORMAT}", model.spec, model.weights_fingerprint, str(model.dtype),
              model.preprocess_fingerprint, f"draft={draft_size}", dataset.fingerprint, str(len(dataset))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -126,25 +115,41 @@ class FeatureCache:
 
     def encode(self, model: ContrastiveModel, dataset, shard_size: int = 2048, batch_size: int = 64,
                num_workers: int | None = None, draft_size: int | None = None, progress: bool = False) -> FeatureSet:
-        """Return the dataset's features, encoding only the shards not already on disk."""
+        """Return the dataset's features, encoding only the shards not already on disk.
+
+        One process encodes an entry at a time (a file lock in the entry): a second process asking for
+        the same features waits, then reuses every shard, and never sweeps away the first one's temp files.
+        """
         key = feature_cache_key(model, dataset, draft_size)
         directory = self.root / key
+        with ExitStack() as stack:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(file_lock(directory / ".lock", on_wait=lambda: log.warning(
+                    "waiting for another process that is encoding the same features (%s)", directory)))
+            except OSError as e:
+                raise CacheWriteError(f"cannot write the feature cache at {directory} ({e}); "
+                                      "set VISROUTE_CACHE to a writable directory") from None
+            return self._encode_locked(key, directory, model, dataset, shard_size, batch_size, num_workers,
+                                       draft_size, progress)
+
+    def _encode_locked(self, key: str, directory: Path, model: ContrastiveModel, dataset, shard_size: int,
+                       batch_size: int, num_workers: int | None, draft_size: int | None, progress: bool) -> FeatureSet:
         meta_file = directory / "meta.json"
         if meta_file.is_file():
             shard_size = int(json.loads(meta_file.read_text())["shard_size"])
         fs = FeatureSet(directory, len(dataset), shard_size, key)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             if not meta_file.is_file():
                 meta = {"format": CACHE_FORMAT, "model": model.spec, "weights": model.weights_fingerprint,
                         "dataset": getattr(dataset, "spec", None), "dataset_fingerprint": dataset.fingerprint,
                         "n_items": len(dataset), "shard_size": shard_size, "n_shards": fs.n_shards,
                         "draft_size": draft_size}
-                _atomic_write_bytes(meta_file, json.dumps(meta, indent=1).encode())
+                atomic_write_json(meta_file, meta, indent=1)
         except OSError as e:
             raise CacheWriteError(f"cannot write the feature cache at {directory} ({e})") from None
 
-        for stale in directory.glob(".tmp-*"):  # torn writes of a killed run; never read
+        for stale in directory.glob(TMP_PREFIX + "*"):  # torn writes of a killed run (we hold the lock); never read
             stale.unlink(missing_ok=True)
         missing = [k for k in range(fs.n_shards) if not fs.shard_path(k).is_file()]
         fs.shards_reused = fs.n_shards - len(missing)
@@ -163,7 +168,7 @@ class FeatureCache:
                 if fs.images_encoded:
                     meta = json.loads(meta_file.read_text())
                     meta["seconds_per_image"] = (time.perf_counter() - t0) / fs.images_encoded
-                    _atomic_write_bytes(meta_file, json.dumps(meta, indent=1).encode())
+                    atomic_write_json(meta_file, meta, indent=1)
         finally:
             if bar is not None:
                 bar.close()
@@ -206,7 +211,7 @@ class FeatureCache:
         data = save({"indices": torch.tensor(b["idx"], dtype=torch.int64), "embeddings": emb.contiguous()},
                     metadata={"failures": json.dumps(b["fail"])})
         try:
-            _atomic_write_bytes(fs.shard_path(k), data)
+            atomic_write_bytes(fs.shard_path(k), data)
         except OSError as e:
             raise CacheWriteError(
                 f"could not write feature shard {fs.shard_path(k)} ({e}); the {k} shard(s) before it are kept "

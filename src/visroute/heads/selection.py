@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from visroute.descriptions.sets import DescriptionSet
-from visroute.heads.zeroshot import _as_tensor
+from visroute.errors import InputError
+from visroute.heads.zeroshot import ContrastiveHead, is_text_list
 from visroute.models.contrastive import ContrastiveModel
 
 
@@ -104,70 +105,101 @@ def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: to
     return out
 
 
-class DiscriminativeSelectionClassifier:
+class _PairEmbeddingCache:
+    """Memo of "A photo of a {c}, {d}." embeddings, filled lazily at predict time.
+
+    A fitted attribute that holds this object stays the same object while it fills, so predicting leaves
+    the estimator's ``__dict__`` unchanged; the memo never changes a prediction.
+    """
+
+    def __init__(self):
+        self.embeddings: dict[tuple[int, int], torch.Tensor] = {}
+
+
+class DiscriminativeSelectionClassifier(ContrastiveHead):
     """DisCLIP-style head: per-image neighbourhood, per-candidate selected descriptions, argmax within.
 
     ``fit(classnames, X_sel, y_sel)`` needs a small labelled selection set (image features and class
-    indices; ``n_per_class`` images per class, default: clipped to the smallest class). ``mode``:
-    "classname-free" scores w_cls * cos(x, caption) + mean cos(x, selected d); "classname-containing"
+    indices; ``n_per_class`` images per class, default: clipped to the smallest class). The scikit-learn
+    form ``fit(X_sel, y_sel)`` takes the class names from ``classnames`` (else the description set's).
+    ``mode``: "classname-free" scores w_cls * cos(x, caption) + mean cos(x, selected d); "classname-containing"
     scores the mean (or ``reduce="max"``) of cos(x, "A photo of a {c}, {d}.") over the selected d.
+    Probabilities apply the model family's rule to ``scale * score (+ bias)`` within each image's
+    neighbourhood (softmax for CLIP, sigmoid with the learnt bias for SigLIP); classes outside it get 0.
     """
 
     def __init__(self, model: ContrastiveModel, descriptions: DescriptionSet, k: int = 3, m: int = 5,
                  n_per_class: int | None = None, mode: str = "classname-free", w_cls: float = 0.0,
                  reduce: str = "mean", caption: str = "A photo of a {c}.", pair: str = "A photo of a {c}, {d}.",
-                 batch_size: int = 1024):
+                 batch_size: int = 1024, classnames: Sequence[str] | None = None):
         self.model = model
         self.descriptions = descriptions
         self.k, self.m, self.n_per_class = k, m, n_per_class
         self.mode, self.w_cls, self.reduce = mode, w_cls, reduce
         self.caption, self.pair, self.batch_size = caption, pair, batch_size
+        self.classnames = classnames
 
-    def fit(self, classnames: Sequence[str], X_sel=None, y_sel=None):
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # the selection set's labels
+        return tags
+
+    def fit(self, X, y=None, y_sel=None):
+        """``fit(X_sel, y_sel)`` (image features, class indices) or ``fit(classnames, X_sel, y_sel)``."""
+        if is_text_list(X):
+            classnames, X_sel, y_sel = list(X), y, y_sel
+        else:
+            classnames, X_sel, y_sel = self._fit_inputs(X, y)
         if X_sel is None or y_sel is None:
-            raise ValueError("DiscriminativeSelectionClassifier.fit needs a labelled selection set (X_sel, y_sel)")
+            raise InputError("DiscriminativeSelectionClassifier.fit needs a labelled selection set (X_sel, y_sel)")
         if self.mode not in ("classname-free", "classname-containing"):
-            raise ValueError(f"unknown mode '{self.mode}'")
-        classnames = list(classnames)
+            raise InputError(f"unknown mode '{self.mode}' (classname-free or classname-containing)")
+        if self.reduce not in ("mean", "max"):
+            raise InputError(f"unknown reduce '{self.reduce}' (mean or max)")
         dset = self.descriptions.aligned_to(classnames)
-        y_sel = np.asarray(y_sel)
+        pool = disclip_pool(dset.descriptions)
+        pool_emb = self.model.encode_texts(pool, batch_size=self.batch_size)
+        X_sel, y_sel = self._check_training_data(X_sel, y_sel, pool_emb.shape[1], len(classnames), require_y=True)
         counts = np.bincount(y_sel, minlength=len(classnames))
         if counts.min() == 0:
             missing = [classnames[i] for i in np.flatnonzero(counts == 0)]
-            raise ValueError(f"selection set has no images of {len(missing)} class(es): {missing[:5]}")
+            raise InputError(f"selection set has no images of {len(missing)} class(es): {missing[:5]}")
         self.n_per_class_ = int(min(self.n_per_class or counts.min(), counts.min()))
         self.classes_ = np.array(classnames, dtype=object)
         self.class_descriptions_ = dset.descriptions
-        self.pool_ = disclip_pool(dset.descriptions)
-        index = {d: i for i, d in enumerate(self.pool_)}
+        self.pool_ = pool
+        index = {d: i for i, d in enumerate(pool)}
         self.own_ = [[index[d] for d in ds] for ds in dset.descriptions]
-        self.pool_embeddings_ = self.model.encode_texts(self.pool_, batch_size=self.batch_size)
+        self.pool_embeddings_ = pool_emb
         self.caption_embeddings_ = self.model.encode_texts([self.caption.replace("{c}", c) for c in classnames])
-        self.class_sims_ = class_mean_similarities(self.pool_embeddings_, _as_tensor(X_sel), y_sel, len(classnames),
-                                                   self.n_per_class_)
-        self._pair_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.class_sims_ = class_mean_similarities(pool_emb, X_sel, y_sel, len(classnames), self.n_per_class_)
+        self.pair_cache_ = _PairEmbeddingCache()
+        self.n_features_in_ = int(pool_emb.shape[1])
         return self
 
-    def select(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(neighbourhoods (N,k), selected pool indices (N,k,m), fallback flags (N,k))."""
-        X = _as_tensor(X).float()
+    def _select(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = min(self.k, len(self.classes_))
         topk = neighbourhoods(X, self.caption_embeddings_, k)
         selected, fallback = select_descriptions(self.class_sims_, topk, self.m, self.own_)
         return topk, selected, fallback
 
+    def select(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(neighbourhoods (N,k), selected pool indices (N,k,m), fallback flags (N,k))."""
+        return self._select(self._features(X))
+
     def _pair_embeddings(self, topk: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         """Embeddings of "A photo of a {c}, {d}." for every (candidate, selected d), encoding each pair once."""
+        cache = self.pair_cache_.embeddings
         cls = topk.unsqueeze(-1).expand_as(selected)
         pairs = sorted({(int(c), int(d)) for c, d in zip(cls.reshape(-1).tolist(), selected.reshape(-1).tolist()) if d >= 0}
-                       - set(self._pair_cache))
+                       - set(cache))
         if pairs:
             texts = [self.pair.replace("{c}", str(self.classes_[c])).replace("{d}", self.pool_[d]) for c, d in pairs]
             emb = self.model.encode_texts(texts, batch_size=self.batch_size)
-            self._pair_cache.update({p: emb[i] for i, p in enumerate(pairs)})
+            cache.update({p: emb[i] for i, p in enumerate(pairs)})
         dim = self.pool_embeddings_.shape[1]
         zero = torch.zeros(dim)
-        flat = [self._pair_cache.get((int(c), int(d)), zero) if d >= 0 else zero
+        flat = [cache.get((int(c), int(d)), zero) if d >= 0 else zero
                 for c, d in zip(cls.reshape(-1).tolist(), selected.reshape(-1).tolist())]
         return torch.stack(flat).reshape(*selected.shape, dim)
 
@@ -182,10 +214,8 @@ class DiscriminativeSelectionClassifier:
         out = torch.gather(srt, -1, pos)
         return torch.where(out == big, torch.full_like(out, -1), out)
 
-    def neighbourhood_scores(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores (N,k), neighbourhoods (N,k), selected (N,k,m))."""
-        X = _as_tensor(X).float()
-        topk, selected, _ = self.select(X)
+    def _neighbourhood_scores(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        topk, selected, _ = self._select(X)
         if self.mode == "classname-free":
             scores = masked_mean_similarity(X, self.pool_embeddings_, selected)
             if self.w_cls:
@@ -201,25 +231,38 @@ class DiscriminativeSelectionClassifier:
                 scores = (sims * valid).sum(-1) / valid.sum(-1).clamp(min=1)
         return scores, topk, selected
 
+    def neighbourhood_scores(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores (N,k), neighbourhoods (N,k), selected (N,k,m))."""
+        return self._neighbourhood_scores(self._features(X))
+
+    def _ranked(self, X) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbourhood classes ranked by score (N,k) and their probabilities by the model family's rule."""
+        scores, topk, _ = self._neighbourhood_scores(self._features(X))
+        order = scores.argsort(dim=1, descending=True)
+        logits = self.model.logit_scale * torch.gather(scores, 1, order) + self.model.logit_bias
+        return torch.gather(topk, 1, order), self.model.probabilities(logits)
+
     def predict(self, X) -> np.ndarray:
-        scores, topk, _ = self.neighbourhood_scores(X)
+        """Best candidate of each image's neighbourhood (class indices)."""
+        scores, topk, _ = self._neighbourhood_scores(self._features(X))
         return torch.gather(topk, 1, scores.argmax(1, keepdim=True)).squeeze(1).numpy()
 
-    def predict_topk(self, X, k: int = 5):
-        """Candidates ranked by their neighbourhood score (at most ``self.k`` columns); softmax within."""
-        scores, topk, _ = self.neighbourhood_scores(X)
-        order = scores.argsort(dim=1, descending=True)
-        probs = torch.softmax(self.model.logit_scale * torch.gather(scores, 1, order), dim=1)
-        kk = min(k, order.shape[1])
-        return torch.gather(topk, 1, order)[:, :kk].numpy(), probs[:, :kk].numpy()
+    def predict_proba(self, X) -> np.ndarray:
+        """(n_images, n_classes) float32: the neighbourhood's probabilities, 0 for classes outside it."""
+        classes, probs = self._ranked(X)
+        out = torch.zeros(classes.shape[0], len(self.classes_), dtype=probs.dtype)
+        return out.scatter_(1, classes, probs).numpy()
 
-    def score(self, X, y) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())
+    def predict_topk(self, X, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates ranked by their neighbourhood score (at most ``self.k`` columns) and their probabilities."""
+        classes, probs = self._ranked(X)
+        kk = min(k, classes.shape[1])
+        return classes[:, :kk].numpy(), probs[:, :kk].numpy()
 
     def explain(self, x) -> list[dict]:
         """For one image feature: candidates, best first, with the descriptions that decided and their share."""
-        X = _as_tensor(x).float().reshape(1, -1)
-        scores, topk, selected = self.neighbourhood_scores(X)
+        X = self._features(x.reshape(1, -1) if isinstance(x, torch.Tensor) else np.asarray(x, np.float32).reshape(1, -1))
+        scores, topk, selected = self._neighbourhood_scores(X)
         out = []
         for j in scores[0].argsort(descending=True).tolist():
             ids = [d for d in selected[0, j].tolist() if d >= 0]

@@ -46,6 +46,9 @@ class TaskPrediction:
 
 
 def _call_cost(res: GenerationResult, spec: str, prices: PriceTable, images: int) -> float:
+    """What the call costs when not served from the cache; a failed call costs nothing."""
+    if not res.ok:
+        return 0.0
     return prices.price(spec).cost(res.input_tokens, res.output_tokens, images, res.latency_s)
 
 
@@ -53,15 +56,17 @@ def _costed(res: GenerationResult, spec: str, prices: PriceTable, images: int) -
     return 0.0 if res.cached else _call_cost(res, spec, prices, images)
 
 
-def _image_of(task: Task):
-    return task.image
+def _images_of(task: Task) -> list:
+    """A task's images: none for text-only tasks."""
+    return [] if task.image is None else [task.image]
 
 
 class VLMDirectPipeline:
     name = "vlm"
 
     def __init__(self, vlm: Generator, prompt: str | PromptTemplate = "mcq", prices: PriceTable | None = None,
-                 batch: int = 16):
+                 batch: int = 16, spec=None):
+        self.spec = spec  # the PipelineSpec this pipeline was built from (None when built by hand)
         self.vlm = vlm
         self.prompt = prompt if isinstance(prompt, PromptTemplate) else load_prompt(prompt)
         self.prices = prices or PriceTable()
@@ -75,12 +80,13 @@ class VLMDirectPipeline:
         out = []
         for s in range(0, len(tasks), self.batch):
             chunk = tasks[s : s + self.batch]
-            results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=[_image_of(t)]) for t in chunk])
+            results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=_images_of(t)) for t in chunk])
             for t, r in zip(chunk, results):
                 idx, rule = parse_option(r.text, t.options, lettered=self.prompt.lettered) if r.ok else (None, "error")
+                n_img = len(_images_of(t))
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, r.latency_s, r.input_tokens or 0,
-                                          r.output_tokens or 0, 1, _costed(r, self.vlm.spec, self.prices, 1), r.cached,
-                                          r.error, call_cost=_call_cost(r, self.vlm.spec, self.prices, 1)))
+                                          r.output_tokens or 0, n_img, _costed(r, self.vlm.spec, self.prices, n_img),
+                                          r.cached, r.error, call_cost=_call_cost(r, self.vlm.spec, self.prices, n_img)))
         return out
 
 
@@ -88,7 +94,9 @@ class VLMThenLLMPipeline:
     name = "vlm+llm"
 
     def __init__(self, vlm: Generator, llm: Generator, describe_prompt: str | PromptTemplate = "describe",
-                 reason_prompt: str | PromptTemplate = "llm-reason", prices: PriceTable | None = None, batch: int = 16):
+                 reason_prompt: str | PromptTemplate = "llm-reason", prices: PriceTable | None = None, batch: int = 16,
+                 spec=None):
+        self.spec = spec
         self.vlm, self.llm = vlm, llm
         self.describe_prompt = describe_prompt if isinstance(describe_prompt, PromptTemplate) else load_prompt(describe_prompt)
         self.reason_prompt = reason_prompt if isinstance(reason_prompt, PromptTemplate) else load_prompt(reason_prompt)
@@ -103,7 +111,7 @@ class VLMThenLLMPipeline:
         out = []
         for s in range(0, len(tasks), self.batch):
             chunk = tasks[s : s + self.batch]
-            seen = self.vlm.generate([ChatRequest(self.describe_prompt.render(t), images=[_image_of(t)]) for t in chunk])
+            seen = self.vlm.generate([ChatRequest(self.describe_prompt.render(t), images=_images_of(t)) for t in chunk])
             reqs = [ChatRequest(self.reason_prompt.render(t, description=v.text)) for t, v in zip(chunk, seen)]
             todo = [i for i, v in enumerate(seen) if v.ok]
             reasoned = dict(zip(todo, self.llm.generate([reqs[i] for i in todo]))) if todo else {}
@@ -143,6 +151,10 @@ class _TaskImages:
         from visroute.data.images import load_image, to_rgb
 
         im = self.tasks[i].image
+        if im is None:
+            from visroute.data.images import ImageDecodeError
+
+            raise ImageDecodeError("text-only task: a contrastive model needs an image")
         return load_image(im, draft_size) if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__") else to_rgb(im)
 
 

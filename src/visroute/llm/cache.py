@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from visroute.models.tiny import cache_root
+from visroute.io import cache_root
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (

@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from visroute.errors import ModelLoadError
-from visroute.llm.client import ChatRequest, GenerationResult, Generator
+from visroute.llm.base import ChatRequest, GenerationResult, Generator
+from visroute.log import get_logger
+
+log = get_logger(__name__)
 
 # processors that put the image placeholder tokens into the prompt themselves
 _SELF_INSERTING = {"Blip2Processor", "InstructBlipProcessor", "InstructBlipVideoProcessor", "PaliGemmaProcessor"}
@@ -47,6 +50,7 @@ class HFVisionLanguageGenerator(Generator):
 
         self.location = str(location)
         self.spec = f"hf:{self.location}"
+        self._system_folded = False
         self.device = device
         self.batch_size = max(1, int(batch_size))
         try:
@@ -94,10 +98,14 @@ class HFVisionLanguageGenerator(Generator):
                 msgs = [{"role": "system", "content": [{"type": "text", "text": req.system}]}, user]
             try:
                 return self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            except Exception:
+            except Exception as e:  # jinja raises TemplateError or anything the template itself raises
                 if not req.system:
                     raise
-                # some templates reject a system turn: fold it into the user turn instead
+                # some templates reject a system turn: fold it into the user turn instead, and say so once
+                if not self._system_folded:
+                    self._system_folded = True
+                    log.warning("%s: the chat template rejects a system turn (%s: %s); the system prompt is "
+                                "prepended to the user turn instead", self.spec, type(e).__name__, _first_line(e))
                 user["content"][-1]["text"] = f"{req.system}\n\n{req.prompt}"
                 return self.processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
         text = (req.system + "\n\n" if req.system else "") + req.prompt
@@ -184,7 +192,8 @@ class HFVisionLanguageGenerator(Generator):
         for i, req in enumerate(requests):
             try:
                 ims = self._load_images(req)
-            except Exception as e:  # a bad file fails its own request only
+            except Exception as e:  # a bad file fails its own request only; Generator.generate counts and warns
+                log.debug("%s: request %d: image not loaded", self.spec, i, exc_info=True)
                 results[i] = GenerationResult("", error=f"image: {type(e).__name__}: {e}")
                 continue
             groups.setdefault(len(ims), []).append((i, ims))
@@ -195,7 +204,8 @@ class HFVisionLanguageGenerator(Generator):
                 t0 = time.perf_counter()
                 try:
                     res = self._run_batch([requests[i] for i in idx], [ims for _, ims in chunk])
-                except Exception as e:  # recorded, not raised: the other batches are kept
+                except Exception as e:  # recorded, not raised: the other batches are kept; counted by generate()
+                    log.debug("%s: a batch of %d request(s) failed", self.spec, len(idx), exc_info=True)
                     dt = (time.perf_counter() - t0) / len(idx)
                     res = [GenerationResult("", latency_s=dt, error=f"{type(e).__name__}: {_first_line(e)}")
                            for _ in idx]

@@ -15,7 +15,10 @@ def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | 
     transformers' automatic choice. Raises ModelLoadError (a VisrouteError) with a message saying what was tried and how to point
     at local weights when the model cannot be loaded.
     """
-    parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "generator":
+        raise ModelLoadError(f"'{parsed.text}' is a generative model, not a contrastive image-text encoder; "
+                             "it cannot be used for zero-shot classification (use it as a vlm/llm instead)")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if parsed.backend == "hf":
@@ -24,20 +27,15 @@ def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | 
         return load_hf_contrastive(parsed.location, parsed.text, dev, dt, image_backend=image_backend)
     if parsed.backend == "random-tiny":
         from visroute.models.hf import load_hf_contrastive
-        from visroute.models.tiny import ensure_random_tiny
+        from visroute.testing.tiny_models import ensure_random_tiny
 
         return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, dev, dt, is_random=True,
                                    image_backend=image_backend)
-    if parsed.backend == "openclip":
-        from visroute.models.openclip import load_openclip
+    from visroute.models.openclip import load_openclip
 
-        model = load_openclip(parsed.location, parsed.pretrained, parsed.text, dev, dt)
-        model.is_random = parsed.pretrained is None and not parsed.location.startswith(("local-dir:", "hf-hub:"))
-        return model
-    raise ModelLoadError(
-        f"'{parsed.text}' is a {parsed.backend} model, not a contrastive image-text encoder; "
-        "it cannot be used for zero-shot classification"
-    )
+    model = load_openclip(parsed.location, parsed.pretrained, parsed.text, dev, dt)
+    model.is_random = parsed.pretrained is None and not parsed.location.startswith(("local-dir:", "hf-hub:"))
+    return model
 
 
 __all__ = [

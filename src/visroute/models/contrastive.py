@@ -71,6 +71,14 @@ class ContrastiveModel(ABC):
     #: True for randomly initialised smoke-test models: predictions are at chance
     is_random: bool = False
 
+    def __deepcopy__(self, memo: dict) -> "ContrastiveModel":
+        """A loaded model is an immutable shared resource, so a deep copy is the model itself.
+
+        Heads take the model as a scikit-learn parameter and ``sklearn.base.clone`` deep-copies
+        parameters; copying the weights there would double memory and give the same answers.
+        """
+        return self
+
     @property
     @abstractmethod
     def preprocess(self) -> Callable[[Any], Batch]:

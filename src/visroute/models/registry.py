@@ -5,18 +5,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from visroute.log import get_logger
 from visroute.models.spec import KNOWN_MODELS, parse_model_spec
+
+log = get_logger(__name__)
 
 CONTRASTIVE_TYPES = {"clip", "siglip", "siglip2", "chinese_clip", "altclip", "align"}
 
 
 def _hf_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
+    try:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:
+    except HFValidationError:  # not a hub id (e.g. a path that does not exist): nothing of it is cached
         return False
+
+
+def _hub_cache_repos() -> list:
+    """Repos in the local Hugging Face cache; none before the first download. A corrupt cache is reported."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
+
+    try:
+        return list(scan_cache_dir().repos)
+    except CacheNotFound:
+        return []
+    except CorruptedCacheException as e:
+        log.warning("the Hugging Face cache could not be read (%s); models in it are shown as not cached", e)
+        return []
 
 
 def _openclip_cached(arch: str, tag: str | None) -> bool:
@@ -26,14 +44,12 @@ def _openclip_cached(arch: str, tag: str | None) -> bool:
         return True
     try:
         import open_clip
-        from huggingface_hub import scan_cache_dir
-
-        hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "")
-        repo = hub.strip("/").split("/")
-        repo_id = "/".join(repo[:2]) if len(repo) >= 2 else ""
-        return bool(repo_id) and any(r.repo_id == repo_id for r in scan_cache_dir().repos)
-    except Exception:
+    except ImportError:  # the openclip extra is not installed: its models cannot be cached here
         return False
+    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "")
+    repo = hub.strip("/").split("/")
+    repo_id = "/".join(repo[:2]) if len(repo) >= 2 else ""
+    return bool(repo_id) and any(r.repo_id == repo_id for r in _hub_cache_repos())
 
 
 def is_available_locally(spec: str) -> bool:
@@ -51,12 +67,7 @@ def is_available_locally(spec: str) -> bool:
 
 def cached_hub_models() -> list[str]:
     """Hub repos in the local Hugging Face cache whose config is a CLIP-family model."""
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        repos = scan_cache_dir().repos
-    except Exception:
-        return []
+    repos = _hub_cache_repos()
     found = []
     for repo in repos:
         if repo.repo_type != "model":

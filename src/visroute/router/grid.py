@@ -1,50 +1,60 @@
-"""Benchmark grid: models x datasets x prompt variants -> results -> routing records.
+"""Benchmark grid: pipeline specs x datasets x prompt variants -> results -> routing records.
 
 GRID.yaml::
 
     output: runs/grid                 # results/, records/ and records.parquet go here
     limit: 200                        # optional: at most N items per dataset, evenly spread
-    prices: prices.json               # optional price table (see visroute.tasks.costs)
+    prices: prices.json               # optional price table (see visroute.tasks.costs), copied into every spec
+    max_tokens: 32                    # defaults for every model entry (an entry's own value wins)
+    device: cpu
     datasets:
       - ../shared/data/cifar10-test            # a classification dataset spec (options = class names)
-      - {spec: tasks.jsonl, name: sqa}         # a multiple-choice task file
-    models:                                    # each a routable "model": a head plus the specs it needs
+      - {spec: tasks.jsonl, name: sqa}         # a multiple-choice task file (image optional: text-only tasks)
+    models:                                    # each a routable pipeline spec (visroute.pipeline.PipelineSpec) + name
       - {name: clip, head: zeroshot, model: hf:openai/clip-vit-base-patch32}
       - {name: llava, head: vlm, vlm: "openai-compatible:http://127.0.0.1:8000/v1#llava"}
-      - {name: llava+llama, head: vlm+llm, vlm: ..., llm: ...}
-    prompts: [mcq, mcq-text]                   # prompt variants for the generative heads
+      - {name: llava+llama, head: vlm+llm, vlm: ..., llm: ..., reason_prompt: my-reason.txt}
+    prompts: [mcq, mcq-text]                   # question-prompt variants for `vlm` entries (an entry may set `prompts`)
     options_top_k: 10                          # optional CLIP pre-filter of class options (needs prefilter:)
     prefilter: hf:openai/clip-vit-base-patch32
 
-Every run writes its result first and its records second; a re-run skips runs whose records exist, and the
+Each cell is one exact pipeline spec; its records carry that spec, so `route` rebuilds the same pipeline.
+Every cell writes its result first and its records second; a re-run skips cells whose records exist, and the
 feature and response caches make repeated work free, so an interrupted grid resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from visroute.errors import VisrouteError
+from visroute.pipeline.spec import CONTRASTIVE_HEADS, PipelineSpec
 
-CLIP_HEADS = ("zeroshot", "descriptions", "cupl", "classname-free")
-GEN_HEADS = ("vlm", "vlm+llm")
+GRID_KEYS = ("output", "limit", "prices", "max_tokens", "device", "dtype", "datasets", "models", "prompts",
+             "options_top_k", "prefilter")
+_PATH_KEYS = ("model", "vlm", "llm", "descriptions", "fallback_descriptions", "templates", "prompt", "describe_prompt",
+              "reason_prompt")
+
+
+@dataclass
+class GridCell:
+    spec: PipelineSpec        # the exact pipeline this cell measures (its name is the routable model name)
+    variant: str              # prompt variant label ("*" when the pipeline reads no question-prompt variant)
 
 
 @dataclass
 class GridSpec:
     output: Path
     datasets: list[dict]
-    models: list[dict]
-    prompts: list[str] = field(default_factory=lambda: ["mcq"])
+    models: list[PipelineSpec]
+    prompts: dict[str, list[str]] = field(default_factory=dict)   # model name -> prompt variants (vlm entries)
     limit: int | None = None
-    prices: str | None = None
     options_top_k: int | None = None
     prefilter: str | None = None
-    max_tokens: int = 32
     device: str = "auto"
 
     @classmethod
@@ -58,30 +68,69 @@ class GridSpec:
             raise VisrouteError(f"cannot read grid file {path}: {e}") from None
         if not isinstance(raw, dict) or not raw.get("datasets") or not raw.get("models"):
             raise VisrouteError(f"{path}: a grid needs 'datasets' and 'models' lists")
+        from visroute.pipeline.spec import _nearest
+
+        for k in raw:
+            if k not in GRID_KEYS:
+                raise VisrouteError(f"{path}: unknown key '{k}'{_nearest(str(k), GRID_KEYS)} (valid: {', '.join(GRID_KEYS)})")
         base = path.parent
-        rel = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() and (base / p).exists() else p  # noqa: E731
+        rel = lambda p: str((base / p).resolve()) if isinstance(p, str) and p and not Path(p).is_absolute() \
+            and (base / p).exists() else p  # noqa: E731
         datasets = [d if isinstance(d, dict) else {"spec": d} for d in raw["datasets"]]
         for d in datasets:
             d["spec"] = rel(d["spec"])
-        models = []
-        for m in raw["models"]:
+        prices = _read_prices(rel(raw.get("prices")), path)
+        defaults = {k: raw[k] for k in ("max_tokens", "device", "dtype") if k in raw}
+        if prices is not None:
+            defaults["prices"] = prices
+        models, prompts = [], {}
+        for i, m in enumerate(raw["models"]):
             if not isinstance(m, dict) or "name" not in m or "head" not in m:
                 raise VisrouteError(f"{path}: each model needs 'name' and 'head': {m!r}")
-            for k in ("model", "vlm", "llm", "descriptions"):
-                if k in m and isinstance(m[k], str) and not m[k].startswith(("hf:", "openclip:", "openai-compatible:", "random-tiny")):
-                    m[k] = rel(m[k])
-            models.append(m)
-        names = [m["name"] for m in models]
+            m = dict(m)
+            variants = m.pop("prompts", None)
+            if isinstance(m.get("prices"), str):
+                m["prices"] = _read_prices(rel(m["prices"]), path)
+            entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
+            spec = PipelineSpec.from_dict(entry, f"{path} models[{i}] ({m['name']})")
+            models.append(spec)
+            if spec.head == "vlm":
+                prompts[spec.name] = [rel(p) for p in (variants or raw.get("prompts") or [spec.prompt])]
+        names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise VisrouteError(f"{path}: model names must be unique ({names})")
         out = Path(raw.get("output", "runs/grid"))
-        return cls(out if out.is_absolute() else base / out, datasets, models, list(raw.get("prompts") or ["mcq"]),
-                   raw.get("limit"), rel(raw.get("prices")), raw.get("options_top_k"), raw.get("prefilter"),
-                   int(raw.get("max_tokens", 32)), raw.get("device", "auto"))
+        return cls(out if out.is_absolute() else base / out, datasets, models, prompts, raw.get("limit"),
+                   raw.get("options_top_k"), raw.get("prefilter"), raw.get("device", "auto"))
+
+    def cells(self) -> list[GridCell]:
+        """Every (pipeline spec, prompt variant) the grid measures, in order."""
+        out = []
+        for spec in self.models:
+            if spec.head == "vlm":
+                out += [GridCell(spec.replace(prompt=p), Path(p).stem if Path(p).is_file() else p)
+                        for p in self.prompts[spec.name]]
+            else:
+                out.append(GridCell(spec, "*"))
+        return out
 
 
-def _is_task_file(spec: str) -> bool:
+def _read_prices(path, where: Path) -> dict | None:
+    if path is None:
+        return None
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise VisrouteError(f"{where}: cannot read price table {path}: {e}") from None
+    if not isinstance(table, dict):
+        raise VisrouteError(f"{where}: price table {path} must be a JSON object")
+    return table
+
+
+def is_task_file(spec: str) -> bool:
     base = spec.partition("#")[0]
+    if base.startswith("hf:"):
+        return False
     if not base.endswith((".jsonl", ".csv")):
         return False
     with open(base, encoding="utf-8-sig") as f:
@@ -97,88 +146,52 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print) -> Path:
     from visroute.eval.results import slug
     from visroute.eval.run import EvalOptions, evaluate
     from visroute.eval.tasks_run import evaluate_tasks
-    from visroute.heads.vlm import CLIPOptionsPipeline, VLMDirectPipeline, VLMThenLLMPipeline
-    from visroute.llm import ResponseCache, load_generator
-    from visroute.models import load_model
+    from visroute.io import atomic_write_parquet
+    from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive
     from visroute.router.records import records_from_result
-    from visroute.tasks.costs import PriceTable
     from visroute.tasks.model import load_tasks, tasks_from_classification
 
     out = Path(grid.output)
     (out / "records").mkdir(parents=True, exist_ok=True)
-    prices = PriceTable.load(grid.prices)
-    cache = ResponseCache()
-    loaded: dict[str, Any] = {}
-
-    def clip(spec):
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, device=grid.device)
-        return loaded[spec]
-
-    def gen(spec):
-        key = "gen:" + spec
-        if key not in loaded:
-            loaded[key] = load_generator(spec, cache=cache, max_tokens=grid.max_tokens, device=grid.device)
-        return loaded[key]
-
+    runtime = Runtime()
     for d in grid.datasets:
         spec = d["spec"]
-        task_file = _is_task_file(spec)
+        task_file = is_task_file(spec)
         tasks = skipped = ds = None
         if task_file:
             tasks, skipped = load_tasks(spec, d.get("name"))
-            if grid.limit:
-                tasks = tasks[: grid.limit]
+            tasks = tasks[: grid.limit] if grid.limit else tasks
             ds_name = d.get("name") or Path(spec.partition("#")[0]).stem
         else:
             ds = spread_subset(load_dataset(spec), grid.limit)
-            if d.get("name"):
-                ds.name = d["name"]
+            ds.name = d.get("name") or ds.name
             ds_name = ds.name
-        for m in grid.models:
-            head = m["head"]
-            variants = grid.prompts if head in GEN_HEADS else ["*"]
-            for prompt in variants:
-                cell = f"{slug(ds_name)}__{slug(m['name'])}__{slug(prompt)}"
-                rec_path = out / "records" / f"{cell}.parquet"
-                if rec_path.is_file():
-                    continue
-                log(f"grid: {m['name']} on {ds_name} ({prompt})")
-                res_dir = out / "results" / cell
-                if head in CLIP_HEADS and not task_file:
-                    doc = evaluate(clip(m["model"]), ds, EvalOptions(head=head, output=res_dir, templates=m.get("templates"),
-                                                                     descriptions=m.get("descriptions"), progress=progress))
-                    rate = prices.price(m["model"]).per_second
-                    records = records_from_result(doc["_file"], m["name"], rate)
-                else:
-                    if task_file:
-                        cell_tasks = tasks
-                    else:
-                        top = None
-                        if grid.options_top_k and head in GEN_HEADS:
-                            if not grid.prefilter:
-                                raise VisrouteError("options_top_k needs a 'prefilter' contrastive model in the grid")
-                            top = _prefilter(clip(grid.prefilter), ds, grid.options_top_k)
-                        cell_tasks = tasks_from_classification(ds, top)
-                    if head in CLIP_HEADS or head == "clip-options":
-                        pipe = CLIPOptionsPipeline(clip(m["model"]), prices=prices)
-                    elif head == "vlm":
-                        pipe = VLMDirectPipeline(gen(m["vlm"]), prompt, prices)
-                    elif head == "vlm+llm":
-                        pipe = VLMThenLLMPipeline(gen(m["vlm"]), gen(m["llm"]), prices=prices,
-                                                  **({"reason_prompt": m["reason_prompt"]} if "reason_prompt" in m else {}))
-                    else:
-                        raise VisrouteError(f"grid model {m['name']}: unknown head '{head}'")
-                    doc = evaluate_tasks(pipe, cell_tasks, ds_name, res_dir, prompt, skipped)
-                    records = records_from_result(doc["_file"], m["name"])
-                tmp = rec_path.with_name(f".tmp-{rec_path.name}")
-                pq.write_table(records, tmp)
-                tmp.replace(rec_path)
+        for cell in grid.cells():
+            pipe_spec = cell.spec
+            cell_id = f"{slug(ds_name)}__{slug(pipe_spec.name)}__{slug(cell.variant)}"
+            rec_path = out / "records" / f"{cell_id}.parquet"
+            if rec_path.is_file():
+                continue
+            log(f"grid: {pipe_spec.name} on {ds_name} ({cell.variant})")
+            res_dir = out / "results" / cell_id
+            if pipe_spec.head in CONTRASTIVE_HEADS and not task_file:
+                doc = evaluate(load_contrastive(pipe_spec, runtime), ds,
+                               EvalOptions.from_spec(pipe_spec, output=res_dir, progress=progress))
+            else:
+                top = None
+                if not task_file and grid.options_top_k and pipe_spec.head in ("vlm", "vlm+llm"):
+                    if not grid.prefilter:
+                        raise VisrouteError("options_top_k needs a 'prefilter' contrastive model in the grid")
+                    top = _prefilter(load_contrastive(PipelineSpec(model=grid.prefilter, device=grid.device), runtime),
+                                     ds, grid.options_top_k)
+                cell_tasks = tasks if task_file else tasks_from_classification(ds, top)
+                doc = evaluate_tasks(build_pipeline(pipe_spec, runtime), cell_tasks, ds_name, res_dir, cell.variant,
+                                     skipped, dataset_spec=spec)
+            atomic_write_parquet(rec_path, records_from_result(doc["_file"], pipe_spec.name, pipe_spec, spec))
     parts = sorted((out / "records").glob("*.parquet"))
     combined = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
     target = out / "records.parquet"
-    pq.write_table(combined, target.with_name(".tmp-records.parquet"))
-    target.with_name(".tmp-records.parquet").replace(target)
+    atomic_write_parquet(target, combined)
     return target
 
 

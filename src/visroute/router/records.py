@@ -17,7 +17,7 @@ def records_schema():
     return pa.schema([("task_id", pa.string()), ("dataset", pa.string()), ("prompt_variant", pa.string()),
                       ("task_text", pa.string()), ("image_id", pa.string()), ("image_path", pa.string()),
                       ("model", pa.string()), ("correct", pa.bool_()), ("score", pa.float32()), ("cost", pa.float64()),
-                      ("latency_s", pa.float64())])
+                      ("latency_s", pa.float64()), ("dataset_spec", pa.string()), ("pipeline", pa.string())])
 
 
 def _table(cols: dict) -> "pa.Table":  # noqa: F821
@@ -28,13 +28,18 @@ def _table(cols: dict) -> "pa.Table":  # noqa: F821
                                       type=f.type) for f in schema}, schema=schema)
 
 
-def records_from_result(result_json: str | Path, model_name: str, seconds_price: float = 0.0) -> "pa.Table":  # noqa: F821
+def records_from_result(result_json: str | Path, model_name: str, spec=None,
+                        dataset_spec: str | None = None) -> "pa.Table":  # noqa: F821
     """Turn a result JSON + its predictions Parquet into records for ``model_name``.
 
-    Classification results (CLIP heads) are prompt-agnostic (``prompt_variant`` "*"); their per-image cost is
-    the measured feature-time share priced at ``seconds_price`` per second.
+    Every record carries the exact pipeline spec that produced it (canonical JSON) and the dataset spec, so a
+    router trained on the records can rebuild the same pipeline and find the same image features. Costs and
+    latencies are the per-sample values the pipeline reported; nothing is recomputed here. Classification
+    results (CLIP heads) are prompt-agnostic (``prompt_variant`` "*").
     """
     import pyarrow.parquet as pq
+
+    from visroute.pipeline.spec import PipelineSpec
 
     path = Path(result_json)
     doc = json.loads(path.read_text())
@@ -42,29 +47,35 @@ def records_from_result(result_json: str | Path, model_name: str, seconds_price:
     pq_path = path.parent / v.get("predictions_file", path.with_suffix(".parquet").name)
     if not pq_path.is_file():
         raise VisrouteError(f"predictions file {pq_path} of {path} is missing")
+    if spec is None:
+        if not v.get("pipeline"):
+            raise VisrouteError(f"{path} records no pipeline spec; re-run it with this version of visroute")
+        spec = PipelineSpec.from_dict(v["pipeline"], f"{path} pipeline")
     t = pq.read_table(pq_path).to_pandas()
     n = len(t)
+    dataset_spec = dataset_spec or str(v.get("dataset_spec") or "")
     dataset = doc["dataset"]
+    common = {"dataset": [dataset] * n, "model": [model_name] * n, "pipeline": [spec.to_json()] * n,
+              "dataset_spec": [dataset_spec] * n, "correct": t["correct"].astype(bool)}
     if doc.get("task") == "multiple_choice":
-        texts = [task_text(q, list(o), dataset) for q, o in zip(t["question"], t["options"])]
         scores = [float(max(s)) if len(s) else np.nan for s in t["option_scores"]]
+        image_path = t["image_path"].astype(str) if "image_path" in t else t["image_id"].astype(str)
         return _table({
-            "task_id": t["task_id"].astype(str), "dataset": [dataset] * n,
-            "prompt_variant": ["*" if v.get("head") == "clip-options" else str(v.get("prompt", "default"))] * n,
-            "task_text": texts, "image_id": t["image_id"].astype(str), "image_path": t["image_id"].astype(str),
-            "model": [model_name] * n, "correct": t["correct"].astype(bool), "score": np.asarray(scores, np.float32),
+            **common, "task_id": t["task_id"].astype(str), "prompt_variant": [spec.prompt_variant] * n,
+            "task_text": [task_text(q, list(o)) for q, o in zip(t["question"], t["options"])],
+            "image_id": t["image_id"].astype(str), "image_path": image_path,
+            "score": np.asarray(scores, np.float32),
             "cost": (t["call_cost"] if "call_cost" in t else t["cost"]).astype(np.float64),
             "latency_s": t["latency_s"].astype(np.float64),
         })
-    classes = v.get("classnames") or []
-    text = task_text(CLASSIFICATION_QUESTION, list(classes), dataset)
-    per = v.get("seconds_per_image") or (v.get("feature_time_s") or 0.0) / max(1, v.get("n_images") or n)
-    root = Path(str(v.get("dataset_spec", ""))).expanduser()
-    img_paths = [str(root / i) if root.is_dir() else str(i) for i in t["image_id"]]
+    if "cost" not in t or "latency_s" not in t:
+        raise VisrouteError(f"{pq_path} has no per-image cost/latency columns; re-run the evaluation")
+    text = task_text(CLASSIFICATION_QUESTION, list(v.get("classnames") or []))
+    root = Path(dataset_spec).expanduser()
+    img_paths = [str(root / i) if root.is_dir() else "" for i in t["image_id"]]
     return _table({
-        "task_id": t["image_id"].astype(str), "dataset": [dataset] * n, "prompt_variant": ["*"] * n,
-        "task_text": [text] * n, "image_id": t["image_id"].astype(str), "image_path": img_paths,
-        "model": [model_name] * n, "correct": t["correct"].astype(bool),
+        **common, "task_id": t["image_id"].astype(str), "prompt_variant": ["*"] * n, "task_text": [text] * n,
+        "image_id": t["image_id"].astype(str), "image_path": img_paths,
         "score": np.asarray([s[0] for s in t["topk_scores"]], np.float32),
-        "cost": np.full(n, per * seconds_price), "latency_s": np.full(n, per),
+        "cost": t["cost"].astype(np.float64), "latency_s": t["latency_s"].astype(np.float64),
     })

@@ -1,11 +1,13 @@
 """Routers: estimators that predict each model's probability of success for a task.
 
-All share the scikit-learn shape: ``fit(X, Y)`` with X task features (n, d) and Y successes (n, m) in [0, 1]
-(NaN = model not run on that task, ignored), ``predict_proba(X) -> (n, m)``. Features are task-text
-embeddings (MiniLM), optionally concatenated with the image's CLIP embedding (multimodal).
+All are scikit-learn estimators: ``fit(X, Y, sample_weight=None)`` with X task features (n, d) and Y successes
+(n, m) in [0, 1] (NaN = model not run on that task, ignored), ``predict_proba(X) -> (n, m)``. A router is a
+multi-output probability regressor (``RegressorMixin``): ``predict`` equals ``predict_proba`` and ``score`` is
+R^2 over the observed entries. Features are task-text embeddings (MiniLM), optionally concatenated with the
+image's CLIP embedding (multimodal).
 
 - ``KNNRouter``: mean success of the k most similar training tasks — the baseline every router must beat.
-- ``MLPRouter``: a small multi-output MLP (``hidden=0``: logistic regression per model).
+- ``MLPRouter``: a small multi-output MLP; ``LogisticRouter``: logistic regression per model.
 - ``MatrixFactorizationRouter``: p(success) = sigmoid(v_m . W x + b_m), learned model vectors against
   projected task embeddings (RouteLLM's strongest router); ``add_model`` fits a new model's vector from a
   few hundred labelled tasks without touching the rest.
@@ -20,31 +22,107 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from visroute.errors import InputError, VisrouteError
 
 ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
 
 
+def check_success_matrix(Y, n_samples: int, owner: str) -> np.ndarray:
+    """Y as float32 (n_tasks, n_models), values in [0, 1] or NaN (not run); a one-line InputError otherwise."""
+    try:
+        Y = np.asarray(Y, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{owner}: Y must be a numeric success matrix ({e})") from None
+    if Y.ndim != 2:
+        raise InputError(f"{owner}: Y must be 2-D (tasks x models), got shape {Y.shape}; "
+                         "for a single model use Y.reshape(-1, 1)")
+    if len(Y) != n_samples:
+        raise InputError(f"{owner}: X has {n_samples} tasks but Y has {len(Y)} rows")
+    observed = Y[~np.isnan(Y)]
+    if observed.size and (observed.min() < 0 or observed.max() > 1):
+        raise InputError(f"{owner}: Y must hold success rates in [0, 1] (NaN = not run), "
+                         f"got values in [{observed.min():g}, {observed.max():g}]")
+    return Y
+
+
+def check_sample_weight(sample_weight, n_samples: int, owner: str) -> np.ndarray:
+    """Non-negative finite weights, one per task, not all zero (float32)."""
+    if sample_weight is None:
+        return np.ones(n_samples, np.float32)
+    w = np.asarray(sample_weight, dtype=np.float32)
+    if w.ndim != 1 or len(w) != n_samples:
+        raise InputError(f"{owner}: sample_weight must have one weight per task ({n_samples}), got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise InputError(f"{owner}: sample_weight must be finite and non-negative")
+    if n_samples and not w.any():
+        raise InputError(f"{owner}: sample_weight is zero everywhere; at least one task needs a positive weight")
+    return w
+
+
 def _masked_targets(Y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    Y = np.asarray(Y, dtype=np.float32)
     mask = ~np.isnan(Y)
     return torch.from_numpy(np.nan_to_num(Y, nan=0.0)), torch.from_numpy(mask.astype(np.float32))
 
 
-class KNNRouter:
+class _Router(RegressorMixin, BaseEstimator):
+    """Shared input checks and the scikit-learn surface of the routers over numeric task features."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = False  # Y is always (tasks, models)
+        tags.regressor_tags.poor_score = True  # a probability of success, not a fit to arbitrary targets
+        return tags
+
+    def _fit_inputs(self, X, Y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X = validate_data(self, X, dtype=np.float32, order="C", reset=True)
+        name = type(self).__name__
+        return X, check_success_matrix(Y, len(X), name), check_sample_weight(sample_weight, len(X), name)
+
+    def _predict_inputs(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
+        return np.require(X, requirements=["C", "W"])  # torch.from_numpy needs writable memory
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted probability of success of each model, (n_tasks, n_models): the same as ``predict_proba``."""
+        return self.predict_proba(X)
+
+    def score(self, X, Y, sample_weight=None) -> float:
+        """Mean over models of R^2 on the observed (non-NaN) entries of Y."""
+        from sklearn.metrics import r2_score
+
+        P = self.predict(X)
+        Y = np.asarray(Y, dtype=np.float64).reshape(P.shape)
+        w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        scores = []
+        for j in range(Y.shape[1]):
+            seen = ~np.isnan(Y[:, j])
+            if seen.sum() >= 2:
+                scores.append(r2_score(Y[seen, j], P[seen, j], sample_weight=None if w is None else w[seen]))
+        return float(np.mean(scores)) if scores else float("nan")
+
+
+class KNNRouter(_Router):
+    """Mean success of the ``k`` most similar training tasks (dot product), shrunk towards each model's prior."""
+
     def __init__(self, k: int = 20, aggregate_duplicates: bool = True):
         self.k = k
         self.aggregate_duplicates = aggregate_duplicates
 
     def fit(self, X, Y, sample_weight=None):
-        X = np.asarray(X, dtype=np.float32)
-        Y = np.asarray(Y, dtype=np.float32)
-        w = np.ones(len(X), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+        X, Y, w = self._fit_inputs(X, Y, sample_weight)
+        if self.k < 1:
+            raise InputError(f"KNNRouter: k must be >= 1, got {self.k}")
+        mask = ~np.isnan(Y)
         if self.aggregate_duplicates and len(X):
             # many tasks share a text (same question and options): keep one point per text with its counts
             _, inv = np.unique(X.round(5), axis=0, return_inverse=True)
             inv = inv.reshape(-1)
             G = inv.max() + 1
-            mask = ~np.isnan(Y)
             sums = np.zeros((G, Y.shape[1]), np.float64)
             cnt = np.zeros((G, Y.shape[1]), np.float64)
             np.add.at(sums, inv, np.nan_to_num(Y) * w[:, None])
@@ -53,18 +131,18 @@ class KNNRouter:
             first[inv[::-1]] = np.arange(len(inv))[::-1]
             self.X_, self.sums_, self.counts_ = X[first], sums, cnt
         else:
-            mask = ~np.isnan(Y)
             self.X_, self.sums_, self.counts_ = X, np.nan_to_num(Y) * w[:, None], mask * w[:, None]
         self.prior_ = (self.sums_.sum(0) + 1) / (self.counts_.sum(0) + 2)
-        self._Xt = torch.from_numpy(np.ascontiguousarray(self.X_))
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        k = min(self.k, len(self.X_))
-        out = np.empty((len(X), self.sums_.shape[1]), np.float32)
+        """(n_tasks, n_models) float64 success probabilities."""
+        X = torch.from_numpy(self._predict_inputs(X))
+        train = torch.from_numpy(np.require(self.X_, np.float32, ["C", "W"]))
+        k = min(self.k, len(train))
+        out = np.empty((len(X), self.sums_.shape[1]), np.float64)
         for s in range(0, len(X), 4096):
-            sims = X[s : s + 4096] @ self._Xt.T
+            sims = X[s : s + 4096] @ train.T
             idx = sims.topk(k, dim=1).indices.numpy()
             num = self.sums_[idx].sum(1)
             den = self.counts_[idx].sum(1)
@@ -73,8 +151,12 @@ class KNNRouter:
         return out
 
 
-class _TorchRouter:
-    """Shared training loop: masked binary cross-entropy, AdamW, early stopping on a validation split."""
+class _TorchRouter(_Router):
+    """Shared training loop: masked binary cross-entropy, AdamW, early stopping on a validation split.
+
+    Training seeds a forked torch RNG with ``seed``, so fitting is reproducible and leaves the caller's
+    global RNG alone; each ``fit`` starts from freshly initialised weights.
+    """
 
     def __init__(self, epochs: int = 30, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 4096,
                  val_fraction: float = 0.1, patience: int = 5, seed: int = 0):
@@ -84,61 +166,66 @@ class _TorchRouter:
     def _build(self, d: int, m: int) -> torch.nn.Module:
         raise NotImplementedError
 
-    def _params(self):
-        return self.net_.parameters()
-
     def fit(self, X, Y, sample_weight=None):
-        torch.manual_seed(self.seed)
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        Yt, M = _masked_targets(Y)
-        W = torch.ones(len(X)) if sample_weight is None else torch.as_tensor(np.asarray(sample_weight, np.float32))
+        X, Y, w = self._fit_inputs(X, Y, sample_weight)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net_ = self._train(torch.from_numpy(X), *_masked_targets(Y), torch.from_numpy(w))
+        return self
+
+    def _train(self, X: torch.Tensor, Yt: torch.Tensor, M: torch.Tensor, W: torch.Tensor) -> torch.nn.Module:
         n = len(X)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         n_val = int(n * self.val_fraction) if n >= 50 else 0
         val, tr = perm[:n_val], perm[n_val:]
-        if not hasattr(self, "net_"):
-            self.net_ = self._build(X.shape[1], Yt.shape[1])
-        opt = torch.optim.AdamW([p for p in self._params() if p.requires_grad], lr=self.lr, weight_decay=self.weight_decay)
+        net = self._build(X.shape[1], Yt.shape[1])
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=self.lr,
+                                weight_decay=self.weight_decay)
         best, best_state, bad = float("inf"), None, 0
 
         def loss_on(idx):
-            logits = self.net_(X[idx])
+            logits = net(X[idx])
             l = torch.nn.functional.binary_cross_entropy_with_logits(logits, Yt[idx], reduction="none")
             wm = M[idx] * W[idx, None]
             return (l * wm).sum() / wm.sum().clamp(min=1)
 
-        for _ in range(self.epochs):
-            self.net_.train()
-            order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(self.seed + _))]
+        for epoch in range(self.epochs):
+            net.train()
+            order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(self.seed + epoch))]
             for s in range(0, len(order), self.batch_size):
                 opt.zero_grad()
                 loss = loss_on(order[s : s + self.batch_size])
                 loss.backward()
                 opt.step()
             if n_val:
-                self.net_.eval()
+                net.eval()
                 with torch.no_grad():
                     v = float(loss_on(val))
                 if v < best - 1e-5:
-                    best, best_state, bad = v, copy.deepcopy(self.net_.state_dict()), 0
+                    best, best_state, bad = v, copy.deepcopy(net.state_dict()), 0
                 else:
                     bad += 1
                     if bad >= self.patience:
                         break
         if best_state is not None:
-            self.net_.load_state_dict(best_state)
-        self.net_.eval()
-        return self
+            net.load_state_dict(best_state)
+        return net.eval()
 
     def predict_proba(self, X) -> np.ndarray:
+        """(n_tasks, n_models) float64 success probabilities."""
+        X = torch.from_numpy(self._predict_inputs(X))
         with torch.no_grad():
-            X = torch.as_tensor(np.asarray(X, dtype=np.float32))
-            return torch.sigmoid(self.net_(X)).numpy()
+            return torch.sigmoid(self.net_(X)).numpy().astype(np.float64)
 
 
 class MLPRouter(_TorchRouter):
-    def __init__(self, hidden: int = 128, dropout: float = 0.1, **kw):
-        super().__init__(**kw)
+    """A small multi-output MLP (``hidden=0``: one linear layer, i.e. logistic regression per model)."""
+
+    def __init__(self, hidden: int = 128, dropout: float = 0.1, epochs: int = 30, lr: float = 3e-3,
+                 weight_decay: float = 1e-4, batch_size: int = 4096, val_fraction: float = 0.1, patience: int = 5,
+                 seed: int = 0):
+        super().__init__(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         val_fraction=val_fraction, patience=patience, seed=seed)
         self.hidden, self.dropout = hidden, dropout
 
     def _build(self, d, m):
@@ -148,9 +235,11 @@ class MLPRouter(_TorchRouter):
                                    torch.nn.Linear(self.hidden, m))
 
 
-class LogisticRouter(MLPRouter):
-    def __init__(self, **kw):
-        super().__init__(hidden=0, **kw)
+class LogisticRouter(_TorchRouter):
+    """Logistic regression per model (one linear layer), trained jointly with the masked loss."""
+
+    def _build(self, d, m):
+        return torch.nn.Linear(d, m)
 
 
 class _MF(torch.nn.Module):
@@ -165,8 +254,12 @@ class _MF(torch.nn.Module):
 
 
 class MatrixFactorizationRouter(_TorchRouter):
-    def __init__(self, dim: int = 32, **kw):
-        super().__init__(**kw)
+    """p(success) = sigmoid(v_m . W x + b_m): model vectors against task embeddings projected to ``dim``."""
+
+    def __init__(self, dim: int = 32, epochs: int = 30, lr: float = 3e-3, weight_decay: float = 1e-4,
+                 batch_size: int = 4096, val_fraction: float = 0.1, patience: int = 5, seed: int = 0):
+        super().__init__(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         val_fraction=val_fraction, patience=patience, seed=seed)
         self.dim = dim
 
     def _build(self, d, m):
@@ -175,12 +268,15 @@ class MatrixFactorizationRouter(_TorchRouter):
     def add_model(self, X, y) -> int:
         """Learn one new model's vector and bias from its labelled tasks; the task projection and the other
         models stay fixed. Returns the new model's column index."""
+        X = torch.from_numpy(self._predict_inputs(X))
+        y = check_success_matrix(np.asarray(y, np.float32).reshape(-1, 1), len(X), "add_model")
+        if np.isnan(y).any():
+            raise InputError("add_model: y must say for every task whether the new model succeeded (no NaN)")
         net = self.net_
         old_models, old_bias = net.models.data.clone(), net.bias.data.clone()
         new_vec = torch.nn.Parameter(torch.zeros(1, net.models.shape[1]))
         new_b = torch.nn.Parameter(torch.zeros(1))
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        y = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(-1)
+        y = torch.from_numpy(y).reshape(-1)
         with torch.no_grad():
             Z = net.proj(X)
         opt = torch.optim.Adam([new_vec, new_b], lr=0.05)
@@ -195,9 +291,10 @@ class MatrixFactorizationRouter(_TorchRouter):
         return net.models.shape[0] - 1
 
 
-class SequenceClassifierRouter:
+class SequenceClassifierRouter(_Router):
     """Fine-tune a local transformers checkpoint (e.g. a small BERT/MiniLM) as a multi-label success predictor
-    on the raw task texts. ``X`` here is a list of texts, not embeddings."""
+    on the raw task texts. ``X`` here is a list of texts, not embeddings, so scikit-learn's generic checks
+    (which feed numeric arrays) do not apply; the API contract (parameters, clone, fit state) does."""
 
     takes_text = True
 
@@ -206,6 +303,12 @@ class SequenceClassifierRouter:
         self.checkpoint, self.epochs, self.lr = checkpoint, epochs, lr
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
     def _checkpoint(self) -> str:
         if self.checkpoint:
             return str(self.checkpoint)
@@ -213,41 +316,54 @@ class SequenceClassifierRouter:
 
         return str(pkg.get_model_path())
 
-    def fit(self, texts, Y, sample_weight=None):
+    @staticmethod
+    def _texts(texts) -> list[str]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("SequenceClassifierRouter needs a list of task texts as X")
+        return list(texts)
+
+    def fit(self, X, Y, sample_weight=None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        torch.manual_seed(self.seed)
+        texts = self._texts(X)
+        Y = check_success_matrix(Y, len(texts), "SequenceClassifierRouter")
+        w = torch.from_numpy(check_sample_weight(sample_weight, len(texts), "SequenceClassifierRouter"))
         Yt, M = _masked_targets(Y)
         ckpt = self._checkpoint()
-        self.tokenizer_ = AutoTokenizer.from_pretrained(ckpt)
-        self.model_ = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=Yt.shape[1])
-        opt = torch.optim.AdamW(self.model_.parameters(), lr=self.lr)
-        texts = list(texts)
-        for epoch in range(self.epochs):
-            self.model_.train()
-            order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                enc = self.tokenizer_([texts[i] for i in idx], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt")
-                logits = self.model_(**enc).logits
-                l = torch.nn.functional.binary_cross_entropy_with_logits(logits, Yt[idx], reduction="none")
-                loss = (l * M[idx]).sum() / M[idx].sum().clamp(min=1)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        self.model_.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            tokenizer = AutoTokenizer.from_pretrained(ckpt)
+            model = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=Yt.shape[1])
+            opt = torch.optim.AdamW(model.parameters(), lr=self.lr)
+            for epoch in range(self.epochs):
+                model.train()
+                order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+                for s in range(0, len(order), self.batch_size):
+                    idx = order[s : s + self.batch_size]
+                    enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt")
+                    logits = model(**enc).logits
+                    l = torch.nn.functional.binary_cross_entropy_with_logits(logits, Yt[idx], reduction="none")
+                    wm = M[idx] * w[idx, None]
+                    loss = (l * wm).sum() / wm.sum().clamp(min=1)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        self.tokenizer_, self.model_ = tokenizer, model.eval()
         return self
 
-    def predict_proba(self, texts) -> np.ndarray:
+    def predict_proba(self, X) -> np.ndarray:
+        """(n_tasks, n_models) float64 success probabilities."""
+        check_is_fitted(self)
+        texts = self._texts(X)
         out = []
-        texts = list(texts)
         with torch.no_grad():
             for s in range(0, len(texts), 256):
                 enc = self.tokenizer_(texts[s : s + 256], padding=True, truncation=True, max_length=self.max_length,
                                       return_tensors="pt")
                 out.append(torch.sigmoid(self.model_(**enc).logits).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        n_models = self.model_.config.num_labels
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, n_models), np.float64)
 
 
 def make_router(name: str, **kw):
@@ -261,6 +377,4 @@ def make_router(name: str, **kw):
         return MatrixFactorizationRouter(**kw)
     if name == "slm":
         return SequenceClassifierRouter(**kw)
-    from visroute.errors import VisrouteError
-
     raise VisrouteError(f"unknown router '{name}' ({', '.join(ROUTERS)})")

@@ -1,43 +1,55 @@
-"""Routing one task end to end: choose with the router, then call the chosen model's pipeline."""
+"""Routing one task end to end: choose with the router, then run the chosen model's measured pipeline.
+
+The query becomes a ``Task`` whose router text comes from the same ``task_text`` as the training records, and
+the chosen model is rebuilt from the exact pipeline spec its records carry, through ``build_pipeline``.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from visroute.errors import VisrouteError
 from visroute.router.bundle import RouterBundle
 from visroute.tasks.model import Task
 
 
-def build_pipeline(config: dict):
-    """A pipeline from a grid model entry ({name, head, model|vlm|llm, ...})."""
-    from visroute.heads.vlm import CLIPOptionsPipeline, VLMDirectPipeline, VLMThenLLMPipeline
-    from visroute.llm import ResponseCache, load_generator
-    from visroute.models import load_model
-
-    head = config.get("head")
-    cache = ResponseCache()
-    if head in ("zeroshot", "clip-options", "descriptions", "cupl", "classname-free"):
-        return CLIPOptionsPipeline(load_model(config["model"]))
-    if head == "vlm":
-        return VLMDirectPipeline(load_generator(config["vlm"], cache=cache), config.get("prompt", "mcq"))
-    if head == "vlm+llm":
-        return VLMThenLLMPipeline(load_generator(config["vlm"], cache=cache), load_generator(config["llm"], cache=cache))
-    raise VisrouteError(f"model entry {config.get('name')!r} has an unknown head {head!r}")
+def make_query(question: str, options: list[str], image: str | Path | None = None, context: str = "") -> Task:
+    """A user's task: text-only when ``image`` is None."""
+    if not question or not question.strip():
+        raise VisrouteError("the task needs a question or instruction")
+    if len(options) < 2:
+        raise VisrouteError("give at least two options")
+    if image is not None:
+        p = Path(image)
+        if not p.is_file():
+            raise VisrouteError(f"image {image} does not exist or is not a regular file")
+        image = str(p.resolve())
+    return Task("query", image, question.strip(), list(options), None, context, "query", "vqa" if image else "text")
 
 
-def route_task(bundle: RouterBundle, image: str, question: str, options: list[str], dataset: str = "user",
-               lam: float | None = None, run: bool = True) -> dict:
-    task = Task("query", image, question, options, None, "", dataset)
-    picks, proba = bundle.decide([task.text], [image], lam)
+def route_task(bundle: RouterBundle, image: str | Path | None, question: str, options: list[str],
+               lam: float | None = None, run: bool = True, variant: str | None = None, runtime=None) -> dict:
+    """Choose a model for one task and (``run``) answer it with that model's measured pipeline."""
+    task = make_query(question, options, image)
+    images = None
+    if bundle.features == "text+image":
+        from visroute.router.images import encode_paths
+
+        images = encode_paths(bundle.image_model, [task.image or ""])
+    picks, proba = bundle.decide([task.text], images, lam)
     chosen = bundle.models[int(picks[0])]
-    out = {"chosen": chosen, "lambda": bundle.lam if lam is None else lam,
+    out = {"chosen": chosen, "lambda": bundle.lam if lam is None else lam, "task_text": task.text,
            "predicted_accuracy": {m: float(p) for m, p in zip(bundle.models, proba[0])},
            "expected_cost": {m: float(c) for m, c in zip(bundle.models, bundle.costs)}}
     if not run:
         return out
-    config = bundle.model_configs.get(chosen)
-    if config is None:
-        raise VisrouteError(f"the router does not know how to call '{chosen}': train it with --grid GRID.yaml")
-    pred = build_pipeline(config).predict([task])[0]
-    out.update(answer=options[pred.predicted] if pred.predicted is not None else None, raw_answer=pred.raw_answer,
-               parse_rule=pred.parse_rule, latency_s=pred.latency_s, cost=pred.cost, error=pred.error)
+    from visroute.pipeline.build import build_pipeline
+
+    spec = bundle.pipeline_spec(chosen, variant)
+    pred = build_pipeline(spec, runtime).predict([task])[0]
+    if pred.error:
+        raise VisrouteError(f"{chosen} failed to answer: {pred.error}")
+    out.update(pipeline=spec.to_dict(), answer=options[pred.predicted] if pred.predicted is not None else None,
+               raw_answer=pred.raw_answer, parse_rule=pred.parse_rule, latency_s=pred.latency_s, cost=pred.call_cost,
+               cached=pred.cached)
     return out

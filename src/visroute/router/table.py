@@ -76,17 +76,17 @@ class RoutingTable:
 
     def save(self, directory: str | Path) -> Path:
         import pyarrow as pa
-        import pyarrow.parquet as pq
+
+        from visroute.io import atomic_write_json, atomic_write_parquet
 
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         cols = {"dataset": self.dataset, "prompt_variant": self.prompt, "task_id": self.task_id, "task_text": self.text,
                 "image_id": self.image_id, "image_path": self.image_path, "weight": self.weight, "split": self.split}
         for j, m in enumerate(self.models):
             cols[f"success::{m}"] = self.success[:, j]
             cols[f"cost::{m}"] = self.cost[:, j]
-        pq.write_table(pa.table(cols), d / "table.parquet")
-        (d / "table.json").write_text(json.dumps({"models": self.models, **self.meta}, indent=1))
+        atomic_write_parquet(d / "table.parquet", pa.table(cols))
+        atomic_write_json(d / "table.json", {"models": self.models, **self.meta}, indent=1)
         return d
 
     @classmethod
@@ -105,6 +105,33 @@ class RoutingTable:
         return cls(models, col("dataset").astype(str), col("prompt_variant").astype(str), col("task_id").astype(str),
                    col("task_text").astype(str), col("image_id").astype(str), col("image_path").astype(str), success, cost,
                    col("weight").astype(np.float32), col("split").astype(str), meta)
+
+
+def record_provenance(records) -> dict:
+    """Which exact pipeline spec produced each model's records (per prompt variant), and which dataset spec each
+    dataset name stands for: what a router needs to rebuild the measured pipelines and find image features."""
+    names = set(records.column_names)
+    out: dict = {"pipelines": {}, "dataset_specs": {}}
+    if "pipeline" in names:
+        pairs = records.select(["model", "prompt_variant", "pipeline"]).group_by(["model", "prompt_variant", "pipeline"])
+        seen = pairs.aggregate([]).to_pylist()
+        for row in seen:
+            if row["pipeline"] is None:
+                continue
+            per = out["pipelines"].setdefault(row["model"], {})
+            if row["prompt_variant"] in per and per[row["prompt_variant"]] != json.loads(row["pipeline"]):
+                raise VisrouteError(f"records name two different pipelines '{row['model']}' "
+                                    f"(prompt {row['prompt_variant']}); give each pipeline its own model name")
+            per[row["prompt_variant"]] = json.loads(row["pipeline"])
+    if "dataset_spec" in names:
+        for row in records.select(["dataset", "dataset_spec"]).group_by(["dataset", "dataset_spec"]).aggregate([]).to_pylist():
+            if row["dataset_spec"] is None:
+                continue
+            prev = out["dataset_specs"].setdefault(row["dataset"], row["dataset_spec"])
+            if prev != row["dataset_spec"]:
+                raise VisrouteError(f"dataset name '{row['dataset']}' stands for two datasets ({prev}, "
+                                    f"{row['dataset_spec']}); give them different names")
+    return out
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +227,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
         split[(u >= test_fraction) & (u < test_fraction + val_fraction)] = "val"
     else:
         raise VisrouteError("split_by must be 'dataset' or 'sample'")
-    meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n)}
+    meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n),
+            "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
     return RoutingTable(list(models.astype(str)), r_dataset, r_prompt, r_task, r_text, r_image, r_image_path, success,
                         mean_cost, weight, split.astype(str), meta)

@@ -28,26 +28,34 @@ class TaskError(VisrouteError):
 @dataclass
 class Task:
     task_id: str
-    image: Any  # a file path, or a PIL image (HF datasets)
+    image: Any  # a file path, a PIL image (HF datasets), or None for a text-only task
     question: str
     options: list[str]
     answer: int | None = None
     context: str = ""
     dataset: str = ""
-    kind: str = "vqa"  # "vqa" or "classification"
+    kind: str = "vqa"  # "vqa", "text" (no image) or "classification"
     meta: dict = field(default_factory=dict)
 
     @property
     def text(self) -> str:
-        """What a router reads: instruction + options + dataset name."""
-        return task_text(self.question, self.options, self.dataset)
+        """What a router reads (see ``task_text``)."""
+        return task_text(self.question, self.options)
 
 
-def task_text(question: str, options: list[str], dataset: str, max_options: int = 20) -> str:
-    """The router's view of a task. Long option lists (classification over many classes) are abbreviated."""
-    shown = list(options[:max_options])
+def task_text(question: str, options: list[str] | None = None, max_options: int = 20) -> str:
+    """The router's view of a task: the instruction and its options, nothing else.
+
+    The one function behind both the records a router is trained on and the query it routes, so the two
+    always have the same format. The dataset name is deliberately absent: a user's query has none.
+    Long option lists (classification over many classes) are abbreviated.
+    """
+    options = list(options or [])
+    if not options:
+        return question.strip()
+    shown = options[:max_options]
     more = f"; ... ({len(options)} options)" if len(options) > max_options else ""
-    return f"{question} Options: {'; '.join(shown)}{more}. Dataset: {dataset}"
+    return f"{question.strip()} Options: {'; '.join(shown)}{more}."
 
 
 def _answer_index(raw: Any, options: list[str], where: str) -> int | None:
@@ -110,16 +118,16 @@ def load_tasks(spec: str, dataset_name: str | None = None) -> tuple[list[Task], 
             if "_error" in row:
                 raise TaskError(f"{path.name} {row['_error']}")
             image = row.get(opts.get("image", "image")) or row.get("path")
-            if not image:
-                raise TaskError(f"{where}: no image")
-            image_path = Path(image) if Path(image).is_absolute() else (path.parent / image)
+            image_path = None if not image else (Path(image) if Path(image).is_absolute() else (path.parent / image))
             options = _options(row.get(opts.get("choices", "choices"), row.get("options")), where)
             question = str(row.get(opts.get("question", "question")) or "").strip()
             if not question:
                 raise TaskError(f"{where}: empty question")
             answer = _answer_index(row.get(opts.get("answer", "answer")), options, where)
-            tasks.append(Task(str(row.get("id", row.get("task_id", n - 1))), str(image_path.resolve()), question, options,
-                              answer, str(row.get("context") or row.get("hint") or ""), name, "vqa",
+            tasks.append(Task(str(row.get("id", row.get("task_id", n - 1))),
+                              str(image_path.resolve()) if image_path else None, question, options,
+                              answer, str(row.get("context") or row.get("hint") or ""), name,
+                              "vqa" if image_path else "text",
                               {k: v for k, v in row.items() if k not in ("image", "path", "question", "choices", "options",
                                                                          "answer", "context", "hint", "id", "task_id")}))
         except TaskError as e:
@@ -142,13 +150,11 @@ def _load_hf_tasks(location: str, opts: dict, dataset_name: str | None) -> tuple
     for n, row in enumerate(obj):
         where = f"{name} row {n}"
         try:
-            image = row.get(opts.get("image", "image"))
-            if image is None:
-                raise TaskError(f"{where}: no image")  # ScienceQA has text-only questions; they are not visual tasks
+            image = row.get(opts.get("image", "image"))  # None: a text-only question (ScienceQA has many)
             options = _options(row.get(opts.get("choices", "choices")), where)
             tasks.append(Task(str(row.get("id", n)), image, str(row.get(opts.get("question", "question"), "")), options,
                               _answer_index(row.get(opts.get("answer", "answer")), options, where),
-                              str(row.get("context") or row.get("hint") or ""), name, "vqa"))
+                              str(row.get("context") or row.get("hint") or ""), name, "vqa" if image is not None else "text"))
         except TaskError as e:
             skipped.append({"row": n, "reason": str(e)})
     return tasks, skipped

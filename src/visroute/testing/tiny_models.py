@@ -1,16 +1,31 @@
-"""Tiny randomly initialised CLIP / SigLIP models, built locally and loaded through the normal hf loader.
+"""Random-weight models for smoke tests and test fixtures: tiny CLIP, SigLIP, Llama and LLaVA.
 
 They exist so that every command runs on a machine with no access to pretrained weights: the
 pipeline, batching, caching and scoring are real, only the weights are random (so predictions are
 at chance, and outputs say so). Building is deterministic: the same seed gives the same weights.
+``load_model("random-tiny[:clip|:siglip]")`` and ``load_generator("random-tiny:llama|llava")``
+build them on first use into the cache (:func:`ensure_random_tiny`); tests call the builders directly.
+
+The tiny LLaVA (CLIP vision tower + Llama text model) holds everything the Auto classes need:
+``LlavaForConditionalGeneration`` with a tiny vision tower (64x64 images, 16x16 patches -> 16 patch
+tokens + CLS), a byte-level BPE tokenizer trained offline with ``<image>`` as a special token, a
+``CLIPImageProcessor`` and a ``LlavaProcessor`` whose ``patch_size`` / ``num_additional_image_tokens``
+/ ``vision_feature_select_strategy`` match the model, so one ``<image>`` expands to exactly as many
+image tokens as the tower produces features, with a chat template that writes ``<image>`` for every
+image content part. It loads with ``AutoProcessor`` and ``AutoModelForImageTextToText``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from visroute.io import cache_root, file_lock
+from visroute.log import get_logger
+
+log = get_logger(__name__)
 
 TINY_VERSION = 1
 
@@ -22,10 +37,6 @@ _CORPUS = [
     "which is has a bird with a red crest, long legs, striped fur, metal wheels and wings",
     "the quick brown fox jumps over the lazy dog 0123456789",
 ]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VISROUTE_CACHE", Path.home() / ".cache" / "visroute"))
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -137,30 +148,6 @@ def build_tiny_siglip(directory: Path, seed: int = 0, hidden: int = 32, layers: 
     return directory
 
 
-def ensure_random_tiny(variant: str) -> Path:
-    """Build (once, atomically) and return the cached directory of the random-tiny model ``variant``
-    (clip, siglip, llama — a causal LM — or llava — a generative VLM)."""
-    target = cache_root() / "models" / f"random-tiny-{variant}-v{TINY_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    if variant == "llava":
-        from visroute.models.tiny_vlm import build_tiny_llava
-
-        builder = build_tiny_llava
-    else:
-        builder = {"siglip": build_tiny_siglip, "llama": build_tiny_llama}.get(variant, build_tiny_clip)
-    builder(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race; theirs is identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
@@ -202,3 +189,90 @@ def build_tiny_llama(directory: Path, seed: int = 0, hidden: int = 32, layers: i
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).save_pretrained(directory)
     return directory
+
+
+IMAGE_TOKEN = "<image>"
+
+# Like CHAT_TEMPLATE, with explicit newlines (transformers renders templates with trim_blocks, which eats
+# a newline written right after a block tag) and one "<image>\n" per image content part, whatever its spelling:
+# {"type": "image"} (processors), "image_url" (OpenAI) or "input_image" (Responses API).
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ '\\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
+    "{% if p['type'] == 'text' %}{{ p['text'] }}"
+    "{% elif p['type'] in ['image', 'image_url', 'input_image'] %}<image>{{ '\\n' }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{{ '\\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava(directory: Path, seed: int = 0, hidden: int = 32, layers: int = 2, image_size: int = 64,
+                     patch_size: int = 16) -> Path:
+    """Save a random tiny LLaVA (model, tokenizer, image processor, processor with chat template) into ``directory``."""
+    import torch
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig,
+                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_bpe_tokenizer(directory, extra_special=(IMAGE_TOKEN,))
+    tok = AutoTokenizer.from_pretrained(directory)
+    image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    strategy = "default"  # drop the CLS feature: (image_size / patch_size)^2 image tokens
+    num_patches = (image_size // patch_size) ** 2
+    vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                              num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                         image_seq_length=num_patches, vision_feature_select_strategy=strategy,
+                         vision_feature_layer=-1, projector_hidden_act="gelu")
+    config.pad_token_id = tok.pad_token_id
+    config.bos_token_id = tok.bos_token_id
+    config.eos_token_id = tok.eos_token_id
+
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                               eos_token_id=tok.eos_token_id)
+    model.save_pretrained(directory)
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                               vision_feature_select_strategy=strategy, chat_template=LLAVA_CHAT_TEMPLATE,
+                               image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def ensure_random_tiny(variant: str) -> Path:
+    """Build (once) and return the cached directory of the random-tiny model ``variant``.
+
+    Variants: clip, siglip, llama (a causal LM) and llava (a generative VLM). Concurrent callers
+    wait on one lock; the build happens in a temporary directory renamed into place, so a killed
+    build never leaves a half-written model behind.
+    """
+    builders = {"clip": build_tiny_clip, "siglip": build_tiny_siglip, "llama": build_tiny_llama,
+                "llava": build_tiny_llava}
+    if variant not in builders:
+        raise ValueError(f"unknown random-tiny variant {variant!r}; use one of {', '.join(builders)}")
+    target = cache_root() / "models" / f"random-tiny-{variant}-v{TINY_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    with file_lock(target.parent / f".{target.name}.lock",
+                   on_wait=lambda: log.info("waiting for another process building %s", target.name)):
+        if (target / "config.json").is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            builders[variant](tmp)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    log.info("built the random-weight smoke-test model %s", target)
+    return target

@@ -1,0 +1,92 @@
+"""What every command shares: exit codes, message helpers, common option types, and the root command group that
+turns a ``VisrouteError`` into one red line and exit code 2 (``--debug``: the traceback instead).
+
+Only typer and the standard library are imported here: ``--help``, ``--version`` and argument errors must stay
+fast, so each command imports the library inside its body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, get_type_hints
+
+import typer
+from typer.core import TyperGroup
+
+from visroute.errors import VisrouteError
+
+EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE = 0, 1, 2
+
+#: set by the root callback: -v count minus (1 if -q); read by ``quiet_libraries``
+state = {"verbosity": 0}
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+Dtype = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: one per core).")]
+RouterDir = Annotated[Path, typer.Option("--router", help="Trained router directory.")]
+TableDir = Annotated[Path, typer.Argument(help="Routing table directory.")]
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' warnings and progress bars unless the user asked for -vv."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if state["verbosity"] >= 2:
+        return
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def warn(message: str) -> None:
+    typer.secho(message, err=True, fg=typer.colors.YELLOW)
+
+
+def error(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+
+
+def exit_code(n_done: int, n_failed: int) -> int:
+    """0: everything ran; 1: some runs failed or items were skipped; 2: nothing ran because of errors."""
+    return EXIT_USAGE if n_failed and not n_done else (EXIT_SOME_SKIPPED if n_failed else EXIT_OK)
+
+
+class VisrouteGroup(TyperGroup):
+    """Root command group: a ``VisrouteError`` from any command is printed as one line (exit 2), not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VisrouteError as e:
+            if ctx.params.get("debug"):
+                raise
+            error(str(e))
+            raise typer.Exit(EXIT_USAGE) from None
+
+
+def options_from(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
+    """Declare a command's options as the fields of a dataclass (``Annotated`` types, defaults): the command
+    receives one instance, so a command with many flags keeps a short body and its options stay one object."""
+    hints = get_type_hints(cls, include_extras=True)
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(cls)]
+
+    def wrap(fn: Callable[[Any], None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            return fn(cls(**kwargs))
+
+        # typer reads this signature (inspect stops unwrapping at __signature__), not fn's single argument
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {}
+        return command
+
+    return wrap

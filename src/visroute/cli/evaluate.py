@@ -1,0 +1,122 @@
+"""``visroute eval`` (models x datasets with one head, or task pipelines) and ``visroute report``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from visroute.cli._common import BatchSize, Device, Dtype, Workers, error, exit_code, options_from, quiet_libraries, warn
+
+Opt = typer.Option
+
+
+@dataclass
+class EvalArgs:
+    """Every ``visroute eval`` flag. Groups: what to run; task pipelines; prompts and descriptions; random controls
+    and disclip; output and execution."""
+
+    dataset: Annotated[list[str], Opt("--dataset", "-d", help="Dataset or task-file spec; repeat for several.")]
+    model: Annotated[Optional[list[str]], Opt("--model", "-m", help="Contrastive model spec; repeat for several.")] = None
+    head: Annotated[str, Opt(help="zeroshot, descriptions, cupl, random-words, random-chars, classname-free, disclip; "
+                                  "task pipelines: vlm, vlm+llm, clip-options.")] = "zeroshot"
+    # task pipelines
+    vlm: Annotated[Optional[str], Opt(help="Generative VLM spec (hf:<dir> or openai-compatible:<url>#<model>).")] = None
+    llm: Annotated[Optional[str], Opt(help="LLM spec for vlm+llm (hf:<dir> or openai-compatible:<url>#<model>).")] = None
+    prompt: Annotated[Optional[str], Opt(help="Prompt template name (mcq, mcq-text, open, ...) or file.")] = None
+    options_top_k: Annotated[Optional[int], Opt(help="Classification datasets: options = top-k of a CLIP pre-filter (--model).")] = None
+    prices: Annotated[Optional[Path], Opt(help="Price table JSON (per model: tokens, images, seconds).")] = None
+    max_tokens: Annotated[int, Opt(min=1, help="Generation length for vlm / llm.")] = 64
+    timeout: Annotated[float, Opt(help="Seconds per HTTP request.")] = 120.0
+    retries: Annotated[int, Opt(min=0)] = 4
+    concurrency: Annotated[int, Opt(min=1, help="Parallel HTTP requests.")] = 4
+    # prompts and descriptions
+    templates: Annotated[Optional[str], Opt(help="Templates with {c}: .txt, JSON list or FILE.json:KEY.")] = None
+    classnames: Annotated[Optional[str], Opt(help="Class names overriding the dataset's (FILE or FILE.json:KEY).")] = None
+    descriptions: Annotated[Optional[str], Opt(help="Description file (DCLIP, CuPL, DisCLIP or visroute JSON).")] = None
+    fallback_descriptions: Annotated[Optional[str], Opt(help="Descriptions for classes the first file leaves empty.")] = None
+    description_style: Annotated[str, Opt(help="dclip ('{c}, which is/has {d}'), photo ('A photo of a {c}, {d}.') or sentence.")] = "dclip"
+    # random controls, classname-free and disclip
+    repeats: Annotated[int, Opt(min=1, help="Repetitions of the random controls (mean +- std).")] = 5
+    seed: Annotated[int, Opt(help="Seed of the random controls.")] = 0
+    w_cls: Annotated[float, Opt(help="Class-name weight for classname-free / disclip scoring.")] = 0.0
+    w_cls_sweep: Annotated[Optional[str], Opt(help="Comma-separated w_cls values to sweep (classname-free).")] = None
+    selection_dataset: Annotated[Optional[str], Opt(help="Labelled selection split for disclip.")] = None
+    n_per_class: Annotated[Optional[int], Opt(help="Selection images per class (default: smallest class).")] = None
+    k: Annotated[int, Opt("-k", help="disclip neighbourhood size.")] = 3
+    m: Annotated[int, Opt("-M", "--m-descriptions", help="disclip descriptions kept per candidate.")] = 5
+    disclip_mode: Annotated[str, Opt(help="classname-free or classname-containing.")] = "classname-free"
+    # output and execution
+    output: Annotated[Path, Opt(help="Directory for result JSON + Parquet files.")] = Path("results")
+    skip_existing: Annotated[bool, Opt(help="Skip runs whose result JSON already exists.")] = False
+    batch_size: BatchSize = 64
+    workers: Workers = None
+    shard_size: Annotated[int, Opt(min=1, help="Images per feature-cache shard (resume granularity).")] = 2048
+    fast_decode: Annotated[bool, Opt(help="Opt-in reduced-size JPEG decoding.")] = False
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    progress: Annotated[bool, Opt(help="Progress bars.")] = True
+
+    def eval_options(self):
+        """The library's ``EvalOptions`` for a contrastive-head run (a usage error if --w-cls-sweep is malformed)."""
+        from visroute.errors import VisrouteError
+        from visroute.eval.run import EvalOptions
+
+        try:
+            sweep = [float(x) for x in self.w_cls_sweep.split(",") if x.strip()] if self.w_cls_sweep else []
+        except ValueError:
+            raise VisrouteError(f"--w-cls-sweep must be comma-separated numbers, got {self.w_cls_sweep!r}") from None
+        keep = ("head", "templates", "classnames", "descriptions", "fallback_descriptions", "description_style",
+                "repeats", "seed", "w_cls", "selection_dataset", "n_per_class", "k", "m", "disclip_mode", "output",
+                "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress", "device", "dtype")
+        return EvalOptions(w_cls_sweep=sweep, **{name: getattr(self, name) for name in keep})
+
+    def task_arguments(self) -> dict:
+        """Keyword arguments of ``evaluate_task_datasets``."""
+        names = ("head", "vlm", "llm", "prompt", "options_top_k", "prices", "max_tokens", "timeout", "retries",
+                 "concurrency", "output", "device", "dtype")
+        return {"datasets": self.dataset, "models": self.model or [], **{n: getattr(self, n) for n in names}}
+
+
+@options_from(EvalArgs)
+def eval_cmd(args: EvalArgs) -> None:
+    """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
+    from visroute.eval.report import summary_table, task_table
+    from visroute.eval.task_eval import TASK_HEADS
+
+    quiet_libraries()
+    if args.head in TASK_HEADS:
+        from visroute.eval.task_eval import evaluate_task_datasets
+
+        rows, errors = evaluate_task_datasets(**args.task_arguments())
+        table = task_table
+    else:
+        from visroute.eval.batch import evaluate_models
+
+        rows, errors = evaluate_models(args.model or [], args.dataset, args.eval_options())
+        table = summary_table
+    for doc in rows:
+        for s in doc.get("visroute", {}).get("skipped", []):
+            warn(f"skipped: {s['id']}: {s['reason']}")
+        for s in doc.get("visroute", {}).get("skipped_rows", []):
+            warn(f"skipped task row {s['row']}: {s['reason']}")
+    for message in errors:
+        error(message)
+    if rows:
+        typer.echo(table(rows))
+    raise typer.Exit(exit_code(len(rows), len(errors)))
+
+
+def report(
+    directory: Annotated[Path, typer.Argument(help="Directory with result JSON files (searched recursively).")],
+    plot: Annotated[Optional[Path], Opt(help="Write a PNG bar chart of acc1 per dataset and model.")] = None,
+    metric: Annotated[str, Opt(help="Metric to plot: acc1, acc5 or mean_per_class_recall.")] = "acc1",
+) -> None:
+    """Compare result files: a table, and optionally a PNG bar chart."""
+    from visroute.eval.report import report_directory
+
+    typer.echo(report_directory(directory, plot, metric))
+    if plot is not None:
+        typer.echo(f"wrote {plot}", err=True)

@@ -1,0 +1,111 @@
+"""Task-pipeline evaluation over several datasets (``visroute eval --head vlm|vlm+llm|clip-options``).
+
+A task file (CSV/JSONL with a ``question`` column) is read as multiple-choice tasks; any other dataset spec is a
+classification dataset turned into tasks whose options are its class names, or the top-k of a CLIP pre-filter.
+One dataset's failure is counted and reported, and the others still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from visroute.errors import VisrouteError
+
+TASK_HEADS = ("vlm", "vlm+llm", "clip-options")
+
+
+def _make_task_pipeline(head: str, clip, vlm: str | None, llm: str | None, prompt: str | None, prices: Path | None,
+                        gen_kw: dict):
+    """The pipeline that answers tasks for ``head``; ``clip`` is a loaded contrastive model or None."""
+    from visroute.heads.vlm import CLIPOptionsPipeline, VLMDirectPipeline, VLMThenLLMPipeline
+    from visroute.llm import ResponseCache, load_generator
+    from visroute.tasks.costs import PriceTable
+
+    table = PriceTable.load(prices)
+    cache = ResponseCache()
+    if head == "clip-options":
+        if clip is None:
+            raise VisrouteError("head 'clip-options' needs --model (a contrastive model)")
+        return CLIPOptionsPipeline(clip, prices=table)
+    if head == "vlm":
+        if not vlm:
+            raise VisrouteError("head 'vlm' needs --vlm")
+        return VLMDirectPipeline(load_generator(vlm, cache=cache, **gen_kw), prompt or "mcq", table)
+    if head == "vlm+llm":
+        if not vlm or not llm:
+            raise VisrouteError("head 'vlm+llm' needs --vlm and --llm")
+        return VLMThenLLMPipeline(load_generator(vlm, cache=cache, **gen_kw), load_generator(llm, cache=cache, **gen_kw),
+                                  prices=table, **({"reason_prompt": prompt} if prompt else {}))
+    raise VisrouteError(f"unknown task head '{head}' (one of {', '.join(TASK_HEADS)})")
+
+
+def has_question_column(path: str) -> bool:
+    """Whether a CSV/JSONL file's first line names a ``question`` field: a task file, not an image manifest."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return "question" in first
+
+
+def load_task_dataset(spec: str, clip=None, options_top_k: int | None = None) -> tuple[list, list[dict], str]:
+    """(tasks, skipped rows, dataset name) for a task file or a classification dataset spec."""
+    from visroute.data.datasets import load_dataset
+    from visroute.tasks.model import load_tasks, tasks_from_classification
+
+    base = spec.partition("#")[0]
+    if base.endswith((".jsonl", ".csv")) and has_question_column(base):
+        tasks, skipped = load_tasks(spec)
+        return tasks, skipped, Path(base).stem
+    ds = load_dataset(spec)
+    top = None
+    if options_top_k:
+        if clip is None:
+            raise VisrouteError("--options-top-k needs --model for the CLIP pre-filter")
+        top = clip_prefilter(clip, ds, options_top_k)
+    return tasks_from_classification(ds, top), [], ds.name
+
+
+def clip_prefilter(clip, ds, k: int):
+    """Indices of each image's k most probable classes under zero-shot CLIP (cached features)."""
+    import numpy as np
+
+    from visroute.features.cache import FeatureCache
+    from visroute.heads.zeroshot import ZeroShotClassifier
+
+    idx, X = FeatureCache().encode(clip, ds).load()
+    top = np.zeros((len(ds), k), dtype=np.int64)
+    top[idx] = ZeroShotClassifier(clip).fit(ds.classnames).predict_topk(X, k)[0]
+    return top
+
+
+def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[str] = (), vlm: str | None = None,
+                           llm: str | None = None, prompt: str | None = None, options_top_k: int | None = None,
+                           prices: Path | None = None, max_tokens: int = 64, timeout: float = 120.0, retries: int = 4,
+                           concurrency: int = 4, output: Path = Path("results"), device: str = "auto",
+                           dtype: str = "auto") -> tuple[list[dict], list[str]]:
+    """Evaluate one task pipeline on each dataset: (result documents, one message per dataset that failed).
+
+    A pipeline that cannot be built fails every dataset at once, with a single message.
+    """
+    from visroute.eval.tasks_run import evaluate_tasks
+    from visroute.models import load_model
+
+    gen_kw = dict(max_tokens=max_tokens, timeout=timeout, max_retries=retries, concurrency=concurrency, device=device)
+    try:
+        clip = load_model(models[0], device=device, dtype=dtype) if models else None
+        pipeline = _make_task_pipeline(head, clip, vlm, llm, prompt, prices, gen_kw)
+    except VisrouteError as e:
+        return [], [str(e)]
+    random = bool(clip is not None and clip.is_random) or any("random-tiny" in m for m in pipeline.models)
+    rows, errors = [], []
+    for spec in datasets:
+        try:
+            tasks, skipped, name = load_task_dataset(spec, clip, options_top_k)
+            rows.append(evaluate_tasks(pipeline, tasks, name, output, prompt or "default", skipped, random,
+                                       dataset_spec=spec))
+        except VisrouteError as e:
+            errors.append(f"{head} on {spec}: {e}")
+    return rows, errors

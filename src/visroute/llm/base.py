@@ -1,0 +1,152 @@
+"""What every generation backend shares: the request and result types, OpenAI-style messages, and the
+``Generator`` base (cache lookup, per-request failure capture, a warning that counts failures).
+
+Backends (``visroute.llm.client``, ``visroute.llm.hf_vlm``) import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from visroute.llm.cache import ResponseCache, request_key
+from visroute.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ChatRequest:
+    """One chat turn: a user prompt, optionally with images (PIL images or file paths)."""
+
+    prompt: str
+    images: list[Any] = field(default_factory=list)
+    system: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float = 0.0
+    cached: bool = False
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def image_png_bytes(image: Any) -> bytes:
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        from visroute.data.images import load_image
+
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+def image_content_hash(image: Any) -> str:
+    """Content hash for the cache key: the file's bytes for a path (no decoding), the pixels for a PIL image."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            from visroute.data.images import ImageDecodeError
+
+            raise ImageDecodeError(f"cannot read image {image} ({e})") from None
+    h = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def openai_messages(req: ChatRequest, for_key: bool) -> list[dict]:
+    """OpenAI chat messages; in the cache key, images are represented by their content hash."""
+    msgs = []
+    if req.system:
+        msgs.append({"role": "system", "content": req.system})
+    if not req.images:
+        msgs.append({"role": "user", "content": req.prompt})
+        return msgs
+    content: list[dict] = []
+    for im in req.images:
+        if for_key:
+            content.append({"type": "image", "sha256": image_content_hash(im)})
+        else:
+            url = "data:image/png;base64," + base64.b64encode(image_png_bytes(im)).decode()
+            content.append({"type": "image_url", "image_url": {"url": url}})
+    content.append({"type": "text", "text": req.prompt})
+    msgs.append({"role": "user", "content": content})
+    return msgs
+
+
+class Generator:
+    """Base: cache lookup, bounded concurrency, per-request failure capture."""
+
+    spec: str
+    concurrency: int = 1
+
+    def __init__(self, cache: ResponseCache | None = None, max_tokens: int = 256, temperature: float = 0.0):
+        self.cache = cache
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    @property
+    def params(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
+
+    def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
+        raise NotImplementedError
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
+        requests = list(requests)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        from visroute.data.images import ImageDecodeError
+
+        keys: list[str | None] = []
+        for i, r in enumerate(requests):
+            try:
+                keys.append(request_key(self.spec, openai_messages(r, for_key=True), self.params))
+            except ImageDecodeError as e:  # an unreadable image fails its own request, not the batch
+                keys.append(None)
+                results[i] = GenerationResult("", error=f"image: {e}", attempts=0)
+        todo = []
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                # latency and tokens are those of the original call: what the call costs, though this one was free
+                results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], hit["latency_s"] or 0.0,
+                                              cached=True, attempts=0)
+            else:
+                todo.append(i)
+        if todo:
+            fresh = self._generate_uncached([requests[i] for i in todo])
+            for i, res in zip(todo, fresh):
+                results[i] = res
+                if res.ok and self.cache is not None:
+                    self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s)
+        _warn_failures(self.spec, results)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+
+def _warn_failures(spec: str, results: list[GenerationResult]) -> None:
+    """Failed requests are returned, not raised; say how many, once per batch, with the first reason."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        log.warning("%s: %d of %d request(s) failed and are recorded as errors (first: %s)",
+                    spec, len(failed), len(results), failed[0].error)

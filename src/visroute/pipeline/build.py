@@ -1,0 +1,144 @@
+"""``build_pipeline(spec)``: the one factory behind classify, eval, grid, describe, route (and serve / Ray).
+
+A built pipeline answers multiple-choice tasks (``predict(tasks) -> list[TaskPrediction]``, each with its
+prediction, scores, cost, latency and error) and, for contrastive specs, also gives the fitted image
+classifier for a list of class names (``classifiers(classnames)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from visroute.errors import VisrouteError
+from visroute.pipeline.spec import PipelineSpec
+
+
+@dataclass
+class Runtime:
+    """How to reach and run models, kept out of the spec: transport limits and shared caches.
+
+    ``models`` memoises loaded models by (spec, device, dtype) so a grid loads each model once.
+    """
+
+    timeout: float = 120.0
+    retries: int = 4
+    concurrency: int = 4
+    response_cache: Any = None
+    models: dict = field(default_factory=dict)
+
+    def cache(self):
+        if self.response_cache is None:
+            from visroute.llm import ResponseCache
+
+            self.response_cache = ResponseCache()
+        return self.response_cache
+
+
+def price_table(spec: PipelineSpec):
+    from visroute.tasks.costs import PriceTable
+
+    return PriceTable(spec.prices) if spec.prices is not None else PriceTable()
+
+
+def spec_templates(spec: PipelineSpec) -> list[str]:
+    from visroute.data.text import load_templates, validate_templates
+
+    if isinstance(spec.templates, tuple):
+        return validate_templates(list(spec.templates))
+    return load_templates(spec.templates)
+
+
+def load_contrastive(spec: PipelineSpec, runtime: Runtime | None = None):
+    runtime = runtime or Runtime()
+    key = ("clip", spec.model, spec.device, spec.dtype)
+    if key not in runtime.models:
+        from visroute.models import load_model
+
+        runtime.models[key] = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+    return runtime.models[key]
+
+
+def load_generative(model_spec: str, spec: PipelineSpec, runtime: Runtime):
+    key = ("gen", model_spec, spec.max_tokens, spec.temperature, spec.device)
+    if key not in runtime.models:
+        from visroute.llm import load_generator
+
+        runtime.models[key] = load_generator(model_spec, cache=runtime.cache(), max_tokens=spec.max_tokens,
+                                             temperature=spec.temperature, device=spec.device, timeout=runtime.timeout,
+                                             max_retries=runtime.retries, concurrency=runtime.concurrency)
+    return runtime.models[key]
+
+
+def build_pipeline(spec: PipelineSpec | dict, runtime: Runtime | None = None, model: Any = None):
+    """The pipeline a spec describes. ``model``: an already loaded contrastive model to use instead of loading."""
+    from visroute.heads.vlm import VLMDirectPipeline, VLMThenLLMPipeline
+
+    spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
+    runtime = runtime or Runtime()
+    prices = price_table(spec)
+    if spec.head == "vlm":
+        return VLMDirectPipeline(load_generative(spec.vlm, spec, runtime), spec.prompt, prices, spec=spec)
+    if spec.head == "vlm+llm":
+        return VLMThenLLMPipeline(load_generative(spec.vlm, spec, runtime), load_generative(spec.llm, spec, runtime),
+                                  spec.describe_prompt, spec.reason_prompt, prices, spec=spec)
+    return ContrastivePipeline(spec, model if model is not None else load_contrastive(spec, runtime), prices)
+
+
+def _clip_options_class():
+    from visroute.heads.vlm import CLIPOptionsPipeline
+
+    return CLIPOptionsPipeline
+
+
+class ContrastivePipeline:
+    """A contrastive model with a head: classifies images against class names, and answers tasks by scoring
+    each task's options (``clip-options``) with the spec's templates."""
+
+    name = "clip-options"
+
+    def __init__(self, spec: PipelineSpec, model, prices):
+        self.spec, self.model, self.prices = spec, model, prices
+        templates = spec_templates(spec) if spec.head in ("zeroshot", "clip-options") and spec.templates else \
+            ["a photo of a {c}."]
+        self._options = _clip_options_class()(model, templates, prices=prices)
+        self._options.spec = spec
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model.spec]
+
+    def predict(self, tasks):
+        return self._options.predict(tasks)
+
+    def image_cost(self, seconds_per_image: float) -> float:
+        """What classifying one image costs under the spec's prices (per-image price + measured seconds)."""
+        return self.prices.price(self.model.spec).cost(0, 0, 1, seconds_per_image)
+
+    def classifiers(self, classnames: list[str], selection: tuple | None = None) -> list:
+        """Fitted head(s) for the spec: several for the random controls (one per repeat)."""
+        from visroute.pipeline.heads import make_heads
+
+        return make_heads(self.spec, self.model, list(classnames), selection)
+
+    def classifier(self, classnames: list[str], selection: tuple | None = None):
+        return self.classifiers(classnames, selection)[0]
+
+
+def check_buildable(spec: PipelineSpec) -> None:
+    """Cheap checks before any model is loaded: model specs parse, prompts exist."""
+    from visroute.models.spec import parse_model_spec
+    from visroute.tasks.prompts import load_prompt
+
+    for s in spec.model_specs:
+        parse_model_spec(s)
+    if spec.head == "vlm":
+        load_prompt(spec.prompt)
+    if spec.head == "vlm+llm":
+        load_prompt(spec.describe_prompt)
+        load_prompt(spec.reason_prompt)
+    if spec.head not in ("vlm", "vlm+llm") and spec.templates is not None and not isinstance(spec.templates, tuple):
+        spec_templates(spec)
+
+
+__all__ = ["ContrastivePipeline", "Runtime", "VisrouteError", "build_pipeline", "check_buildable", "price_table"]
