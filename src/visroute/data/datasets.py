@@ -260,7 +260,7 @@ def _read_manifest_rows(path: Path) -> list[tuple[int, dict]]:
                                        f"but the header has {len(reader.fieldnames or [])}")
                 rows.append((reader.line_num, row))
         except csv.Error as e:
-            raise DatasetError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            raise DatasetError(f"{path}:{reader.reader.line_num}: not valid CSV ({e})") from None
         return rows
     rows = []
     for n, line in enumerate(text.splitlines(), 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,10 @@ def load_image(path: str | Path, draft_size: int | None = None, max_pixels: int 
     if why:
         raise ImageDecodeError(why)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # our own limit decides; PIL's bomb warning would only be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             if draft_size and im.format == "JPEG":
                 w, h = im.size
                 scale = min(w, h) / draft_size

@@ -104,7 +104,7 @@ def _read_csv_column(path: Path, text: str, column: str, what: str, error: type[
                         f"use '{path}:COLUMN'")
         return [row[column].strip() for row in reader if (row.get(column) or "").strip()]
     except csv.Error as e:
-        raise error(f"{what} file '{path}', line {reader.line_num}: not valid CSV ({e})") from None
+        raise error(f"{what} file '{path}', line {reader.reader.line_num}: not valid CSV ({e})") from None
 
 
 def parse_labels(labels: str | None = None, labels_file: str | None = None) -> tuple[list[str], list[str]]:

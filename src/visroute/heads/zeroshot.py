@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import accuracy_score
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from visroute.data.text import DEFAULT_TEMPLATES, validate_classnames, validate_templates
 from visroute.errors import InputError
@@ -49,11 +49,11 @@ def as_feature_tensor(X, n_features: int | None = None, owner: str = "head") -> 
     """Image features as a float32 CPU tensor (n, n_features), or a one-line InputError saying what is wrong."""
     if isinstance(X, torch.Tensor):
         t = X.detach().to("cpu", torch.float32)
-    else:
+    else:  # scikit-learn's own checks, so messages match what its users know (sparse, complex, NaN, 1-D, ...)
         try:
-            a = np.asarray(X, dtype=np.float32)
+            a = check_array(X, dtype=np.float32, ensure_min_samples=0, ensure_all_finite=False, input_name="X")
         except (TypeError, ValueError) as e:
-            raise InputError(f"{owner} needs numeric image features, got {type(X).__name__} ({e})") from None
+            raise InputError(f"{owner}: {str(e).splitlines()[0]}") from None
         t = torch.from_numpy(np.require(a, requirements=["C", "W"]))
     if t.ndim != 2:
         raise InputError(f"{owner} needs a 2-D array of image features (n_images, dim), got shape {tuple(t.shape)}")

@@ -1,6 +1,6 @@
 """Routers: estimators that predict each model's probability of success for a task.
 
-All are scikit-learn estimators: ``fit(X, Y, sample_weight=None)`` with X task features (n, d) and Y successes
+All are scikit-learn estimators: ``fit(X, y, sample_weight=None)`` with X task features (n, d) and y successes
 (n, m) in [0, 1] (NaN = model not run on that task, ignored), ``predict_proba(X) -> (n, m)``. A router is a
 multi-output probability regressor (``RegressorMixin``): ``predict`` equals ``predict_proba`` and ``score`` is
 R^2 over the observed entries. Features are task-text embeddings (MiniLM), optionally concatenated with the
@@ -32,6 +32,8 @@ ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
 
 def check_success_matrix(Y, n_samples: int, owner: str) -> np.ndarray:
     """Y as float32 (n_tasks, n_models), values in [0, 1] or NaN (not run); a one-line InputError otherwise."""
+    if Y is None:
+        raise InputError(f"{owner} requires y to be passed, but the target y is None (a tasks x models success matrix)")
     try:
         Y = np.asarray(Y, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -42,6 +44,8 @@ def check_success_matrix(Y, n_samples: int, owner: str) -> np.ndarray:
     if len(Y) != n_samples:
         raise InputError(f"{owner}: X has {n_samples} tasks but Y has {len(Y)} rows")
     observed = Y[~np.isnan(Y)]
+    if Y.size and not observed.size:
+        raise InputError(f"{owner}: Y is NaN everywhere; no model was observed on any task")
     if observed.size and (observed.min() < 0 or observed.max() > 1):
         raise InputError(f"{owner}: Y must hold success rates in [0, 1] (NaN = not run), "
                          f"got values in [{observed.min():g}, {observed.max():g}]")
@@ -77,10 +81,10 @@ class _Router(RegressorMixin, BaseEstimator):
         tags.regressor_tags.poor_score = True  # a probability of success, not a fit to arbitrary targets
         return tags
 
-    def _fit_inputs(self, X, Y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_inputs(self, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = validate_data(self, X, dtype=np.float32, order="C", reset=True)
         name = type(self).__name__
-        return X, check_success_matrix(Y, len(X), name), check_sample_weight(sample_weight, len(X), name)
+        return X, check_success_matrix(y, len(X), name), check_sample_weight(sample_weight, len(X), name)
 
     def _predict_inputs(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -91,12 +95,12 @@ class _Router(RegressorMixin, BaseEstimator):
         """Predicted probability of success of each model, (n_tasks, n_models): the same as ``predict_proba``."""
         return self.predict_proba(X)
 
-    def score(self, X, Y, sample_weight=None) -> float:
-        """Mean over models of R^2 on the observed (non-NaN) entries of Y."""
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean over models of R^2 on the observed (non-NaN) entries of the success matrix ``y``."""
         from sklearn.metrics import r2_score
 
         P = self.predict(X)
-        Y = np.asarray(Y, dtype=np.float64).reshape(P.shape)
+        Y = np.asarray(y, dtype=np.float64).reshape(P.shape)
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         scores = []
         for j in range(Y.shape[1]):
@@ -113,8 +117,9 @@ class KNNRouter(_Router):
         self.k = k
         self.aggregate_duplicates = aggregate_duplicates
 
-    def fit(self, X, Y, sample_weight=None):
-        X, Y, w = self._fit_inputs(X, Y, sample_weight)
+    def fit(self, X, y, sample_weight=None):
+        """X (n_tasks, d) features, y (n_tasks, n_models) successes in [0, 1] (NaN: not run)."""
+        X, Y, w = self._fit_inputs(X, y, sample_weight)
         if self.k < 1:
             raise InputError(f"KNNRouter: k must be >= 1, got {self.k}")
         mask = ~np.isnan(Y)
@@ -166,8 +171,9 @@ class _TorchRouter(_Router):
     def _build(self, d: int, m: int) -> torch.nn.Module:
         raise NotImplementedError
 
-    def fit(self, X, Y, sample_weight=None):
-        X, Y, w = self._fit_inputs(X, Y, sample_weight)
+    def fit(self, X, y, sample_weight=None):
+        """X (n_tasks, d) features, y (n_tasks, n_models) successes in [0, 1] (NaN: not run)."""
+        X, Y, w = self._fit_inputs(X, y, sample_weight)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.net_ = self._train(torch.from_numpy(X), *_masked_targets(Y), torch.from_numpy(w))
@@ -322,11 +328,12 @@ class SequenceClassifierRouter(_Router):
             raise InputError("SequenceClassifierRouter needs a list of task texts as X")
         return list(texts)
 
-    def fit(self, X, Y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None):
+        """X: task texts; y (n_tasks, n_models) successes in [0, 1] (NaN: not run)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         texts = self._texts(X)
-        Y = check_success_matrix(Y, len(texts), "SequenceClassifierRouter")
+        Y = check_success_matrix(y, len(texts), "SequenceClassifierRouter")
         w = torch.from_numpy(check_sample_weight(sample_weight, len(texts), "SequenceClassifierRouter"))
         Yt, M = _masked_targets(Y)
         ckpt = self._checkpoint()

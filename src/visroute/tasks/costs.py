@@ -2,7 +2,9 @@
 
 Price table (JSON): ``{"<model spec or fnmatch pattern>": {"input_per_mtok": 0.15, "output_per_mtok": 0.6,
 "per_image": 0.0, "per_second": 0.0}}``. Local models are priced by measured seconds times ``per_second``
-(e.g. a GPU-hour price / 3600); the first matching entry wins. Cached responses and failed calls cost nothing.
+(e.g. a GPU-hour price / 3600); the most specific matching entry wins (the exact spec, then the pattern with
+the most literal characters, ``"*"`` last), so a table means the same whatever its key order (pipeline specs
+store it with sorted keys). Cached responses and failed calls cost nothing.
 The unit is whatever currency the table uses (the shipped default: US dollars).
 
 A model with no price is "unknown": its cost is NaN, with one warning per model, never an invented rate.
@@ -102,12 +104,16 @@ class PriceTable:
         return cls(data, source=str(path))
 
     def price(self, spec: str) -> Price:
-        """The first matching entry's price; ``Price.unknown()`` (NaN costs, one warning) when none applies."""
+        """The most specific matching entry's price; ``Price.unknown()`` (NaN costs, one warning) when none applies."""
+        matches = []
         for pattern, fields in self.table.items():
             if pattern == "*" and self.shipped and is_endpoint(spec):
                 continue  # the shipped GPU-hour fallback says nothing about what an endpoint bills
             if pattern == spec or fnmatch.fnmatchcase(spec, pattern):
-                return Price(**fields)
+                literal = len(pattern) - sum(pattern.count(c) for c in "*?[]")
+                matches.append((pattern == spec, literal, pattern, fields))
+        if matches:
+            return Price(**max(matches, key=lambda m: (m[0], m[1], m[2]))[3])
         if spec not in _warned:
             _warned.add(spec)
             log.warning("no price known for %s: its cost is reported as unknown (NaN); "

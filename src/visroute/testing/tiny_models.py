@@ -264,10 +264,11 @@ def ensure_random_tiny(variant: str) -> Path:
     target = cache_root() / "models" / f"random-tiny-{variant}-v{TINY_VERSION}"
     if (target / "config.json").is_file():
         return target
-    with file_lock(target.parent / f".{target.name}.lock",
+    with file_lock(cache_root() / "locks" / f"{target.name}.lock",
                    on_wait=lambda: log.info("waiting for another process building %s", target.name)):
         if (target / "config.json").is_file():
             return target
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             builders[variant](tmp)
