@@ -45,7 +45,7 @@ def main() -> None:
         for device, dtype in [("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "bf16")]:
             m = load_model(f"hf:{d}", device=device, dtype=dtype)
             head = ZeroShotClassifier(m, ["a photo of a {c}."]).fit(labels)
-            p = head.predict_proba(encode_image_files(m, paths[:64], num_workers=4).embeddings)
+            p = torch.from_numpy(head.predict_proba(encode_image_files(m, paths[:64], num_workers=4).embeddings))
             if ref is None:
                 ref = p
             print(f"{device:5s} {dtype}: max |p - p_cpu_fp32| = {(p - ref).abs().max().item():.2e}, "

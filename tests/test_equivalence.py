@@ -24,7 +24,7 @@ def test_hf_backend_matches_transformers_pipeline(fixture, image_backend, reques
     head = ZeroShotClassifier(model, ["a photo of a {c}."]).fit(LABELS)
     encoded = encode_image_files(model, imagenet_images, batch_size=3, num_workers=2)
     assert encoded.paths == [str(p) for p in imagenet_images]
-    ours = head.predict_proba(encoded.embeddings)
+    ours = torch.from_numpy(head.predict_proba(encoded.embeddings))
 
     if image_backend is None:  # the pipeline exactly as a user gets it by default
         pipe = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
@@ -72,7 +72,7 @@ def test_openclip_backend_matches_open_clip(tiny_openclip_dir, imagenet_images):
     model = load_model(f"openclip:local-dir:{tiny_openclip_dir}", device="cpu")
     assert model.score_rule == "softmax" and not model.is_random
     head = ZeroShotClassifier(model, templates).fit(LABELS)
-    ours = head.predict_proba(encode_image_files(model, imagenet_images, num_workers=0).embeddings)
+    ours = torch.from_numpy(head.predict_proba(encode_image_files(model, imagenet_images, num_workers=0).embeddings))
     ref = _openclip_reference(tiny_openclip_dir, imagenet_images, LABELS, templates)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     assert float(ref.std()) > 1e-6

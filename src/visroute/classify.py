@@ -103,12 +103,16 @@ def prepare_classify(inputs: Sequence[str | Path], labels: str | None = None, la
     ``VisrouteError`` raised before a single image is decoded."""
     from visroute.data.text import load_templates, parse_labels
     from visroute.errors import VisrouteError
-    from visroute.models import DEFAULT_MODEL, load_model
+    from visroute.models import DEFAULT_MODEL
 
     classnames, repeated = parse_labels(labels, labels_file)
     template_list = load_templates(templates)
     paths, skipped = find_images(inputs)
     if not paths and not skipped:
         raise VisrouteError("no image files found under the given paths")
-    head = ZeroShotClassifier(load_model(model or DEFAULT_MODEL, device=device, dtype=dtype), template_list).fit(classnames)
+    from visroute.pipeline import PipelineSpec, build_pipeline
+
+    spec = PipelineSpec(head="zeroshot", model=model or DEFAULT_MODEL, templates=tuple(template_list), device=device,
+                        dtype=dtype)
+    head = build_pipeline(spec).classifier(classnames)
     return ClassifyJob(head, classnames, template_list, list(paths), list(skipped), list(repeated))

@@ -60,7 +60,8 @@ class EvalArgs:
     progress: Annotated[bool, Opt(help="Progress bars.")] = True
 
     def eval_options(self):
-        """The library's ``EvalOptions`` for a contrastive-head run (a usage error if --w-cls-sweep is malformed)."""
+        """The library's ``EvalOptions`` for a contrastive-head run; flag combinations that cannot work are usage
+        errors here, named by their flags, before any model loads."""
         from visroute.errors import VisrouteError
         from visroute.eval.run import EvalOptions
 
@@ -68,6 +69,8 @@ class EvalArgs:
             sweep = [float(x) for x in self.w_cls_sweep.split(",") if x.strip()] if self.w_cls_sweep else []
         except ValueError:
             raise VisrouteError(f"--w-cls-sweep must be comma-separated numbers, got {self.w_cls_sweep!r}") from None
+        if self.head == "disclip" and not self.selection_dataset:
+            raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
         keep = ("head", "templates", "classnames", "descriptions", "fallback_descriptions", "description_style",
                 "repeats", "seed", "w_cls", "selection_dataset", "n_per_class", "k", "m", "disclip_mode", "output",
                 "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress", "device", "dtype")

@@ -153,8 +153,10 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
     from visroute.data.text import parse_labels
     from visroute.descriptions.sets import save_descriptions
     from visroute.errors import VisrouteError
-    from visroute.llm import ResponseCache, load_generator
+    from visroute.pipeline.build import Runtime, load_contrastive, load_generative
+    from visroute.pipeline.spec import PipelineSpec
 
+    runtime = Runtime(timeout=timeout, retries=retries, concurrency=concurrency)
     classnames, _ = parse_labels(labels_file=classes)
     near = None
     if style == "contrastive":
@@ -167,14 +169,11 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
                 raise VisrouteError(f"{confusion} has no confusion matrix for {len(classnames)} classes")
             near = confusion_neighbours(cm, n)
         else:
-            from visroute.models import load_model
-
-            emb = load_model(model or "random-tiny", device="cpu").encode_texts([f"a photo of a {c}." for c in classnames])
+            clip = load_contrastive(PipelineSpec(model=model or "random-tiny", device="cpu"), runtime)
+            emb = clip.encode_texts([f"a photo of a {c}." for c in classnames])
             near = text_neighbours(emb.numpy(), n)
-    kw: dict = {"max_tokens": max_tokens}
-    if llm.startswith("openai-compatible:"):
-        kw.update(timeout=timeout, max_retries=retries, concurrency=concurrency)
-    dset, report = generate_descriptions(load_generator(llm, cache=ResponseCache(), **kw), classnames, style, near,
-                                         progress=progress)
+    # the same loader as build_pipeline's, so a describe LLM is configured exactly like a pipeline's LLM
+    generator = load_generative(llm, PipelineSpec(head="vlm", vlm=llm, max_tokens=max_tokens), runtime)
+    dset, report = generate_descriptions(generator, classnames, style, near, progress=progress)
     save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
     return dset, report

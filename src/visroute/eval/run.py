@@ -142,6 +142,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     ds = load_dataset(dataset, classnames) if isinstance(dataset, str) else dataset
     spec_text = model.spec if isinstance(model, ContrastiveModel) else parse_model_spec(model).text
     json_path, parquet_path = result_paths(Path(opts.output), ds.name, spec_text, opts)
+    json_path.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad output path fails at once
     if opts.skip_existing and json_path.is_file():
         doc = json.loads(json_path.read_text())
         doc["_skipped_existing"] = True
@@ -227,7 +228,9 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
         },
     }
     if len(ds.classnames) > 100:
-        np.save(json_path.with_suffix(".confusion.npy"), confusion)
+        from visroute.io import atomic_write_npy
+
+        atomic_write_npy(json_path.with_suffix(".confusion.npy"), confusion)
         doc["visroute"]["confusion_matrix_file"] = json_path.with_suffix(".confusion.npy").name
     ids = [ds.item_id(int(i)) for i in indices]
     per_image = features.seconds_per_image or 0.0

@@ -15,29 +15,26 @@ from visroute.errors import VisrouteError
 TASK_HEADS = ("vlm", "vlm+llm", "clip-options")
 
 
-def _make_task_pipeline(head: str, clip, vlm: str | None, llm: str | None, prompt: str | None, prices: Path | None,
-                        gen_kw: dict):
-    """The pipeline that answers tasks for ``head``; ``clip`` is a loaded contrastive model or None."""
-    from visroute.heads.vlm import CLIPOptionsPipeline, VLMDirectPipeline, VLMThenLLMPipeline
-    from visroute.llm import ResponseCache, load_generator
+def task_pipeline_spec(head: str, models: Sequence[str], vlm: str | None, llm: str | None, prompt: str | None,
+                       prices: Path | None, max_tokens: int, device: str, dtype: str):
+    """The pipeline spec ``visroute eval --head vlm|vlm+llm|clip-options`` describes (``prompt``: the VLM's
+    question prompt for vlm, the LLM's reason prompt for vlm+llm)."""
+    from visroute.pipeline.spec import PipelineSpec
     from visroute.tasks.costs import PriceTable
 
-    table = PriceTable.load(prices)
-    cache = ResponseCache()
-    if head == "clip-options":
-        if clip is None:
-            raise VisrouteError("head 'clip-options' needs --model (a contrastive model)")
-        return CLIPOptionsPipeline(clip, prices=table)
-    if head == "vlm":
-        if not vlm:
-            raise VisrouteError("head 'vlm' needs --vlm")
-        return VLMDirectPipeline(load_generator(vlm, cache=cache, **gen_kw), prompt or "mcq", table)
-    if head == "vlm+llm":
-        if not vlm or not llm:
-            raise VisrouteError("head 'vlm+llm' needs --vlm and --llm")
-        return VLMThenLLMPipeline(load_generator(vlm, cache=cache, **gen_kw), load_generator(llm, cache=cache, **gen_kw),
-                                  prices=table, **({"reason_prompt": prompt} if prompt else {}))
-    raise VisrouteError(f"unknown task head '{head}' (one of {', '.join(TASK_HEADS)})")
+    if head not in TASK_HEADS:
+        raise VisrouteError(f"unknown task head '{head}' (one of {', '.join(TASK_HEADS)})")
+    if head == "clip-options" and not models:
+        raise VisrouteError("head 'clip-options' needs --model (a contrastive model)")
+    if head != "clip-options" and not vlm:
+        raise VisrouteError(f"head '{head}' needs --vlm" + (" and --llm" if head == "vlm+llm" else ""))
+    if head == "vlm+llm" and not llm:
+        raise VisrouteError("head 'vlm+llm' needs --vlm and --llm")
+    kw = {"prompt": prompt} if head == "vlm" and prompt else {"reason_prompt": prompt} if head == "vlm+llm" and prompt else {}
+    return PipelineSpec(head=head, model=models[0] if head == "clip-options" else None,
+                        vlm=vlm if head != "clip-options" else None, llm=llm if head == "vlm+llm" else None,
+                        max_tokens=max_tokens, prices=PriceTable.load(prices).table if prices else None,
+                        device=device, dtype=dtype, **kw)
 
 
 def has_question_column(path: str) -> bool:
@@ -91,12 +88,14 @@ def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[
     A pipeline that cannot be built fails every dataset at once, with a single message.
     """
     from visroute.eval.tasks_run import evaluate_tasks
-    from visroute.models import load_model
+    from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive
+    from visroute.pipeline.spec import PipelineSpec
 
-    gen_kw = dict(max_tokens=max_tokens, timeout=timeout, max_retries=retries, concurrency=concurrency, device=device)
+    runtime = Runtime(timeout=timeout, retries=retries, concurrency=concurrency)
     try:
-        clip = load_model(models[0], device=device, dtype=dtype) if models else None
-        pipeline = _make_task_pipeline(head, clip, vlm, llm, prompt, prices, gen_kw)
+        spec = task_pipeline_spec(head, models, vlm, llm, prompt, prices, max_tokens, device, dtype)
+        clip = load_contrastive(PipelineSpec(model=models[0], device=device, dtype=dtype), runtime) if models else None
+        pipeline = build_pipeline(spec, runtime, model=clip if head == "clip-options" else None)
     except VisrouteError as e:
         return [], [str(e)]
     random = bool(clip is not None and clip.is_random) or any("random-tiny" in m for m in pipeline.models)

@@ -34,8 +34,9 @@ class OpenAICompatibleGenerator(Generator):
         super().__init__(**kw)
         try:
             import openai
+            import tenacity  # noqa: F401  (retries in _one; checked here so a missing extra fails before any request)
         except ImportError as e:
-            raise MissingExtraError("llm", "openai", f"the endpoint {base_url}") from e
+            raise MissingExtraError("llm", e.name or "openai", f"the endpoint {base_url}") from e
         self._openai = openai
         self.base_url = base_url
         self.model = model

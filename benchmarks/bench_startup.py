@@ -1,0 +1,96 @@
+"""Start-up time of the CLI: ``--help``, ``--version`` and an argument error must not load torch or transformers.
+
+Each case runs as a fresh subprocess ``--runs`` times (after one untimed warm-up, so the OS file cache is warm);
+the table gives the minimum and the median wall time, and the median as a ratio to ``python -c pass`` (the
+interpreter's own start). The CLI cases run the installed console script when it exists (as a user types it),
+else ``python -m visroute.cli``. A second pass runs each case under ``python -c`` and reports which heavy
+modules ended up in ``sys.modules``: the assertion is that this list is empty.
+
+    .venv/bin/python benchmarks/bench_startup.py [--runs 15]
+
+The goal is a median under 0.5 s for every CLI case. The machine may be shared with other work, so take the
+minimum as the cost of start-up itself and the median as what a user sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HEAVY = ("torch", "transformers", "open_clip", "numpy", "pyarrow", "pandas", "matplotlib", "sklearn")
+GOAL_S = 0.5
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("visroute")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "visroute.cli"]
+
+
+CASES = [
+    ("python -c pass", [sys.executable, "-c", "pass"], None),
+    ("python -c 'import visroute'", [sys.executable, "-c", "import visroute"], None),
+    ("visroute --help", [*_cli(), "--help"], ["--help"]),
+    ("visroute --version", [*_cli(), "--version"], ["--version"]),
+    ("visroute classify --help", [*_cli(), "classify", "--help"], ["classify", "--help"]),
+    ("visroute eval (argument error)", [*_cli(), "eval", "--no-such-flag"], ["eval", "--no-such-flag"]),
+]
+
+PROBE = """
+import sys
+sys.argv = ["visroute", *sys.argv[1:]]
+from visroute.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("LOADED", ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def time_once(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ, check=False)
+    return time.perf_counter() - t0
+
+
+def heavy_modules(args: list[str] | None) -> list[str]:
+    """Heavy modules in sys.modules after the case ran (for `import visroute`, after the import)."""
+    code = (f"import sys, visroute; print('LOADED', ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+            if args is None else PROBE.format(heavy=HEAVY))
+    r = subprocess.run([sys.executable, "-c", code, *(args or [])], capture_output=True, text=True, check=False)
+    line = next((x for x in r.stderr.splitlines() if x.startswith("LOADED")), "LOADED ?")
+    return [m for m in line.split(" ", 1)[1].split(",") if m]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=15)
+    a = ap.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {a.runs} runs per case, CLI: {' '.join(_cli())}")
+    rows, base = [], None
+    for name, cmd, _ in CASES:
+        time_once(cmd)  # warm the file cache
+        times = [time_once(cmd) for _ in range(a.runs)]
+        med = statistics.median(times)
+        base = base or med
+        rows.append((name, min(times), med, med / base))
+    print(f"\n{'case':<34} {'min s':>7} {'median s':>9} {'x pass':>7}  heavy modules loaded")
+    ok = True
+    for (name, lo, med, ratio), (_, cmd, args) in zip(rows, CASES):
+        heavy = heavy_modules(args) if name != "python -c pass" else []
+        cli = name.startswith("visroute")
+        ok &= not heavy and (not cli or med < GOAL_S)
+        print(f"{name:<34} {lo:>7.3f} {med:>9.3f} {ratio:>7.1f}  {', '.join(heavy) or 'none'}")
+    print(f"\n{'OK' if ok else 'FAIL'}: every CLI case under {GOAL_S} s (median) and no heavy module loaded"
+          if ok else f"\nFAIL: a CLI case took {GOAL_S} s or more (median), or loaded a heavy module")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
