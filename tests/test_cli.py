@@ -192,13 +192,12 @@ def test_python_m_visroute_cli_is_the_console_script():
     assert r.returncode == 0 and r.stdout.strip().startswith("visroute ")
 
 
-def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
-    from visroute.errors import VisrouteError
-
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2 and r.stderr.strip() == f"error: no visroute result files under {tmp_path}"
     r = runner.invoke(app, ["--debug", "report", str(tmp_path)])
-    assert r.exit_code != 0 and isinstance(r.exception, VisrouteError) and "no visroute result files" in str(r.exception)
+    assert r.exit_code == 2 and r.stderr.startswith("Traceback (most recent call last):")
+    assert "report_directory" in r.stderr and r.stderr.rstrip().endswith(f"error: no visroute result files under {tmp_path}")
 
 
 @pytest.mark.parametrize("flags, level", [([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-q"], "ERROR"),

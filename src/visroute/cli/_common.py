@@ -1,5 +1,5 @@
 """What every command shares: exit codes, message helpers, common option types, and the root command group that
-turns a ``VisrouteError`` into one red line and exit code 2 (``--debug``: the traceback instead).
+turns a ``VisrouteError`` into one red line and exit code 2 (``--debug``: the traceback first, same exit code).
 
 Only typer and the standard library are imported here: ``--help``, ``--version`` and argument errors must stay
 fast, so each command imports the library inside its body.
@@ -58,14 +58,17 @@ def exit_code(n_done: int, n_failed: int) -> int:
 
 
 class VisrouteGroup(TyperGroup):
-    """Root command group: a ``VisrouteError`` from any command is printed as one line (exit 2), not a traceback."""
+    """Root command group: a ``VisrouteError`` from any command is printed as one line (exit 2), not a traceback;
+    with ``--debug`` the traceback is printed above that line."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except VisrouteError as e:
             if ctx.params.get("debug"):
-                raise
+                import traceback
+
+                typer.echo(traceback.format_exc().rstrip(), err=True)
             error(str(e))
             raise typer.Exit(EXIT_USAGE) from None
 

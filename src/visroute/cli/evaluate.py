@@ -109,7 +109,9 @@ def eval_cmd(args: EvalArgs) -> None:
         error(message)
     if rows:
         typer.echo(table(rows))
-    raise typer.Exit(exit_code(len(rows), len(errors)))
+    v = [d.get("visroute", {}) for d in rows]
+    n_skipped = sum(len(x.get("skipped", [])) + len(x.get("skipped_rows", [])) for x in v)
+    raise typer.Exit(exit_code(len(rows), len(errors) + n_skipped))
 
 
 def report(

@@ -153,10 +153,10 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
     from visroute.data.text import parse_labels
     from visroute.descriptions.sets import save_descriptions
     from visroute.errors import VisrouteError
-    from visroute.pipeline.build import Runtime, load_contrastive, load_generative
+    from visroute.pipeline.build import Runtime, load_contrastive, load_generative, typed_endpoints
     from visroute.pipeline.spec import PipelineSpec
 
-    runtime = Runtime(timeout=timeout, retries=retries, concurrency=concurrency)
+    runtime = Runtime(typed_endpoints(llm), timeout=timeout, retries=retries, concurrency=concurrency)
     classnames, _ = parse_labels(labels_file=classes)
     near = None
     if style == "contrastive":

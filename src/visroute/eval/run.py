@@ -212,7 +212,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             "classnames": ds.classnames,
             "per_class_accuracy": {c: a for c, a in zip(ds.classnames, per_class)} if len(set(ds.classnames)) == len(ds.classnames)
             else list(per_class),
-            "confusion_matrix": confusion.tolist() if len(ds.classnames) <= 100 else None,
+            "confusion_matrix": confusion.tolist() if confusion is not None and len(ds.classnames) <= 100 else None,
             "n_images": len(ds),
             "n_evaluated": int(len(indices)),
             "n_skipped": len(features.skipped),
@@ -227,7 +227,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             "predictions_file": parquet_path.name,
         },
     }
-    if len(ds.classnames) > 100:
+    if len(ds.classnames) > 100 and confusion is not None:
         from visroute.io import atomic_write_npy
 
         atomic_write_npy(json_path.with_suffix(".confusion.npy"), confusion)

@@ -88,11 +88,11 @@ def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[
     A pipeline that cannot be built fails every dataset at once, with a single message.
     """
     from visroute.eval.tasks_run import evaluate_tasks
-    from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive
+    from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive, typed_endpoints
     from visroute.pipeline.spec import PipelineSpec
 
-    runtime = Runtime(timeout=timeout, retries=retries, concurrency=concurrency)
     try:
+        runtime = Runtime(typed_endpoints(vlm, llm), timeout=timeout, retries=retries, concurrency=concurrency)
         spec = task_pipeline_spec(head, models, vlm, llm, prompt, prices, max_tokens, device, dtype)
         clip = load_contrastive(PipelineSpec(model=models[0], device=device, dtype=dtype), runtime) if models else None
         pipeline = build_pipeline(spec, runtime, model=clip if head == "clip-options" else None)

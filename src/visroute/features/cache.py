@@ -36,8 +36,12 @@ class CacheWriteError(VisrouteError):
 
 
 def feature_cache_key(model: ContrastiveModel, dataset, draft_size: int | None = None) -> str:
+    from visroute.data.images import resolve_max_pixels
+
+    # the pixel limit decides which images are skipped, so shards made under another limit are not reused
     parts = [f"format={CACHE_FORMAT}", model.spec, model.weights_fingerprint, str(model.dtype),
-             model.preprocess_fingerprint, f"draft={draft_size}", dataset.fingerprint, str(len(dataset))]
+             model.preprocess_fingerprint, f"draft={draft_size}", dataset.fingerprint, str(len(dataset)),
+             f"max_pixels={resolve_max_pixels(getattr(dataset, 'max_pixels', None))}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 

@@ -151,7 +151,8 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
         else:
             classnames, X_sel, y_sel = self._fit_inputs(X, y)
         if X_sel is None or y_sel is None:
-            raise InputError("DiscriminativeSelectionClassifier.fit needs a labelled selection set (X_sel, y_sel)")
+            missing = "; it requires y to be passed, but the target y is None" if X_sel is not None else ""
+            raise InputError(f"DiscriminativeSelectionClassifier.fit needs a labelled selection set (X_sel, y_sel){missing}")
         if self.mode not in ("classname-free", "classname-containing"):
             raise InputError(f"unknown mode '{self.mode}' (classname-free or classname-containing)")
         if self.reduce not in ("mean", "max"):

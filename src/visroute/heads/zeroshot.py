@@ -70,7 +70,8 @@ def as_label_array(y, n_samples: int, n_classes: int, owner: str = "head") -> np
     y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
     if y.ndim != 1 or len(y) != n_samples:
         raise InputError(f"{owner} needs one class index per image: y has shape {y.shape}, X has {n_samples} rows")
-    if y.size and (y.dtype.kind not in "iu" and not np.all(np.mod(y, 1) == 0)):
+    integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and bool(np.all(np.mod(y, 1) == 0)))
+    if not integral:
         raise InputError(f"{owner}: y must hold class indices (positions in the class names), got {y.dtype} values")
     y = y.astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= n_classes):

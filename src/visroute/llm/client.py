@@ -15,7 +15,6 @@ middle of a batch, so the rest of the work is kept. Concurrency is bounded by a 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,7 @@ class OpenAICompatibleGenerator(Generator):
         self.max_retries = max_retries
         self.concurrency = concurrency
         self.backoff_s = backoff_s
-        key = api_key or os.environ.get("VISROUTE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        key = api_key or "EMPTY"  # keys come only from the user's endpoint configuration (visroute.llm.endpoints)
         # retries are ours (tenacity), so the client's own are off
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
 
@@ -146,9 +145,15 @@ def load_generator(spec, cache: ResponseCache | None = None, **kw) -> Generator:
         raise ModelLoadError(f"'{parsed.text}' is a contrastive image-text encoder, not a generative model; "
                              "use it as a classification model, or give a vlm/llm such as openai:<model> or hf:<dir>")
     if parsed.backend == "openai-compatible":
-        http = {k: v for k, v in kw.items() if k in ("api_key", "timeout", "max_retries", "concurrency", "backoff_s",
+        from visroute.llm.endpoints import resolve_endpoint
+
+        # the URL and its key come from the user's configuration; ``trusted_endpoints``: URLs the user typed
+        base_url, key = resolve_endpoint(parsed.location, tuple(kw.get("trusted_endpoints") or ()))
+        http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
                                                        "max_tokens", "temperature")}
-        return OpenAICompatibleGenerator(parsed.location, parsed.model, cache=cache, **http)
+        gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)
+        gen.spec = parsed.text  # prices, caches and records name the endpoint as the spec did
+        return gen
     location = parsed.location
     if parsed.backend == "random-tiny":
         from visroute.testing.tiny_models import ensure_random_tiny

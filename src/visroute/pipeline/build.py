@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visroute.errors import VisrouteError
+from visroute.pipeline.heads import spec_templates
 from visroute.pipeline.spec import PipelineSpec
 
 
@@ -19,8 +20,11 @@ class Runtime:
     """How to reach and run models, kept out of the spec: transport limits and shared caches.
 
     ``models`` memoises loaded models by (spec, device, dtype) so a grid loads each model once.
+    ``trusted_endpoints``: endpoint URLs the user typed on the command line; any other URL must be named by the
+    user's endpoint configuration (``visroute.llm.endpoints``), never only by a grid or a router bundle.
     """
 
+    trusted_endpoints: tuple[str, ...] = ()
     timeout: float = 120.0
     retries: int = 4
     concurrency: int = 4
@@ -35,18 +39,23 @@ class Runtime:
         return self.response_cache
 
 
+def typed_endpoints(*model_specs: str | None) -> tuple[str, ...]:
+    """The endpoint URLs inside model specs the user typed on the command line (trusted: see ``Runtime``)."""
+    from visroute.models.spec import parse_model_spec
+
+    out = []
+    for s in model_specs:
+        if s:
+            p = parse_model_spec(s)
+            if p.backend == "openai-compatible" and not p.location.startswith("@"):
+                out.append(p.location)
+    return tuple(out)
+
+
 def price_table(spec: PipelineSpec):
     from visroute.tasks.costs import PriceTable
 
     return PriceTable(spec.prices) if spec.prices is not None else PriceTable()
-
-
-def spec_templates(spec: PipelineSpec) -> list[str]:
-    from visroute.data.text import load_templates, validate_templates
-
-    if isinstance(spec.templates, tuple):
-        return validate_templates(list(spec.templates))
-    return load_templates(spec.templates)
 
 
 def load_contrastive(spec: PipelineSpec, runtime: Runtime | None = None):
@@ -66,7 +75,8 @@ def load_generative(model_spec: str, spec: PipelineSpec, runtime: Runtime):
 
         runtime.models[key] = load_generator(model_spec, cache=runtime.cache(), max_tokens=spec.max_tokens,
                                              temperature=spec.temperature, device=spec.device, timeout=runtime.timeout,
-                                             max_retries=runtime.retries, concurrency=runtime.concurrency)
+                                             max_retries=runtime.retries, concurrency=runtime.concurrency,
+                                             trusted_endpoints=runtime.trusted_endpoints)
     return runtime.models[key]
 
 

@@ -7,6 +7,14 @@ from visroute.errors import VisrouteError
 from visroute.pipeline.spec import PipelineSpec
 
 
+def spec_templates(spec: PipelineSpec) -> list[str]:
+    from visroute.data.text import load_templates, validate_templates
+
+    if isinstance(spec.templates, tuple):
+        return validate_templates(list(spec.templates))
+    return load_templates(spec.templates)
+
+
 def load_spec_descriptions(spec: PipelineSpec, classnames: list[str]):
     from visroute.descriptions import load_descriptions
 
@@ -22,7 +30,6 @@ def make_heads(spec: PipelineSpec, model, classnames: list[str], selection: tupl
     from visroute.heads.descriptions import ClassnameFreeClassifier, DescriptionEnsembleClassifier, random_descriptor_set
     from visroute.heads.selection import DiscriminativeSelectionClassifier
     from visroute.heads.zeroshot import ZeroShotClassifier
-    from visroute.pipeline.build import spec_templates
 
     p = spec.params
     style = p.get("description_style", "dclip")

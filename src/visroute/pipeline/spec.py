@@ -63,7 +63,7 @@ class PipelineSpec:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise SpecError(f"unknown head '{self.head}'{_nearest(self.head, HEADS)} (heads: {', '.join(HEADS)})")
+            raise SpecError(f"unknown head '{self.head}'{nearest_key(self.head, HEADS)} (heads: {', '.join(HEADS)})")
         needs = {"vlm": ("vlm",), "vlm+llm": ("vlm", "llm")}.get(self.head, ("model",))
         missing = [k for k in needs if not getattr(self, k)]
         if missing:
@@ -74,7 +74,7 @@ class PipelineSpec:
         allowed = HEAD_PARAMS.get(self.head, ())
         for k in self.params:
             if k not in allowed:
-                raise SpecError(f"params key '{k}' does not apply to head '{self.head}'{_nearest(k, allowed)}"
+                raise SpecError(f"params key '{k}' does not apply to head '{self.head}'{nearest_key(k, allowed)}"
                                 f" (valid: {', '.join(allowed) or 'none'})")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise SpecError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
@@ -89,7 +89,7 @@ class PipelineSpec:
         valid = [f.name for f in dataclasses.fields(cls)]
         for k in raw:
             if k not in valid:
-                raise SpecError(f"{where}: unknown key '{k}'{_nearest(str(k), valid)} (valid keys: {', '.join(valid)})")
+                raise SpecError(f"{where}: unknown key '{k}'{nearest_key(str(k), valid)} (valid keys: {', '.join(valid)})")
         kw = dict(raw)
         for k in ("max_tokens",):
             if k in kw and isinstance(kw[k], str) and kw[k].isdigit():
@@ -154,7 +154,7 @@ class PipelineSpec:
         return self.prompt if self.head == "vlm" else "*"
 
 
-def _nearest(key: str, valid) -> str:
+def nearest_key(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

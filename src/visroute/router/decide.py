@@ -21,16 +21,49 @@ def lambda_grid(proba: np.ndarray, costs: np.ndarray, n: int = 200) -> np.ndarra
     return np.concatenate([[0.0], np.geomspace(1e-4 / spread, 1e3 / spread, n - 1)])
 
 
+def _share_lambda(proba: np.ndarray, costs: np.ndarray, target: float, h: int) -> float:
+    """Exact quantile calibration for the dearest model ``h``: each task goes to ``h`` while lambda is below its
+    switch point min_j (p_h - p_j) / (c_h - c_j) over the cheaper models j (ties go to the cheaper model), so the
+    smallest lambda with share <= target is a quantile of those switch points."""
+    n = len(proba)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gaps = proba[:, [h]] - proba
+        dc = costs[h] - costs
+        ratio = np.where(dc[None, :] > 0, gaps / np.where(dc > 0, dc, 1.0)[None, :],
+                         np.where(gaps > 0, np.inf, -np.inf))
+    ratio[:, h] = np.inf
+    switch = np.sort(ratio.min(axis=1))[::-1]
+    k = int(np.floor(target * n + 1e-9))
+    lam = switch[k] if k < n else 0.0
+    return float(max(lam, 0.0)) if np.isfinite(lam) else (0.0 if lam < 0 else float(lambda_grid(proba, costs)[-1]))
+
+
 def calibrate(proba: np.ndarray, costs: np.ndarray, target_cost: float | None = None,
               target_share: float | None = None, model_index: int | None = None) -> float:
     """The lambda whose choices on this (validation) set cost at most ``target_cost`` per task, or send at most
     ``target_share`` of tasks to model ``model_index`` (e.g. the heavy model); the smallest such lambda,
-    i.e. the most accurate operating point within the target."""
-    grid = lambda_grid(proba, costs)
-    for lam in grid:
+    i.e. the most accurate operating point within the target. For the share of the dearest model the lambda is
+    an exact quantile; otherwise the lambda grid brackets it and bisection refines it, so the realised share or
+    cost on validation sits at the target rather than a grid step below it."""
+    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    if target_share is not None and model_index is not None and costs[model_index] >= costs.max() and len(proba):
+        return _share_lambda(proba, costs, target_share, model_index)
+
+    def within(lam: float) -> bool:
         picks = choose(proba, costs, lam)
-        if target_cost is not None and float(np.asarray(costs)[picks].mean()) <= target_cost + 1e-12:
-            return float(lam)
-        if target_share is not None and float(np.mean(picks == model_index)) <= target_share + 1e-12:
-            return float(lam)
-    return float(grid[-1])
+        if target_cost is not None and float(costs[picks].mean()) <= target_cost + 1e-12:
+            return True
+        return target_share is not None and float(np.mean(picks == model_index)) <= target_share + 1e-12
+
+    grid = lambda_grid(proba, costs)
+    first = next((i for i, lam in enumerate(grid) if within(lam)), None)
+    if first is None:
+        return float(grid[-1])
+    if first == 0:
+        return float(grid[0])
+    lo, hi = float(grid[first - 1]), float(grid[first])
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if within(mid) else (mid, hi)
+    return hi

@@ -1,4 +1,6 @@
-"""Router evaluation against always-one-model, random, cheapest and the oracle; accuracy-cost curve."""
+"""Router evaluation against always-one-model, random, cheapest and the oracle: the accuracy-cost curve and
+RouteLLM's metrics (PGR, APGR, CPT; see ``visroute.router.metrics``), with every baseline also read at the
+router's own strong-call share (or normalised cost), so a comparison is never between different budgets."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from visroute.router.decide import choose, lambda_grid
+from visroute.router.policies import at_share, policy_curve, random_proba, reference
 
 
 def _realised(success: np.ndarray, cost: np.ndarray, picks: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
@@ -69,15 +72,23 @@ def evaluate_router(proba: np.ndarray, success: np.ndarray, cost: np.ndarray, mo
         "cost_to_match_best_single_fraction_of_most_expensive": (match_cost / singles[dear_name]["cost"])
         if match_cost is not None and singles[dear_name]["cost"] > 0 else None,
     }
+    ref = reference(success, cost, np.asarray(expected_costs, np.float64), weight)
+    curves = {}
+    report["reference"] = ref.as_dict(models)
+    report["routing_metrics"] = {}
+    for name, p in (("router", proba), ("random", random_proba(n, m)), ("oracle", np.nan_to_num(success))):
+        report["routing_metrics"][name], curves[name] = policy_curve(p, success, cost, expected_costs, weight, ref)
     if lam is not None:
         picks = choose(proba, expected_costs, lam)
         acc, c = _realised(success, cost, picks, weight)
-        gap = best_acc - cheap_acc
+        gap = ref.a_best - ref.a_cheap
+        x = ref.x_of(picks, c, weight)
         report["operating_point"] = {
-            "lambda": lam, "accuracy": acc, "cost": c,
+            "lambda": lam, "accuracy": acc, "cost": c, "x": x,
             "share": {models[j]: float(np.mean(picks == j)) for j in range(m)},
-            "performance_gap_recovered": (acc - cheap_acc) / gap if gap > 0 else None,
+            "performance_gap_recovered": (acc - ref.a_cheap) / gap if gap > 0 else None,
             "oracle_gap_recovered": (acc - best_acc) / (oracle_acc - best_acc) if oracle_acc > best_acc else None,
+            "at_equal_share": {k: at_share(curves[k], x, ref) for k in ("random", "oracle")},
         }
     return report
 

@@ -68,11 +68,11 @@ class GridSpec:
             raise VisrouteError(f"cannot read grid file {path}: {e}") from None
         if not isinstance(raw, dict) or not raw.get("datasets") or not raw.get("models"):
             raise VisrouteError(f"{path}: a grid needs 'datasets' and 'models' lists")
-        from visroute.pipeline.spec import _nearest
+        from visroute.pipeline.spec import nearest_key
 
         for k in raw:
             if k not in GRID_KEYS:
-                raise VisrouteError(f"{path}: unknown key '{k}'{_nearest(str(k), GRID_KEYS)} (valid: {', '.join(GRID_KEYS)})")
+                raise VisrouteError(f"{path}: unknown key '{k}'{nearest_key(str(k), GRID_KEYS)} (valid: {', '.join(GRID_KEYS)})")
         base = path.parent
         rel = lambda p: str((base / p).resolve()) if isinstance(p, str) and p and not Path(p).is_absolute() \
             and (base / p).exists() else p  # noqa: E731

@@ -35,13 +35,13 @@ def encode_paths(model_spec: str, paths: list[str]) -> np.ndarray:
         first = enc.skipped[0]
         raise ImageFeatureError(f"{len(enc.skipped)} image(s) cannot be embedded for routing, e.g. {first.path}: "
                                 f"{first.reason}")
-    dim = int(enc.embeddings.shape[1]) if len(enc.paths) else _dim(model)
+    dim = int(enc.embeddings.shape[1]) if len(enc.paths) else embedding_dim(model)
     lookup = {p: e.numpy() for p, e in zip(enc.paths, enc.embeddings)}
     return np.stack([lookup[p] if p else np.zeros(dim, np.float32) for p in paths]).astype(np.float32) \
         if paths else np.zeros((0, dim), np.float32)
 
 
-def _dim(model) -> int:
+def embedding_dim(model) -> int:
     import torch
 
     with torch.no_grad():
@@ -88,4 +88,4 @@ def table_image_embeddings(model_spec: str | None, part) -> np.ndarray:
         if out is None:
             out = np.zeros((len(part), emb.shape[1]), np.float32)
         out[rows] = emb
-    return out if out is not None else np.zeros((0, _dim(model)), np.float32)
+    return out if out is not None else np.zeros((0, embedding_dim(model)), np.float32)

@@ -35,7 +35,10 @@ def check_success_matrix(Y, n_samples: int, owner: str) -> np.ndarray:
     if Y is None:
         raise InputError(f"{owner} requires y to be passed, but the target y is None (a tasks x models success matrix)")
     try:
-        Y = np.asarray(Y, dtype=np.float32)
+        Y = np.asarray(Y)
+        if Y.dtype.kind == "c":
+            raise TypeError("complex values")
+        Y = Y.astype(np.float32)
     except (TypeError, ValueError) as e:
         raise InputError(f"{owner}: Y must be a numeric success matrix ({e})") from None
     if Y.ndim != 2:
@@ -122,6 +125,8 @@ class KNNRouter(_Router):
         X, Y, w = self._fit_inputs(X, y, sample_weight)
         if self.k < 1:
             raise InputError(f"KNNRouter: k must be >= 1, got {self.k}")
+        if not w.all():  # a zero-weight task carries no evidence: it must not take a neighbour's place
+            X, Y, w = X[w > 0], Y[w > 0], w[w > 0]
         mask = ~np.isnan(Y)
         if self.aggregate_duplicates and len(X):
             # many tasks share a text (same question and options): keep one point per text with its counts

@@ -2,7 +2,10 @@
 
 Record schema (Parquet, one row per (task, model) outcome)::
 
-    task_id, dataset, prompt_variant, task_text, image_id, model, correct, score, cost, latency_s
+    task_id, dataset, prompt_variant, task_text, image_id, model, correct, score, cost, latency_s[, quality]
+
+An optional float ``quality`` column (graded outcome in [0, 1], e.g. a judge's score / 10) replaces ``correct``
+as the success value wherever it is not null.
 
 Records whose ``prompt_variant`` is "*" (models that do not read the prompt, like CLIP zero-shot) apply to
 every prompt variant of the same task. Building is columnar (pyarrow + numpy factorisation), so millions of
@@ -157,6 +160,9 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     task = get("task_id", "").astype(str)
     model = cols["model"].astype(str)
     correct = np.asarray(cols["correct"], dtype=np.float32)
+    if "quality" in cols:  # graded outcomes in [0, 1] (e.g. judge scores) where given; `correct` elsewhere
+        quality = np.asarray(cols["quality"], dtype=np.float32)
+        correct = np.where(np.isnan(quality), correct, quality)
     cost = np.nan_to_num(np.asarray(get("cost", 0.0), dtype=np.float32), nan=0.0)
     text = get("task_text", "").astype(str)
     image = get("image_id", "").astype(str)

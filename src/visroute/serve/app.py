@@ -1,0 +1,111 @@
+"""The FastAPI application: ``create_app(config, keys)`` wires the state, the gate, the API, the web page and the
+offline API docs. Models load in a thread after the server is up (``/healthz`` answers at once, ``/readyz`` once
+everything is loaded); a load failure is logged and stops the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from visroute.serve.auth import KeyChecker
+from visroute.serve.batching import Admission
+from visroute.serve.config import ServeConfig
+from visroute.serve.middleware import Gate, access_logger, install_error_handlers
+from visroute.serve.state import ServeState
+
+STATIC = Path(__file__).with_name("static")
+
+
+def _decode_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, min(8, cores))
+
+
+async def _load(app: FastAPI, state: ServeState) -> None:
+    log = access_logger()
+    try:
+        await asyncio.to_thread(state.load)
+    except Exception as e:  # logged as one line; the server stops and the CLI exits with the message
+        state.load_error = state.load_error or f"{type(e).__name__}: {e}"
+        log.error(json.dumps({"event": "load_failed", "error": state.load_error}))
+        if app.state.stop_on_load_error:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    for m in state.models.values():
+        m.batcher.start()
+    log.info(json.dumps({"event": "ready", "models": list(state.models), "label_sets": list(state.label_sets),
+                         "routers": list(state.routers), "endpoints": list(state.targets)}))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    import httpx2
+
+    state: ServeState = app.state.serve
+    state.decode_pool = ThreadPoolExecutor(max_workers=_decode_workers(), thread_name_prefix="decode")
+    state.http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64))
+    loader = asyncio.get_running_loop().create_task(_load(app, state))
+    try:
+        yield
+    finally:  # uvicorn has already let in-flight requests finish (graceful shutdown)
+        loader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loader
+        for m in state.models.values():
+            await m.batcher.stop()
+        await state.http.aclose()
+        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(config: ServeConfig, keys: list[str] | None = None, open_mode: bool = False,
+               stop_on_load_error: bool = False) -> FastAPI:
+    """The service for ``config``. Without ``open_mode``, every /v1 call and /metrics needs one of ``keys``."""
+    from visroute import __version__
+    from visroute.serve import proxy, routes
+    from visroute.serve.state import ServeState
+
+    if not open_mode and not keys:
+        from visroute.serve.config import SERVE_KEYS_ENV, ServeConfigError
+
+        raise ServeConfigError(f"no API keys: set ${SERVE_KEYS_ENV} or give --api-keys-file, or pass --open to serve "
+                               "without authentication on 127.0.0.1")
+    state = ServeState(config)
+    state.admission = Admission(config.batching.max_queue)
+    app = FastAPI(title="visroute", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Zero-shot classification, cost-aware routing and an OpenAI-compatible routing proxy "
+                              "that understands images.")
+    app.state.serve = state
+    app.state.stop_on_load_error = stop_on_load_error
+    install_error_handlers(app)
+    app.add_middleware(Gate, state=state, keys=KeyChecker(keys or [], open_mode),
+                       max_body=int(config.limits.max_body_mb * 1024 * 1024))
+    app.include_router(routes.api)
+    app.include_router(proxy.api)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC / "swagger-ui" / "favicon-32x32.png", media_type="image/png")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="visroute API",
+                                   swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger-ui/favicon-32x32.png")
+
+    return app

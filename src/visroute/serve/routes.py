@@ -1,0 +1,241 @@
+"""``/v1/classify``, ``/v1/route``, ``/v1/models`` and the probes. Blocking work (decoding, text encoding,
+routing) runs off the event loop; classification forward passes go through the model's micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from visroute.errors import VisrouteError
+from visroute.serve.decode import b64_bytes, decode_image
+from visroute.serve.middleware import validation_message
+from visroute.serve.schemas import (ERRORS, ClassifyRequest, ClassifyResponse, Health, ModelCard, ModelList,
+                                    RouteRequest, RouteResponse)
+
+api = APIRouter()
+
+
+def _body_doc(model: type[BaseModel], file_field: str, required: list[str]) -> dict:
+    """The request body in the schema: JSON (``model``) or a multipart form with the image as a file."""
+    js = model.model_json_schema()
+    props = {k: ({"type": "string"} if k in ("labels", "options", "templates") else v)
+             for k, v in js["properties"].items() if k != "image"}
+    props[file_field] = {"type": "string", "format": "binary"}
+    form = {"type": "object", "properties": props, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": js},
+                                                          "multipart/form-data": {"schema": form}}}}
+
+
+async def read_body(request: Request, model: type[BaseModel], list_fields: tuple[str, ...]) -> Any:
+    """A JSON or multipart request as ``model``; the uploaded file's bytes go in ``image`` (as base64-free bytes)."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    upload = None
+    if ctype == "application/json":
+        try:
+            raw = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HTTPException(400, f"the body is not valid JSON ({getattr(e, 'msg', e)})") from None
+        if not isinstance(raw, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+    elif ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=2000)
+        except Exception as e:  # malformed multipart (starlette raises several types)
+            raise HTTPException(400, f"malformed multipart body ({e})") from None
+        raw = {}
+        for k in set(form.keys()):
+            values = form.getlist(k)
+            if isinstance(values[0], UploadFile):
+                upload = values[0]
+                continue
+            if k in list_fields:
+                raw[k] = [x.strip() for x in values[0].split(",") if x.strip()] if len(values) == 1 else list(values)
+            else:
+                raw[k] = values[0]
+        if upload is not None:
+            raw["image"] = "-"  # placeholder so the model validates; the bytes are returned separately
+    else:
+        raise HTTPException(415, f"unsupported content type '{ctype or 'none'}': send application/json or "
+                                 "multipart/form-data")
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as e:
+        raise HTTPException(422, validation_message(e.errors())) from None
+    data = await upload.read() if upload is not None else None
+    return parsed, data
+
+
+def _deadline(request: Request) -> float:
+    return request.app.state.serve.config.limits.request_timeout_s
+
+
+async def _within(request: Request, coro):
+    try:
+        return await asyncio.wait_for(coro, timeout=_deadline(request))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise HTTPException(504, f"the request took longer than its deadline of {_deadline(request):g} s") from None
+
+
+def _prepare(data: bytes | None, b64: str, model, max_pixels: int) -> tuple[Any, float]:
+    t = time.perf_counter()
+    image = decode_image(data if data is not None else b64_bytes(b64), max_pixels)
+    return model.preprocess(image), (time.perf_counter() - t) * 1000
+
+
+@api.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"],
+          openapi_extra=_body_doc(ClassifyRequest, "image", ["image"]))
+async def classify(request: Request):
+    """Zero-shot classification of one image: top-k labels and probabilities, equal to `visroute classify`."""
+    req, data = await read_body(request, ClassifyRequest, ("labels", "templates"))
+    return await _within(request, _classify(request.app.state.serve, req, data))
+
+
+def ensure_ready(state) -> None:
+    if not state.ready:
+        raise HTTPException(503, state.load_error or "models are still loading", headers={"Retry-After": "2"})
+
+
+async def _classify(state, req: ClassifyRequest, data: bytes | None) -> dict:
+    ensure_ready(state)
+    lim = state.config.limits
+    t0 = time.perf_counter()
+    if req.labels is not None and req.label_set is not None:
+        raise HTTPException(400, "give either 'labels' or 'label_set', not both")
+    if req.top_k > lim.max_top_k:
+        raise HTTPException(400, f"top_k is over the limit of {lim.max_top_k}")
+    lset = None
+    if req.labels is None:
+        if req.label_set is None and not state.label_sets:
+            raise HTTPException(400, "give 'labels' (no label set is configured)")
+        lset = state.label_set(req.label_set or next(iter(state.label_sets)))
+        if req.model and req.model != lset.model:
+            raise HTTPException(400, f"label set '{lset.name}' belongs to model '{lset.model}', not '{req.model}'")
+        if req.templates:
+            raise HTTPException(400, "templates apply to 'labels'; a label set has its own")
+    elif len(req.labels) > lim.max_labels or len(req.templates or []) > lim.max_templates:
+        raise HTTPException(400, f"at most {lim.max_labels} labels and {lim.max_templates} templates per request")
+    served = state.served(lset.model if lset else req.model)
+    if req.explain and not (lset and lset.explainable):
+        raise HTTPException(400, "explanations need a label set with a description head (see /v1/models)")
+    loop = asyncio.get_running_loop()
+    with served.batcher.admit() as ticket:
+        prep = loop.run_in_executor(state.decode_pool, _prepare, data, req.image, served.pipeline.model,
+                                    lim.max_pixels)
+        head_job = None if lset else asyncio.to_thread(state.ad_hoc_head, served.name, req.labels, req.templates)
+        x, decode_ms = await prep
+        head = lset.head if lset else await head_job
+        emb, info = await served.batcher.submit(x, ticket)
+    t = time.perf_counter()
+    idx, scores = head.predict_topk(emb, req.top_k)
+    labels = [str(head.classes_[j]) for j in idx[0]]
+    explanation = _explain(head, emb, req.top_k) if req.explain else None
+    state.metrics.images.labels(model=served.name).inc()
+    now = time.perf_counter()
+    return {"model": served.name, "model_spec": served.pipeline.model.spec, "is_random": served.pipeline.model.is_random,
+            "label_set": lset.name if lset else None, "labels": labels, "scores": [float(s) for s in scores[0]],
+            "batch_size": info.batch_size, "explanation": explanation,
+            "timings": {"decode_ms": decode_ms, "queue_ms": info.queue_ms, "forward_ms": info.forward_ms,
+                        "head_ms": (now - t) * 1000, "total_ms": (now - t0) * 1000}}
+
+
+def _explain(head, emb, k: int) -> list[dict]:
+    return [{"label": c["class"], "probability": c["probability"], "score": c["score"],
+             "descriptions": c["descriptions"][:8]} for c in head.explain(emb[0], k=min(k, 10))]
+
+
+@api.post("/v1/route", response_model=RouteResponse, responses=ERRORS, tags=["route"],
+          openapi_extra=_body_doc(RouteRequest, "image", ["task", "options"]))
+async def route(request: Request):
+    """Pick a model for a task (image + question + options) with a trained router, and (``run``) answer with it."""
+    req, data = await read_body(request, RouteRequest, ("options",))
+    state = request.app.state.serve
+    with state.admission.admit():
+        return await _within(request, _route(state, req, data))
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
+    ensure_ready(state)
+    t0 = time.perf_counter()
+    router = state.router(req.router)
+    name = req.router or next(iter(state.routers))
+    path = None
+    if data is not None or req.image:
+        raw = data if data is not None else b64_bytes(req.image)
+        await asyncio.to_thread(decode_image, raw, state.config.limits.max_pixels)  # refuse bad images with a 400
+        fd, path = tempfile.mkstemp(prefix="visroute-route-", suffix=".img")
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+    try:
+        out = await asyncio.to_thread(router.route, path, req.task, list(req.options), req.run, req.lam)
+    except VisrouteError as e:
+        raise HTTPException(502 if "failed to answer" in str(e) else 400, str(e)) from None
+    finally:
+        if path:
+            os.unlink(path)
+    state.metrics.routed.labels(router=name, model=out["chosen"], endpoint="route").inc()
+    if _finite(out.get("cost")) is not None:
+        state.metrics.cost.labels(model=out["chosen"]).inc(out["cost"])
+    keep = ("chosen", "predicted_accuracy", "task_text", "answer", "raw_answer", "parse_rule", "latency_s", "pipeline")
+    doc = {k: out.get(k) for k in keep}
+    doc.update(router=name, expected_cost={m: _finite(c) for m, c in out["expected_cost"].items()},
+               cost=_finite(out.get("cost")), total_ms=(time.perf_counter() - t0) * 1000)
+    doc["lambda"] = out["lambda"]
+    return doc
+
+
+@api.get("/v1/models", response_model=ModelList, responses=ERRORS, tags=["models"])
+async def models(request: Request):
+    """Served contrastive models (with their label sets), routers (as `router-<name>`) and endpoints."""
+    state = request.app.state.serve
+    cards = [ModelCard(id=m.name, kind="contrastive", spec=m.spec.model,
+                       label_sets=[s.name for s in state.label_sets.values() if s.model == m.name],
+                       explainable_label_sets=[s.name for s in state.label_sets.values()
+                                               if s.model == m.name and s.explainable])
+             for m in state.models.values()]
+    cards += [ModelCard(id=f"router-{n}", kind="router", routes_to=list(r.bundle.models))
+              for n, r in state.routers.items()]
+    cards += [ModelCard(id=t.name, kind="endpoint", spec=t.model) for t in state.targets.values()]
+    return ModelList(data=cards)
+
+
+@api.get("/healthz", response_model=Health, tags=["probes"])
+async def healthz():
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@api.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["probes"])
+async def readyz(request: Request):
+    """Readiness: every configured model, label set and router is loaded."""
+    state = request.app.state.serve
+    if state.ready:
+        return Health(status="ready")
+    status, detail = ("failed", state.load_error) if state.load_error else ("loading", None)
+    return JSONResponse(Health(status=status, detail=detail).model_dump(), 503)
+
+
+@api.get("/metrics", tags=["probes"], response_class=Response,
+         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: ERRORS[401]})
+async def metrics(request: Request):
+    """Prometheus metrics."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    state = request.app.state.serve
+    for name, m in state.models.items():
+        state.metrics.queue_depth.labels(model=name).set(m.batcher.pending)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

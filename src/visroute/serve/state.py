@@ -1,0 +1,243 @@
+"""What a running service holds: models, label-set heads, routers and endpoints, all built through
+``build_pipeline`` from pipeline specs, so the service adds transport and never a second way to build a model."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from visroute.errors import VisrouteError
+from visroute.pipeline import PipelineSpec, Runtime, build_pipeline
+from visroute.serve.batching import MicroBatcher
+from visroute.serve.config import EndpointEntry, LabelSetEntry, ServeConfig, endpoint_key, key_origins, origin
+from visroute.serve.metrics import Metrics
+
+AD_HOC_HEADS = 64  # fitted heads for request-given label lists kept in memory (least recently used dropped)
+
+
+class NotFound(VisrouteError):
+    """A request names a model, label set or router the service does not have (HTTP 404)."""
+
+
+@dataclass
+class ServedModel:
+    name: str
+    spec: PipelineSpec
+    pipeline: Any                 # ContrastivePipeline
+    batcher: MicroBatcher
+
+
+@dataclass
+class LabelSet:
+    name: str
+    model: str
+    classnames: list[str]
+    head: Any
+
+    @property
+    def explainable(self) -> bool:
+        return hasattr(self.head, "explain") and hasattr(self.head, "texts_")
+
+
+@dataclass
+class Target:
+    """Where a chat request for one model goes: an OpenAI-compatible base URL, its model name and key."""
+
+    name: str
+    base_url: str
+    model: str
+    key: str | None
+
+
+@dataclass
+class ServeState:
+    config: ServeConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    runtime: Runtime = field(default_factory=Runtime)
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    label_sets: dict[str, LabelSet] = field(default_factory=dict)
+    routers: dict[str, Any] = field(default_factory=dict)        # name -> visroute.api.Router
+    targets: dict[str, Target] = field(default_factory=dict)     # endpoint name -> Target
+    ready: bool = False
+    load_error: str | None = None
+    decode_pool: Any = None                                      # threads that decode and preprocess images
+    http: Any = None                                             # httpx2.AsyncClient for the backends
+    admission: Any = None                                        # bounds /v1/route and the proxy
+    _ad_hoc: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- loading (blocking; runs in a thread after the server is up) ---------------------------------------
+    def check(self) -> None:
+        """Everything that can be checked without loading a model: endpoints and their keys, model specs,
+        label files. Run before the server binds, so a broken config is one error line."""
+        from visroute.pipeline import check_buildable
+
+        for e in self.config.endpoints:
+            self.targets[e.name] = Target(e.name, e.base_url.rstrip("/"), e.model, endpoint_key(e.base_url, e.api_key_env))
+        for m in self.config.models:
+            check_buildable(self.model_spec(m.name))
+        for s in self.config.label_sets:
+            self._classnames(s)
+
+    def load(self) -> None:
+        try:
+            for m in self.config.models:
+                spec = self.model_spec(m.name)
+                pipe = build_pipeline(spec, self.runtime)
+                b = self.config.batching
+                batcher = MicroBatcher(m.name, self._encoder(pipe.model), b.max_batch_size, b.max_wait_ms, b.max_queue,
+                                       on_batch=self.metrics.batch_size.labels(model=m.name).observe)
+                self.models[m.name] = ServedModel(m.name, spec, pipe, batcher)
+            for s in self.config.label_sets:
+                self.label_sets[s.name] = self._label_set(s)
+            for r in self.config.routers:
+                self.routers[r.name] = self._router(r)
+            self.ready = True
+        except VisrouteError as e:
+            self.load_error = str(e)
+            raise
+
+    def model_spec(self, name: str) -> PipelineSpec:
+        m = self.config.model(name)
+        templates = tuple(m.templates) if isinstance(m.templates, list) else m.templates
+        return PipelineSpec(head="zeroshot", name=m.name, model=m.model, templates=templates, device=m.device,
+                            dtype=m.dtype)
+
+    @staticmethod
+    def _encoder(model):
+        import torch
+
+        def encode(items: list) -> Any:
+            with torch.inference_mode():
+                return model.encode_images(model.collate(items))
+
+        return encode
+
+    def _classnames(self, s: LabelSetEntry) -> list[str]:
+        from visroute.data.text import parse_labels, validate_classnames
+
+        if isinstance(s.labels, list):
+            names = validate_classnames([str(x).strip() for x in s.labels], allow_duplicates=True)
+            return list(dict.fromkeys(names))
+        if not isinstance(s.labels, str):
+            raise VisrouteError(f"label set '{s.name}': 'labels' must be a list or a file (FILE, FILE.json:KEY)")
+        return parse_labels(None, s.labels)[0]
+
+    def _label_set(self, s: LabelSetEntry) -> LabelSet:
+        model = s.model or self.config.models[0].name
+        base = self.model_spec(model)
+        templates = tuple(s.templates) if isinstance(s.templates, list) else (s.templates or base.templates)
+        spec = base.replace(head=s.head, name=f"{model}/{s.name}", templates=templates, descriptions=s.descriptions,
+                            params=dict(s.params or {}))
+        classnames = self._classnames(s)
+        return LabelSet(s.name, model, classnames, build_pipeline(spec, self.runtime).classifier(classnames))
+
+    def _router(self, r) -> Any:
+        from visroute.api import Router
+        from visroute.router.bundle import RouterBundle
+
+        bundle = RouterBundle.load(r.path)
+        if r.lam is not None:
+            bundle.lam = r.lam
+        self._point_at_endpoints(bundle)
+        return Router(bundle, self.runtime)
+
+    def _point_at_endpoints(self, bundle) -> None:
+        """A routed model with a configured endpoint of the same name answers there; every HTTP generator of the
+        routed pipelines is built here with the key the environment allows for its origin (none otherwise)."""
+        from visroute.llm.client import load_generator
+        from visroute.models.spec import parse_model_spec
+
+        for m, variants in bundle.pipelines.items():
+            t = self.targets.get(m)
+            for v, d in variants.items():
+                if t is not None and d.get("head") == "vlm":
+                    variants[v] = {**d, "vlm": f"openai-compatible:{t.base_url}#{t.model}"}
+        rt = self.runtime
+        for variants in bundle.pipelines.values():
+            for d in variants.values():
+                spec = PipelineSpec.from_dict(d, "router pipeline")
+                for s in (spec.vlm, spec.llm):
+                    parsed = parse_model_spec(s) if s else None
+                    if parsed is None or parsed.backend != "openai-compatible":
+                        continue
+                    key = ("gen", s, spec.max_tokens, spec.temperature, spec.device)
+                    if key not in rt.models:
+                        rt.models[key] = load_generator(
+                            s, cache=rt.cache(), api_key=self.key_for(parsed.location) or "EMPTY",
+                            max_tokens=spec.max_tokens, temperature=spec.temperature, timeout=rt.timeout,
+                            max_retries=rt.retries, concurrency=rt.concurrency)
+
+    def key_for(self, base_url: str) -> str | None:
+        """The key for a URL no endpoint entry names: a variable the environment binds to its origin, if set."""
+        import os
+
+        for t in self.targets.values():
+            if t.base_url == base_url.rstrip("/"):
+                return t.key
+        for var, origins in key_origins().items():
+            if origin(base_url) in origins and os.environ.get(var):
+                return os.environ[var]
+        return None
+
+    # -- lookups ---------------------------------------------------------------------------------------------
+    def served(self, name: str | None) -> ServedModel:
+        name = name or self.config.models[0].name
+        if name not in self.models:
+            raise NotFound(f"no contrastive model '{name}' is served (models: {', '.join(self.models)})")
+        return self.models[name]
+
+    def label_set(self, name: str) -> LabelSet:
+        if name not in self.label_sets:
+            raise NotFound(f"no label set '{name}' (label sets: {', '.join(self.label_sets) or 'none'})")
+        return self.label_sets[name]
+
+    def router(self, name: str | None):
+        if not self.routers:
+            raise NotFound("this service has no router configured (add 'routers' to the config)")
+        name = name or next(iter(self.routers))
+        if name not in self.routers:
+            raise NotFound(f"no router '{name}' (routers: {', '.join(self.routers)})")
+        return self.routers[name]
+
+    def ad_hoc_head(self, model: str, labels: list[str], templates: list[str] | None):
+        """A fitted zero-shot head for request-given labels (blocking: text encoding), cached by content."""
+        from visroute.data.text import load_templates, validate_classnames, validate_templates
+
+        names = list(dict.fromkeys(validate_classnames([x.strip() for x in labels], allow_duplicates=True)))
+        tmpl = tuple(validate_templates(list(templates)) if templates else load_templates(None))
+        key = (model, tuple(names), tmpl)
+        with self._lock:
+            if key in self._ad_hoc:
+                self._ad_hoc.move_to_end(key)
+                return self._ad_hoc[key]
+        served = self.served(model)
+        head = build_pipeline(served.spec.replace(templates=tmpl), self.runtime).classifier(names)
+        with self._lock:
+            self._ad_hoc[key] = head
+            while len(self._ad_hoc) > AD_HOC_HEADS:
+                self._ad_hoc.popitem(last=False)
+        return head
+
+    def target(self, name: str) -> Target:
+        """Where chat requests for ``name`` go: a configured endpoint, else the routed pipeline's own endpoint."""
+        if name in self.targets:
+            return self.targets[name]
+        from visroute.models.spec import parse_model_spec
+
+        for r in self.routers.values():
+            if name in r.bundle.models and r.bundle.pipelines.get(name):
+                spec = r.bundle.pipeline_spec(name)
+                parsed = parse_model_spec(spec.vlm) if spec.head == "vlm" else None
+                if parsed is not None and parsed.backend == "openai-compatible":
+                    return Target(name, parsed.location.rstrip("/"), parsed.model, self.key_for(parsed.location))
+        raise NotFound(f"'{name}' has no OpenAI-compatible endpoint: add it under 'endpoints' in the config")
+
+    def endpoint_names(self) -> list[str]:
+        return list(self.targets)
+
+
+def describe_endpoint(e: EndpointEntry) -> dict:
+    return {"name": e.name, "base_url": e.base_url, "model": e.model, "key": bool(e.api_key_env)}
