@@ -41,9 +41,12 @@ class StubServer:
                     return
                 if action and action[0] == "sleep":
                     time.sleep(action[1])
-                content = body["messages"][-1]["content"]
-                prompt = content if isinstance(content, str) else " ".join(
-                    p.get("text", "") for p in content if p.get("type") == "text")
+                try:
+                    content = body["messages"][-1]["content"]
+                    prompt = content if isinstance(content, str) else " ".join(
+                        p.get("text", "") for p in content if p.get("type") == "text")
+                except (KeyError, IndexError, TypeError, AttributeError):  # fuzzed requests: answer them all the same
+                    prompt = ""
                 text = action[1] if action and action[0] == "text" else stub.default(prompt)
                 if body.get("stream"):
                     return self._stream(body, prompt, text)

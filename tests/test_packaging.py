@@ -40,10 +40,22 @@ def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
     return out
 
 
-def _third_party_imports() -> dict[str, set[bool]]:
+#: subpackages that exist only for one extra: their modules may import that extra's packages at module level
+#: (visroute imports the subpackage itself only inside the command or function that needs it)
+EXTRA_SUBPACKAGES = {"serve": "serve"}
+
+
+def _third_party_imports(allow_extra_subpackages: dict | None = None) -> dict[str, set[bool]]:
+    """top-level module -> {imported at module level?}; with ``allow_extra_subpackages`` ({extra: declared names}),
+    module-level imports in an extra's own subpackage of that extra's packages count as lazy."""
     found: dict[str, set[bool]] = {}
+    dists = packages_distributions()
     for path in SRC.rglob("*.py"):
+        sub = path.relative_to(SRC).parts[0]
+        allowed = (allow_extra_subpackages or {}).get(EXTRA_SUBPACKAGES.get(sub), set())
         for mod, top in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if top and {_norm(d) for d in dists.get(mod, [mod])} & allowed:
+                top = False
             if mod in sys.stdlib_module_names or mod in ("visroute", "__future__"):
                 continue
             found.setdefault(mod, set()).add(top)
@@ -66,8 +78,9 @@ def test_every_imported_package_is_declared(project):
 def test_optional_packages_are_imported_lazily(project):
     """A package that only an extra brings must not be imported at module level, or `import visroute...` breaks."""
     core = {_requirement_name(r) for r in project["dependencies"]}
+    extras = {e: {_requirement_name(r) for r in reqs} for e, reqs in project["optional-dependencies"].items()}
     dists = packages_distributions()
-    eager_optional = [mod for mod, where in _third_party_imports().items()
+    eager_optional = [mod for mod, where in _third_party_imports(extras).items()
                       if True in where and not {_norm(d) for d in dists.get(mod, [mod])} & core]
     assert not eager_optional, f"optional packages imported at module level: {eager_optional}"
 

@@ -72,6 +72,7 @@ def test_routed_call_is_exactly_the_measured_pipeline(tmp_path, shared_data, mon
     (tmp_path / "prices.json").write_text(json.dumps(prices))
     with StubServer(default=_answer) as stub:
         url = stub.base_url
+        monkeypatch.setenv("VISROUTE_ALLOW_ENDPOINTS", url)  # the user's own configuration names the endpoint
         (tmp_path / "grid.yaml").write_text(f"""
 output: grid
 max_tokens: 5

@@ -21,7 +21,7 @@ from visroute.errors import VisrouteError
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE = 0, 1, 2
 
-#: set by the root callback: -v count minus (1 if -q); read by ``quiet_libraries``
+#: set by the root callback: count of -v minus count of -q; read by ``quiet_libraries``
 state = {"verbosity": 0}
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -1,4 +1,4 @@
-"""``visroute route build|train|eval`` and ``visroute route IMAGE --task ... --options ...``."""
+"""``visroute route build|train|eval|import`` and ``visroute route IMAGE --task ... --options ...``."""
 
 from __future__ import annotations
 
@@ -35,15 +35,51 @@ def route_build(
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of (non-test) rows for validation.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of rows (or datasets) for test.")] = 0.2,
     seed: Annotated[int, typer.Option()] = 0,
+    dedup: Annotated[bool, typer.Option(help="Drop val/test rows that nearly repeat a training row.")] = False,
+    dup_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine similarity of a near-duplicate.")] = 0.95,
+    quality: Annotated[bool, typer.Option(help="Data-quality report (leakage, label noise, balance).")] = True,
 ) -> None:
-    """Aggregate records into a routing table with train/val/test splits."""
+    """Aggregate records into a routing table with train/val/test splits, and report on its quality
+    (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance."""
+    from visroute.io import atomic_write_json
+    from visroute.router.quality import checked_table, format_report
     from visroute.router.table import build_table, read_records
 
+    quiet_libraries()
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    report = None
+    if quality or dedup:
+        table, report = checked_table(table, dedup, dup_threshold)
     table.save(out)
     counts = {k: int((table.split == k).sum()) for k in ("train", "val", "test")}
     typer.echo(f"wrote {out}: {len(table)} rows x {len(table.models)} models ({', '.join(table.models)}); splits {counts}")
+    if report is not None:
+        atomic_write_json(out / "quality.json", report, indent=1)
+        for line in format_report(report) + ([f"removed {report['dedup_removed']} near-duplicate row(s)"] if dedup else []):
+            typer.echo(line)
+
+
+@app.command("import")
+def route_import(
+    source: Annotated[str, typer.Argument(help="Data source: routellm.")],
+    directory: Annotated[Path, typer.Argument(help="A checkout of the source's repository.")],
+    out: Annotated[Path, typer.Option(help="Records Parquet file to write.")] = Path("records.parquet"),
+    price: Annotated[Optional[list[str]], typer.Option(help="MODEL=USD per million tokens (repeatable).")] = None,
+    keep_contaminated: Annotated[bool, typer.Option(help="Keep prompts the source marks as contaminated.")] = False,
+) -> None:
+    """Turn public routing data into visroute records: `routellm` reads RouteLLM's GSM8K responses and MT-Bench
+    judgements (its development sets; its MMLU test set is never read)."""
+    from visroute.errors import VisrouteError
+    from visroute.router.routellm import import_routellm, parse_prices
+
+    if source != "routellm":
+        raise VisrouteError(f"unknown routing data source '{source}' (known: routellm)")
+    summary = import_routellm(directory, out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
+    for bench in ("gsm8k", "mt-bench"):
+        b = summary[bench]
+        typer.echo(f"{bench}: {b['tasks']} tasks, {b['records']} records ({b['dropped_contaminated']} contaminated dropped)")
+    typer.echo(f"wrote {out}")
 
 
 @app.command("train")
@@ -76,26 +112,48 @@ def route_eval(
     router_dir: RouterDir = Path("router"),
     out: Annotated[Path, typer.Option(help="Directory for report.json and curve.png.")] = Path("route-report"),
     part: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    llm_router: Annotated[Optional[str], typer.Option(help="Also ask this chat model to route (model spec).")] = None,
+    llm_prices: Annotated[Optional[Path], typer.Option(help="Price table for the LLM router's own calls.")] = None,
 ) -> None:
-    """Router vs always-one-model, random, cheapest and oracle; accuracy-cost curve; kNN baseline alongside."""
+    """Router vs always-one-model, random, oracle, kNN and dataset prior (and an LLM router), on RouteLLM's
+    metrics (APGR, CPT) and at the router's own strong-call share; accuracy-cost curve."""
     from visroute.router.baselines import evaluate_router_dir
 
     quiet_libraries()
-    report = evaluate_router_dir(table_dir, router_dir, out, part)
+    report = evaluate_router_dir(table_dir, router_dir, out, part, llm_router, llm_prices)
     kind, op = report["router"]["kind"], report["operating_point"]
     typer.echo(f"{'policy':<28} {'accuracy':>9} {'cost/task':>12}")
     for name, s in report["single_models"].items():
         typer.echo(f"{'always ' + name:<28} {s['accuracy']:>9.4f} {s['cost']:>12.3g}")
-    for name in ("random", "oracle"):
-        typer.echo(f"{name:<28} {report[name]['accuracy']:>9.4f} {report[name]['cost']:>12.3g}")
+    typer.echo(f"{'oracle':<28} {report['oracle']['accuracy']:>9.4f} {report['oracle']['cost']:>12.3g}")
     typer.echo(f"{'router (' + kind + ')':<28} {op['accuracy']:>9.4f} {op['cost']:>12.3g}")
     kb = report["knn_baseline"]["operating_point"]
-    typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}")
-    pgr = op.get("performance_gap_recovered")
-    frac = report.get("cost_to_match_best_single_fraction_of_most_expensive")
-    typer.echo(f"performance gap recovered: {pgr if pgr is None else round(pgr, 3)}; cost to match the best single model: "
-               f"{'never' if frac is None else f'{frac:.2f} x the most expensive model'}")
+    typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}  (at the router's share)")
+    for line in _metric_lines(report):
+        typer.echo(line)
     typer.echo(f"wrote {out / 'report.json'} and {out / 'curve.png'}", err=True)
+
+
+def _metric_lines(report: dict) -> list[str]:
+    """RouteLLM's metrics per policy, and each policy's accuracy at the router's operating point."""
+    ref, op = report["reference"], report["operating_point"]
+    axis = "strong-call share" if ref["axis"] == "strong_share" else "normalised cost"
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"PGR between {ref['cheap']} and {ref['best']}; axis: {axis}; router at {op['x']:.3f}",
+             f"{'policy':<16} {'APGR':>6} {'APGR-10':>8} {'CPT50':>6} {'CPT80':>6} {'acc@router':>11}"]
+    for name, m in report["routing_metrics"].items():
+        eq = op["at_equal_share"].get(name, {"accuracy": op["accuracy"]} if name == "router" else {})
+        lines.append(f"{name:<16} {fmt(m['apgr']):>6} {fmt(m['apgr_discrete']):>8} {fmt(m['cpt50']):>6} "
+                     f"{fmt(m['cpt80']):>6} {fmt(eq.get('accuracy')):>11}")
+    cal = report.get("calibration") or {}
+    if cal.get("target_share") is not None:
+        lines.append(f"calibrated share of {cal['heavy']}: target {cal['target_share']:.3f}, "
+                     f"realised {fmt(cal.get('realised_share'))}")
+    if "llm_router" in report:
+        llm = report["llm_router"]
+        lines.append(f"LLM router {llm['spec']}: accuracy {llm['accuracy']:.4f}, cost {llm['cost']:.3g} "
+                     f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}")
+    return lines
 
 
 @app.command("ask")

@@ -39,11 +39,12 @@ def serve(
                             "give API keys instead ($VISROUTE_SERVE_API_KEYS or --api-keys-file)")
     quiet_libraries()
     cfg = load_config(config)
-    app = create_app(cfg, serve_api_keys(api_keys_file), open_mode, stop_on_load_error=True)
+    app = create_app(cfg, serve_api_keys(api_keys_file), open_mode)
     app.state.serve.check()
     typer.echo(f"visroute serve: http://{host}:{port}/ ({'open, no API key' if open_mode else 'API key required'}; "
                f"config: {cfg.source})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=graceful_s)
+    server = app.state.uvicorn_server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=graceful_s))
+    server.run()  # SIGTERM / Ctrl-C: in-flight requests finish, then the process ends by that signal
     if app.state.serve.load_error:
         raise VisrouteError(f"the service stopped: {app.state.serve.load_error}")

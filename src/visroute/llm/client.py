@@ -147,8 +147,13 @@ def load_generator(spec, cache: ResponseCache | None = None, **kw) -> Generator:
     if parsed.backend == "openai-compatible":
         from visroute.llm.endpoints import resolve_endpoint
 
-        # the URL and its key come from the user's configuration; ``trusted_endpoints``: URLs the user typed
-        base_url, key = resolve_endpoint(parsed.location, tuple(kw.get("trusted_endpoints") or ()))
+        # the URL and its key come from the user's configuration. ``trusted_endpoints``: URLs the user typed; None
+        # (a direct call from the user's own code) vouches for the spec's own URL. build_pipeline always passes a
+        # tuple, so specs read from grids, records and router bundles are checked against the configuration.
+        trusted = kw.get("trusted_endpoints")
+        if trusted is None:
+            trusted = () if parsed.location.startswith("@") else (parsed.location,)
+        base_url, key = resolve_endpoint(parsed.location, tuple(trusted))
         http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
                                                        "max_tokens", "temperature")}
         gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)

@@ -1,35 +1,76 @@
-"""A trained router judged against baselines on one split of a routing table: always-one-model, random, oracle
-(from ``evaluate_router``) and a kNN router on task-text embeddings trained on the same table, so a learned
-router has to beat the simplest learned alternative, not only the fixed policies."""
+"""A trained router judged against the baselines it must beat, on one split of a routing table, all on the same
+curves (RouteLLM's metrics, ``visroute.router.metrics``) and all read at the router's own strong-call share:
+
+- always cheapest / always the best single model, random at equal share, the oracle (``evaluate_router``);
+- a kNN router on task-text embeddings trained on the same table (the simplest learned alternative);
+- a dataset prior: each task routed by its dataset's (topic's) mean success in training, no text model;
+- optionally an LLM asked to choose (``visroute.router.llm_router``), its own call cost included.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from visroute.errors import VisrouteError
 from visroute.router.bundle import RouterBundle
-from visroute.router.evaluate import evaluate_router
+from visroute.router.evaluate import _realised, evaluate_router
+from visroute.router.policies import at_share, dataset_prior, policy_curve, reference
 from visroute.router.table import RoutingTable
 
 
-def knn_baseline(table: RoutingTable, bundle: RouterBundle, part: str = "test") -> dict:
-    """A kNN router on MiniLM text embeddings, fitted on ``table``'s train split and scored on ``part`` with the
-    bundle's model costs and lambda: its operating point, best accuracy and cost to match the best single model."""
+def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndarray:
+    """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``."""
     from visroute.router.embed import TextEmbedder
     from visroute.router.routers import KNNRouter
 
     train, test = table.part("train"), table.part(part)
     if len(train) == 0:
         raise VisrouteError("the routing table has no training rows for the kNN baseline")
-    emb = TextEmbedder()
+    emb = embedder or TextEmbedder()
     knn = KNNRouter().fit(emb.embed(train.text), train.success, train.weight)
-    res = evaluate_router(knn.predict_proba(emb.embed(test.text)), test.success, test.cost, table.models, bundle.costs,
-                          test.weight, bundle.lam)
-    return {k: res[k] for k in ("operating_point", "router_best_accuracy", "cost_to_match_best_single")}
+    return knn.predict_proba(emb.embed(test.text))
 
 
-def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test") -> dict:
-    """The router's report on ``part`` (see ``evaluate_router``) with the kNN baseline under ``knn_baseline``."""
+def prior_proba(table: RoutingTable, part: str = "test") -> np.ndarray:
+    train, test = table.part("train"), table.part(part)
+    return dataset_prior(train.dataset, train.success, test.dataset, train.weight)
+
+
+def add_baseline(report: dict, name: str, proba: np.ndarray, test: RoutingTable, costs: np.ndarray) -> None:
+    """Score one more probability-predicting baseline into ``report``: its whole curve, and its accuracy at the
+    router's operating point share."""
+    ref = reference(test.success, test.cost, costs, test.weight)
+    report["routing_metrics"][name], curve = policy_curve(proba, test.success, test.cost, costs, test.weight, ref)
+    op = report.get("operating_point")
+    if op is not None:
+        op["at_equal_share"][name] = at_share(curve, op["x"], ref)
+
+
+def llm_router_report(table: RoutingTable, test: RoutingTable, bundle: RouterBundle, router, proba: dict) -> dict:
+    """The LLM router's accuracy and cost (its own calls included) on ``test``, beside every other policy read at
+    the same share."""
+    out = router.route(test.text, test.dataset)
+    picks = out["picks"]
+    acc, c = _realised(test.success, test.cost, picks, test.weight)
+    w = test.weight / test.weight.sum()
+    extra = float((np.nan_to_num(out["router_cost"]) * w).sum())
+    ref = reference(test.success, test.cost, bundle.costs, test.weight)
+    x = ref.x_of(picks, c, test.weight)
+    gap = ref.a_best - ref.a_cheap
+    others = {}
+    for name, p in proba.items():
+        others[name] = at_share(policy_curve(p, test.success, test.cost, bundle.costs, test.weight, ref)[1], x, ref)
+    return {"spec": router.generator.spec, "accuracy": acc, "cost_models": c, "cost_router_calls": extra,
+            "cost": c + extra, "x": x, "pgr": (acc - ref.a_cheap) / gap if gap > 0 else None,
+            "share": {m: float(np.mean(picks == j)) for j, m in enumerate(table.models)},
+            "unparsed": out["unparsed"], "cached": out["cached"], "failed": out["failed"], "at_equal_share": others}
+
+
+def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test", llm_router=None) -> dict:
+    """The router's report on ``part`` (see ``evaluate_router``) with kNN and dataset-prior baselines, the
+    calibration target beside the realised share, and the LLM router when one is given."""
     if bundle.models != table.models:
         raise VisrouteError(f"router models {bundle.models} differ from the table's {table.models}")
     test = table.part(part)
@@ -37,18 +78,36 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
         raise VisrouteError(f"the table has no '{part}' rows")
     proba = bundle.predict_proba(test.text, bundle.table_images(test))
     report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
-    report["knn_baseline"] = knn_baseline(table, bundle, part)
+    baselines = {"knn": knn_proba(table, part, bundle._embedder()), "dataset_prior": prior_proba(table, part)}
+    for name, p in baselines.items():
+        add_baseline(report, name, p, test, bundle.costs)
+    op = report["operating_point"]
+    report["knn_baseline"] = {"operating_point": op["at_equal_share"]["knn"], **report["routing_metrics"]["knn"]}
+    cal = bundle.meta.get("calibration") or {}
+    if cal.get("target_share") is not None:
+        cal = {**cal, "realised_share": op["share"].get(cal.get("heavy"))}
+    elif cal.get("target_cost") is not None:
+        cal = {**cal, "realised_cost": op["cost"]}
+    report["calibration"] = cal or None
+    if llm_router is not None:
+        report["llm_router"] = llm_router_report(table, test, bundle, llm_router, {"router": proba, **baselines})
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
     return report
 
 
-def evaluate_router_dir(table_dir: Path, router_dir: Path, out: Path, part: str = "test") -> dict:
+def evaluate_router_dir(table_dir: Path, router_dir: Path, out: Path, part: str = "test", llm_spec: str | None = None,
+                        llm_prices: Path | None = None) -> dict:
     """Load a table and a trained router, evaluate on ``part``, write ``out``/report.json and ``out``/curve.png."""
     from visroute.eval.results import write_json
     from visroute.router.evaluate import plot_report
 
     table, bundle = RoutingTable.load(table_dir), RouterBundle.load(router_dir)
-    report = evaluate_with_baselines(table, bundle, part)
+    llm = None
+    if llm_spec:
+        from visroute.router.llm_router import LLMRouter, model_cards
+
+        llm = LLMRouter.from_spec(llm_spec, model_cards(table), llm_prices)
+    report = evaluate_with_baselines(table, bundle, part, llm)
     report["router"]["dir"] = str(router_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

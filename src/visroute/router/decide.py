@@ -35,7 +35,10 @@ def _share_lambda(proba: np.ndarray, costs: np.ndarray, target: float, h: int) -
     switch = np.sort(ratio.min(axis=1))[::-1]
     k = int(np.floor(target * n + 1e-9))
     lam = switch[k] if k < n else 0.0
-    return float(max(lam, 0.0)) if np.isfinite(lam) else (0.0 if lam < 0 else float(lambda_grid(proba, costs)[-1]))
+    if not np.isfinite(lam):
+        return 0.0 if lam < 0 else float(lambda_grid(proba, costs)[-1])
+    # a hair above the switch point, so float rounding in `choose` cannot keep that task on the heavy model
+    return float(max(lam + 1e-9 * abs(lam) + 1e-12, 0.0))
 
 
 def calibrate(proba: np.ndarray, costs: np.ndarray, target_cost: float | None = None,

@@ -114,12 +114,17 @@ def plot_report(report: dict, path: str | Path, title: str = "visroute router: a
     ax.plot([p["cost"] for p in curve], [p["accuracy"] for p in curve], "-o", ms=3, label="router (lambda sweep)")
     for name, s in report["single_models"].items():
         ax.scatter([s["cost"]], [s["accuracy"]], marker="s", s=45, label=f"always {name}")
-    ax.scatter([report["random"]["cost"]], [report["random"]["accuracy"]], marker="x", s=50, c="grey", label="random")
+    ax.scatter([report["random"]["cost"]], [report["random"]["accuracy"]], marker="x", s=50, c="grey", label="random (uniform pick)")
     ax.scatter([report["oracle"]["cost"]], [report["oracle"]["accuracy"]], marker="*", s=120, c="gold",
                edgecolors="k", label="oracle")
     if "operating_point" in report:
         op = report["operating_point"]
         ax.scatter([op["cost"]], [op["accuracy"]], marker="D", s=70, c="red", label="router (calibrated)")
+        markers = {"random": ("x", "black"), "knn": ("v", "tab:blue"), "dataset_prior": ("^", "tab:green")}
+        for name, pt in op.get("at_equal_share", {}).items():
+            if name in markers:
+                ax.scatter([pt["cost"]], [pt["accuracy"]], marker=markers[name][0], s=55, c=markers[name][1],
+                           label=f"{name} at the router's share")
     ax.set_xlabel("mean cost per task")
     ax.set_ylabel("accuracy")
     ax.set_title(title)

@@ -41,7 +41,7 @@ def _jsonable(v: Any) -> Any:
 def save_state(est, directory: Path) -> dict:
     """Write ``est``'s fitted state under ``directory``; returns the JSON description (params + state index)."""
     import torch
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from visroute.io import atomic_write_bytes
 
@@ -72,17 +72,13 @@ def save_state(est, directory: Path) -> dict:
                 state[name] = {"type": "json", "value": _jsonable(val)}
             except TypeError:
                 raise VisrouteError(f"cannot save router attribute '{name}' ({type(val).__name__})") from None
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:  # safetensors writes to a path; then move atomically
-        path = Path(tmp) / "state.safetensors"
-        save_file(arrays, str(path)) if arrays else save_file({"_empty": np.zeros(0, np.float32)}, str(path))
-        atomic_write_bytes(directory / "state.safetensors", path.read_bytes())
+    atomic_write_bytes(directory / "state.safetensors", save(arrays or {"_empty": np.zeros(0, np.float32)}))
     return {"schema": SCHEMA, "class": type(est).__name__, "params": _params(est), "state": state}
 
 
 def load_state(cls, info: dict, directory: Path):
     """Rebuild an estimator of class ``cls`` from ``save_state``'s description and files."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     if info.get("schema") != SCHEMA:
@@ -99,7 +95,7 @@ def load_state(cls, info: dict, directory: Path):
     est = cls(**params)
     try:
         arrays = load_file(str(directory / "state.safetensors"))
-    except (OSError, ValueError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError/OSError kind)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise BundleError(f"{directory}/state.safetensors is missing or damaged ({str(e).splitlines()[0]})") from None
     for name, spec in (info.get("state") or {}).items():
         if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_")):

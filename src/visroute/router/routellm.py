@@ -64,6 +64,21 @@ def _price(model: str, prices: dict[str, float]) -> float:
     return float(prices[model]) * TOKENS_PER_CALL / 1e6
 
 
+def parse_prices(items: list[str]) -> dict[str, float]:
+    """``MODEL=USD_PER_MILLION_TOKENS`` strings (the model name may itself hold '=') to a price dict."""
+    out = {}
+    for item in items:
+        model, sep, value = item.rpartition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = float("nan")
+        if not sep or not model or not price >= 0:
+            raise RouteLLMDataError(f"--price expects MODEL=USD_PER_MILLION_TOKENS (a non-negative number), got {item!r}")
+        out[model] = price
+    return out
+
+
 def gsm8k_rows(path: Path, contaminated: set[str], prices: dict[str, float]) -> tuple[list[dict], int]:
     """Records of the GSM8K responses file, and how many contaminated prompts were dropped."""
     with path.open(newline="", encoding="utf-8") as f:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,8 +37,9 @@ async def _load(app: FastAPI, state: ServeState) -> None:
     except Exception as e:  # logged as one line; the server stops and the CLI exits with the message
         state.load_error = state.load_error or f"{type(e).__name__}: {e}"
         log.error(json.dumps({"event": "load_failed", "error": state.load_error}))
-        if app.state.stop_on_load_error:
-            os.kill(os.getpid(), signal.SIGTERM)
+        server = getattr(app.state, "uvicorn_server", None)
+        if server is not None:  # set by `visroute serve`: stop, and the command exits with the message
+            server.should_exit = True
         return
     for m in state.models.values():
         m.batcher.start()
@@ -67,8 +67,7 @@ async def lifespan(app: FastAPI):
         state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def create_app(config: ServeConfig, keys: list[str] | None = None, open_mode: bool = False,
-               stop_on_load_error: bool = False) -> FastAPI:
+def create_app(config: ServeConfig, keys: list[str] | None = None, open_mode: bool = False) -> FastAPI:
     """The service for ``config``. Without ``open_mode``, every /v1 call and /metrics needs one of ``keys``."""
     from visroute import __version__
     from visroute.serve import proxy, routes
@@ -85,7 +84,6 @@ def create_app(config: ServeConfig, keys: list[str] | None = None, open_mode: bo
                   description="Zero-shot classification, cost-aware routing and an OpenAI-compatible routing proxy "
                               "that understands images.")
     app.state.serve = state
-    app.state.stop_on_load_error = stop_on_load_error
     install_error_handlers(app)
     app.add_middleware(Gate, state=state, keys=KeyChecker(keys or [], open_mode),
                        max_body=int(config.limits.max_body_mb * 1024 * 1024))
