@@ -42,7 +42,7 @@ def test_classify_json_reports_predictions_and_skips(folder, tiny_clip_dir):
 
 def test_classify_matches_python_api(folder, tiny_clip_dir):
     from visroute import ZeroShotClassifier, load_model
-    from visroute.classify import classify_images
+    from visroute.batch_classify import classify_images
 
     (folder / "broken.jpg").unlink()
     r = runner.invoke(app, ["classify", str(folder), "--labels", "cat,dog,fish", "--model", f"hf:{tiny_clip_dir}", "--json"])
@@ -119,7 +119,7 @@ def test_fast_decode_keeps_the_models_input_size(tmp_path):
     """--fast-decode must not decode a 336-pixel model's images at 224 (transformers 5 uses a SizeDict)."""
     from transformers import CLIPImageProcessorPil
 
-    from visroute.classify import draft_size as _draft_size
+    from visroute.batch_classify import draft_size as _draft_size
 
     class M:
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})

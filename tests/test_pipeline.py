@@ -191,3 +191,10 @@ def test_build_pipeline_serves_classify_and_tasks_from_one_spec(shared_data):
     np.testing.assert_allclose(pred.option_scores, np.asarray(head.predict_proba(emb))[0], atol=1e-5)
     text_only = pipe.predict([Task("t2", None, "Pick one", ["fish", "cat"])])[0]
     assert text_only.predicted is None and "text-only" in text_only.error
+
+
+def test_api_functions_are_not_shadowed_by_modules():
+    import visroute
+    import visroute.batch_classify  # noqa: F401  (importing the CLI's module must not replace the API function)
+
+    assert callable(visroute.classify) and callable(visroute.evaluate) and hasattr(visroute.Router, "load")

@@ -4,7 +4,6 @@ see the top-k bars and the explanation, route a task; a screenshot is saved as a
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,33 @@ def browser():
     driver.quit()
 
 
+class _Wait:
+    """WebDriverWait that, on a timeout, saves a screenshot and fails with what the page's status line says."""
+
+    def __init__(self, driver, seconds: float):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.wait = driver, WebDriverWait(driver, seconds)
+
+    def until(self, condition):
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+
+        try:
+            return self.wait.until(condition)
+        except TimeoutException:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            self.driver.save_screenshot(str(ARTIFACTS / "serve-page-failure.png"))
+            status = self.driver.find_element(By.ID, "status").text
+            pytest.fail(f"the page did not get there; status line: {status!r}; console: {self.driver.get_log('browser')}")
+
+
 def test_page_upload_classify_explain_and_route(served, browser, shared_data):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
-    wait = WebDriverWait(browser, 20)
+    wait = _Wait(browser, 20)
     browser.get(served.url + "/")
     key = browser.find_element(By.ID, "api-key")
     key.send_keys(API_KEY)
@@ -68,5 +88,4 @@ def test_page_upload_classify_explain_and_route(served, browser, shared_data):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    logs = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] if shutil.which("true") else []
-    assert not logs, logs
+    assert not [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]

@@ -19,7 +19,7 @@ def classify(images: Any, labels: Sequence[str], model: str = "hf:openai/clip-vi
     Returns one ``{"image", "labels", "scores"}`` per image, best first; unreadable files raise one
     VisrouteError naming them (the CLI skips and counts them instead).
     """
-    from visroute.classify import classify_images
+    from visroute.batch_classify import classify_images
 
     items = [images] if isinstance(images, (str, Path)) or hasattr(images, "convert") else list(images)
     spec = PipelineSpec(head="zeroshot", model=model, templates=templates if not isinstance(templates, list)

@@ -27,7 +27,7 @@ def classify(
     progress: Annotated[Optional[bool], typer.Option(help="Progress bar (default: on for more than 8 images).")] = None,
 ) -> None:
     """Zero-shot classify images against class names. Exit code 0: all classified; 1: some files skipped; 2: error."""
-    from visroute.classify import ClassifyRun, prepare_classify
+    from visroute.batch_classify import ClassifyRun, prepare_classify
 
     quiet_libraries()
     job = prepare_classify(paths, labels, labels_file, templates, model, device, dtype)

@@ -108,10 +108,12 @@ def hierarchical_vs_flat(Xtr, Ytr, Xte, success, cost, costs, families: list[str
             "hierarchical": sweep_metrics(ha, hc, *args)}
 
 
-def add_model_vs_retrain(Xtr, Ytr, Xte, Yte, new: int, n_tasks: int = 300, seed: int = 0, **kw) -> dict:
+def add_model_vs_retrain(Xtr, Ytr, Xte, Yte, new: int, n_tasks: int = 300, seed: int = 0, test_cost=None,
+                         expected_costs=None, **kw) -> dict:
     """Model ``new`` joins an MF router trained without it, from ``n_tasks`` labelled training tasks
     (``add_model``), against an MF router retrained on everything. Reports, on test, the new model's success
-    prediction quality (AUC, Brier) and the mean absolute change of the other models' predictions."""
+    prediction quality (AUC, Brier), the largest change of the other models' predictions (0: untouched) and,
+    given ``test_cost`` and ``expected_costs``, both routers' RouteLLM metrics."""
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
     from visroute.router.routers import MatrixFactorizationRouter
@@ -134,5 +136,15 @@ def add_model_vs_retrain(Xtr, Ytr, Xte, Yte, new: int, n_tasks: int = 300, seed:
         return {"auc": float(roc_auc_score(yb, p[seen])) if 0 < yb.mean() < 1 else None,
                 "brier": float(brier_score_loss(yb, np.clip(p[seen], 0, 1)))}
 
-    return {"n_tasks": int(len(few)), "added": score(added[:, -1]), "retrained": score(full[:, new]),
-            "others_unchanged_max_abs_diff": float(np.abs(added[:, :-1] - before).max()) if len(before) else 0.0}
+    out = {"n_tasks": int(len(few)), "added": score(added[:, -1]), "retrained": score(full[:, new]),
+           "others_unchanged_max_abs_diff": float(np.abs(added[:, :-1] - before).max()) if len(before) else 0.0}
+    if test_cost is not None and expected_costs is not None:
+        from visroute.router.policies import policy_curve
+
+        in_order = np.empty_like(added)
+        in_order[:, keep], in_order[:, new] = added[:, :-1], added[:, -1]
+        ref = reference(Yte, test_cost, np.asarray(expected_costs, np.float64))
+        w = np.ones(len(Yte))
+        out["added"]["routing"] = policy_curve(in_order, Yte, test_cost, expected_costs, w, ref)[0]
+        out["retrained"]["routing"] = policy_curve(full, Yte, test_cost, expected_costs, w, ref)[0]
+    return out

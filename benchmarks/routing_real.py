@@ -1,0 +1,290 @@
+"""Routing on public data nobody here made: RouteLLM's GSM8K and MT-Bench development sets (GPT-4 vs Mixtral).
+
+    python benchmarks/routing_real.py [--routellm PATH] [--folds 5] [--repeats 3] [--llm-router SPEC]
+
+PATH is a RouteLLM checkout (or a bare git mirror of it: the two development folders are extracted from its
+HEAD into a temporary folder). Without --routellm the script looks at $VISROUTE_ROUTELLM, ../RouteLLM and
+/work/.mirror/lm-sys+RouteLLM/repo, and otherwise stops saying how to get it. RouteLLM's MMLU responses (its
+reserved test set) are never read.
+
+Records come from ``visroute route import routellm`` (contaminated prompts dropped, like RouteLLM's evaluation).
+Every number is out-of-fold: for each fold the routers are trained on the other folds (85% train, 15%
+validation) and score the fold's tasks; the pooled out-of-fold scores give the curves. Splits:
+
+- ``random``: K folds at random, repeated ``--repeats`` times (mean and standard deviation over repeats);
+- ``topic``: leave one MT-Bench category out (8 folds; GSM8K has no topic or category field).
+
+For each router and baseline: APGR (dense, and RouteLLM's 10-bin discrete), CPT(50%), CPT(80%) as strong-call
+shares, accuracy and cost per task at a 50% strong share read off the curve, and the calibrated operating point
+(threshold = the validation quantile for a 50% share, applied to the test fold) with its realised share.
+Routers: kNN, logistic, MLP and matrix factorisation on MiniLM task-text embeddings (torch routers with
+batch size 64; the estimators' defaults are tuned for large tables). Baselines: random (the diagonal), the
+dataset/topic prior, the oracle, and an LLM router when --llm-router names an endpoint. Then: a cascade
+(Mixtral first, escalate when the router's predicted success of Mixtral is below a threshold calibrated on
+validation for the cost of a 50% share) and an ensemble (both models when the MF router's predicted
+successes are within a margin calibrated for +10% cost), each scored by what it pays for every call;
+leakage (near-duplicate texts across folds) and what removing it does; MF ``add_model`` from 300 tasks
+against full retraining. Results: benchmarks/results/routing_real.json and a printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from visroute.router.embed import TextEmbedder
+from visroute.router.metrics import sweep_metrics, two_model_metrics
+from visroute.router.policies import dataset_prior, share_threshold
+from visroute.router.routellm import read_routellm
+from visroute.router.routers import make_router
+from visroute.router.strategies import calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble
+from visroute.router.table import build_table
+
+ROUTERS = ("knn", "logistic", "mlp", "mf")
+ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
+CANDIDATES = ("../RouteLLM", "/work/.mirror/lm-sys+RouteLLM/repo")
+EVAL_DIRS = ("routellm/evals/gsm8k", "routellm/evals/mt_bench")
+
+
+def find_checkout(given: str | None) -> Path:
+    """A folder holding routellm/evals/{gsm8k,mt_bench}: the given path, a candidate, or one extracted from a git
+    mirror's HEAD (only the two development folders)."""
+    cands = [given] if given else [os.environ.get("VISROUTE_ROUTELLM"), *CANDIDATES]
+    for c in filter(None, cands):
+        p = Path(c).expanduser()
+        if all((p / d).is_dir() for d in EVAL_DIRS):
+            return p
+        if (p / "HEAD").is_file() and (p / "objects").is_dir():  # a bare git repository
+            out = Path(tempfile.mkdtemp(prefix="routellm-"))
+            arch = subprocess.run(["git", "--git-dir", str(p), "archive", "HEAD", *EVAL_DIRS], capture_output=True,
+                                  check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(out)], input=arch, check=True)
+            return out
+    sys.exit("no RouteLLM checkout found: run `git clone https://github.com/lm-sys/RouteLLM ../RouteLLM` or pass "
+             "--routellm PATH (a checkout, or a bare git mirror of it)")
+
+
+def folds_random(n: int, k: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n) % k
+
+
+def folds_topic(groups: np.ndarray) -> np.ndarray:
+    return np.unique(groups, return_inverse=True)[1]
+
+
+def fit_predict(kind: str, X, Y, Xs: list) -> list[np.ndarray]:
+    r = make_router(kind, **ROUTER_KW[kind]).fit(X, Y)
+    return [r.predict_proba(x) for x in Xs]
+
+
+def run_setting(X, S, C, groups, fold_of, llm_picks=None, seed=0) -> dict:
+    """Out-of-fold scores for every policy; returns per-policy pooled arrays (test gain, picks at 50%)."""
+    n = len(S)
+    cheap, strong = 1, 0  # table columns: [gpt-4, mixtral] (sorted names)
+    costs = np.nanmean(C, axis=0)
+    out = {name: {"gain": np.zeros(n), "pick50": np.zeros(n, bool)} for name in
+           (*ROUTERS, "random", "dataset_prior", "oracle")}
+    casc = {"success": np.zeros(n), "cost": np.zeros(n), "escalated": np.zeros(n, bool), "conf": np.zeros(n)}
+    ens = {"success": np.zeros(n), "cost": np.zeros(n), "both": np.zeros(n, bool)}
+    rng = np.random.default_rng(seed)
+    for f in np.unique(fold_of):
+        te = np.flatnonzero(fold_of == f)
+        rest = rng.permutation(np.flatnonzero(fold_of != f))
+        n_val = int(round(0.15 * len(rest)))
+        va, tr = rest[:n_val], rest[n_val:]
+        probs = {}
+        for kind in ROUTERS:
+            probs[kind] = fit_predict(kind, X[tr], S[tr], [X[va], X[te]])
+        probs["dataset_prior"] = [dataset_prior(groups[tr], S[tr], groups[idx]) for idx in (va, te)]
+        probs["random"] = [np.full((len(idx), 2), 0.5) for idx in (va, te)]
+        probs["oracle"] = [S[va], S[te]]
+        for name, (pv, pt) in probs.items():
+            gv, gt = pv[:, strong] - pv[:, cheap], pt[:, strong] - pt[:, cheap]
+            out[name]["gain"][te] = gt
+            out[name]["pick50"][te] = gt > share_threshold(gv, 0.5)
+        # cascade: Mixtral first; escalate when the MF router's predicted success of Mixtral is below t
+        pv, pt = probs["mf"]
+        budget = 0.5 * (costs[cheap] + costs[strong])
+        t = calibrate_cascade(S[va], C[va], pv, [cheap, strong], budget)
+        res = cascade(S[te], C[te], pt, [cheap, strong], t)
+        casc["success"][te], casc["cost"][te] = res["success"], res["cost"]
+        casc["escalated"][te], casc["conf"][te] = res["model"] == strong, pt[:, cheap]
+        # ensemble: the MF router at its 50% cut; both models when its two predictions are within a margin
+        cut = share_threshold(pv[:, strong] - pv[:, cheap], 0.5)
+        lam = cut / (costs[strong] - costs[cheap])
+        base_cost = ensemble(pv, S[va], C[va], costs, lam, -1.0)["cost"].mean()
+        margin = calibrate_margin(pv, S[va], C[va], costs, lam, 1.1 * base_cost)
+        res = ensemble(pt, S[te], C[te], costs, lam, margin)
+        ens["success"][te], ens["cost"][te], ens["both"][te] = res["success"], res["cost"], res["both"]
+    return {"policies": out, "cascade": casc, "ensemble": ens}
+
+
+def summarise(res: dict, S, C) -> dict:
+    cheap, strong = 1, 0
+    rows = {}
+    for name, r in res["policies"].items():
+        m = two_model_metrics(r["gain"], S, C, cheap, strong)
+        picks = np.where(r["pick50"], strong, cheap)
+        idx = np.arange(len(S))
+        m["calibrated"] = {"target_share": 0.5, "realised_share": float(r["pick50"].mean()),
+                           "accuracy": float(S[idx, picks].mean()), "cost": float(C[idx, picks].mean())}
+        rows[name] = m
+    a_c, a_s = S[:, cheap].mean(), S[:, strong].mean()
+    c_c, c_s = C[:, cheap].mean(), C[:, strong].mean()
+    casc, ens = res["cascade"], res["ensemble"]
+    accs, costs, _ = cascade_sweep(S, C, _conf_matrix(casc["conf"], cheap), [cheap, strong])
+    rows["cascade"] = {**sweep_metrics(accs, costs, a_c, c_c, a_s, c_s), "calibrated": {
+        "target_cost": float(0.5 * (c_c + c_s)), "accuracy": float(casc["success"].mean()),
+        "cost": float(casc["cost"].mean()), "realised_share": float(casc["escalated"].mean())}}
+    rows["ensemble"] = {"calibrated": {"accuracy": float(ens["success"].mean()), "cost": float(ens["cost"].mean()),
+                                       "both_share": float(ens["both"].mean())}}
+    # routers read at the cascade's / ensemble's own cost (the cost axis; fixed prices make it the share axis)
+    for name in ("cascade", "ensemble"):
+        x = (rows[name]["calibrated"]["cost"] - c_c) / (c_s - c_c)
+        mf = _curve_at(res["policies"]["mf"]["gain"], S, C, cheap, strong, x)
+        rows[name]["calibrated"]["mf_router_at_same_cost"] = mf
+    return rows
+
+
+def _conf_matrix(conf_cheap: np.ndarray, cheap: int) -> np.ndarray:
+    m = np.full((len(conf_cheap), 2), np.nan)
+    m[:, cheap] = conf_cheap
+    return m
+
+
+def _curve_at(gain, S, C, cheap, strong, x) -> float:
+    from visroute.router.metrics import threshold_curve
+
+    return threshold_curve(gain, S[:, cheap], S[:, strong], C[:, cheap], C[:, strong]).clipped().at(min(max(x, 0), 1))[0]
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean (and std over repeats) of every numeric leaf."""
+    def walk(items):
+        first = items[0]
+        if isinstance(first, dict):
+            return {k: walk([it[k] for it in items]) for k in first}
+        vals = [v for v in items if isinstance(v, (int, float)) and v is not None]
+        if len(vals) == len(items) and vals:
+            return {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if len(items) > 1 else float(vals[0])
+        return items[0] if len(items) == 1 else None
+    return walk(runs)
+
+
+def leakage(emb: np.ndarray, fold_of: np.ndarray, threshold: float = 0.95) -> np.ndarray:
+    """Rows whose text nearly repeats a row in another fold (cosine >= threshold)."""
+    sims = emb @ emb.T
+    other = fold_of[:, None] != fold_of[None, :]
+    return (np.where(other, sims, -1).max(axis=1) >= threshold)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--routellm", help="RouteLLM checkout or bare git mirror")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--llm-router", help="model spec of a chat model to route with (e.g. openai-compatible:URL#m)")
+    ap.add_argument("--llm-prices", help="price table (JSON) for the LLM router's own calls")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "routing_real.json"))
+    a = ap.parse_args()
+    t0 = time.time()
+    root = find_checkout(a.routellm)
+    records, summary = read_routellm(root)
+    table = build_table(records, split_by="sample")
+    assert table.models[0].startswith("gpt-4") and "Mixtral" in table.models[1], table.models  # strong, cheap
+    emb_all = TextEmbedder().embed(list(table.text))
+    result = {"source": summary, "models": table.models, "router_kw": ROUTER_KW, "folds": a.folds,
+              "repeats": a.repeats, "settings": {}}
+    for bench in ("gsm8k", "mt-bench"):
+        sel = np.flatnonzero((table.dataset == "gsm8k") if bench == "gsm8k" else np.char.startswith(
+            table.dataset.astype(str), "mt-bench/"))
+        X, S, C, groups = emb_all[sel], table.success[sel].astype(np.float64), table.cost[sel].astype(np.float64), \
+            table.dataset[sel]
+        runs = []
+        for r in range(a.repeats):
+            fold_of = folds_random(len(sel), a.folds, seed=r)
+            runs.append(summarise(run_setting(X, S, C, groups, fold_of, seed=r), S, C))
+        result["settings"][f"{bench}/random"] = aggregate(runs)
+        leak = leakage(X, folds_random(len(sel), a.folds, seed=0))
+        result["settings"][f"{bench}/random"]["leakage"] = {"near_duplicate_rows": int(leak.sum()), "rows": len(sel)}
+        if leak.any():
+            res = run_setting(X, S, C, groups, folds_random(len(sel), a.folds, seed=0))
+            keep = ~leak
+            deduped = {n: two_model_metrics(res["policies"][n]["gain"][keep], S[keep], C[keep], 1, 0)["apgr"]
+                       for n in ROUTERS}
+            full = {n: two_model_metrics(res["policies"][n]["gain"], S, C, 1, 0)["apgr"] for n in ROUTERS}
+            result["settings"][f"{bench}/random"]["leakage"].update(apgr_all=full, apgr_without_near_duplicates=deduped)
+        if bench == "mt-bench":
+            result["settings"][f"{bench}/topic"] = summarise(run_setting(X, S, C, groups, folds_topic(groups)), S, C)
+        if bench == "gsm8k":
+            result["add_model"] = add_model(X, S, C)
+        print(f"{bench} done in {time.time() - t0:.0f}s", file=sys.stderr)
+    if a.llm_router:
+        result["llm_router"] = run_llm_router(table, a.llm_router, a.llm_prices)
+    else:
+        result["llm_router"] = "not run: no --llm-router endpoint was given (no OpenAI-compatible server is reachable here)"
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float))
+    print_table(result)
+    print(f"wrote {out} ({time.time() - t0:.0f}s)", file=sys.stderr)
+
+
+def add_model(X, S, C) -> dict:
+    """Mixtral-only MF router + GPT-4 added from 300 tasks vs MF retrained on both (GSM8K, one random split)."""
+    from visroute.router.hierarchy import add_model_vs_retrain
+
+    fold_of = folds_random(len(X), 5, seed=0)
+    tr, te = fold_of != 0, fold_of == 0
+    return add_model_vs_retrain(X[tr], S[tr].astype(np.float32), X[te], S[te], new=0, n_tasks=300,
+                                test_cost=C[te], expected_costs=np.nanmean(C, axis=0), batch_size=64)
+
+
+def run_llm_router(table, spec: str, prices) -> dict:
+    """The LLM router on every task (each routed with cards from the other tasks' outcomes is not done: the cards
+    hold whole-data accuracies, which favours the LLM router)."""
+    from visroute.router.llm_router import LLMRouter, model_cards
+
+    table.split[:] = "train"
+    router = LLMRouter.from_spec(spec, model_cards(table), prices)
+    out = router.route(table.text, table.dataset)
+    rows = np.arange(len(table))
+    return {"accuracy": float(np.nanmean(table.success[rows, out["picks"]])),
+            "cost": float(np.nanmean(table.cost[rows, out["picks"]]) + np.nanmean(out["router_cost"])),
+            "strong_share": float(np.mean(out["picks"] == 0)), "unparsed": out["unparsed"]}
+
+
+def _fmt(v, pct=False) -> str:
+    if isinstance(v, dict) and "mean" in v:
+        return f"{v['mean'] * (100 if pct else 1):.{1 if pct else 3}f}±{v['std'] * (100 if pct else 1):.{1 if pct else 3}f}"
+    if v is None:
+        return "-"
+    return f"{v * (100 if pct else 1):.{1 if pct else 3}f}"
+
+
+def print_table(result: dict) -> None:
+    head = f"{'setting':<16} {'policy':<14} {'APGR':>12} {'APGR-10bin':>12} {'CPT50%':>11} {'CPT80%':>11} " \
+           f"{'acc@50%':>12} {'cost@50%':>9} {'calib. share':>12}"
+    print(head)
+    for setting, rows in result["settings"].items():
+        for name, m in rows.items():
+            if name == "leakage" or "apgr" not in m:
+                continue
+            cal = m.get("calibrated", {})
+            cost = m.get("cost_at_50")
+            cost = cost["mean"] if isinstance(cost, dict) else cost
+            print(f"{setting:<16} {name:<14} {_fmt(m['apgr']):>12} {_fmt(m.get('apgr_discrete')):>12} "
+                  f"{_fmt(m['cpt50'], True):>11} {_fmt(m['cpt80'], True):>11} {_fmt(m.get('accuracy_at_50')):>12} "
+                  f"{cost if cost is None else format(cost, '.4f'):>9} {_fmt(cal.get('realised_share'), True):>12}")
+
+
+if __name__ == "__main__":
+    main()
