@@ -107,3 +107,10 @@ def test_extras_named_in_readme_and_errors_exist(project):
 def test_types_ship_and_the_version_is_single_sourced(project):
     assert (SRC / "py.typed").is_file()
     assert "version" in project.get("dynamic", []) and "version" not in project
+
+
+def test_no_source_file_is_over_400_lines():
+    """Files stay small enough to read in one sitting; a file that grows past this gets split by what it does."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "src").rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
