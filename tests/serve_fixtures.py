@@ -3,8 +3,8 @@ real server is shared by the whole session).
 
 ``served`` starts ``visroute serve`` as its own process (uvicorn on a free 127.0.0.1 port) with a config that
 has a random-tiny model, two label sets (one with descriptions), an image-aware router over two models whose
-endpoints are a scriptable OpenAI-compatible stub, a remote-image allow-list and a key for one endpoint that the
-environment binds to the stub's origin. (PYTEST_DONT_REWRITE: test modules import helpers from here before
+endpoints are a scriptable OpenAI-compatible stub, a remote-image allow-list, and a key for one endpoint bound by
+the user's own endpoints file (``$VISROUTE_ENDPOINTS``), not by the serve config. (PYTEST_DONT_REWRITE: test modules import helpers from here before
 pytest loads it as a plugin; it holds no assertions.)
 """
 
@@ -31,6 +31,7 @@ from tests.openai_stub import StubServer
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-0123456789abcdef"
 ENDPOINT_KEY = "sk-small-endpoint-0123456789"
+OPENAI_KEY = "sk-openai-must-not-leak-0123456789"
 LABELS = ["tabby cat", "goldfish", "tench", "Airedale Terrier", "garbage truck", "soccer ball", "banana", "volcano",
           "great white shark", "tiger shark"]
 #: the router's training tasks share one text, so only the image decides: animals go to 'large', the rest to 'small'
@@ -66,7 +67,21 @@ class Server:
 
 
 def start_server(config: Path | None, log_path: Path, env: dict | None = None, args: tuple = (),
-                 wait_ready: float = 180.0) -> Server:
+                 wait_ready: float = 180.0, tries: int = 3) -> Server:
+    """``visroute serve`` on a free port, once ready; a port taken by someone else in the meantime is retried."""
+    for _ in range(tries - 1):
+        try:
+            return _start(config, log_path, env, args, wait_ready)
+        except PortTaken:
+            continue
+    return _start(config, log_path, env, args, wait_ready)
+
+
+class PortTaken(Exception):
+    pass
+
+
+def _start(config, log_path: Path, env, args, wait_ready: float) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "visroute.cli", "serve", "--port", str(port), *args]
     if config is not None:
@@ -78,6 +93,8 @@ def start_server(config: Path | None, log_path: Path, env: dict | None = None, a
     deadline = time.time() + wait_ready
     while time.time() < deadline:
         if proc.poll() is not None:
+            if "address already in use" in log_path.read_text(errors="replace"):
+                raise PortTaken(port)
             pytest.fail(f"visroute serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(server.url + "/readyz", timeout=2) as r:
@@ -166,8 +183,8 @@ def write_config(work: Path, shared: Path, stub_url: str, image_url: str, router
                        {"name": "explained", "model": "tiny", "labels": ["tabby cat", "goldfish", "tench"],
                         "head": "descriptions", "descriptions": "desc.json"}],
         "routers": [{"name": "demo", "path": str(router)}],
-        "endpoints": [{"name": "small", "base_url": stub_url, "model": "tiny-small", "api_key_env": "VISROUTE_KEY_SMALL"},
-                      {"name": "large", "base_url": stub_url, "model": "tiny-large"}],
+        "endpoints": [{"name": "small", "base_url": "@small-ep", "model": "tiny-small"},   # keyed by the user's file
+                      {"name": "large", "base_url": large_url(stub_url), "model": "tiny-large"}],
         "allow_image_urls": [f"{image_url}/allowed/"],
         "batching": batching, "limits": limits, **extra}
     path = work / "serve.yaml"
@@ -175,11 +192,18 @@ def write_config(work: Path, shared: Path, stub_url: str, image_url: str, router
     return path
 
 
-def server_env(stub_url: str) -> dict:
-    from visroute.serve.config import origin
+def large_url(stub_url: str) -> str:
+    """Another base URL on the same stub (it answers any path), so the two endpoints are different URLs."""
+    return stub_url.replace("/v1", "/large/v1")
 
+
+def server_env(stub_url: str, work: Path) -> dict:
+    """The user's environment: the service's key, and an endpoints file that binds a key to 'small' only.
+    OPENAI_API_KEY is set too: it must never reach a server that is not https://api.openai.com."""
+    (work / "endpoints.yaml").write_text(json.dumps({"small-ep": {"base_url": stub_url,
+                                                                  "api_key_env": "VISROUTE_KEY_SMALL"}}))
     return {"VISROUTE_SERVE_API_KEYS": API_KEY, "VISROUTE_KEY_SMALL": ENDPOINT_KEY,
-            "VISROUTE_KEY_ORIGINS": f"VISROUTE_KEY_SMALL={origin(stub_url)}"}
+            "VISROUTE_ENDPOINTS": str(work / "endpoints.yaml"), "OPENAI_API_KEY": OPENAI_KEY}
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +213,7 @@ def served(tmp_path_factory, shared_data):
         host = ImageHost((shared_data / "imagenet-sample" / "n02123045_tabby.JPEG").read_bytes())
         router = build_router(work / "router", shared_data)
         cfg = write_config(work, shared_data, stub.base_url, host.url, router)
-        server = start_server(cfg, work / "server.log", server_env(stub.base_url))
+        server = start_server(cfg, work / "server.log", server_env(stub.base_url, work))
         try:
             yield Served(server, stub, host, work, work / "labels.txt")
         finally:

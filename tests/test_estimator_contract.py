@@ -357,15 +357,17 @@ def _router_X(name, tasks):
 def test_router_contract(name, tasks):
     router = ROUTERS[name]()
     X, Y = _router_X(name, tasks), tasks[1]
-    assert type(router) is type(make_router(name)) and make_router(name, **router.get_params()).get_params() == router.get_params()
+    params = router.get_params()
+    assert make_router(name, **params).get_params() == params  # get_params feeds the constructor back
     twin = clone(router)
     before = dict(vars(router))
-    hashes = {k: joblib.hash(v) for k, v in router.get_params().items()}
+    hashes = {k: joblib.hash(v) for k, v in params.items()}
     router.fit(X, Y, sample_weight=np.ones(len(Y)))
     after = vars(router)
     added = set(after) - set(before)
     assert added and all(k.endswith("_") and not k.startswith("_") for k in added), sorted(added)
-    assert all(after[k] is before[k] for k in before) and {k: joblib.hash(v) for k, v in router.get_params().items()} == hashes
+    assert all(after[k] is before[k] for k in before), "fit rebound a parameter"
+    assert {k: joblib.hash(v) for k, v in router.get_params().items()} == hashes, "fit mutated a parameter"
     proba = router.predict_proba(X)
     assert isinstance(proba, np.ndarray) and proba.dtype == np.float64 and proba.shape == Y.shape
     assert ((proba >= 0) & (proba <= 1)).all()
@@ -375,7 +377,7 @@ def test_router_contract(name, tasks):
     router.score(X, Y)
     assert all(vars(router)[k] is v for k, v in snapshot.items())
     change = {"k": 4} if name == "knn" else {"seed": 3}
-    assert router.set_params(**change) is router and router.get_params() == {**twin.get_params(), **change}
+    assert router.set_params(**change) is router and router.get_params() == {**params, **change}
 
 
 @pytest.mark.parametrize("name", ["knn", "logistic", "mlp", "mf"])
@@ -383,7 +385,7 @@ def test_router_learns_and_scores(name, tasks):
     X, Y, _ = tasks
     router = ROUTERS[name]().fit(X, Y)
     assert router.score(X, Y) > 0.3  # R^2 on the observed entries: the task type is learnt
-    assert router.n_features_in_ == X.shape[1]
+    assert router.n_features_in_ == X.shape[1] and router.n_models_ == Y.shape[1]
 
 
 @pytest.mark.parametrize("name", ["knn", "mlp"])
@@ -474,3 +476,11 @@ def test_plain_routers_fail_generic_checks_only_on_the_target_range(name):
 @pytest.mark.parametrize("check", SLM_API_CHECKS, ids=lambda c: c.__name__)
 def test_sklearn_api_checks_on_the_text_router(check):
     check("SequenceClassifierRouter", SequenceClassifierRouter(epochs=1))
+
+
+def test_choose_refuses_probabilities_that_do_not_match_the_costs():
+    from visroute.router.decide import choose
+
+    assert choose(np.array([[0.9, 0.8]]), np.array([1.0, 0.1]), lam=0.5).tolist() == [1]
+    with pytest.raises(InputError, match="3 model costs"):
+        choose(np.zeros((2, 2)), np.ones(3), 0.0)

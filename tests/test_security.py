@@ -105,3 +105,18 @@ def test_a_key_goes_only_to_its_configured_endpoint(tmp_path, monkeypatch):
     assert load_generator("openai:gpt-4o-mini").client.api_key == "sk-user-openai"
     with pytest.raises(EndpointNotAllowed):
         load_generator("openai-compatible:http://127.0.0.1:7777/v1#m", trusted_endpoints=())
+
+
+@pytest.mark.parametrize("kind", ["knn", "logistic", "mlp", "mf"])
+def test_every_router_kind_round_trips_through_safetensors(tmp_path, kind):
+    from visroute.router.routers import make_router
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(80, 6)).astype(np.float32), rng.random((80, 3)).astype(np.float32)
+    est = make_router(kind).fit(X, Y)
+    if kind == "mf":
+        est.add_model(X[:40], (X[:40, 0] > 0).astype(np.float32))  # a model added later keeps its column too
+    b = RouterBundle(est, kind, ["a", "b", "c"] + (["d"] if kind == "mf" else []), np.arange(3 + (kind == "mf")) * 1.0)
+    loaded = RouterBundle.load(b.save(tmp_path / kind))
+    np.testing.assert_array_equal(loaded.router.predict_proba(X), est.predict_proba(X))
+    assert loaded.router.get_params() == est.get_params()

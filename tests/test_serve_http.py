@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.serve_fixtures import API_KEY, ENDPOINT_KEY, ROUTER_TEXT
+from tests.serve_fixtures import API_KEY, ENDPOINT_KEY, OPENAI_KEY, ROUTER_TEXT
 from visroute.cli import app as cli
 
 pytest_plugins = ["tests.serve_fixtures"]
@@ -140,7 +140,7 @@ def test_openai_client_is_routed_by_the_image(served, client, shared_data):
     assert r.model == "large" and r.choices[0].message.content == "B"
     sent, sent_headers = served.stub.requests[-1], served.stub.headers[-1]
     assert sent["model"] == "tiny-large" and sent["messages"][0]["content"][1]["image_url"]["url"].startswith("data:")
-    assert "authorization" not in sent_headers  # no key is configured for 'large', and the client's is never passed on
+    assert "authorization" not in sent_headers  # no key is bound to 'large', and the client's is never passed on
     r = _chat(client, img(shared_data, "n07753592_banana"))
     assert r.model == "small" and served.stub.requests[-1]["model"] == "tiny-small"
     assert served.stub.headers[-1]["authorization"] == f"Bearer {ENDPOINT_KEY}"
@@ -151,6 +151,8 @@ def test_openai_client_is_routed_by_the_image(served, client, shared_data):
             {"type": "image_url", "image_url": {"url": data_url(img(shared_data, "n02123045_tabby"))}}]}])
     assert raw.headers["x-visroute-router"] == "demo" and raw.headers["x-visroute-model"] == "large"
     assert set(json.loads(raw.headers["x-visroute-predicted-accuracy"])) == {"small", "large"}
+    sent_keys = json.dumps(served.stub.headers)
+    assert API_KEY not in sent_keys and OPENAI_KEY not in sent_keys  # only the key bound to 'small' ever left
 
 
 def test_openai_client_streams_through_the_proxy(served, client, shared_data):

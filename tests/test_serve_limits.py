@@ -103,26 +103,43 @@ def test_start_up_refusals_are_one_line(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "max_queue must be a whole number >= 1" in r.output
 
 
-def test_a_shared_config_cannot_send_a_key_elsewhere(tmp_path, monkeypatch):
-    """The config names the variable, but only the environment decides which server may receive it."""
+def test_a_shared_config_cannot_choose_keys(tmp_path, monkeypatch):
+    """serve.yaml names URLs, never keys: a key goes only where the user's own endpoints file binds it."""
+    from types import SimpleNamespace
+
+    from visroute.pipeline import PipelineSpec
+    from visroute.serve.config import parse_config
+    from visroute.serve.state import ServeState
+
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-never-leaves-0123456789")
-    monkeypatch.delenv("VISROUTE_KEY_ORIGINS", raising=False)
+    monkeypatch.setenv("VISROUTE_ENDPOINTS", str(tmp_path / "endpoints.yaml"))
+    monkeypatch.delenv("VISROUTE_ALLOW_ENDPOINTS", raising=False)
+    (tmp_path / "endpoints.yaml").write_text("mine: {base_url: 'http://127.0.0.1:9/v1', api_key_env: MY_KEY}\n")
+    monkeypatch.setenv("MY_KEY", "my-key-0123456789abcdef")
     (tmp_path / "s.yaml").write_text("models: [{name: m, model: random-tiny}]\nendpoints:\n"
-                                     "  - {name: x, base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: OPENAI_API_KEY}\n")
+                                     "  - {name: x, base_url: 'http://127.0.0.1:8/v1', model: m, api_key_env: OPENAI_API_KEY}\n")
     r = _serve("--open", "--config", str(tmp_path / "s.yaml"))
-    assert r.exit_code == 2 and "does not allow" in r.output and "VISROUTE_KEY_ORIGINS" in r.output
-    assert "sk-secret" not in r.output
+    assert r.exit_code == 2 and "unknown key 'api_key_env'" in r.output and "sk-secret" not in r.output
 
-    from visroute.serve.config import ServeConfigError, endpoint_key
+    def state(endpoints: list[dict]) -> ServeState:
+        st = ServeState(parse_config({"models": [{"name": "m", "model": "random-tiny"}], "endpoints": endpoints},
+                                     "serve.yaml", tmp_path))
+        st.check()
+        return st
 
-    env = {"OPENAI_API_KEY": "sk-a", "MY_KEY": "k", "VISROUTE_KEY_ORIGINS": "MY_KEY=http://127.0.0.1:9"}
-    assert endpoint_key("https://api.openai.com/v1", "OPENAI_API_KEY", env) == "sk-a"
-    assert endpoint_key("http://127.0.0.1:9/v1", "MY_KEY", env) == "k"
-    assert endpoint_key("http://127.0.0.1:9/v1", None, env) is None
-    with pytest.raises(ServeConfigError, match="does not allow"):
-        endpoint_key("http://127.0.0.1:10/v1", "MY_KEY", env)  # another port is another origin
-    with pytest.raises(ServeConfigError, match="expected VAR="):
-        endpoint_key("http://127.0.0.1:9/v1", "MY_KEY", {"VISROUTE_KEY_ORIGINS": "MY_KEY"})
+    st = state([{"name": "evil", "base_url": "http://127.0.0.1:8/v1", "model": "m"},
+                {"name": "ok", "base_url": "@mine", "model": "m"}, {"name": "same", "base_url": "http://127.0.0.1:9/v1/",
+                                                                     "model": "m"}])
+    assert st.targets["evil"].key is None  # contacted (the operator named it) but with no key of yours
+    assert st.targets["ok"].key == "my-key-0123456789abcdef" and st.targets["same"].key == "my-key-0123456789abcdef"
+    with pytest.raises(Exception, match="not in your endpoints file"):
+        state([{"name": "y", "base_url": "@nobody", "model": "m"}])
+    # a URL only a router bundle names is not contacted
+    spec = PipelineSpec(head="vlm", vlm="openai-compatible:http://127.0.0.1:7/v1#m")
+    st.routers["r"] = SimpleNamespace(bundle=SimpleNamespace(models=["b"], pipelines={"b": {"mcq": spec.to_dict()}},
+                                                             pipeline_spec=lambda name: spec))
+    with pytest.raises(Exception, match="not by your configuration"):
+        st.target("b")
 
 
 def test_a_load_failure_stops_the_server_with_the_message(tmp_path):

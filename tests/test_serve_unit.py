@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,39 @@ def test_decoding_matches_the_cli_loader(shared_data, tmp_path):
     for bad in ("data:image/png,abc", "a b c", "data:image/png;base64,@@"):
         with pytest.raises(BadImageInput):
             b64_bytes(bad)
+
+
+def test_a_request_past_its_deadline_gets_504():
+    from types import SimpleNamespace
+
+    from starlette.exceptions import HTTPException
+
+    from visroute.serve.routes import _within
+
+    limits = SimpleNamespace(request_timeout_s=0.05)
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(serve=SimpleNamespace(
+        config=SimpleNamespace(limits=limits)))))
+
+    async def main():
+        assert await _within(request, asyncio.sleep(0, result="fast")) == "fast"
+        with pytest.raises(HTTPException) as e:
+            await _within(request, asyncio.sleep(5))
+        return e.value
+
+    err = asyncio.run(main())
+    assert err.status_code == 504 and "deadline of 0.05 s" in err.detail
+
+
+def test_remote_image_allow_list_is_by_prefix_and_not_fooled():
+    from visroute.serve.proxy import allowed_url
+
+    ok = ["https://img.example.com/pub/"]
+    assert allowed_url("https://img.example.com/pub/a.jpg", ok)
+    for url in ("https://img.example.com/private/a.jpg", "https://img.example.com/pub/../private/a.jpg",
+                "https://img.example.com/pub/%2e%2e/private", "https://img.example.com.evil.net/pub/a.jpg",
+                "https://img.example.com/pub@evil.net/a.jpg", "file:///etc/passwd", "https://evil.net/pub/"):
+        assert not allowed_url(url, ok), url
+    assert not allowed_url("https://img.example.com/pub/a.jpg", [])  # nothing is allowed by default
+    with pytest.raises(ServeConfigError, match="includes a path"):
+        parse_config({"models": [{"name": "m", "model": "x"}], "allow_image_urls": ["https://img.example.com"]},
+                      "serve.yaml", Path("."))

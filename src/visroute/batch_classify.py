@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visroute.data.images import SkippedFile, find_images
-from visroute.features.encode import iter_encoded_batches
+from visroute.features.encode import EncodedBatch, iter_encoded_batches
 from visroute.heads.zeroshot import ZeroShotClassifier
 
 
@@ -32,15 +32,24 @@ def iter_classify(
     num_workers: int | None = None,
     draft_size: int | None = None,
     progress: bool = False,
+    engine=None,
 ) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
-    """Classify already-expanded image paths batch by batch with a fitted head."""
-    for batch in iter_encoded_batches(head.model, paths, batch_size, num_workers, draft_size, progress):
+    """Classify already-expanded image paths batch by batch with a fitted head; ``engine`` (``visroute.engine``,
+    e.g. Ray): where the images are encoded, batches still in input order."""
+    batches = iter_encoded_batches(head.model, paths, batch_size, num_workers, draft_size, progress) if engine is None \
+        else engine_batches(engine, head.model, [str(p) for p in paths], batch_size, draft_size)
+    for batch in batches:
         preds = []
         if batch.paths:
             idx, scores = head.predict_topk(batch.embeddings, top_k)
             for path, row_i, row_s in zip(batch.paths, idx, scores):
                 preds.append(ImagePrediction(path, [str(head.classes_[j]) for j in row_i], [float(s) for s in row_s]))
         yield preds, batch.skipped
+
+
+def engine_batches(engine, model, paths: list[str], batch_size: int, draft_size: int | None) -> Iterator[EncodedBatch]:
+    for idx, emb, skipped in engine.map_images(model, paths, batch_size, draft_size):
+        yield EncodedBatch([paths[i] for i in idx], emb, skipped)
 
 
 def classify_images(head: ZeroShotClassifier, inputs: Sequence[str | Path], top_k: int = 5, **kw) -> ClassifyRun:
@@ -76,11 +85,11 @@ class ClassifyJob:
     repeated_labels: list[str]
 
     def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None, fast_decode: bool = False,
-                progress: bool | None = None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
+                progress: bool | None = None, engine=None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
         """Predictions batch by batch; the progress bar defaults to on for more than 8 images."""
         show = progress if progress is not None else len(self.paths) > 8
         draft = draft_size(self.head.model) if fast_decode else None
-        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, draft, show)
+        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, draft, show, engine)
 
     def document(self, top_k: int, run: ClassifyRun) -> dict:
         """The JSON document ``visroute classify --json`` prints."""

@@ -31,6 +31,29 @@ BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: one per core).")]
 RouterDir = Annotated[Path, typer.Option("--router", help="Trained router directory.")]
 TableDir = Annotated[Path, typer.Argument(help="Routing table directory.")]
+# --engine ray (visroute.engine): where the heavy stages run; none of these changes a result
+EngineName = Annotated[Optional[str], typer.Option("--engine", help="local (default) or ray.")]
+RayAddress = Annotated[Optional[str], typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, "
+                                                        "else a new local Ray).")]
+Actors = Annotated[Optional[int], typer.Option(min=1, help="--engine ray: encoding actors (default: fill the cluster).")]
+NumGpus = Annotated[Optional[float], typer.Option(min=0, help="--engine ray: GPUs per encoding actor (0.5: two per GPU; "
+                                                               "default 0).")]
+EndpointConcurrency = Annotated[Optional[int], typer.Option(min=1, help="--engine ray: requests in flight to one VLM/LLM "
+                                                                        "endpoint from the whole cluster (default 8).")]
+
+
+def make_engine(engine: str | None, ray_address: str | None = None, actors: int | None = None,
+                num_gpus: float | None = None, endpoint_concurrency: int | None = None, base: Any = None,
+                concurrency: int | None = None) -> Any:
+    """The engine the ``--engine`` options name (``visroute.engine``), over ``base`` options (a grid file's); an
+    option left out keeps the base value. Ray is imported only for ``--engine ray``."""
+    import dataclasses
+
+    from visroute.engine import EngineOptions, make_engine as build
+
+    given = {"engine": engine, "address": ray_address, "actors": actors, "num_gpus": num_gpus,
+             "endpoint_concurrency": endpoint_concurrency, "concurrency": concurrency}
+    return build(dataclasses.replace(base or EngineOptions(), **{k: v for k, v in given.items() if v is not None}))
 
 
 def quiet_libraries() -> None:

@@ -39,7 +39,10 @@ def cache_ls(as_json: Json = False) -> None:
         return
     typer.echo(f"feature cache: {cache.root}")
     for e in entries:
-        state = "complete" if e["complete"] else f"partial {e['shards_done']}/{e['n_shards']} shards"
+        if e["damaged"]:
+            state = f"damaged ({', '.join(e['damaged'][:3])}: the next run recomputes it)"
+        else:
+            state = "complete" if e["complete"] else f"partial {e['shards_done']}/{e['n_shards']} shards"
         typer.echo(f"{e['key']}  {e['bytes'] / 1e6:8.1f} MB  {e['n_items']} images  {state}  {e['model']}  {e['dataset']}")
     typer.echo(f"{len(entries)} entries, {sum(e['bytes'] for e in entries) / 1e6:.1f} MB")
 

@@ -3,39 +3,56 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, Device, quiet_libraries, warn
+from visroute.cli._common import (EXIT_OK, EXIT_SOME_SKIPPED, Device, EndpointConcurrency, EngineName, RayAddress,
+                                  make_engine, options_from, quiet_libraries, warn)
+
+Opt = typer.Option
 
 
-def describe(
-    classes: Annotated[str, typer.Option(help="Class names: .txt, JSON list, FILE.json:KEY or CSV column.")],
-    llm: Annotated[str, typer.Option(help="openai-compatible:<base_url>#<model> or hf:<local causal LM dir>.")],
-    output: Annotated[Path, typer.Option(help="Where to write the description set (visroute JSON).")],
-    style: Annotated[str, typer.Option(help="dclip (descriptor lists), cupl (sentences) or contrastive.")] = "dclip",
-    neighbours: Annotated[int, typer.Option(min=1, help="Confusable classes per class (contrastive style).")] = 3,
-    confusion: Annotated[Optional[Path], typer.Option(help="Result JSON of a zero-shot eval: neighbours from its confusion matrix.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Contrastive model whose text embeddings give neighbours.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 60.0,
-    retries: Annotated[int, typer.Option(min=0, help="Retries per request (exponential backoff).")] = 4,
-    concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP requests.")] = 4,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
-    progress: Annotated[bool, typer.Option()] = True,
-) -> None:
+@dataclass
+class DescribeArgs:
+    """Every ``visroute describe`` flag."""
+
+    classes: Annotated[str, Opt(help="Class names: .txt, JSON list, FILE.json:KEY or CSV column.")]
+    llm: Annotated[str, Opt(help="openai-compatible:<base_url>#<model> or hf:<local causal LM dir>.")]
+    output: Annotated[Path, Opt(help="Where to write the description set (visroute JSON).")]
+    style: Annotated[str, Opt(help="dclip (descriptor lists), cupl (sentences) or contrastive.")] = "dclip"
+    neighbours: Annotated[int, Opt(min=1, help="Confusable classes per class (contrastive style).")] = 3
+    confusion: Annotated[Optional[Path], Opt(help="Result JSON of a zero-shot eval: neighbours from its confusion matrix.")] = None
+    model: Annotated[Optional[str], Opt("--model", "-m", help="Contrastive model whose text embeddings give neighbours.")] = None
+    timeout: Annotated[float, Opt(help="Seconds per HTTP request.")] = 60.0
+    retries: Annotated[int, Opt(min=0, help="Retries per request (exponential backoff).")] = 4
+    concurrency: Annotated[int, Opt(min=1, help="Parallel HTTP requests (per worker with --engine ray).")] = 4
+    max_tokens: Annotated[int, Opt(min=1)] = 256
+    progress: Annotated[bool, Opt()] = True
+    engine: EngineName = None
+    ray_address: RayAddress = None
+    endpoint_concurrency: EndpointConcurrency = None
+
+
+@options_from(DescribeArgs)
+def describe(a: DescribeArgs) -> None:
     """Write class descriptions with an LLM. Responses are cached (SQLite): a re-run resumes for free."""
     from visroute.descriptions.generate import describe_classes
 
     quiet_libraries()
-    dset, report = describe_classes(classes, llm, output, style, neighbours, confusion, model, timeout, retries,
-                                    concurrency, max_tokens, progress)
+    engine = make_engine(a.engine, a.ray_address, endpoint_concurrency=a.endpoint_concurrency, concurrency=a.concurrency)
+    try:
+        dset, report = describe_classes(a.classes, a.llm, a.output, a.style, a.neighbours, a.confusion, a.model, a.timeout,
+                                        a.retries, a.concurrency, a.max_tokens, a.progress, engine=engine)
+    finally:
+        engine.shutdown()
     for f in report.failed:
         typer.secho(f"failed: {f['class']}: {f['error']}", err=True, fg=typer.colors.RED)
     for u in report.unparsable:
         warn(f"unparsable answer for {u['class']}: {u['answer'][:80]!r}")
-    typer.echo(f"wrote {output}: {sum(map(len, dset.descriptions))} descriptions for {len(dset.classnames)} classes; "
+    typer.echo(f"wrote {a.output}: {sum(map(len, dset.descriptions))} descriptions for {len(dset.classnames)} classes; "
                f"{report.requests} requests ({report.cached} cached), {len(report.failed)} failed, "
                f"{len(report.unparsable)} unparsable, {len(report.empty_classes)} classes without descriptions", err=True)
     raise typer.Exit(EXIT_SOME_SKIPPED if report.failed or report.empty_classes else EXIT_OK)

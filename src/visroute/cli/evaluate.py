@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import BatchSize, Device, Dtype, Workers, error, exit_code, options_from, quiet_libraries, warn
+from visroute.cli._common import (Actors, BatchSize, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
+                                  Workers, error, exit_code, make_engine, options_from, quiet_libraries, warn)
 
 Opt = typer.Option
 
@@ -58,6 +59,12 @@ class EvalArgs:
     device: Device = "auto"
     dtype: Dtype = "auto"
     progress: Annotated[bool, Opt(help="Progress bars.")] = True
+    # engine (contrastive heads: image features on a Ray actor pool; results identical to the local engine)
+    engine: EngineName = None
+    ray_address: RayAddress = None
+    actors: Actors = None
+    num_gpus: NumGpus = None
+    endpoint_concurrency: EndpointConcurrency = None
 
     def eval_options(self):
         """The library's ``EvalOptions`` for a contrastive-head run; flag combinations that cannot work are usage
@@ -86,6 +93,7 @@ class EvalArgs:
 @options_from(EvalArgs)
 def eval_cmd(args: EvalArgs) -> None:
     """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
+    from visroute.errors import VisrouteError
     from visroute.eval.report import summary_table, task_table
     from visroute.eval.task_eval import TASK_HEADS
 
@@ -93,12 +101,18 @@ def eval_cmd(args: EvalArgs) -> None:
     if args.head in TASK_HEADS:
         from visroute.eval.task_eval import evaluate_task_datasets
 
+        if (args.engine or "local") != "local":
+            raise VisrouteError("--engine ray runs the contrastive heads; run task pipelines on Ray with `grid run`")
         rows, errors = evaluate_task_datasets(**args.task_arguments())
         table = task_table
     else:
         from visroute.eval.batch import evaluate_models
 
-        rows, errors = evaluate_models(args.model or [], args.dataset, args.eval_options())
+        engine = make_engine(args.engine, args.ray_address, args.actors, args.num_gpus, args.endpoint_concurrency)
+        try:
+            rows, errors = evaluate_models(args.model or [], args.dataset, args.eval_options(), engine.feature_cache())
+        finally:
+            engine.shutdown()
         table = summary_table
     for doc in rows:
         for s in doc.get("visroute", {}).get("skipped", []):

@@ -7,6 +7,7 @@ import html
 import io
 from pathlib import Path
 
+from visroute.io import atomic_write_text
 
 def thumbnail_data_uri(path: str | Path, size: int = 320) -> str:
     from visroute.data.images import load_image
@@ -80,6 +81,13 @@ def explain_images(images, descriptions: str, model: str = "random-tiny", classe
     items = [{"path": path, "model": clip.spec, "head": head_name, "random_weights": clip.is_random,
               "classes": head.explain(emb) if selection_dataset else head.explain(emb, top_k)}
              for path, emb in zip(enc.paths, enc.embeddings)]
-    Path(html_out).write_text(render_html([{**it, "image": thumbnail_data_uri(it["path"])} for it in items]),
-                              encoding="utf-8")
-    return items, list(enc.skipped)
+    skipped = list(enc.skipped)
+    if not items:  # no page rather than an empty one; an earlier page at that path stays as it was
+        first = f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise VisrouteError(f"none of the {len(skipped)} image(s) could be explained{first}; {html_out} not written")
+    page = render_html([{**it, "image": thumbnail_data_uri(it["path"])} for it in items])
+    try:
+        atomic_write_text(html_out, page)  # complete or not there: never a torn or empty page
+    except OSError as e:
+        raise VisrouteError(f"cannot write {html_out} ({e.strerror or e})") from None
+    return items, skipped

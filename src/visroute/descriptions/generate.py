@@ -145,9 +145,10 @@ def generate_descriptions(generator: Generator, classnames: Sequence[str], style
 
 def describe_classes(classes: str, llm: str, output, style: str = "dclip", neighbours: int = 3, confusion=None,
                      model: str | None = None, timeout: float = 60.0, retries: int = 4, concurrency: int = 4,
-                     max_tokens: int = 256, progress: bool = False) -> tuple[DescriptionSet, GenerationReport]:
+                     max_tokens: int = 256, progress: bool = False, engine=None) -> tuple[DescriptionSet, GenerationReport]:
     """``visroute describe``: read class names, find each class's confusable neighbours (contrastive style: from a
-    result file's confusion matrix, else from a contrastive model's text embeddings), generate, save to ``output``."""
+    result file's confusion matrix, else from a contrastive model's text embeddings), generate, save to ``output``.
+    ``engine`` (``visroute.engine``, e.g. Ray): where the requests are sent from, under its per-endpoint limit."""
     import json
 
     from visroute.data.text import parse_labels
@@ -173,7 +174,15 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
             emb = clip.encode_texts([f"a photo of a {c}." for c in classnames])
             near = text_neighbours(emb.numpy(), n)
     # the same loader as build_pipeline's, so a describe LLM is configured exactly like a pipeline's LLM
-    generator = load_generative(llm, PipelineSpec(head="vlm", vlm=llm, max_tokens=max_tokens), runtime)
+    gen_spec = PipelineSpec(head="vlm", vlm=llm, max_tokens=max_tokens)
+    generator = engine.generator(llm, gen_spec, runtime) if engine is not None else load_generative(llm, gen_spec, runtime)
     dset, report = generate_descriptions(generator, classnames, style, near, progress=progress)
-    save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
+    if report.requests and len(report.failed) == report.requests:  # nothing to save: keep any earlier file as it is
+        raise VisrouteError(f"all {report.requests} request(s) to {llm} failed (first: {report.failed[0]['error']}); "
+                            f"{output} not written")
+    try:
+        save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
+    except OSError as e:  # disk full, permissions: the answers are in the response cache, a re-run is free
+        raise VisrouteError(f"cannot write {output} ({e.strerror or e}); the answers are cached, so a re-run "
+                            "costs no requests") from None
     return dset, report

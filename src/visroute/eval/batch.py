@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from visroute.errors import VisrouteError
 
 
-def evaluate_models(models: Sequence[str], datasets: Sequence[str], opts) -> tuple[list[dict], list[str]]:
+def evaluate_models(models: Sequence[str], datasets: Sequence[str], opts, cache=None) -> tuple[list[dict], list[str]]:
     """Run ``visroute.eval.run.evaluate`` for every model x dataset: (result documents, one message per failed run).
 
-    ``opts`` is an ``EvalOptions``.
+    ``opts`` is an ``EvalOptions``; ``cache`` a feature cache (an engine's, e.g. Ray's; default: the local one).
     """
     from visroute.eval.run import evaluate
     from visroute.models import load_model
@@ -28,7 +28,7 @@ def evaluate_models(models: Sequence[str], datasets: Sequence[str], opts) -> tup
             try:
                 if loaded is None and not opts.skip_existing:
                     loaded = load_model(spec, device=opts.device, dtype=opts.dtype)
-                rows.append(evaluate(loaded or spec, ds, opts))
+                rows.append(evaluate(loaded or spec, ds, opts, cache=cache))
             except VisrouteError as e:
                 errors.append(f"{spec} on {ds}: {e}")
     return rows, errors

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,10 @@ class Generator:
     def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
         raise NotImplementedError
 
+    def _iter_uncached(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, GenerationResult]]:
+        """(position, result) pairs; backends that finish requests one by one yield them as they finish."""
+        yield from enumerate(self._generate_uncached(requests))
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
         requests = list(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -135,10 +139,11 @@ class Generator:
             else:
                 todo.append(i)
         if todo:
-            fresh = self._generate_uncached([requests[i] for i in todo])
-            for i, res in zip(todo, fresh):
+            # each answer is saved the moment it arrives: one already paid for survives a later failure or a kill
+            for pos, res in self._iter_uncached([requests[i] for i in todo]):
+                i = todo[pos]
                 results[i] = res
-                if res.ok and self.cache is not None:
+                if self.cache is not None and res.ok and isinstance(res.text, str) and res.text.strip():
                     self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s)
         _warn_failures(self.spec, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]

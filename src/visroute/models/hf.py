@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,90 @@ from typing import Any
 import torch
 
 from visroute.errors import ModelLoadError
+from visroute.log import get_logger
 from visroute.models.contrastive import Batch, ContrastiveModel
 
 SIGMOID_MODEL_TYPES = {"siglip", "siglip2"}
+HUB_PROBE_S = 1.5  # how long to look for the hub before treating this machine as offline
+
+log = get_logger(__name__)
+_hub_state: dict[str, bool] = {}
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub sees it now (set by the user, or by ``check_hf_location`` below)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable() -> bool:
+    """Can a TCP connection to the hub (or the https proxy in front of it) be opened within HUB_PROBE_S?
+
+    Without this, a machine with no network spends ~25 s in huggingface_hub's retries per file before failing.
+    Name resolution cannot be given a timeout, so the probe runs in a thread that is not waited for longer.
+    """
+    if "reachable" in _hub_state:
+        return _hub_state["reachable"]
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    host, port = parts.hostname or "huggingface.co", parts.port or 443
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 80
+    result = {"ok": False}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+            result["ok"] = True
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(HUB_PROBE_S + 0.5)
+    _hub_state["reachable"] = result["ok"]
+    return result["ok"]
+
+
+def check_hf_location(location: str) -> None:
+    """Fail fast, in one line saying what to do, before transformers tries to load ``location``.
+
+    A path that does not exist is named as such (not as an invalid hub id). For a hub id with no network in
+    reach, huggingface_hub is switched to offline mode for the rest of the process (the local cache is used,
+    at once), and a model not in that cache is an error that says to use a local directory or HF_HUB_OFFLINE=1.
+    """
+    path = Path(location).expanduser()
+    looks_like_path = location.startswith(("/", "./", "../", "~", ".\\")) or location.count("/") >= 2
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ModelLoadError(f"'{location}' is a file, not a model directory (hf:<dir> needs a directory saved "
+                             "with save_pretrained, with its config.json)")
+    if looks_like_path:
+        raise ModelLoadError(f"the model directory '{location}' does not exist")
+    if hub_offline() or hub_reachable():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    constants.HF_HUB_OFFLINE = True  # no network: ask no more of it in this process
+    try:
+        cached = isinstance(try_to_load_from_cache(location, "config.json"), str)
+    except Exception:  # not a valid hub id either: transformers says why below
+        cached = False
+    if not cached:
+        raise ModelLoadError(f"cannot reach {constants.ENDPOINT} to download '{location}', and it is not in the "
+                             "local Hugging Face cache: without network, use a local directory (hf:/path/to/model_dir)"
+                             ", or set HF_HUB_OFFLINE=1 to use only models already cached")
+    log.warning("cannot reach %s: using the cached copy of '%s' (set HF_HUB_OFFLINE=1 to skip this check)",
+                constants.ENDPOINT, location)
 
 
 class HFImagePreprocess:
@@ -86,7 +167,8 @@ def load_hf_contrastive(location: str, spec: str, device: torch.device, dtype: t
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
     except ImportError as e:  # pragma: no cover - transformers is a core dependency
         raise ModelLoadError(f"transformers is not importable: {e}") from e
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    check_hf_location(location)
+    offline = hub_offline()
     is_dir = Path(location).expanduser().is_dir()
     try:
         model = AutoModel.from_pretrained(location, dtype=dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +58,17 @@ def load_openclip(name: str, pretrained: str | None, spec: str, device: torch.de
         import open_clip
     except ImportError as e:
         raise MissingExtraError("openclip", "open_clip_torch", f"model '{spec}'") from e
+    no_network = ""
+    from_hub = name.startswith("hf-hub:") or bool(pretrained and not Path(pretrained).expanduser().exists())
+    if from_hub:
+        from visroute.models.hf import hub_reachable, hub_offline
+
+        if not hub_offline() and not hub_reachable():
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = True  # fail at once from the local cache instead of ~25 s of retries
+            no_network = (f" No network: {constants.ENDPOINT} cannot be reached, so only the local cache was "
+                          "searched (set HF_HUB_OFFLINE=1 to skip this check).")
     try:
         model, _, transform = open_clip.create_model_and_transforms(name, pretrained=pretrained, device="cpu")
         tokenizer = open_clip.get_tokenizer(name)
@@ -64,7 +76,7 @@ def load_openclip(name: str, pretrained: str | None, spec: str, device: torch.de
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         tried = f"architecture '{name}'" + (f" with pretrained '{pretrained}'" if pretrained else "")
         raise ModelLoadError(
-            f"could not load open_clip {tried} ({type(e).__name__}: {first}). Known architectures: "
+            f"could not load open_clip {tried} ({type(e).__name__}: {first}).{no_network} Known architectures: "
             "open_clip.list_models(); known tags: open_clip.list_pretrained(). For local weights use "
             "openclip:<arch>//path/to/checkpoint.pt or openclip:local-dir:/path/to/dir "
             "(open_clip_config.json + weights)."

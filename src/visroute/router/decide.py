@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from visroute.errors import InputError
+
 
 def choose(proba: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
     """Per task, the model maximising predicted accuracy - lam * cost (ties: cheaper model)."""
     costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(costs):
+        raise InputError(f"choose: probabilities of shape {proba.shape} do not match {len(costs)} model costs")
     utility = proba - lam * costs[None, :]
     order = np.argsort(costs, kind="stable")
     # argmax over models visited from cheapest to dearest: the first maximum is the cheapest

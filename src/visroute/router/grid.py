@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from visroute.errors import VisrouteError
 from visroute.pipeline.spec import CONTRASTIVE_HEADS, PipelineSpec
 
 GRID_KEYS = ("output", "limit", "prices", "max_tokens", "device", "dtype", "datasets", "models", "prompts",
-             "options_top_k", "prefilter")
+             "options_top_k", "prefilter", "engine")
 _PATH_KEYS = ("model", "vlm", "llm", "descriptions", "fallback_descriptions", "templates", "prompt", "describe_prompt",
               "reason_prompt")
 
@@ -56,6 +57,7 @@ class GridSpec:
     options_top_k: int | None = None
     prefilter: str | None = None
     device: str = "auto"
+    engine: Any = None        # `engine: ray` or {name: ray, address: ..., actors: ...} (visroute.engine.EngineOptions)
 
     @classmethod
     def load(cls, path: str | Path) -> "GridSpec":
@@ -63,11 +65,26 @@ class GridSpec:
 
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise VisrouteError(f"cannot read grid file {path}: {e}") from None
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise VisrouteError(f"cannot read grid file {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise VisrouteError(f"grid file {path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+        except yaml.YAMLError as e:  # one line: where, and what the parser expected
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise VisrouteError(f"grid file {path} is not valid YAML{where}: {what}") from None
         if not isinstance(raw, dict) or not raw.get("datasets") or not raw.get("models"):
             raise VisrouteError(f"{path}: a grid needs 'datasets' and 'models' lists")
+        for key in ("datasets", "models"):
+            if not isinstance(raw[key], list):
+                raise VisrouteError(f"{path}: '{key}' must be a list, found {type(raw[key]).__name__}")
+        bad = next((i for i, d in enumerate(raw["datasets"]) if not isinstance(d, str)
+                    and not (isinstance(d, dict) and isinstance(d.get("spec"), str))), None)
+        if bad is not None:
+            raise VisrouteError(f"{path}: datasets[{bad}] must be a dataset spec string or a mapping with a 'spec' "
+                                f"string, found {raw['datasets'][bad]!r:.80}")
         from visroute.pipeline.spec import nearest_key
 
         for k in raw:
@@ -101,7 +118,7 @@ class GridSpec:
             raise VisrouteError(f"{path}: model names must be unique ({names})")
         out = Path(raw.get("output", "runs/grid"))
         return cls(out if out.is_absolute() else base / out, datasets, models, prompts, raw.get("limit"),
-                   raw.get("options_top_k"), raw.get("prefilter"), raw.get("device", "auto"))
+                   raw.get("options_top_k"), raw.get("prefilter"), raw.get("device", "auto"), raw.get("engine"))
 
     def cells(self) -> list[GridCell]:
         """Every (pipeline spec, prompt variant) the grid measures, in order."""
@@ -137,23 +154,40 @@ def is_task_file(spec: str) -> bool:
         return "question" in f.readline()
 
 
-def run_grid(grid: GridSpec, progress: bool = True, log=print) -> Path:
-    """Run every (model, dataset, prompt) cell not yet done; return the combined records file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass
+class CellJob:
+    """One cell still to run: what ``run_contrastive_cell`` / ``run_task_cell`` need and where its files go.
 
+    The pipeline travels as canonical JSON, so an engine's worker rebuilds it with ``build_pipeline``."""
+
+    cell_id: str
+    spec_json: str
+    variant: str
+    ds_name: str
+    dataset_spec: str
+    res_dir: Path
+    rec_path: Path
+    dataset: Any = None               # the image dataset of a contrastive cell
+    tasks: list | None = None         # the tasks of a VLM / LLM / clip-options cell
+    skipped: list | None = None
+
+    @property
+    def spec(self) -> PipelineSpec:
+        return PipelineSpec.from_json(self.spec_json, f"grid cell {self.cell_id}")
+
+    @property
+    def contrastive(self) -> bool:
+        return self.dataset is not None
+
+
+def plan_cells(grid: GridSpec, runtime, cache, log=print):
+    """The cells not yet done (no records file), in grid order: dataset by dataset, then ``grid.cells()``."""
     from visroute.data.datasets import load_dataset, spread_subset
     from visroute.eval.results import slug
-    from visroute.eval.run import EvalOptions, evaluate
-    from visroute.eval.tasks_run import evaluate_tasks
-    from visroute.io import atomic_write_parquet
-    from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive
-    from visroute.router.records import records_from_result
+    from visroute.pipeline.build import load_contrastive
     from visroute.tasks.model import load_tasks, tasks_from_classification
 
     out = Path(grid.output)
-    (out / "records").mkdir(parents=True, exist_ok=True)
-    runtime = Runtime()
     for d in grid.datasets:
         spec = d["spec"]
         task_file = is_task_file(spec)
@@ -173,21 +207,62 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print) -> Path:
             if rec_path.is_file():
                 continue
             log(f"grid: {pipe_spec.name} on {ds_name} ({cell.variant})")
-            res_dir = out / "results" / cell_id
+            job = CellJob(cell_id, pipe_spec.to_json(), cell.variant, ds_name, spec, out / "results" / cell_id, rec_path)
             if pipe_spec.head in CONTRASTIVE_HEADS and not task_file:
-                doc = evaluate(load_contrastive(pipe_spec, runtime), ds,
-                               EvalOptions.from_spec(pipe_spec, output=res_dir, progress=progress))
+                job.dataset = ds
             else:
                 top = None
                 if not task_file and grid.options_top_k and pipe_spec.head in ("vlm", "vlm+llm"):
                     if not grid.prefilter:
                         raise VisrouteError("options_top_k needs a 'prefilter' contrastive model in the grid")
                     top = _prefilter(load_contrastive(PipelineSpec(model=grid.prefilter, device=grid.device), runtime),
-                                     ds, grid.options_top_k)
-                cell_tasks = tasks if task_file else tasks_from_classification(ds, top)
-                doc = evaluate_tasks(build_pipeline(pipe_spec, runtime), cell_tasks, ds_name, res_dir, cell.variant,
-                                     skipped, dataset_spec=spec)
-            atomic_write_parquet(rec_path, records_from_result(doc["_file"], pipe_spec.name, pipe_spec, spec))
+                                     ds, grid.options_top_k, cache)
+                job.tasks, job.skipped = (tasks if task_file else tasks_from_classification(ds, top)), skipped
+            yield job
+
+
+def run_contrastive_cell(job: CellJob, runtime, cache, progress: bool = True) -> dict:
+    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.pipeline.build import load_contrastive
+
+    spec = job.spec
+    return evaluate(load_contrastive(spec, runtime), job.dataset,
+                    EvalOptions.from_spec(spec, output=job.res_dir, progress=progress), cache=cache)
+
+
+def run_task_cell(job: CellJob, runtime) -> dict:
+    from visroute.eval.tasks_run import evaluate_tasks
+    from visroute.pipeline.build import build_pipeline
+
+    return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
+                          job.skipped, dataset_spec=job.dataset_spec)
+
+
+def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> Path:
+    """Run every (model, dataset, prompt) cell not yet done; return the combined records file.
+
+    ``engine`` (``visroute.engine``): where the cells run; without one they run here, one after the other. Each
+    cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visroute.features.cache import FeatureCache
+    from visroute.io import atomic_write_parquet
+    from visroute.pipeline.build import Runtime
+    from visroute.router.records import records_from_result
+
+    out = Path(grid.output)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    runtime = Runtime()
+    cache = engine.feature_cache() if engine is not None else FeatureCache()
+    jobs = plan_cells(grid, runtime, cache, log)
+    run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
+    run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
+    cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
+        ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
+    for job, doc in cells:
+        spec = job.spec
+        atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
     parts = sorted((out / "records").glob("*.parquet"))
     combined = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
     target = out / "records.parquet"
@@ -195,11 +270,11 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print) -> Path:
     return target
 
 
-def _prefilter(model, ds, k: int) -> np.ndarray:
+def _prefilter(model, ds, k: int, cache=None) -> np.ndarray:
     from visroute.features.cache import FeatureCache
     from visroute.heads.zeroshot import ZeroShotClassifier
 
-    idx, X = FeatureCache().encode(model, ds).load()
+    idx, X = (cache or FeatureCache()).encode(model, ds).load()
     top = np.zeros((len(ds), k), dtype=np.int64)
     top[idx] = ZeroShotClassifier(model).fit(ds.classnames).predict_topk(X, k)[0]
     return top

@@ -97,7 +97,11 @@ def load_state(cls, info: dict, directory: Path):
         arrays = load_file(str(directory / "state.safetensors"))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise BundleError(f"{directory}/state.safetensors is missing or damaged ({str(e).splitlines()[0]})") from None
-    for name, spec in (info.get("state") or {}).items():
+    state = info.get("state") or {}
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise BundleError(f"{directory}: 'state' must map attribute names to descriptions")
+    # plain values first: restoring a module needs the shapes saved beside it (n_features_in_, n_models_)
+    for name, spec in sorted(state.items(), key=lambda kv: kv[1].get("type") in ("module", "sequence-classifier")):
         if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_")):
             raise BundleError(f"{directory}: invalid state attribute name {name!r}")
         setattr(est, name, _restore_one(est, name, spec, arrays, directory))
@@ -124,7 +128,9 @@ def _restore_one(est, name: str, spec: dict, arrays: dict, directory: Path):
             biases = [k for k in keys if k.endswith("bias")]
             if not weights or not biases:
                 raise BundleError(f"{directory}: module '{name}' has no weight/bias tensors")
-            net = est._build(int(sd[weights[0]].shape[1]), int(sd[biases[-1]].shape[0]))
+            d = getattr(est, "n_features_in_", None) or int(sd[weights[0]].shape[1])
+            m = getattr(est, "n_models_", None) or int(sd[biases[-1]].shape[0])
+            net = est._build(int(d), int(m))
             net.load_state_dict(sd, strict=True)
             net.eval()
             return net

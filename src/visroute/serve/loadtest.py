@@ -23,7 +23,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
-    server_ms: list[float] = field(default_factory=list)   # the server's own total_ms, where the response has it
+    timings: list[dict] = field(default_factory=list)      # the server's timings per request, with the client's
 
     @property
     def ok(self) -> int:
@@ -66,11 +66,12 @@ async def _run(base_url: str, request: Callable[[int], dict], n: int, concurrenc
                 r = await client.request(kw.pop("method", "POST"), kw.pop("path"), **kw)
                 result.statuses[r.status_code] += 1
                 if r.status_code == 200:
-                    result.latencies_ms.append((time.perf_counter() - t) * 1000)
+                    took = (time.perf_counter() - t) * 1000
+                    result.latencies_ms.append(took)
                     doc = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                    total = (doc.get("timings") or {}).get("total_ms") if isinstance(doc, dict) else None
-                    if total is not None:
-                        result.server_ms.append(float(total))
+                    if isinstance(doc, dict) and isinstance(doc.get("timings"), dict):
+                        result.timings.append({**doc["timings"], "client_ms": took,
+                                               "batch_size": doc.get("batch_size")})
                 else:
                     result.errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
             except Exception as e:  # counted, never raised: a load test reports failures

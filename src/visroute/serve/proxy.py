@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from visroute.errors import ModelLoadError
 from visroute.serve.decode import BadImageInput, data_url_bytes, decode_image
 from visroute.serve.schemas import ERRORS, ChatCompletionRequest, ChatCompletionResponse
 
@@ -82,7 +83,7 @@ async def inline_images(state, messages: list[dict]) -> list[bytes]:
         if url[:5].lower() == "data:":
             out.append(data_url_bytes(url))
             continue
-        if not any(url.startswith(p) for p in state.config.allow_image_urls):
+        if not allowed_url(url, state.config.allow_image_urls):
             raise HTTPException(400, "remote image URLs are refused unless the config's allow_image_urls permits "
                                      "them; send the image as a data: URL")
         data = await _fetch(state, url)
@@ -90,6 +91,17 @@ async def inline_images(state, messages: list[dict]) -> list[bytes]:
                              base64.b64encode(data).decode()}
         out.append(data)
     return out
+
+
+def allowed_url(url: str, prefixes) -> bool:
+    """Only a plain http(s) URL under an allowed prefix: no user part, no '..' or encoded dots in the path."""
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    if p.scheme not in ("http", "https") or "@" in p.netloc or "%2e" in p.path.lower() or \
+            ".." in p.path.split("/"):
+        return False
+    return any(url.startswith(prefix) for prefix in prefixes)
 
 
 async def _fetch(state, url: str) -> bytes:
@@ -182,7 +194,10 @@ async def _chat(state, payload: dict, stream: bool):
         raise HTTPException(404, f"unknown model '{name}' (see GET /v1/models)")
     else:
         chosen, headers = name, {"x-visroute-model": name}
-    target = state.target(chosen)
+    try:
+        target = state.target(chosen)
+    except ModelLoadError as e:  # the routed model's endpoint is not one the user's configuration allows
+        raise HTTPException(502, f"{chosen}: {e}") from None
     state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
     payload["model"] = target.model
     req_headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {target.key}"} if target.key else {})

@@ -35,11 +35,12 @@ class ClassifyRequest(_Model):
 
 
 class Timings(_Model):
+    parse_ms: float = Field(..., description="Reading and parsing the request body (JSON or multipart).")
     decode_ms: float = Field(..., description="Decoding and preprocessing the image (off the event loop).")
     queue_ms: float = Field(..., description="Waiting for a forward pass (micro-batching).")
     forward_ms: float = Field(..., description="The forward pass the image was part of.")
     head_ms: float = Field(..., description="Scoring the class names.")
-    total_ms: float
+    total_ms: float = Field(..., description="From the first byte of the body to the response, inside the handler.")
 
 
 class ExplainedDescription(_Model):

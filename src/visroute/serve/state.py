@@ -11,7 +11,7 @@ from typing import Any
 from visroute.errors import VisrouteError
 from visroute.pipeline import PipelineSpec, Runtime, build_pipeline
 from visroute.serve.batching import MicroBatcher
-from visroute.serve.config import EndpointEntry, LabelSetEntry, ServeConfig, endpoint_key, key_origins, origin
+from visroute.serve.config import LabelSetEntry, ServeConfig
 from visroute.serve.metrics import Metrics
 
 AD_HOC_HEADS = 64  # fitted heads for request-given label lists kept in memory (least recently used dropped)
@@ -43,12 +43,14 @@ class LabelSet:
 
 @dataclass
 class Target:
-    """Where a chat request for one model goes: an OpenAI-compatible base URL, its model name and key."""
+    """Where a chat request for one model goes: an OpenAI-compatible base URL, its model name and key (the key
+    only from the user's endpoints configuration, see ``visroute.llm.endpoints``)."""
 
     name: str
     base_url: str
     model: str
     key: str | None
+    spec_url: str = ""           # as the config wrote it (a URL or @name): what routed pipeline specs use
 
 
 @dataclass
@@ -72,10 +74,14 @@ class ServeState:
     def check(self) -> None:
         """Everything that can be checked without loading a model: endpoints and their keys, model specs,
         label files. Run before the server binds, so a broken config is one error line."""
+        from visroute.llm.endpoints import resolve_endpoint
         from visroute.pipeline import check_buildable
 
+        urls = tuple(e.base_url for e in self.config.endpoints if not e.base_url.startswith("@"))
+        self.runtime.trusted_endpoints = urls  # the operator's own config: contacted, but keyed only by their file
         for e in self.config.endpoints:
-            self.targets[e.name] = Target(e.name, e.base_url.rstrip("/"), e.model, endpoint_key(e.base_url, e.api_key_env))
+            base, key = resolve_endpoint(e.base_url, urls)
+            self.targets[e.name] = Target(e.name, base, e.model, None if key == "EMPTY" else key, e.base_url)
         for m in self.config.models:
             check_buildable(self.model_spec(m.name))
         for s in self.config.label_sets:
@@ -145,42 +151,13 @@ class ServeState:
         return Router(bundle, self.runtime)
 
     def _point_at_endpoints(self, bundle) -> None:
-        """A routed model with a configured endpoint of the same name answers there; every HTTP generator of the
-        routed pipelines is built here with the key the environment allows for its origin (none otherwise)."""
-        from visroute.llm.client import load_generator
-        from visroute.models.spec import parse_model_spec
-
+        """A routed model with a configured endpoint of the same name answers there (its measured pipeline, with
+        the URL swapped); URLs only the bundle names are contacted only if the user's configuration allows them."""
         for m, variants in bundle.pipelines.items():
             t = self.targets.get(m)
             for v, d in variants.items():
                 if t is not None and d.get("head") == "vlm":
-                    variants[v] = {**d, "vlm": f"openai-compatible:{t.base_url}#{t.model}"}
-        rt = self.runtime
-        for variants in bundle.pipelines.values():
-            for d in variants.values():
-                spec = PipelineSpec.from_dict(d, "router pipeline")
-                for s in (spec.vlm, spec.llm):
-                    parsed = parse_model_spec(s) if s else None
-                    if parsed is None or parsed.backend != "openai-compatible":
-                        continue
-                    key = ("gen", s, spec.max_tokens, spec.temperature, spec.device)
-                    if key not in rt.models:
-                        rt.models[key] = load_generator(
-                            s, cache=rt.cache(), api_key=self.key_for(parsed.location) or "EMPTY",
-                            max_tokens=spec.max_tokens, temperature=spec.temperature, timeout=rt.timeout,
-                            max_retries=rt.retries, concurrency=rt.concurrency)
-
-    def key_for(self, base_url: str) -> str | None:
-        """The key for a URL no endpoint entry names: a variable the environment binds to its origin, if set."""
-        import os
-
-        for t in self.targets.values():
-            if t.base_url == base_url.rstrip("/"):
-                return t.key
-        for var, origins in key_origins().items():
-            if origin(base_url) in origins and os.environ.get(var):
-                return os.environ[var]
-        return None
+                    variants[v] = {**d, "vlm": f"openai-compatible:{t.spec_url}#{t.model}"}
 
     # -- lookups ---------------------------------------------------------------------------------------------
     def served(self, name: str | None) -> ServedModel:
@@ -222,9 +199,11 @@ class ServeState:
         return head
 
     def target(self, name: str) -> Target:
-        """Where chat requests for ``name`` go: a configured endpoint, else the routed pipeline's own endpoint."""
+        """Where chat requests for ``name`` go: a configured endpoint, else the routed pipeline's own endpoint if the
+        user's configuration allows it (``EndpointNotAllowed`` otherwise)."""
         if name in self.targets:
             return self.targets[name]
+        from visroute.llm.endpoints import resolve_endpoint
         from visroute.models.spec import parse_model_spec
 
         for r in self.routers.values():
@@ -232,12 +211,10 @@ class ServeState:
                 spec = r.bundle.pipeline_spec(name)
                 parsed = parse_model_spec(spec.vlm) if spec.head == "vlm" else None
                 if parsed is not None and parsed.backend == "openai-compatible":
-                    return Target(name, parsed.location.rstrip("/"), parsed.model, self.key_for(parsed.location))
+                    base, key = resolve_endpoint(parsed.location, self.runtime.trusted_endpoints)
+                    return Target(name, base, parsed.model, None if key == "EMPTY" else key, parsed.location)
         raise NotFound(f"'{name}' has no OpenAI-compatible endpoint: add it under 'endpoints' in the config")
 
     def endpoint_names(self) -> list[str]:
         return list(self.targets)
 
-
-def describe_endpoint(e: EndpointEntry) -> dict:
-    return {"name": e.name, "base_url": e.base_url, "model": e.model, "key": bool(e.api_key_env)}

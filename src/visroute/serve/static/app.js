@@ -57,6 +57,7 @@ async function loadModels() {
   status("");
   const doc = await r.json();
   const sets = $("label-set"), routers = $("router");
+  const keep = [sets.value, routers.value];  // a reload (new key) keeps what the user picked
   sets.replaceChildren(); routers.replaceChildren();
   explainable = new Set();
   for (const m of doc.data) {
@@ -67,6 +68,8 @@ async function loadModels() {
     if (m.kind === "router") option(routers, m.id.slice("router-".length));
   }
   if (!routers.options.length) option(routers, "", "(no router configured)");
+  if ([...sets.options].some((o) => o.value === keep[0])) sets.value = keep[0];
+  if ([...routers.options].some((o) => o.value === keep[1])) routers.value = keep[1];
   updateExplain();
 }
 

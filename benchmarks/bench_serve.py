@@ -1,0 +1,179 @@
+"""``/v1/classify`` throughput with micro-batching on and off, against in-process classification of the same images.
+
+A random-weight CLIP (``--size b32``: ViT-B/32's shapes, the default; or ``tiny``) is built into a temporary
+directory. The same N ImageNet-sample JPEGs are classified against the same class names and template:
+
+  (a) in process: ``visroute.batch_classify.iter_classify`` (what ``visroute classify`` runs: DataLoader workers
+      decode, the main process runs batches of ``--batch``), timed after a warm-up batch;
+  (b) ``visroute serve`` (its own process, uvicorn on 127.0.0.1), N multipart uploads at concurrency
+      ``--concurrency`` with batching on (``max_batch_size`` = ``--batch``, ``max_wait_ms`` = ``--wait-ms``);
+  (c) the same with batching off (``max_batch_size: 1``).
+
+Server overhead per request, measured sequentially (concurrency 1, batching on, so nothing waits for a batch):
+the client's latency minus the model work the server reports (decode + forward + head), i.e. HTTP, multipart
+parsing, validation, queueing, JSON and the event loop. Goals: (b) >= 0.8 x (a); overhead p50 < 5 ms.
+
+The machine may be shared (2 cores here): numbers are noisy, ratios less so. Results: benchmarks/results/bench_serve.json.
+
+Usage::
+
+    python benchmarks/bench_serve.py [--size b32|tiny] [--n 192] [--concurrency 32] [--labels 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA = Path(os.environ.get("VISROUTE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TEMPLATE = "a photo of a {c}."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def class_names(n: int) -> list[str]:
+    names = json.loads((DATA / "classnames" / "en_classnames.json").read_text())["imagenet1k"]
+    return list(dict.fromkeys(names))[:n]
+
+
+def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int) -> dict:
+    """The better of decoding in DataLoader workers (one per core, as `visroute classify`) and in the main process."""
+    from visroute.batch_classify import iter_classify
+    from visroute.pipeline import PipelineSpec, build_pipeline
+
+    spec = PipelineSpec(head="zeroshot", model=f"hf:{model_dir}", templates=(TEMPLATE,), device="cpu")
+    head = build_pipeline(spec).classifier(labels)
+    for _ in iter_classify(head, paths[:batch], 5, batch, 0):  # warm-up
+        pass
+    out = {}
+    for name, workers in (("workers_default", None), ("workers_0", 0)):
+        t = time.perf_counter()
+        n = sum(len(preds) for preds, _ in iter_classify(head, paths, 5, batch, workers))
+        wall = time.perf_counter() - t
+        out[name] = {"images": n, "wall_s": round(wall, 3), "images_per_s": round(n / wall, 2)}
+    return {**out, "images_per_s": max(v["images_per_s"] for v in out.values())}
+
+
+def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int, wait_ms: float, log: Path):
+    cfg = {"models": [{"name": "m", "model": f"hf:{model_dir}", "device": "cpu", "templates": [TEMPLATE]}],
+           "label_sets": [{"name": "bench", "labels": labels}],
+           "batching": {"max_batch_size": max_batch, "max_wait_ms": wait_ms, "max_queue": 1024},
+           "limits": {"request_timeout_s": 600}}
+    path = work / f"serve-{max_batch}.yaml"
+    path.write_text(json.dumps(cfg))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "visroute.cli", "serve", "--open", "--port", str(port),
+                             "--config", str(path)], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"visroute serve exited: {log.read_text()[-2000:]}")
+        try:
+            if urllib.request.urlopen(url + "/readyz", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("visroute serve did not become ready")
+
+
+def serve_run(url: str, images: list[bytes], n: int, concurrency: int) -> dict:
+    from visroute.serve.loadtest import run_load
+
+    def req(i: int) -> dict:
+        return {"path": "/v1/classify", "files": {"image": ("x.jpg", images[i % len(images)], "image/jpeg")},
+                "data": {"top_k": "5"}}
+
+    run_load(url, req, min(n, 2 * concurrency), concurrency)  # warm-up: first forward passes, connections
+    r = run_load(url, req, n, concurrency, time_limit_s=1800)
+    if r.errors:
+        raise SystemExit(f"{len(r.errors)} errors, e.g. {r.errors[0]}")
+    out = r.summary()
+    out["images_per_s"] = out.pop("throughput_rps")
+    out["mean_batch_size"] = round(float(np.mean([t["batch_size"] for t in r.timings])), 2)
+    work = [t["decode_ms"] + t["forward_ms"] + t["head_ms"] for t in r.timings]
+    out["server_overhead_p50_ms"] = round(float(np.median([t["client_ms"] - w for t, w in zip(r.timings, work)])), 2)
+    out["outside_handler_p50_ms"] = round(float(np.median([t["client_ms"] - t["total_ms"] for t in r.timings])), 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=("b32", "tiny"), default="b32")
+    ap.add_argument("--n", type=int, default=192, help="requests (images) per measurement")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32, help="in-process batch size and the server's max_batch_size")
+    ap.add_argument("--wait-ms", type=float, default=5.0)
+    ap.add_argument("--labels", type=int, default=100, help="ImageNet class names to classify against")
+    ap.add_argument("--overhead-n", type=int, default=40, help="sequential requests for the overhead figure")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
+    args = ap.parse_args(argv)
+    from bench_classify import BUILDERS
+
+    paths = sorted((DATA / "imagenet-sample").glob("*.JPEG"))[: args.n]
+    paths = (paths * (args.n // max(1, len(paths)) + 1))[: args.n]
+    labels = class_names(args.labels)
+    images = [p.read_bytes() for p in paths]
+    res: dict = {"size": args.size, "n": args.n, "concurrency": args.concurrency, "batch": args.batch,
+                 "wait_ms": args.wait_ms, "labels": len(labels), "cpus": os.cpu_count(),
+                 "machine": platform.platform(), "python": platform.python_version()}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        model_dir = BUILDERS[args.size](work / args.size)
+        res["in_process"] = in_process(model_dir, paths, labels, args.batch)
+        ip = res["in_process"]
+        print(f"in-process classify          {ip['images_per_s']:8.1f} images/s (DataLoader workers "
+              f"{ip['workers_default']['images_per_s']:.1f}, main process {ip['workers_0']['images_per_s']:.1f})",
+              flush=True)
+        for name, max_batch in (("batching_on", args.batch), ("batching_off", 1)):
+            proc, url = start_server(model_dir, labels, work, max_batch, args.wait_ms, work / f"{name}.log")
+            try:
+                res[name] = serve_run(url, images, args.n, args.concurrency)
+                if name == "batching_on":
+                    res["sequential"] = serve_run(url, images, args.overhead_n, 1)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            r = res[name]
+            print(f"serve, {name.replace('_', ' '):<13} c={args.concurrency:<3} {r['images_per_s']:8.1f} images/s  "
+                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch_size']}", flush=True)
+    base = res["in_process"]["images_per_s"]
+    res["ratio_batching_on_vs_in_process"] = round(res["batching_on"]["images_per_s"] / base, 3)
+    res["ratio_batching_off_vs_in_process"] = round(res["batching_off"]["images_per_s"] / base, 3)
+    res["ratio_on_vs_off"] = round(res["batching_on"]["images_per_s"] / res["batching_off"]["images_per_s"], 3)
+    seq = res["sequential"]
+    print(f"ratio serve (batching on) / in-process:  {res['ratio_batching_on_vs_in_process']:.2f}  (goal >= 0.8)")
+    print(f"ratio serve (batching off) / in-process: {res['ratio_batching_off_vs_in_process']:.2f}")
+    print(f"ratio batching on / off:                 {res['ratio_on_vs_off']:.2f}")
+    print(f"server overhead p50 (c=1, latency - decode - forward - head): {seq['server_overhead_p50_ms']:.2f} ms "
+          f"(goal < 5 ms); outside the handler: {seq['outside_handler_p50_ms']:.2f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

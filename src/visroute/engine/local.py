@@ -1,0 +1,61 @@
+"""The local engine: everything in this process (DataLoader workers decode), exactly as visroute runs without Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from visroute.engine import EngineOptions
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, options: EngineOptions | None = None):
+        self.options = options or EngineOptions()
+
+    def feature_cache(self, root=None):
+        from visroute.features.cache import FeatureCache
+
+        return FeatureCache(root)
+
+    def map_images(self, model, source, batch_size: int = 64, draft_size: int | None = None,
+                   num_workers: int | None = None, indices=None) -> Iterator[tuple[list[int], Any, list]]:
+        """(decoded item indices, embeddings or None, skipped) per batch, in input order."""
+        from visroute.features.cache import FeatureCache
+
+        indices = list(range(len(source))) if indices is None else list(indices)
+        return FeatureCache().encoded_batches(model, source, indices, batch_size, num_workers, draft_size)
+
+    def map_calls(self, fn: Callable[[Any, int], Any], items: Iterable[Any],
+                  endpoints: Callable[[Any], tuple[str, ...]] = lambda item: ()) -> "LocalCalls":
+        """``fn(item, concurrency)`` for every item, one after the other when iterated."""
+        return LocalCalls(fn, list(items), self.options.concurrency)
+
+    def generator(self, llm: str, spec, runtime):
+        """The describe generator, built here by the pipeline factory's loader."""
+        from visroute.pipeline.build import load_generative
+
+        return load_generative(llm, spec, runtime)
+
+    def run_cells(self, jobs, run_contrastive, run_task, endpoints=lambda job: ()):
+        """Cells one after the other, in grid order (what ``run_grid`` does without an engine)."""
+        for job in jobs:
+            yield job, (run_contrastive(job) if job.contrastive else run_task(job))
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LocalCalls:
+    """Calls run one by one when iterated; ``finished()`` has nothing to offer before that."""
+
+    def __init__(self, fn, items, concurrency: int):
+        self.fn, self.items, self.concurrency = fn, items, concurrency
+
+    def finished(self) -> Iterator[tuple[Any, Any]]:
+        return iter(())
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for item in self.items:
+            yield item, self.fn(item, self.concurrency)

@@ -1,0 +1,153 @@
+"""``run_recipe``: one recipe at one scale, end to end, into one run folder.
+
+The folder holds ``run.json`` (what ran, where, how long), the stage outputs (``results/`` or ``grid/`` and
+``router/``), ``comparison.json`` (every measured-vs-published row) and ``table.md``; the router recipe adds
+``accuracy_cost.png``. Prerequisites are checked first, so a full-scale run on a machine without the weights or
+datasets stops at once with the whole list of what is missing (``--dry-run`` prints just that list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from visroute.errors import VisrouteError
+from visroute.reproduce.recipe import Recipe, load_recipe
+from visroute.reproduce.resolve import MissingPrerequisites, default_data_root, model_spec, requirements
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    scale: str
+    data_root: Path
+    out: Path
+    settings: dict
+    models: dict[str, str]          # alias -> concrete model spec for this run
+    generator: str | None
+    engine: Any = None              # a visroute.engine engine, or None (this process)
+    log: Callable[[str], None] = print
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    rows: list[dict]
+    n_failed: int
+
+    @property
+    def table(self) -> Path:
+        return self.out / "table.md"
+
+
+def make_engine(name: str):
+    """None for ``local``; a Ray engine for ``ray`` when this build has one, else one clear error."""
+    if name == "local":
+        return None
+    if name != "ray":
+        raise VisrouteError(f"unknown engine '{name}' (local or ray)")
+    try:
+        from visroute.engine import make_engine as make
+    except ImportError:
+        raise VisrouteError("--engine ray is not available in this build (no visroute.engine); use --engine local") \
+            from None
+    return make(name)
+
+
+def dry_run(name: str, scale: str = "full", data_root: Path | None = None) -> list:
+    """Every prerequisite of the recipe at ``scale`` (``Requirement`` objects; ``ok`` False = missing)."""
+    recipe = load_recipe(name)
+    recipe.scale(scale)
+    return requirements(recipe, scale, Path(data_root) if data_root else default_data_root())
+
+
+def _served(recipe: Recipe, scale: str) -> dict[str, str]:
+    specs = [m[scale] for m in recipe.models.values()] + [(recipe.extra.get("generator") or {}).get(scale) or ""]
+    return {s[len("serve:"):]: s[len("serve:"):] for s in specs if s.startswith("serve:")}
+
+
+def _default_out(recipe: Recipe, scale: str) -> Path:
+    return Path("runs") / "reproduce" / f"{recipe.name}-{scale}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path | None = None,
+               data_root: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Run every stage of a recipe and write the comparison; raises MissingPrerequisites listing what is missing."""
+    from visroute.reproduce import report
+    from visroute.reproduce.server import LocalServer, allow_endpoint
+
+    recipe = load_recipe(name)
+    settings = recipe.scale(scale)
+    root = Path(data_root) if data_root else default_data_root()
+    missing = [r for r in requirements(recipe, scale, root) if not r.ok]
+    if missing:
+        raise MissingPrerequisites(missing)
+    eng = make_engine(engine)
+    out = Path(out) if out else _default_out(recipe, scale)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    served = _served(recipe, scale)
+    with contextlib.ExitStack() as stack:
+        url = None
+        if served:
+            url = stack.enter_context(allow_endpoint(stack.enter_context(
+                LocalServer(served, max_tokens=int(settings.get("max_tokens", 64))))))
+            log(f"loopback OpenAI-compatible server at {url} serving {', '.join(served)}")
+        gen = (recipe.extra.get("generator") or {}).get(scale)
+        ctx = RunContext(recipe, scale, root, out, settings, {a: model_spec(m[scale], url) for a, m in recipe.models.items()},
+                         model_spec(gen, url) if gen else None, eng, log)
+        try:
+            if recipe.kind == "descriptions":
+                from visroute.reproduce.descriptions_run import run_descriptions
+
+                cells = run_descriptions(recipe, ctx)
+                rows = report.description_rows(recipe, cells)
+            else:
+                from visroute.reproduce.grid_run import run_grid_recipe
+
+                cells = run_grid_recipe(recipe, ctx)
+                best = _best_single(ctx)
+                rows = report.grid_rows(recipe, cells, {"best_single": best})
+        finally:
+            if eng is not None:
+                eng.shutdown()
+    run = {"recipe": recipe.name, "arxiv": recipe.arxiv, "scale": scale, "engine": engine, "data_root": str(root),
+           "out": str(out), "started": started, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "wall_time_s": round(time.perf_counter() - t0, 2), "models": ctx.models, "generator": ctx.generator,
+           "local_server": url, **_versions(), **ctx.extra}
+    n_failed = sum(r["status"] == "failed" for r in rows)
+    run["n_rows"], run["n_failed"] = len(rows), n_failed
+    (out / "cells.json").write_text(json.dumps(cells, indent=1, default=str), encoding="utf-8")
+    (out / "comparison.json").write_text(json.dumps({"recipe": recipe.name, "scale": scale, "arxiv": recipe.arxiv,
+                                                     "rows": rows}, indent=1), encoding="utf-8")
+    (out / "run.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
+    sweeps = report.sweep_lines(cells) if recipe.kind == "descriptions" else None
+    report.write(out / "table.md", report.markdown(recipe, rows, run, sweeps))
+    return RunResult(out, rows, n_failed)
+
+
+def _best_single(ctx: RunContext) -> str | None:
+    path = ctx.extra.get("router_report")
+    if not path:
+        return None
+    return json.loads(Path(path).read_text()).get("best_single")
+
+
+def _versions() -> dict:
+    import platform
+
+    import visroute
+
+    out = {"visroute": visroute.__version__, "python": platform.python_version()}
+    for mod in ("torch", "transformers", "open_clip"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return out
