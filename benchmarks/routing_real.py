@@ -9,7 +9,9 @@ reserved test set) are never read.
 
 Records come from ``visroute route import routellm`` (contaminated prompts dropped, like RouteLLM's evaluation).
 Every number is out-of-fold: for each fold the routers are trained on the other folds (85% train, 15%
-validation) and score the fold's tasks; the pooled out-of-fold scores give the curves. Splits:
+validation; on MT-Bench, where 15% is a handful of tasks, 3-fold cross-fitted predictions on all non-test tasks
+are the validation set) and score the fold's tasks. The curves pool the folds' scores as within-fold ranks (the
+quantile cuts RouteLLM takes on its test set, taken fold by fold). Splits:
 
 - ``random``: K folds at random, repeated ``--repeats`` times (mean and standard deviation over repeats);
 - ``topic``: leave one MT-Bench category out (8 folds; GSM8K has no topic or category field).
@@ -96,12 +98,13 @@ def crossfit(kind: str, X, Y, Xte, k: int = 3, seed: int = 0) -> tuple[np.ndarra
     return oof, fit_predict(kind, X, Y, [Xte])[0]
 
 
-def cdf_position(val: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """Each test score's mid-rank among the validation scores, in [0, 1]: the scale on which a validation-quantile
-    threshold acts. Pooling out-of-fold scores on this scale keeps folds comparable (a fold-wide constant, like
-    the prior of an unseen topic, becomes 0.5 in every fold: a tie, i.e. random)."""
-    v = np.sort(val)
-    return (np.searchsorted(v, test, "left") + np.searchsorted(v, test, "right")) / (2.0 * max(len(v), 1))
+def fold_rank(test: np.ndarray) -> np.ndarray:
+    """Each test score's mid-rank within its own fold, in (0, 1). Pooling out-of-fold scores on this scale is
+    RouteLLM's per-test-set quantile cut applied fold by fold; a fold-wide constant (the prior of an unseen
+    topic) becomes one tie across all folds, i.e. random, instead of ranking tasks by which fold they fell in."""
+    from scipy.stats import rankdata
+
+    return (rankdata(test) - 0.5) / max(len(test), 1)
 
 
 def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
@@ -129,7 +132,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
         probs["oracle"] = [S[va], S[te]]
         for name, (pv, pt) in probs.items():
             gv, gt = pv[:, strong] - pv[:, cheap], pt[:, strong] - pt[:, cheap]
-            out[name]["gain"][te] = cdf_position(gv, gt)
+            out[name]["gain"][te] = fold_rank(gt)
             # the calibrated 50% point; ties at the cut are broken at random (kNN, prior and oracle scores tie)
             jv, jt = gv + 1e-9 * rng.random(len(gv)), gt + 1e-9 * rng.random(len(gt))
             out[name]["pick50"][te] = jt > share_threshold(jv, 0.5)
@@ -139,7 +142,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
         t = calibrate_cascade(S[va], C[va], pv, [cheap, strong], budget)
         res = cascade(S[te], C[te], pt, [cheap, strong], t)
         casc["success"][te], casc["cost"][te] = res["success"], res["cost"]
-        casc["escalated"][te], casc["conf"][te] = res["model"] == strong, cdf_position(pv[:, cheap], pt[:, cheap])
+        casc["escalated"][te], casc["conf"][te] = res["model"] == strong, fold_rank(pt[:, cheap])
         # ensemble: the MF router at its 50% cut; both models when its two predictions are within a margin
         cut = share_threshold(pv[:, strong] - pv[:, cheap], 0.5)
         lam = cut / (costs[strong] - costs[cheap])

@@ -172,3 +172,23 @@ def test_mf_add_model_from_300_tasks_leaves_the_others_untouched():
     res = add_model_vs_retrain(X[:900], Y[:900], X[900:], Y[900:], new=2, n_tasks=300, epochs=20, batch_size=128)
     assert res["n_tasks"] == 300 and res["others_unchanged_max_abs_diff"] < 1e-6  # float noise only
     assert res["added"]["auc"] > 0.85 and res["added"]["auc"] > res["retrained"]["auc"] - 0.05
+
+
+def test_evaluate_router_reports_routellm_metrics_with_baselines_at_the_routers_share():
+    from visroute.router.evaluate import evaluate_router
+
+    X, Y = _planted(600, seed=4)
+    costs = np.array([1.0, 2.0, 3.0, 6.0])
+    proba = np.clip(Y + 0.3 * np.random.default_rng(0).normal(size=Y.shape), 0, 1)  # noisy foresight
+    rep = evaluate_router(proba, Y, np.tile(costs, (600, 1)), list("abcd"), costs, lam=0.02)
+    assert rep["reference"]["axis"] == "normalised_cost" and rep["reference"]["best"] == "d"
+    rm = rep["routing_metrics"]
+    assert rm["random"]["apgr"] == pytest.approx(0.5) and rm["random"]["cpt80"] == pytest.approx(0.8)
+    assert rm["oracle"]["apgr"] > rm["router"]["apgr"] > 0.6
+    op = rep["operating_point"]
+    x = (op["cost"] - 1.0) / (6.0 - 1.0)
+    assert op["x"] == pytest.approx(x)
+    rnd = op["at_equal_share"]["random"]
+    assert rnd["x"] == pytest.approx(x) and rnd["accuracy"] == pytest.approx(
+        rep["reference"]["accuracy_cheap"] + min(x, 1) * (rep["reference"]["accuracy_best"] - rep["reference"]["accuracy_cheap"]))
+    assert op["accuracy"] > rnd["accuracy"]

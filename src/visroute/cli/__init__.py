@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from visroute.cli import cache, classify, describe, evaluate, grid, route, serve
+from visroute.cli import cache, classify, describe, evaluate, grid, reproduce, route, serve
 from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, VisrouteGroup, state
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_SOME_SKIPPED", "EXIT_USAGE"]
@@ -50,6 +50,7 @@ app.command()(evaluate.report)
 app.command()(describe.describe)
 app.command()(describe.explain)
 app.command()(serve.serve)
+app.command()(reproduce.reproduce)
 app.add_typer(grid.app, name="grid")
 app.add_typer(route.app, name="route")
 app.add_typer(cache.app, name="cache")

@@ -182,7 +182,9 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
                             f"{output} not written")
     try:
         save_descriptions(output, dset, report=report.as_dict(), neighbours=near)
-    except OSError as e:  # disk full, permissions: the answers are in the response cache, a re-run is free
-        raise VisrouteError(f"cannot write {output} ({e.strerror or e}); the answers are cached, so a re-run "
-                            "costs no requests") from None
+    except OSError as e:  # disk full, permissions: the answers saved in the response cache make a re-run free
+        cache = getattr(generator, "cache", None)
+        note = "; the answers are cached, so a re-run costs no requests" if cache is not None and not cache.unsaved \
+            else ""
+        raise VisrouteError(f"cannot write {output} ({e.strerror or e}){note}") from None
     return dset, report

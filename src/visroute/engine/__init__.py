@@ -31,6 +31,7 @@ class EngineOptions:
     actors: int | None = None            # actors in the encoding pool (default: one per GPU, else one per 2 CPUs)
     num_gpus: float = 0.0               # GPUs per encoding actor (0.25: four actors share a GPU)
     num_cpus: float = 1.0               # CPUs per encoding actor
+    threads: int | None = None           # torch threads per actor (default: the driver's, so CPU results match)
     batch_size: int | None = None        # images per actor call (default: the command's --batch-size)
     endpoint_concurrency: int = 8       # requests in flight to one VLM/LLM endpoint, over the whole cluster
     concurrency: int = 4                # requests in flight from one worker (the HTTP client's pool)
@@ -58,7 +59,7 @@ class EngineOptions:
     def checked(self) -> "EngineOptions":
         if self.engine not in ENGINES:
             raise VisrouteError(f"unknown engine '{self.engine}' (one of: {', '.join(ENGINES)})")
-        for name in ("actors", "batch_size", "endpoint_concurrency", "concurrency"):
+        for name in ("actors", "threads", "batch_size", "endpoint_concurrency", "concurrency"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise VisrouteError(f"engine option '{name}' must be a positive integer, got {v!r}")

@@ -144,6 +144,7 @@ class RayEngine:
     def _run_chunks(self, model, source, draft_size, chunks: list[list[int]]):
         """(chunk number, indices, embeddings, errors) for every chunk, in chunk order."""
         import numpy as np
+        import torch
 
         from visroute.pipeline.spec import PipelineSpec
 
@@ -151,6 +152,7 @@ class RayEngine:
         spec = PipelineSpec(model=model.spec, device="auto", dtype=_DTYPE_NAMES.get(str(model.dtype), "auto"))
         kwargs = {"spec_json": spec.to_json(), "source": source, "draft_size": draft_size,
                   "dim": int(model.encode_texts(["a photo."]).shape[1]), "env": driver_env(),
+                  "threads": self.options.threads or torch.get_num_threads(),
                   "expect": {"weights": model.weights_fingerprint, "preprocess": model.preprocess_fingerprint}}
         items = [{"chunk": c, "indices": ch} for c, ch in enumerate(chunks)]
         data = ray.data.from_items(items, override_num_blocks=min(len(items), 1024))

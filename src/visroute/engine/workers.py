@@ -41,8 +41,12 @@ class EncodeWorker:
     """
 
     def __init__(self, spec_json: str, source, draft_size: int | None, dim: int, expect: dict,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, threads: int | None = None):
         apply_env(env)
+        if threads:  # the driver's count: a CPU forward pass then gives the local engine's bits
+            import torch
+
+            torch.set_num_threads(threads)
         from visroute.pipeline.build import Runtime, load_contrastive
         from visroute.pipeline.spec import PipelineSpec
 

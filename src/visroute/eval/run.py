@@ -223,7 +223,8 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             "seconds_per_image": features.seconds_per_image,
             "images_per_s": len(ds) / wall if wall > 0 else None,
             "feature_cache": {"key": features.key, "images_encoded": features.images_encoded,
-                              "shards_reused": features.shards_reused, "n_shards": features.n_shards},
+                              "shards_reused": features.shards_reused, "n_shards": features.n_shards,
+                              "shards_damaged": getattr(features, "shards_damaged", 0)},
             "predictions_file": parquet_path.name,
         },
     }

@@ -162,6 +162,9 @@ class HFCausalLMGenerator(Generator):
         super().__init__(**kw)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from visroute.models.hf import check_hf_location
+
+        check_hf_location(location)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
             self.model = AutoModelForCausalLM.from_pretrained(location).to(device).eval()

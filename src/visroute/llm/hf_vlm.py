@@ -53,6 +53,9 @@ class HFVisionLanguageGenerator(Generator):
         self._system_folded = False
         self.device = device
         self.batch_size = max(1, int(batch_size))
+        from visroute.models.hf import check_hf_location
+
+        check_hf_location(self.location)  # a missing directory, or no network: one line at once
         try:
             self.processor = AutoProcessor.from_pretrained(self.location)
         except (OSError, ValueError, TypeError, KeyError) as e:

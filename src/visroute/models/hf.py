@@ -22,9 +22,11 @@ _hub_state: dict[str, bool] = {}
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub sees it now (set by the user, or by ``check_hf_location`` below)."""
+    import os
+
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def hub_reachable() -> bool:

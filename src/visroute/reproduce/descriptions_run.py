@@ -124,6 +124,9 @@ def measure_cell(model, spec, d: dict, out: Path, w_grid: list[float] | None, ct
         best = max(sweep, key=lambda r: r["acc1"])
         return {"value": 100.0 * best["acc1"], "best_w_cls": best["w_cls"], "w_cls": sweep, **detail}
     extra = doc["visroute"]["metrics_extra"]
+    if doc["visroute"].get("n_fallback_classes"):
+        detail["n_fallback_classes"] = int(doc["visroute"]["n_fallback_classes"])
+        detail["n_classes"] = len(doc["visroute"]["classnames"])
     if "acc1_std" in extra:
         detail["acc1_std"] = 100.0 * extra["acc1_std"]
     return {"value": 100.0 * doc["metrics"]["acc1"], **detail}

@@ -4,6 +4,7 @@ accuracy and cost against every baseline (with the accuracy-cost plot)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,10 @@ def write_grid(recipe, ctx, datasets: list[dict]) -> Path:
             "device": "cpu" if ctx.scale == "tiny" else "auto",
             "datasets": [{"spec": d["spec"], "name": d["name"]} for d in datasets], "models": pipes,
             "prompts": list(recipe.extra.get("prompts") or ["mcq"])}
+    if s.get("prices"):
+        prices = ctx.out / "prices.json"
+        prices.write_text(json.dumps(s["prices"], indent=1), encoding="utf-8")
+        grid["prices"] = str(prices)
     if s.get("options_top_k") and prefilter:
         grid.update(options_top_k=int(s["options_top_k"]), prefilter=prefilter)
     path = ctx.out / "grid.yaml"

@@ -14,13 +14,16 @@ HEADERS = ("Row", "Model", "Column", "Measured", "Published", "Δ (measured − 
 UNKNOWN = "unknown (not obtained)"
 
 
-def _num(v, digits: int) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
+def _num(v, digits: int | str) -> str:
+    """``digits``: decimals, or a format such as ".3g" (costs: a few significant digits)."""
+    if not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:{digits}}" if isinstance(digits, str) else f"{v:.{digits}f}"
 
 
-def _delta(measured, published, digits: int) -> str:
+def _delta(measured, published, digits: int | str) -> str:
     if isinstance(measured, (int, float)) and isinstance(published, (int, float)):
-        return f"{measured - published:+.{digits}f}"
+        return f"{measured - published:+{digits}}" if isinstance(digits, str) else f"{measured - published:+.{digits}f}"
     return "n/a"
 
 
@@ -48,6 +51,9 @@ def description_rows(recipe, cells: list[dict]) -> list[dict]:
                 notes = [f"substitute for {fig['substitute_for']}"] if fig and fig.get("substitute_for") else []
                 if "best_w_cls" in c:
                     notes.append(f"best w_cls = {c['best_w_cls']:g}")
+                if c.get("n_fallback_classes"):
+                    notes.append(f"{c['n_fallback_classes']} of {c['n_classes']} classes had no description "
+                                 "(class-name prompt used)")
                 if "acc1_std" in c:
                     notes.append(f"std over repeats {c['acc1_std']:.2f}")
                 status, measured = ("measured", c["value"]) if "value" in c else \
@@ -89,7 +95,7 @@ def grid_rows(recipe, cells: list[dict], extra: dict) -> list[dict]:
             else:
                 status, measured = "measured", c["value"]
             label = f["row"] + (f": {c['row']}" if c.get("row") else "")
-            digits = 0 if f["measure"] == "count" else 3
+            digits = 0 if f["measure"] == "count" else ".3g" if "cost" in c["column"] else 3
             row = _row(f["table"], label, model, c["column"], measured, pub if pub is not None else UNKNOWN, digits,
                        "; ".join(notes), status)
             if isinstance(measured, str) and status == "measured":

@@ -67,7 +67,7 @@ def model_spec(spec: str, server_url: str | None = None) -> str:
     return spec
 
 
-def _model_ok(spec: str) -> Requirement:
+def _model_ok(spec: str, name: str) -> Requirement:
     from visroute.models.registry import is_available_locally
     from visroute.models.spec import parse_model_spec
 
@@ -76,13 +76,13 @@ def _model_ok(spec: str) -> Requirement:
         parsed = parse_model_spec(local)
         ok = is_available_locally(local)
     except VisrouteError as e:
-        return Requirement("model", spec, spec, False, str(e))
+        return Requirement("model", name, spec, False, str(e))
     how = ""
     if not ok and parsed.backend == "hf":
         how = f"huggingface-cli download {parsed.location}  (or point the recipe's model at a local directory)"
     elif not ok:
         how = "download the weights, or run with --scale tiny"
-    return Requirement("model", spec, spec, ok, how)
+    return Requirement("model", name, spec, ok, how)
 
 
 def _hub_dataset_cached(repo_id: str) -> bool:
@@ -101,9 +101,14 @@ def _path_ok(spec: str) -> bool:
     if base.startswith("hf:"):
         loc = base[3:]
         return Path(loc).expanduser().exists() or _hub_dataset_cached(loc)
-    if base.startswith("torchvision:"):
-        root = base[len("torchvision:"):].partition(":")[2]
-        return bool(root) and Path(root).is_dir() and any(Path(root).iterdir())
+    if base.startswith("torchvision:"):  # opening it is the only check (visroute never downloads)
+        from visroute.data.datasets import load_dataset
+
+        try:
+            load_dataset(spec)
+            return True
+        except VisrouteError:
+            return False
     base = base[len("imagefolder:"):] if base.startswith("imagefolder:") else base
     return Path(base).exists()
 
@@ -118,10 +123,10 @@ def _file_ok(spec: str) -> bool:
 
 def requirements(recipe: Recipe, scale: str, data_root: Path) -> list[Requirement]:
     """Every model, dataset, task file and description file the recipe needs at ``scale``, checked here."""
-    reqs = [_model_ok(m[scale]) for m in recipe.models.values()]
+    reqs = [_model_ok(m[scale], alias) for alias, m in recipe.models.items()]
     gen = recipe.extra.get("generator")
     if gen and any(m.get("pool") == "generated" for m in recipe.extra.get("methods", {}).values()):
-        reqs.append(_model_ok(gen[scale]))
+        reqs.append(_model_ok(gen[scale], "description writer"))
     for name, d in recipe.datasets.items():
         entry = d.get(scale) or {}
         how = entry.get("get", "").replace("{data}", str(data_root))
@@ -129,7 +134,8 @@ def requirements(recipe: Recipe, scale: str, data_root: Path) -> list[Requiremen
                           ("from", "dataset")):
             if entry.get(key) and entry[key] != "same":
                 spec = data_path(entry[key], data_root)
-                reqs.append(Requirement(kind, f"{name} ({key})", spec, _path_ok(spec), how))
+                label = f"{name} ({key})" if key in ("test", "selection") else name
+                reqs.append(Requirement(kind, label, spec, _path_ok(spec), how))
         if entry.get("classnames"):
             spec = data_path(entry["classnames"], data_root)
             reqs.append(Requirement("classnames", name, spec, _file_ok(spec), f"the class-name file under {data_root}"))
@@ -151,7 +157,13 @@ def requirements(recipe: Recipe, scale: str, data_root: Path) -> list[Requiremen
 
 
 def format_missing(missing: list[Requirement]) -> str:
+    """One list: a line per missing thing, and each way to get them said once (after the last thing it gets)."""
     lines = [f"{len(missing)} prerequisite(s) missing on this machine:"]
-    for r in missing:
-        lines.append(f"  - [{r.kind}] {r.name}: {r.spec}" + (f"\n      get it: {r.how}" if r.how else ""))
+    for i, r in enumerate(missing):
+        lines.append(f"  - [{r.kind}] {r.name}: {r.spec}")
+        if r.how and (i + 1 == len(missing) or missing[i + 1].how != r.how):
+            lines.append(f"      get it: {r.how}")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        lines.append("HF_HUB_OFFLINE is set: nothing can be downloaded here; on a machine with the hub, fetch the "
+                     "above, then run the same command without --dry-run (or use --scale tiny here).")
     return "\n".join(lines)

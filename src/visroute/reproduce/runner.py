@@ -94,6 +94,8 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
     t0, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     served = _served(recipe, scale)
     with contextlib.ExitStack() as stack:
+        if settings.get("torch_threads"):
+            stack.enter_context(_torch_threads(int(settings["torch_threads"])))
         url = None
         if served:
             url = stack.enter_context(allow_endpoint(stack.enter_context(
@@ -121,6 +123,9 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
            "out": str(out), "started": started, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "wall_time_s": round(time.perf_counter() - t0, 2), "models": ctx.models, "generator": ctx.generator,
            "local_server": url, **_versions(), **ctx.extra}
+    if "generation" in run:  # counts only: the full reports are inside the generated description files
+        run["generation"] = {k: {c: v.get(c) for c in ("requests", "cached", "n_failed", "n_unparsable", "error")}
+                             | {"n_empty_classes": len(v.get("empty_classes") or [])} for k, v in run["generation"].items()}
     n_failed = sum(r["status"] == "failed" for r in rows)
     run["n_rows"], run["n_failed"] = len(rows), n_failed
     (out / "cells.json").write_text(json.dumps(cells, indent=1, default=str), encoding="utf-8")
@@ -130,6 +135,19 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
     sweeps = report.sweep_lines(cells) if recipe.kind == "descriptions" else None
     report.write(out / "table.md", report.markdown(recipe, rows, run, sweeps))
     return RunResult(out, rows, n_failed)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Torch's intra-op threads for the run (tiny models run fastest on one), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _best_single(ctx: RunContext) -> str | None:

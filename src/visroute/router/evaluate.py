@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from visroute.router.decide import choose, lambda_grid
-from visroute.router.policies import at_share, policy_curve, random_proba, reference
+from visroute.router.policies import at_share, policy_curve, random_policy, reference
 
 
 def _realised(success: np.ndarray, cost: np.ndarray, picks: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
@@ -76,8 +76,9 @@ def evaluate_router(proba: np.ndarray, success: np.ndarray, cost: np.ndarray, mo
     curves = {}
     report["reference"] = ref.as_dict(models)
     report["routing_metrics"] = {}
-    for name, p in (("router", proba), ("random", random_proba(n, m)), ("oracle", np.nan_to_num(success))):
+    for name, p in (("router", proba), ("oracle", np.nan_to_num(success))):
         report["routing_metrics"][name], curves[name] = policy_curve(p, success, cost, expected_costs, weight, ref)
+    report["routing_metrics"]["random"], curves["random"] = random_policy(ref)
     if lam is not None:
         picks = choose(proba, expected_costs, lam)
         acc, c = _realised(success, cost, picks, weight)

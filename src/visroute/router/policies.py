@@ -98,10 +98,16 @@ def at_share(curve: Curve, x: float, ref: Reference) -> dict:
     return {"x": x, "accuracy": acc, "cost": c, "pgr": (acc - ref.a_cheap) / gap if gap > 0 else None}
 
 
-def random_proba(n: int, m: int) -> np.ndarray:
-    """A policy with no information: every task tied, so its curve is the diagonal (random at equal share,
-    in expectation)."""
-    return np.full((n, m), 0.5)
+def random_policy(ref: Reference) -> tuple[dict, Curve]:
+    """Random at equal share, in expectation: the straight line from always-cheapest to always-best (each task
+    sent to the best model with probability x). APGR 0.5, CPT(p) = p by construction, with any number of models."""
+    from visroute.router.metrics import summarise
+
+    curve = Curve(np.array([0.0, 1.0]), np.array([ref.a_cheap, ref.a_best]), np.array([ref.c_cheap, ref.c_best]))
+    grid = np.linspace(0, 1, 11)
+    out = summarise(curve, ref.a_cheap, ref.a_best, (grid, np.interp(grid, curve.x, curve.accuracy)))
+    out["axis"] = "strong_share" if ref.two_models else "normalised_cost"
+    return out, curve
 
 
 def dataset_prior(train_groups: np.ndarray, train_success: np.ndarray, groups: np.ndarray,

@@ -131,11 +131,15 @@ async def _classify(state, req: ClassifyRequest, data: bytes | None, t0: float) 
         raise HTTPException(400, "explanations need a label set with a description head (see /v1/models)")
     loop = asyncio.get_running_loop()
     with served.batcher.admit() as ticket:
-        prep = loop.run_in_executor(state.decode_pool, _prepare, data, req.image, served.pipeline.model,
-                                    lim.max_pixels)
-        head_job = None if lset else asyncio.to_thread(state.ad_hoc_head, served.name, req.labels, req.templates)
-        x, decode_ms = await prep
-        head = lset.head if lset else await head_job
+        jobs = [loop.run_in_executor(state.decode_pool, _prepare, data, req.image, served.pipeline.model,
+                                     lim.max_pixels)]
+        if lset is None:  # request-given labels: the text head is built (or found cached) while the image decodes
+            jobs.append(asyncio.to_thread(state.ad_hoc_head, served.name, req.labels, req.templates))
+        done = await asyncio.gather(*jobs, return_exceptions=True)
+        failed = next((r for r in done if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        (x, decode_ms), head = done[0], (lset.head if lset else done[1])
         emb, info = await served.batcher.submit(x, ticket)
     t = time.perf_counter()
     idx, scores = head.predict_topk(emb, req.top_k)
