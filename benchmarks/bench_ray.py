@@ -8,19 +8,27 @@ writes it into the result JSON: model loading in this process is excluded (the m
 the actors' start-up and model loading are *included* (that is Ray's overhead). ``ray.init`` itself is timed
 separately: a cluster is started once, not per evaluation.
 
+Each configuration runs at two sizes (``--sizes 500,3000``), which separates a fixed start-up cost from the
+steady-state rate: ``marginal img/s = (n2 - n1) / (t2 - t1)`` and ``start-up s = t1 - n1 / marginal``. Ray's
+start-up is dominated by its fresh actor processes importing torch / transformers and loading the model; the
+marginal rate is what a long evaluation converges to. Both ratios to the local engine are printed.
+
 Configurations (``--actors 1,2``): ``local``; ``ray-aN`` with N actors whose torch uses the driver's thread count
 (the default: CPU features are bit-identical to the local engine's); ``ray-aN-fit`` with N actors of
-``cores // N`` threads each (no oversubscription; features equal within float rounding). Each run checks its
-feature shards against the local run's (``bit_identical``, ``max_abs_diff``) and its metrics.
+``cores // N`` threads each (no oversubscription) when that differs. Each run checks its feature shards against
+the local run's of the same size (``bit_identical``, ``max_abs_diff``) and its metrics.
 
 The machine may be shared: every run records the 1-minute load average before it and the average number of busy
 cores during it (from /proc/stat, all processes). Runs are interleaved over ``--repeats`` so that a change of load
 hits every configuration; medians are reported.
 
+``--device cuda --num-gpus 0.5`` measures GPU actors the same way (the local run then uses the GPU too).
+
 Usage::
 
-    python benchmarks/bench_ray.py [--data DIR] [--n 1000] [--model random-tiny] [--actors 1,2] [--repeats 2]
-        [--batch-size 64] [--shard-size 256] [--out benchmarks/results/bench_ray.json]
+    python benchmarks/bench_ray.py [--data DIR] [--sizes 500,3000] [--model random-tiny] [--actors 1,2]
+        [--repeats 2] [--batch-size 64] [--shard-size 256] [--device cpu] [--num-gpus 0]
+        [--out benchmarks/results/bench_ray.json]
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ def compare(a: Path, b: Path) -> tuple[bool, float]:
 def run_once(name: str, engine, model, ds, args, work: Path) -> dict:
     from visroute.eval.run import EvalOptions, evaluate
 
-    cache_dir, out = work / f"features-{name}", work / f"out-{name}"
+    cache_dir, out = work / f"features-{name}-{len(ds)}", work / f"out-{name}"
     shutil.rmtree(cache_dir, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     load, busy0, t0 = os.getloadavg()[0], busy_seconds(), time.perf_counter()
@@ -79,15 +87,47 @@ def run_once(name: str, engine, model, ds, args, work: Path) -> dict:
             "busy_cores_during": (busy_seconds() - busy0) / wall, "cache": str(cache_dir)}
 
 
+def engines_for(args, cores: int) -> dict:
+    import torch
+
+    from visroute.engine import EngineOptions, make_engine
+
+    engines = {"local": make_engine("local")}
+    gpu = args.num_gpus > 0
+    for a in (int(x) for x in args.actors.split(",")):
+        per = {"num_gpus": args.num_gpus, "num_cpus": 1.0} if gpu else {"num_cpus": cores / a}
+        engines[f"ray-a{a}"] = make_engine(EngineOptions(engine="ray", actors=a, **per))
+        fit = max(1, cores // a)
+        if not gpu and fit != torch.get_num_threads():
+            engines[f"ray-a{a}-fit"] = make_engine(EngineOptions(engine="ray", actors=a, threads=fit, **per))
+    return engines
+
+
+def summarise(runs: list[dict], names, n1: int, n2: int) -> dict:
+    out = {}
+    for name in names:
+        t = {n: statistics.median(r["wall_time_s"] for r in runs if r["config"] == name and r["images"] == n)
+             for n in (n1, n2)}
+        marginal = (n2 - n1) / (t[n2] - t[n1]) if t[n2] > t[n1] else float("inf")
+        out[name] = {"end_to_end_images_per_s": n2 / t[n2], "marginal_images_per_s": marginal,
+                     "startup_s": t[n1] - n1 / marginal}
+    for name in names:
+        for k in ("end_to_end_images_per_s", "marginal_images_per_s"):
+            out[name][k.replace("images_per_s", "ratio_to_local")] = out[name][k] / out["local"][k]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-test"))
-    ap.add_argument("--n", type=int, default=1000, help="images (evenly spread over the dataset)")
+    ap.add_argument("--sizes", default="500,3000", help="two image counts (evenly spread over the dataset)")
     ap.add_argument("--model", default="random-tiny")
     ap.add_argument("--actors", default="1,2")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("--device", default="cpu", help="the local engine's device (actors: cuda when --num-gpus > 0)")
+    ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_ray.json"))
     args = ap.parse_args()
 
@@ -99,47 +139,46 @@ def main() -> None:
     import torch
 
     from visroute.data.datasets import load_dataset, spread_subset
-    from visroute.engine import EngineOptions, make_engine
     from visroute.models import load_model
 
     cores = len(os.sched_getaffinity(0))
-    model = load_model(args.model, device="cpu")
-    ds = spread_subset(load_dataset(args.data), args.n)
+    n1, n2 = (int(x) for x in args.sizes.split(","))
+    model = load_model(args.model, device=args.device)
+    data = {n: spread_subset(load_dataset(args.data), n) for n in (n1, n2)}
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
-    engines = {"local": make_engine("local")}
-    for a in (int(x) for x in args.actors.split(",")):
-        engines[f"ray-a{a}"] = make_engine(EngineOptions(engine="ray", actors=a, num_cpus=cores / a))
-        fit = max(1, cores // a)
-        if fit != torch.get_num_threads():
-            engines[f"ray-a{a}-fit"] = make_engine(EngineOptions(engine="ray", actors=a, num_cpus=cores / a, threads=fit))
+    engines = engines_for(args, cores)
     runs = []
     try:
         for r in range(args.repeats):
-            for name, engine in engines.items():
-                row = run_once(name, engine, model, ds, args, work)
-                row["repeat"] = r
-                if name != "local":
-                    row["bit_identical"], row["max_abs_diff"] = compare(Path(row["cache"]), work / "features-local")
-                    row["same_acc1"] = row["acc1"] == next(x["acc1"] for x in runs if x["config"] == "local")
-                runs.append(row)
-                print(f"[{r}] {name:12s} {row['images_per_s']:8.1f} img/s  wall {row['wall_time_s']:6.1f}s  "
-                      f"load {row['load_avg_1m_before']:.1f}  busy cores {row['busy_cores_during']:.2f}"
-                      + (f"  identical={row['bit_identical']} max|diff|={row['max_abs_diff']:.1e}" if name != "local" else ""),
-                      flush=True)
+            for n in (n1, n2):
+                for name, engine in engines.items():
+                    row = run_once(name, engine, model, data[n], args, work)
+                    row["repeat"] = r
+                    if name != "local":
+                        row["bit_identical"], row["max_abs_diff"] = compare(Path(row["cache"]), work / f"features-local-{n}")
+                        row["same_acc1"] = row["acc1"] == next(x["acc1"] for x in reversed(runs)
+                                                               if x["config"] == "local" and x["images"] == n)
+                    runs.append(row)
+                    print(f"[{r}] {name:12s} n={n:<6d} {row['images_per_s']:8.1f} img/s  wall {row['wall_time_s']:6.1f}s"
+                          f"  load {row['load_avg_1m_before']:.1f}  busy cores {row['busy_cores_during']:.2f}"
+                          + (f"  identical={row['bit_identical']} max|diff|={row['max_abs_diff']:.1e}"
+                             if name != "local" else ""), flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    med = {n: statistics.median(x["images_per_s"] for x in runs if x["config"] == n) for n in engines}
-    summary = {n: {"median_images_per_s": v, "ratio_to_local": v / med["local"]} for n, v in med.items()}
-    print(f"\nray.init: {ray_init_s:.1f}s (once per session); {len(ds)} images, model {args.model}, {cores} cores, "
-          f"torch threads {torch.get_num_threads()}")
-    for n, s in summary.items():
-        print(f"{n:12s} median {s['median_images_per_s']:8.1f} img/s   x{s['ratio_to_local']:.2f} of local")
-    doc = {"model": args.model, "data": args.data, "images": len(ds), "batch_size": args.batch_size,
-           "shard_size": args.shard_size, "cores": cores, "torch_threads": torch.get_num_threads(),
-           "ray_version": ray.__version__, "ray_init_s": ray_init_s, "runs": runs, "summary": summary}
+    summary = summarise(runs, list(engines), n1, n2)
+    print(f"\nray.init {ray_init_s:.1f}s (once per session); model {args.model} on {args.device}; {cores} cores, "
+          f"torch threads {torch.get_num_threads()}; sizes {n1} and {n2}")
+    for name, s in summary.items():
+        print(f"{name:12s} end-to-end ({n2}) {s['end_to_end_images_per_s']:7.1f} img/s x{s['end_to_end_ratio_to_local']:.2f}"
+              f" | marginal {s['marginal_images_per_s']:7.1f} img/s x{s['marginal_ratio_to_local']:.2f}"
+              f" | start-up {s['startup_s']:5.1f}s")
+    doc = {"model": args.model, "device": args.device, "num_gpus_per_actor": args.num_gpus, "data": args.data,
+           "sizes": [n1, n2], "batch_size": args.batch_size, "shard_size": args.shard_size, "cores": cores,
+           "torch_threads": torch.get_num_threads(), "ray_version": ray.__version__, "ray_init_s": ray_init_s,
+           "runs": runs, "summary": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out}")

@@ -17,7 +17,7 @@ The machine may be shared (2 cores here): numbers are noisy, ratios less so. Res
 
 Usage::
 
-    python benchmarks/bench_serve.py [--size b32|tiny] [--n 192] [--concurrency 32] [--labels 100]
+    python benchmarks/bench_serve.py [--size b32|tiny] [--n 192] [--concurrency 32] [--labels 100] [--device cuda]
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def class_names(n: int) -> list[str]:
     return list(dict.fromkeys(names))[:n]
 
 
-def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int) -> dict:
+def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int, device: str) -> dict:
     """The better of decoding in DataLoader workers (one per core, as `visroute classify`) and in the main process."""
     from visroute.batch_classify import iter_classify
     from visroute.pipeline import PipelineSpec, build_pipeline
 
-    spec = PipelineSpec(head="zeroshot", model=f"hf:{model_dir}", templates=(TEMPLATE,), device="cpu")
+    spec = PipelineSpec(head="zeroshot", model=f"hf:{model_dir}", templates=(TEMPLATE,), device=device)
     head = build_pipeline(spec).classifier(labels)
     for _ in iter_classify(head, paths[:batch], 5, batch, 0):  # warm-up
         pass
@@ -74,8 +74,9 @@ def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int
     return {**out, "images_per_s": max(v["images_per_s"] for v in out.values())}
 
 
-def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int, wait_ms: float, log: Path):
-    cfg = {"models": [{"name": "m", "model": f"hf:{model_dir}", "device": "cpu", "templates": [TEMPLATE]}],
+def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int, wait_ms: float, log: Path,
+                 device: str):
+    cfg = {"models": [{"name": "m", "model": f"hf:{model_dir}", "device": device, "templates": [TEMPLATE]}],
            "label_sets": [{"name": "bench", "labels": labels}],
            "batching": {"max_batch_size": max_batch, "max_wait_ms": wait_ms, "max_queue": 1024},
            "limits": {"request_timeout_s": 600}}
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-ms", type=float, default=5.0)
     ap.add_argument("--labels", type=int, default=100, help="ImageNet class names to classify against")
     ap.add_argument("--overhead-n", type=int, default=40, help="sequential requests for the overhead figure")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (both sides use it)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
     args = ap.parse_args(argv)
     from bench_classify import BUILDERS
@@ -136,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     paths = (paths * (args.n // max(1, len(paths)) + 1))[: args.n]
     labels = class_names(args.labels)
     images = [p.read_bytes() for p in paths]
-    res: dict = {"size": args.size, "n": args.n, "concurrency": args.concurrency, "batch": args.batch,
-                 "wait_ms": args.wait_ms, "labels": len(labels), "cpus": os.cpu_count(),
+    res: dict = {"size": args.size, "device": args.device, "n": args.n, "concurrency": args.concurrency,
+                 "batch": args.batch, "wait_ms": args.wait_ms, "labels": len(labels), "cpus": os.cpu_count(),
                  "machine": platform.platform(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         model_dir = BUILDERS[args.size](work / args.size)
-        res["in_process"] = in_process(model_dir, paths, labels, args.batch)
+        res["in_process"] = in_process(model_dir, paths, labels, args.batch, args.device)
         ip = res["in_process"]
         print(f"in-process classify          {ip['images_per_s']:8.1f} images/s (DataLoader workers "
               f"{ip['workers_default']['images_per_s']:.1f}, main process {ip['workers_0']['images_per_s']:.1f})",
               flush=True)
         for name, max_batch in (("batching_on", args.batch), ("batching_off", 1)):
-            proc, url = start_server(model_dir, labels, work, max_batch, args.wait_ms, work / f"{name}.log")
+            proc, url = start_server(model_dir, labels, work, max_batch, args.wait_ms, work / f"{name}.log",
+                                     args.device)
             try:
                 res[name] = serve_run(url, images, args.n, args.concurrency)
                 if name == "batching_on":

@@ -355,6 +355,7 @@ def test_the_no_network_check_takes_about_a_second(monkeypatch):
     port = s.getsockname()[1]
     s.close()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(hf, "_hub_state", {})
     t0 = time.monotonic()

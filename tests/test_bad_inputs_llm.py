@@ -8,7 +8,6 @@ again and answered fresh. The cache keeps every answer already paid for when a w
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import tracemalloc

@@ -78,6 +78,8 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     got = {(r["table"], r["row"], r["model"], r["column"]): r for r in rows}
     for key, v in expected.items():
         assert got[key]["published_value"] == v and got[key]["published"] == _published_text(v), key
+    again = CliRunner().invoke(app, ["reproduce", name, "--out", str(out), "--data-root", str(shared_data)])
+    assert again.exit_code == 2 and "already holds a finished run" in again.output
     if recipe.kind == "descriptions":
         n = len(recipe.extra["methods"]) * len(recipe.models) * len(recipe.datasets)
         measured = [r for r in rows if r["status"] in ("measured", "not run")]
@@ -211,3 +213,15 @@ def test_local_server_answers_like_an_openai_endpoint():
         assert post(url, {"model": "gpt-4o", "messages": []})[0] == 404
         assert post(url, {"model": "random-tiny:llama", "messages": [
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})[0] == 400
+
+
+def test_recipes_are_package_data():
+    """Every file under reproduce/recipes is matched by pyproject's package-data, so an installed wheel has them."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["visroute"]
+    base = ROOT / "src" / "visroute"
+    files = [p.relative_to(base).as_posix() for p in (base / "reproduce" / "recipes").rglob("*") if p.is_file()]
+    assert len(files) >= 4
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), files

@@ -30,7 +30,8 @@ class ClassifyArgs:
     dtype: Dtype = "auto"
     batch_size: BatchSize = 64
     workers: Workers = None
-    fast_decode: Annotated[bool, Opt(help="Opt-in reduced-size JPEG decoding: faster, pixels differ slightly.")] = False
+    fast_decode: Annotated[bool, Opt(help="Reduced-size JPEG decoding + fast antialiased resize of images larger than the "
+                                          "model input (pixels within ~1 level); --no-fast-decode: exact preprocessing.")] = True
     progress: Annotated[Optional[bool], Opt(help="Progress bar (default: on for more than 8 images).")] = None
     engine: EngineName = None
     ray_address: RayAddress = None

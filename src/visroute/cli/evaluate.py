@@ -55,7 +55,8 @@ class EvalArgs:
     batch_size: BatchSize = 64
     workers: Workers = None
     shard_size: Annotated[int, Opt(min=1, help="Images per feature-cache shard (resume granularity).")] = 2048
-    fast_decode: Annotated[bool, Opt(help="Opt-in reduced-size JPEG decoding.")] = False
+    fast_decode: Annotated[bool, Opt(help="Reduced-size JPEG decoding + fast resize of large images (pixels within ~1 "
+                                          "level); --no-fast-decode: the model's exact preprocessing.")] = True
     device: Device = "auto"
     dtype: Dtype = "auto"
     progress: Annotated[bool, Opt(help="Progress bars.")] = True

@@ -292,7 +292,8 @@ def main_threads(num_workers: int) -> int:
     if (cores, num_workers, want) not in _LOGGED_THREADS:
         _LOGGED_THREADS.add((cores, num_workers, want))
         get_logger(__name__).info("threads: %d core(s); %d decoding worker process(es) with 1 torch thread each; "
-                                  "model in the main process with %d torch thread(s)", cores, num_workers, want)
+                                  "model in the main process with %d torch thread(s); OMP_WAIT_POLICY=%s", cores,
+                                  num_workers, want, os.environ.get("OMP_WAIT_POLICY", "(unset)"))
     return want
 
 
@@ -308,6 +309,8 @@ def iter_preprocessed_batches(
     draft_size: int | None = None,
     indices: Sequence[int] | None = None,
     max_pixels: int | None = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> Iterator[tuple[list[int], Any, list[SkippedFile]]]:
     """Yield (indices of decoded items, collated batch or None, items skipped in this batch).
 
@@ -317,7 +320,8 @@ def iter_preprocessed_batches(
     Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (default: one
     per CPU core) while the caller runs the model in the main process; order is preserved.
     Where the preprocessing splits exactly (``visroute.data.pixels``) the workers stop at uint8 pixels and
-    stack them, and the main process applies the exact normalisation table; ``draft_size`` (fast decode)
+    stack them, and the exact normalisation table is applied on ``device`` in ``dtype`` (the model's, when
+    given; else float32 on the CPU); ``draft_size`` (fast decode)
     also lets large images be decoded at reduced size and resized with torch's antialiased kernel.
     """
     from torch.utils.data import DataLoader
@@ -349,7 +353,7 @@ def iter_preprocessed_batches(
     for ok, pixels, bad in loader:
         skipped = [SkippedFile(source.item_id(i), err, i) for i, err in bad]
         tally.add(skipped)
-        yield ok, (plan.finish(pixels) if pixels is not None else None), skipped
+        yield ok, (plan.finish(pixels, device, dtype) if pixels is not None else None), skipped
     tally.report()
 
 

@@ -51,7 +51,7 @@ class EvalOptions:
     batch_size: int = 64
     workers: int | None = None
     shard_size: int = 2048
-    fast_decode: bool = False
+    fast_decode: bool = True  # large images: reduced-size decode + fast resize (visroute.data.pixels)
     skip_existing: bool = False
     progress: bool = False
     device: str = "auto"

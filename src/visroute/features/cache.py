@@ -70,10 +70,12 @@ def shard_problem(path: Path, record: dict | None) -> str | None:
 
 def feature_cache_key(model: ContrastiveModel, dataset, draft_size: int | None = None) -> str:
     from visroute.data.images import resolve_max_pixels
+    from visroute.data.pixels import FAST_RESIZE_VERSION
 
     # the pixel limit decides which images are skipped, so shards made under another limit are not reused
     parts = [f"format={CACHE_FORMAT}", model.spec, model.weights_fingerprint, str(model.dtype),
-             model.preprocess_fingerprint, f"draft={draft_size}", dataset.fingerprint, str(len(dataset)),
+             model.preprocess_fingerprint, f"draft={draft_size}" + (f"+{FAST_RESIZE_VERSION}" if draft_size else ""),
+             dataset.fingerprint, str(len(dataset)),
              f"max_pixels={resolve_max_pixels(getattr(dataset, 'max_pixels', None))}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
@@ -274,7 +276,8 @@ class FeatureCache:
         ``visroute.engine.ray`` encodes the same batches on a Ray actor pool. Shards are assembled above.
         """
         for idx, batch, skipped in iter_preprocessed_batches(dataset, model.preprocess, model.collate, batch_size,
-                                                             num_workers, draft_size, indices):
+                                                             num_workers, draft_size, indices,
+                                                             device=model.device, dtype=model.dtype):
             yield idx, (model.encode_images(batch) if batch is not None else None), skipped
 
     @staticmethod

@@ -29,7 +29,11 @@ def iter_encoded_batches(
     draft_size: int | None = None,
     progress: bool = False,
 ) -> Iterator[EncodedBatch]:
-    """Decode in worker processes, encode in the main one; yields batches in input order."""
+    """Decode in worker processes, encode in the main one; yields batches in input order.
+
+    ``draft_size`` (fast decode, off by default here so library results are the model's exact preprocessing):
+    reduced-size JPEG decoding and torch's antialiased resize for images larger than the model's input.
+    """
     paths = [str(p) for p in paths]
     bar = None
     if progress:
@@ -38,7 +42,8 @@ def iter_encoded_batches(
         bar = tqdm(total=len(paths), unit="img", desc="encoding", dynamic_ncols=True)
     try:
         for indices, batch, skipped in iter_preprocessed_batches(
-            paths, model.preprocess, model.collate, batch_size, num_workers, draft_size
+            paths, model.preprocess, model.collate, batch_size, num_workers, draft_size,
+            device=getattr(model, "device", None), dtype=getattr(model, "dtype", None),
         ):
             emb = model.encode_images(batch) if batch is not None else torch.empty(0, 0)
             if bar is not None:

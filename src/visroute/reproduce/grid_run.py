@@ -94,7 +94,8 @@ def run_router(recipe, ctx, records_path: Path) -> dict:
 
     cfg = recipe.extra.get("router") or {}
     d = ctx.out / "router"
-    table = build_table(read_records(records_path), split_by=cfg.get("split_by", "sample"), seed=int(cfg.get("seed", 0)))
+    table = build_table(read_records(records_path), split_by=cfg.get("split_by", "sample"),
+                        seed=int(cfg.get("seed", 0)))
     table.save(d / "table")
     bundle = train_bundle(table, kind=cfg.get("kind", "knn"), target_share=ctx.settings.get("target_share"))
     bundle.save(d / "bundle")
@@ -110,11 +111,14 @@ def _router_cells(i: int, f: dict, report: dict) -> list[dict]:
     if f["measure"] == "router_vs_best":
         v = op["accuracy"] - singles[best]["accuracy"]
         return [{"figure": i, "column": "accuracy difference", "value": v,
-                 "detail": f"router {op['accuracy']:.3f} vs best single '{best}' {singles[best]['accuracy']:.3f}"}]
+                 "detail": f"{'holds' if v >= 0 else 'does not hold'} here: router {op['accuracy']:.3f} vs best single "
+                           f"'{best}' {singles[best]['accuracy']:.3f}"}]
     if f["measure"] == "router_cost_ratio":
         c = singles[best]["cost"]
-        return [{"figure": i, "column": "cost ratio", "value": op["cost"] / c if c > 0 else None,
-                 "detail": f"router {op['cost']:.3g} vs best single '{best}' {c:.3g} per task"}]
+        ratio = op["cost"] / c if c > 0 else None
+        verdict = "no cost to compare" if ratio is None else "holds" if ratio < 1 else "does not hold"
+        return [{"figure": i, "column": "cost ratio", "value": ratio,
+                 "detail": f"{verdict} here: router {op['cost']:.3g} vs best single '{best}' {c:.3g} per task"}]
     policies = {f"always {m}": s for m, s in singles.items()}
     policies.update({"random": report["random"], "oracle": report["oracle"], "router (calibrated)": op})
     policies.update({f"{k} at the router's share": v for k, v in op.get("at_equal_share", {}).items() if k != "random"})

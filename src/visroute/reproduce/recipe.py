@@ -125,8 +125,8 @@ def validate(raw: Any, path: Path) -> Recipe:
         _need(d, ("full", "pools") if kind == "descriptions" else SCALES, f"{where} datasets.{name}")
     extra = {k: raw[k] for k in _KIND_KEYS[kind] if k in raw}
     recipe = Recipe(raw["name"], kind, raw["title"], raw["paper"], list(raw.get("notes") or []), raw["scales"],
-                    raw["models"], raw["datasets"], list(raw.get("figures") or []), list(raw.get("unreproducible") or []),
-                    extra, path)
+                    raw["models"], raw["datasets"], list(raw.get("figures") or []),
+                    list(raw.get("unreproducible") or []), extra, path)
     (_validate_descriptions if kind == "descriptions" else _validate_grid)(recipe, where)
     for i, u in enumerate(recipe.unreproducible):
         _need(_check_keys(u, _UNREPRO_KEYS, f"{where} unreproducible[{i}]"), ("table", "row", "why"),
@@ -143,7 +143,8 @@ def _validate_descriptions(r: Recipe, where: str) -> None:
         at = f"{where} methods.{mid}"
         _need(_check_keys(m, _METHOD_KEYS, at), ("head", "table", "row"), at)
         if m["head"] not in _DESC_HEADS:
-            raise RecipeError(f"{at}: head '{m['head']}'{nearest_key(m['head'], _DESC_HEADS)} is not a description head")
+            raise RecipeError(f"{at}: head '{m['head']}'{nearest_key(m['head'], _DESC_HEADS)} "
+                              "is not a description head")
         for k in ("pool", "fallback"):
             if m.get(k) and m[k] not in pools:
                 raise RecipeError(f"{at}: {k} '{m[k]}' is not a pool of any dataset ({', '.join(sorted(pools))})")
@@ -183,7 +184,8 @@ def _validate_grid(r: Recipe, where: str) -> None:
                 raise RecipeError(f"{at}: {k} '{f[k]}' is not a pipeline ({', '.join(names)})")
         for t in f.get("task_types") or []:
             if t not in types:
-                raise RecipeError(f"{at}: task type '{t}' is given by no dataset ({', '.join(sorted(map(str, types)))})")
+                raise RecipeError(f"{at}: task type '{t}' is given by no dataset "
+                                  f"({', '.join(sorted(map(str, types)))})")
         if f["measure"] in ("router", "router_vs_best", "router_cost_ratio") and not r.extra.get("router"):
             raise RecipeError(f"{at}: measure '{f['measure']}' needs a 'router' section")
 

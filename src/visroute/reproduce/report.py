@@ -132,7 +132,8 @@ def markdown(recipe, rows: list[dict], run: dict, sweeps: list[str] | None = Non
     gone = [r for r in rows if r["status"] == "not reproducible"]
     if gone:
         out += ["## Not reproducible here (with the open substitute)", "",
-                "| Table | Row | Model | Column | Published | Why, and the open substitute |", "|---|---|---|---|---:|---|"]
+                "| Table | Row | Model | Column | Published | Why, and the open substitute |",
+                "|---|---|---|---|---:|---|"]
         out += [f"| {_cell(r['table'])} | {_cell(r['row'])} | {_cell(r['model'])} | {_cell(r['column'])} | "
                 f"{_cell(r['published'])} | {_cell(r['note'])} |" for r in gone]
         out.append("")

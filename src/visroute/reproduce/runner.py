@@ -21,6 +21,9 @@ from visroute.reproduce.recipe import Recipe, load_recipe
 from visroute.reproduce.resolve import MissingPrerequisites, default_data_root, model_spec, requirements
 
 
+ENGINES = ("local", "ray")
+
+
 @dataclass
 class RunContext:
     recipe: Recipe
@@ -50,8 +53,8 @@ def make_engine(name: str):
     """None for ``local``; a Ray engine for ``ray`` when this build has one, else one clear error."""
     if name == "local":
         return None
-    if name != "ray":
-        raise VisrouteError(f"unknown engine '{name}' (local or ray)")
+    if name not in ENGINES:
+        raise VisrouteError(f"unknown engine '{name}' ({' or '.join(ENGINES)})")
     try:
         from visroute.engine import make_engine as make
     except ImportError:
@@ -84,12 +87,16 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
 
     recipe = load_recipe(name)
     settings = recipe.scale(scale)
+    if engine not in ENGINES:
+        raise VisrouteError(f"unknown engine '{engine}' ({' or '.join(ENGINES)})")
     root = Path(data_root) if data_root else default_data_root()
     missing = [r for r in requirements(recipe, scale, root) if not r.ok]
     if missing:
         raise MissingPrerequisites(missing)
-    eng = make_engine(engine)
     out = Path(out) if out else _default_out(recipe, scale)
+    if (out / "run.json").is_file():  # a finished run; an interrupted one (no run.json yet) resumes from its caches
+        raise VisrouteError(f"{out} already holds a finished run; give another --out or remove it")
+    eng = make_engine(engine)
     out.mkdir(parents=True, exist_ok=True)
     t0, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     served = _served(recipe, scale)
@@ -102,8 +109,8 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
                 LocalServer(served, max_tokens=int(settings.get("max_tokens", 64))))))
             log(f"loopback OpenAI-compatible server at {url} serving {', '.join(served)}")
         gen = (recipe.extra.get("generator") or {}).get(scale)
-        ctx = RunContext(recipe, scale, root, out, settings, {a: model_spec(m[scale], url) for a, m in recipe.models.items()},
-                         model_spec(gen, url) if gen else None, eng, log)
+        models = {a: model_spec(m[scale], url) for a, m in recipe.models.items()}
+        ctx = RunContext(recipe, scale, root, out, settings, models, model_spec(gen, url) if gen else None, eng, log)
         try:
             if recipe.kind == "descriptions":
                 from visroute.reproduce.descriptions_run import run_descriptions
@@ -120,12 +127,14 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
             if eng is not None:
                 eng.shutdown()
     run = {"recipe": recipe.name, "arxiv": recipe.arxiv, "scale": scale, "engine": engine, "data_root": str(root),
-           "out": str(out), "started": started, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "out": str(out), "started": started,
+           "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "wall_time_s": round(time.perf_counter() - t0, 2), "models": ctx.models, "generator": ctx.generator,
            "local_server": url, **_versions(), **ctx.extra}
     if "generation" in run:  # counts only: the full reports are inside the generated description files
-        run["generation"] = {k: {c: v.get(c) for c in ("requests", "cached", "n_failed", "n_unparsable", "error")}
-                             | {"n_empty_classes": len(v.get("empty_classes") or [])} for k, v in run["generation"].items()}
+        keep = ("requests", "cached", "n_failed", "n_unparsable", "error")
+        run["generation"] = {k: {**{c: v.get(c) for c in keep}, "n_empty_classes": len(v.get("empty_classes") or [])}
+                             for k, v in run["generation"].items()}
     n_failed = sum(r["status"] == "failed" for r in rows)
     run["n_rows"], run["n_failed"] = len(rows), n_failed
     (out / "cells.json").write_text(json.dumps(cells, indent=1, default=str), encoding="utf-8")

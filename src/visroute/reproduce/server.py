@@ -81,9 +81,13 @@ class LocalServer:
             req = chat_request(body)
         except (ValueError, OSError, AttributeError, TypeError) as e:
             return 400, {"error": {"message": f"bad request: {e}"}}
+        try:
+            asked = int(body.get("max_tokens") or self.max_tokens)
+        except (TypeError, ValueError):
+            return 400, {"error": {"message": "max_tokens must be an integer"}}
         with self._lock:  # one generation at a time: local models are not thread-safe
             gen = self._generator(name)
-            gen.max_tokens = max(1, min(int(body.get("max_tokens") or self.max_tokens), self.max_tokens))
+            gen.max_tokens = max(1, min(asked, self.max_tokens))
             res = gen.generate([req])[0]
             self.requests += 1
         if not res.ok:
@@ -131,6 +135,8 @@ class LocalServer:
         return Handler
 
     def __enter__(self) -> str:
+        for name in self.models:  # load first: a model that cannot load is one error now, not failed requests later
+            self._generator(name)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, name="visroute-local-llm", daemon=True).start()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -23,11 +21,6 @@ from visroute.serve.middleware import Gate, access_logger, install_error_handler
 from visroute.serve.state import ServeState
 
 STATIC = Path(__file__).with_name("static")
-
-
-def _decode_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(2, min(8, cores))
 
 
 async def _load(app: FastAPI, state: ServeState) -> None:
@@ -52,7 +45,6 @@ async def lifespan(app: FastAPI):
     import httpx2
 
     state: ServeState = app.state.serve
-    state.decode_pool = ThreadPoolExecutor(max_workers=_decode_workers(), thread_name_prefix="decode")
     state.http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64))
     loader = asyncio.get_running_loop().create_task(_load(app, state))
     try:
@@ -64,7 +56,8 @@ async def lifespan(app: FastAPI):
         for m in state.models.values():
             await m.batcher.stop()
         await state.http.aclose()
-        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if state.decode_pool is not None:
+            await asyncio.to_thread(state.decode_pool.shutdown, wait=True, cancel_futures=True)
 
 
 def create_app(config: ServeConfig, keys: list[str] | None = None, open_mode: bool = False) -> FastAPI:

@@ -76,6 +76,8 @@ class Batching:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
+    decode_workers: int = 0             # 0: one per core, up to 8
+    decode_processes: bool = True       # decode in worker processes (False: threads)
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,13 @@ def _section(raw: Any, cls: type, where: str):
     d = _check_keys(raw or {}, cls, where)
     defaults = cls()
     for k, v in d.items():
-        integer = isinstance(getattr(defaults, k), int)
-        d[k] = _number(v, f"{where}.{k}", 1 if integer else 0.0, integer)
+        default = getattr(defaults, k)
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ServeConfigError(f"{where}.{k} must be true or false, got {v!r}")
+            continue
+        integer = isinstance(default, int)
+        d[k] = _number(v, f"{where}.{k}", 0 if k == "decode_workers" else (1 if integer else 0.0), integer)
     return cls(**d)
 
 

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from visroute.errors import VisrouteError
-from visroute.serve.decode import b64_bytes, decode_image
+from visroute.serve.decode import b64_bytes, decode_image, prepare
 from visroute.serve.middleware import validation_message
 from visroute.serve.schemas import (ERRORS, ClassifyRequest, ClassifyResponse, Health, ModelCard, ModelList,
                                     RouteRequest, RouteResponse)
@@ -87,12 +87,6 @@ async def _within(request: Request, coro):
         raise HTTPException(504, f"the request took longer than its deadline of {_deadline(request):g} s") from None
 
 
-def _prepare(data: bytes | None, b64: str, model, max_pixels: int) -> tuple[Any, float]:
-    t = time.perf_counter()
-    image = decode_image(data if data is not None else b64_bytes(b64), max_pixels)
-    return model.preprocess(image), (time.perf_counter() - t) * 1000
-
-
 @api.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"],
           openapi_extra=_body_doc(ClassifyRequest, "image", ["image"]))
 async def classify(request: Request):
@@ -131,8 +125,7 @@ async def _classify(state, req: ClassifyRequest, data: bytes | None, t0: float) 
         raise HTTPException(400, "explanations need a label set with a description head (see /v1/models)")
     loop = asyncio.get_running_loop()
     with served.batcher.admit() as ticket:
-        jobs = [loop.run_in_executor(state.decode_pool, _prepare, data, req.image, served.pipeline.model,
-                                     lim.max_pixels)]
+        jobs = [loop.run_in_executor(state.decode_pool, prepare, served.name, data, req.image, lim.max_pixels)]
         if lset is None:  # request-given labels: the text head is built (or found cached) while the image decodes
             jobs.append(asyncio.to_thread(state.ad_hoc_head, served.name, req.labels, req.templates))
         done = await asyncio.gather(*jobs, return_exceptions=True)

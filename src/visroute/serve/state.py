@@ -100,6 +100,11 @@ class ServeState:
                 self.label_sets[s.name] = self._label_set(s)
             for r in self.config.routers:
                 self.routers[r.name] = self._router(r)
+            from visroute.serve.decode import make_pool
+
+            b = self.config.batching
+            self.decode_pool = make_pool({n: m.pipeline.model.preprocess for n, m in self.models.items()},
+                                         b.decode_workers, b.decode_processes)
             self.ready = True
         except VisrouteError as e:
             self.load_error = str(e)
