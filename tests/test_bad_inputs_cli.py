@@ -96,7 +96,6 @@ def test_describe_counts_every_server_fault_and_caches_only_good_answers(tmp_pat
     with FaultServer(answer=answer, mode_for=lambda p: FAULT_BY_CLASS.get(class_of(p))) as srv:
         res = run_cli(describe_args(srv, classes, out, "--concurrency", "8"), tmp_path, timeout=60)
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
-        assert res.elapsed < 25
         failed = {line.split(": ")[1]: line for line in res.stderr.splitlines() if line.startswith("failed: ")}
         assert set(failed) == set(FAULT_BY_CLASS)
         for cls, words in REASON.items():

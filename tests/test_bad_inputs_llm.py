@@ -7,6 +7,7 @@ again and answered fresh. The cache keeps every answer already paid for when a w
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -152,6 +153,7 @@ def test_sqlite_full_keeps_what_was_saved_and_reports_it(tmp_path, caplog):
         warned = [r.getMessage() for r in caplog.records if "cannot save answers" in r.getMessage()]
         assert len(warned) == 1 and "full" in warned[0] and "\n" not in warned[0]
         assert f"{cache.unsaved} answer(s) not saved" in cache.summary()
+        atexit.unregister(cache._report_unsaved)  # said here; not again when pytest exits
     assert len(ResponseCache(tmp_path / "r.sqlite")) == cache.saved  # committed answers are all there
 
 

@@ -43,7 +43,7 @@ class EvalArgs:
     repeats: Annotated[int, Opt(min=1, help="Repetitions of the random controls (mean +- std).")] = 5
     seed: Annotated[int, Opt(help="Seed of the random controls.")] = 0
     w_cls: Annotated[float, Opt(help="Class-name weight for classname-free / disclip scoring.")] = 0.0
-    w_cls_sweep: Annotated[Optional[str], Opt(help="Comma-separated w_cls values to sweep (classname-free).")] = None
+    w_cls_sweep: Annotated[Optional[str], Opt(help="Comma-separated w_cls values to sweep (classname-free, disclip).")] = None
     selection_dataset: Annotated[Optional[str], Opt(help="Labelled selection split for disclip.")] = None
     n_per_class: Annotated[Optional[int], Opt(help="Selection images per class (default: smallest class).")] = None
     k: Annotated[int, Opt("-k", help="disclip neighbourhood size.")] = 3
@@ -77,6 +77,8 @@ class EvalArgs:
             sweep = [float(x) for x in self.w_cls_sweep.split(",") if x.strip()] if self.w_cls_sweep else []
         except ValueError:
             raise VisrouteError(f"--w-cls-sweep must be comma-separated numbers, got {self.w_cls_sweep!r}") from None
+        if sweep and self.head == "disclip" and self.disclip_mode != "classname-free":
+            raise VisrouteError("--w-cls-sweep needs --disclip-mode classname-free (the other mode has no class-name weight)")
         if self.head == "disclip" and not self.selection_dataset:
             raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
         keep = ("head", "templates", "classnames", "descriptions", "fallback_descriptions", "description_style",

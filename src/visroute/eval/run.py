@@ -26,7 +26,7 @@ HEADS = {
     "random-words": "control: same number of random-word descriptors per class (WaffleCLIP), --repeats",
     "random-chars": "control: random-character descriptors, --repeats",
     "classname-free": "descriptions without the class name, + w_cls x class-name prompt; --w-cls-sweep",
-    "disclip": "discriminative selection per test image's top-k neighbourhood (needs --selection-dataset)",
+    "disclip": "discriminative selection per test image's top-k neighbourhood (needs --selection-dataset); --w-cls-sweep",
 }
 
 
@@ -69,7 +69,7 @@ class EvalOptions:
             p.update(repeats=self.repeats, seed=self.seed)
         if self.head in ("classname-free", "disclip"):
             p["w_cls"] = self.w_cls
-        if self.head == "classname-free" and self.w_cls_sweep:
+        if self.head in ("classname-free", "disclip") and self.w_cls_sweep:
             p["w_cls_sweep"] = list(self.w_cls_sweep)
         if self.head == "disclip":
             p.update(k=self.k, m=self.m, n_per_class=self.n_per_class, mode=self.disclip_mode,
@@ -182,9 +182,9 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             metrics[key] = float(vals.mean())
             extra_metrics[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
             extra_metrics[f"{key}_repeats"] = vals.tolist()
-    if opts.head == "classname-free" and opts.w_cls_sweep:
-        X = features.load()[1]
-        extra_metrics["w_cls_sweep"] = heads[0].sweep(X, ds.labels[features.load()[0]], opts.w_cls_sweep)
+    if opts.head in ("classname-free", "disclip") and opts.w_cls_sweep:  # disclip: selection computed once
+        sweep_idx, X = features.load()
+        extra_metrics["w_cls_sweep"] = heads[0].sweep(X, ds.labels[sweep_idx], opts.w_cls_sweep)
     wall = time.perf_counter() - t0
 
     parsed = parse_model_spec(spec_text)

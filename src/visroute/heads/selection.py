@@ -14,6 +14,7 @@ The functions are pure and vectorised over images (chunked, so memory stays boun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -49,47 +50,71 @@ def neighbourhoods(X: torch.Tensor, caption_emb: torch.Tensor, k: int) -> torch.
     return torch.topk(X.float() @ caption_emb.float().T, k, dim=1).indices
 
 
+@contextmanager
+def one_thread():
+    """torch on one thread for a loop of small tensor operations: per-op thread wake-ups cost more than they
+    save there (measured 5-25x the CPU time on 2 busy cores), and chunks small enough to stay in cache are fastest."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def select_descriptions(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Sequence[Sequence[int]],
-                        chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected pool indices (N, k, m), -1 where fewer than m qualify, and a fallback flag (N, k).
 
     ``class_sims`` (P, C) from ``class_mean_similarities``; ``own[c]`` are class c's pool indices.
     The selection depends only on the (ordered) neighbourhood, and many images share one, so each
-    distinct neighbourhood is computed once and the result copied to its images.
+    distinct neighbourhood is computed once and the result copied to its images; the work is linear in them.
     """
     uniq, inverse = torch.unique(topk, dim=0, return_inverse=True)
-    if len(uniq) < len(topk):
-        sel, fb = _select_unique(class_sims, uniq, m, own, chunk)
-        return sel[inverse], fb[inverse]
-    return _select_unique(class_sims, topk, m, own, chunk)
+    sel, fb = _select_unique(class_sims, uniq, m, own, chunk)
+    return sel[inverse.reshape(-1)], fb[inverse.reshape(-1)]
+
+
+def _own_first(own: Sequence[Sequence[int]], n_classes: int, m: int) -> torch.Tensor:
+    out = torch.full((n_classes, m), -1, dtype=torch.long)
+    for c, ids in enumerate(own):
+        ids = sorted(set(int(i) for i in ids))[:m]
+        out[c, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 def _select_unique(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Sequence[Sequence[int]],
                    chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = class_sims.shape[0]
+    """A description qualifies for candidate j when j is its best class in the neighbourhood (>=, so ties qualify
+    for each tied class); its score, the mean of its differences to the neighbourhood, is then the same for every
+    class it qualifies for, so it is computed once per neighbourhood, with the reference's arithmetic
+    (((top - s0) + (top - s1)) + ...) / k, where top equals the candidate's own similarity bit for bit."""
+    sims_t = class_sims.float().T.contiguous()  # (C, P): a neighbourhood's rows are contiguous
+    P = sims_t.shape[1]
     N, k = topk.shape
     m_eff = min(m, P)
     selected = torch.full((N, k, m), -1, dtype=torch.long)
     fallback = torch.zeros((N, k), dtype=torch.bool)
-    own_first = torch.full((class_sims.shape[1], m), -1, dtype=torch.long)
-    for c, ids in enumerate(own):
-        ids = sorted(set(int(i) for i in ids))[:m]
-        own_first[c, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    for start in range(0, N, chunk):
-        t = topk[start : start + chunk]
-        G = class_sims[:, t]  # (P, n, k)
-        for j in range(k):
-            diff = G[:, :, j : j + 1] - G  # (P, n, k); column j is the zero self-difference
-            ok = (diff >= 0).all(dim=2)
-            score = torch.where(ok, diff.mean(dim=2), torch.tensor(float("-inf"), dtype=diff.dtype))
-            vals, idx = torch.topk(score, m_eff, dim=0)  # (m, n), best first
-            idx = torch.where(torch.isfinite(vals), idx, torch.tensor(-1))
-            none = ~ok.any(dim=0)
-            sel = idx.T
-            if none.any():
-                sel[none] = own_first[t[none, j]][:, :m_eff]
-            selected[start : start + chunk, j, :m_eff] = sel
-            fallback[start : start + chunk, j] = none
+    own_first = _own_first(own, sims_t.shape[0], m)
+    ninf = torch.tensor(float("-inf"))
+    with one_thread():
+        for start in range(0, N, chunk):
+            t = topk[start : start + chunk]
+            G = sims_t[t]  # (n, k, P)
+            top = G.amax(dim=1)
+            acc = top - G[:, 0]
+            for j in range(1, k):
+                acc += top - G[:, j]
+            score = acc / k
+            for j in range(k):
+                ok = G[:, j] >= top
+                vals, idx = torch.topk(torch.where(ok, score, ninf), m_eff, dim=1)  # best first
+                idx[~torch.isfinite(vals)] = -1
+                none = ~ok.any(dim=1)
+                if none.any():
+                    idx[none] = own_first[t[none, j]][:, :m_eff]
+                selected[start : start + chunk, j, :m_eff] = idx
+                fallback[start : start + chunk, j] = none
     return selected, fallback
 
 
@@ -103,6 +128,32 @@ def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: to
         sims = torch.einsum("nd,nkmd->nkm", X[s : s + chunk].float(), emb.float())
         out[s : s + chunk] = (sims * valid).sum(-1) / valid.sum(-1).clamp(min=1)
     return out
+
+
+class _TextLookup:
+    """Precomputed text embeddings handed to ``fit``; the model encodes only the texts it lacks."""
+
+    def __init__(self, table=None):
+        self.table = {} if table is None else dict(table)
+
+    def encode(self, model, texts: list[str], batch_size: int) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.table))
+        if len(missing) == len(texts):
+            return model.encode_texts(texts, batch_size=batch_size)
+        if missing:
+            self.table.update(zip(missing, model.encode_texts(missing, batch_size=batch_size)))
+        return torch.stack([torch.as_tensor(np.asarray(self.table[t], dtype=np.float32)) for t in texts])
+
+
+class _SelectionMemo:
+    """Memo of the selection per ordered neighbourhood, filled at predict time and kept for the fit.
+
+    Selection depends only on the neighbourhood (and the fit), so every later ``predict``, ``predict_topk`` or
+    ``sweep`` over images with a neighbourhood seen before reuses it; like the pair cache it stays the same object.
+    """
+
+    def __init__(self):
+        self.rows: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 class _PairEmbeddingCache:
@@ -144,8 +195,12 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
         tags.target_tags.required = True  # the selection set's labels
         return tags
 
-    def fit(self, X, y=None, y_sel=None):
-        """``fit(X_sel, y_sel)`` (image features, class indices) or ``fit(classnames, X_sel, y_sel)``."""
+    def fit(self, X, y=None, y_sel=None, text_embeddings=None):
+        """``fit(X_sel, y_sel)`` (image features, class indices) or ``fit(classnames, X_sel, y_sel)``.
+
+        ``text_embeddings``: precomputed embeddings, a mapping text -> vector (the pool descriptions, the captions
+        and, for classname-containing mode, the "A photo of a {c}, {d}." texts); texts it holds are not encoded.
+        """
         if is_text_list(X):
             classnames, X_sel, y_sel = list(X), y, y_sel
         else:
@@ -159,7 +214,8 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
             raise InputError(f"unknown reduce '{self.reduce}' (mean or max)")
         dset = self.descriptions.aligned_to(classnames)
         pool = disclip_pool(dset.descriptions)
-        pool_emb = self.model.encode_texts(pool, batch_size=self.batch_size)
+        self.text_lookup_ = _TextLookup(text_embeddings)
+        pool_emb = self._encode(pool)
         X_sel, y_sel = self._check_training_data(X_sel, y_sel, pool_emb.shape[1], len(classnames), require_y=True)
         counts = np.bincount(y_sel, minlength=len(classnames))
         if counts.min() == 0:
@@ -172,16 +228,30 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
         index = {d: i for i, d in enumerate(pool)}
         self.own_ = [[index[d] for d in ds] for ds in dset.descriptions]
         self.pool_embeddings_ = pool_emb
-        self.caption_embeddings_ = self.model.encode_texts([self.caption.replace("{c}", c) for c in classnames])
+        self.caption_embeddings_ = self._encode([self.caption.replace("{c}", c) for c in classnames])
         self.class_sims_ = class_mean_similarities(pool_emb, X_sel, y_sel, len(classnames), self.n_per_class_)
         self.pair_cache_ = _PairEmbeddingCache()
+        self.selection_memo_ = _SelectionMemo()
         self.n_features_in_ = int(pool_emb.shape[1])
         return self
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        return self.text_lookup_.encode(self.model, texts, self.batch_size)
 
     def _select(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = min(self.k, len(self.classes_))
         topk = neighbourhoods(X, self.caption_embeddings_, k)
-        selected, fallback = select_descriptions(self.class_sims_, topk, self.m, self.own_)
+        uniq, inverse = torch.unique(topk, dim=0, return_inverse=True)
+        memo = self.selection_memo_.rows
+        keys = [tuple(r) for r in uniq.tolist()]
+        todo = [i for i, key in enumerate(keys) if key not in memo]
+        if todo:
+            sel, fb = select_descriptions(self.class_sims_, uniq[todo], self.m, self.own_)
+            memo.update({keys[i]: (sel[r], fb[r]) for r, i in enumerate(todo)})
+        rows = [memo[key] for key in keys]
+        inverse = inverse.reshape(-1)
+        selected = torch.stack([r[0] for r in rows])[inverse] if rows else torch.empty((0, k, self.m), dtype=torch.long)
+        fallback = torch.stack([r[1] for r in rows])[inverse] if rows else torch.empty((0, k), dtype=torch.bool)
         return topk, selected, fallback
 
     def select(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,7 +266,7 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
                        - set(cache))
         if pairs:
             texts = [self.pair.replace("{c}", str(self.classes_[c])).replace("{d}", self.pool_[d]) for c, d in pairs]
-            emb = self.model.encode_texts(texts, batch_size=self.batch_size)
+            emb = self._encode(texts)
             cache.update({p: emb[i] for i, p in enumerate(pairs)})
         dim = self.pool_embeddings_.shape[1]
         zero = torch.zeros(dim)
@@ -215,12 +285,31 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
         out = torch.gather(srt, -1, pos)
         return torch.where(out == big, torch.full_like(out, -1), out)
 
+    def _caption_scores(self, X: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
+        return torch.gather(X @ self.caption_embeddings_.T, 1, topk)
+
+    def sweep(self, X, y, weights: Sequence[float]) -> list[dict]:
+        """Top-1 accuracy for each class-name weight (classname-free mode): the selection and both similarity
+        terms are computed once, each weight costs one weighted sum and an argmax."""
+        if self.mode != "classname-free":
+            raise InputError("the w_cls sweep applies to mode 'classname-free' (classname-containing has no weight)")
+        X = self._features(X)
+        topk, selected, _ = self._select(X)
+        desc, cap = masked_mean_similarity(X, self.pool_embeddings_, selected), self._caption_scores(X, topk)
+        y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        out = []
+        for w in weights:
+            scores = desc + float(w) * cap if w else desc
+            pred = torch.gather(topk, 1, scores.argmax(1, keepdim=True)).squeeze(1).numpy()
+            out.append({"w_cls": float(w), "acc1": float((pred == y).mean()) if len(y) else float("nan")})
+        return out
+
     def _neighbourhood_scores(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         topk, selected, _ = self._select(X)
         if self.mode == "classname-free":
             scores = masked_mean_similarity(X, self.pool_embeddings_, selected)
             if self.w_cls:
-                scores = scores + self.w_cls * torch.gather(X @ self.caption_embeddings_.T, 1, topk)
+                scores = scores + self.w_cls * self._caption_scores(X, topk)
         else:
             padded = self.cycled(selected)
             emb = self._pair_embeddings(topk, padded)

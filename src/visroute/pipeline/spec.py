@@ -33,7 +33,7 @@ HEAD_PARAMS = {
     "random-words": ("description_style", "repeats", "seed"),
     "random-chars": ("description_style", "repeats", "seed"),
     "classname-free": ("w_cls", "w_cls_sweep"),
-    "disclip": ("w_cls", "k", "m", "n_per_class", "mode", "selection_dataset"),
+    "disclip": ("w_cls", "w_cls_sweep", "k", "m", "n_per_class", "mode", "selection_dataset"),
 }
 
 
