@@ -15,7 +15,7 @@ import numpy as np
 
 from visroute.errors import VisrouteError
 from visroute.router.bundle import RouterBundle
-from visroute.router.evaluate import _realised, evaluate_router
+from visroute.router.evaluate import realised, evaluate_router
 from visroute.router.policies import at_share, dataset_prior, policy_curve, reference
 from visroute.router.table import RoutingTable
 
@@ -53,7 +53,7 @@ def llm_router_report(table: RoutingTable, test: RoutingTable, bundle: RouterBun
     the same share."""
     out = router.route(test.text, test.dataset)
     picks = out["picks"]
-    acc, c = _realised(test.success, test.cost, picks, test.weight)
+    acc, c = realised(test.success, test.cost, picks, test.weight)
     w = test.weight / test.weight.sum()
     extra = float((np.nan_to_num(out["router_cost"]) * w).sum())
     ref = reference(test.success, test.cost, bundle.costs, test.weight)

@@ -12,7 +12,7 @@ from visroute.router.decide import choose, lambda_grid
 from visroute.router.policies import at_share, policy_curve, random_policy, reference
 
 
-def _realised(success: np.ndarray, cost: np.ndarray, picks: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+def realised(success: np.ndarray, cost: np.ndarray, picks: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
     rows = np.arange(len(picks))
     s = np.nan_to_num(success[rows, picks], nan=0.0)
     c = np.nan_to_num(cost[rows, picks], nan=0.0)
@@ -32,23 +32,23 @@ def evaluate_router(proba: np.ndarray, success: np.ndarray, cost: np.ndarray, mo
     weight = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
     singles = {}
     for j, name in enumerate(models):
-        acc, c = _realised(success, cost, np.full(n, j), weight)
+        acc, c = realised(success, cost, np.full(n, j), weight)
         singles[name] = {"accuracy": acc, "cost": c}
     best_name = max(singles, key=lambda k: (singles[k]["accuracy"], -singles[k]["cost"]))
     cheap_name = min(singles, key=lambda k: (singles[k]["cost"], -singles[k]["accuracy"]))
     dear_name = max(singles, key=lambda k: singles[k]["cost"])
     rng = np.random.default_rng(seed)
-    rand_acc, rand_cost = _realised(success, cost, rng.integers(0, m, n), weight)
+    rand_acc, rand_cost = realised(success, cost, rng.integers(0, m, n), weight)
     # oracle: the cheapest model that gets the task right, else the cheapest model
     order = np.argsort(expected_costs, kind="stable")
     ok = np.nan_to_num(success[:, order], nan=0.0) >= 0.5
     first_ok = np.where(ok.any(1), order[np.argmax(ok, axis=1)], order[0])
-    oracle_acc, oracle_cost = _realised(success, cost, first_ok, weight)
+    oracle_acc, oracle_cost = realised(success, cost, first_ok, weight)
 
     curve = []
     for lam_i in lambda_grid(proba, expected_costs):
         picks = choose(proba, expected_costs, lam_i)
-        acc, c = _realised(success, cost, picks, weight)
+        acc, c = realised(success, cost, picks, weight)
         curve.append({"lambda": float(lam_i), "accuracy": acc, "cost": c,
                       "share": {models[j]: float(np.mean(picks == j)) for j in range(m)}})
     pareto = _pareto(curve)
@@ -81,7 +81,7 @@ def evaluate_router(proba: np.ndarray, success: np.ndarray, cost: np.ndarray, mo
     report["routing_metrics"]["random"], curves["random"] = random_policy(ref)
     if lam is not None:
         picks = choose(proba, expected_costs, lam)
-        acc, c = _realised(success, cost, picks, weight)
+        acc, c = realised(success, cost, picks, weight)
         gap = ref.a_best - ref.a_cheap
         x = ref.x_of(picks, c, weight)
         report["operating_point"] = {
