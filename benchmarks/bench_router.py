@@ -247,7 +247,7 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
         chosen = np.sort(np.argsort(keys, axis=1)[:, :4], axis=1)
         for si in range(S):
             q = templates[tpl[si]].format(s=slots[slot[si]])
-            t = task_text(q, [opts[j] for j in chosen[si]], ds_names[di])
+            t = task_text(q, [opts[j] for j in chosen[si]]) + f" Dataset: {ds_names[di]}"
             k = text_index.get(t)
             if k is None:
                 k = text_index[t] = len(texts)
@@ -318,6 +318,8 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
         "score": pa.array(score, pa.float32()),
         "cost": pa.array(cost, pa.float64()),
         "latency_s": pa.array(latency, pa.float64()),
+        "dataset_spec": dict_col(dcode, [f"synthetic:{n}" for n in ds_names]),
+        "pipeline": pa.nulls(n, pa.string()),
     }
     table = pa.table(cols, schema=records_schema())
     pq.write_table(table, path)

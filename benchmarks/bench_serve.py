@@ -13,7 +13,8 @@ Server overhead per request, measured sequentially (concurrency 1, batching on, 
 the client's latency minus the model work the server reports (decode + forward + head), i.e. HTTP, multipart
 parsing, validation, queueing, JSON and the event loop. Goals: (b) >= 0.8 x (a); overhead p50 < 5 ms.
 
-The machine may be shared (2 cores here): numbers are noisy, ratios less so. Results: benchmarks/results/bench_serve.json.
+Requests carry the image as base64 JSON (``--body json``, cheap for both sides) or as a multipart upload.
+The machine may be shared (2 cores here): numbers are noisy, ratios less so. Results: benchmarks/results/.
 
 Usage::
 
@@ -100,10 +101,16 @@ def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int,
     raise SystemExit("visroute serve did not become ready")
 
 
-def serve_run(url: str, images: list[bytes], n: int, concurrency: int) -> dict:
+def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str = "json") -> dict:
+    import base64
+
     from visroute.serve.loadtest import run_load
 
+    encoded = [base64.b64encode(im).decode() for im in images] if body == "json" else []
+
     def req(i: int) -> dict:
+        if body == "json":  # the image as base64 in JSON: cheap to build and to parse on both sides
+            return {"path": "/v1/classify", "json": {"image": encoded[i % len(encoded)], "top_k": 5}}
         return {"path": "/v1/classify", "files": {"image": ("x.jpg", images[i % len(images)], "image/jpeg")},
                 "data": {"top_k": "5"}}
 
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", type=int, default=100, help="ImageNet class names to classify against")
     ap.add_argument("--overhead-n", type=int, default=40, help="sequential requests for the overhead figure")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (both sides use it)")
+    ap.add_argument("--body", choices=("json", "multipart"), default="json", help="how requests carry the image")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
     args = ap.parse_args(argv)
     from bench_classify import BUILDERS
@@ -138,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = (paths * (args.n // max(1, len(paths)) + 1))[: args.n]
     labels = class_names(args.labels)
     images = [p.read_bytes() for p in paths]
-    res: dict = {"size": args.size, "device": args.device, "n": args.n, "concurrency": args.concurrency,
+    res: dict = {"size": args.size, "device": args.device, "body": args.body, "n": args.n,
+                 "concurrency": args.concurrency,
                  "batch": args.batch, "wait_ms": args.wait_ms, "labels": len(labels), "cpus": os.cpu_count(),
                  "machine": platform.platform(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -153,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             proc, url = start_server(model_dir, labels, work, max_batch, args.wait_ms, work / f"{name}.log",
                                      args.device)
             try:
-                res[name] = serve_run(url, images, args.n, args.concurrency)
+                res[name] = serve_run(url, images, args.n, args.concurrency, args.body)
                 if name == "batching_on":
-                    res["sequential"] = serve_run(url, images, args.overhead_n, 1)
+                    res["sequential"] = serve_run(url, images, args.overhead_n, 1, args.body)
             finally:
                 proc.terminate()
                 proc.wait(60)
             r = res[name]
             print(f"serve, {name.replace('_', ' '):<13} c={args.concurrency:<3} {r['images_per_s']:8.1f} images/s  "
-                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch_size']}", flush=True)
+                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch_size']}",
+                  flush=True)
     base = res["in_process"]["images_per_s"]
     res["ratio_batching_on_vs_in_process"] = round(res["batching_on"]["images_per_s"] / base, 3)
     res["ratio_batching_off_vs_in_process"] = round(res["batching_off"]["images_per_s"] / base, 3)

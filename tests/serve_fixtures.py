@@ -4,8 +4,8 @@ real server is shared by the whole session).
 ``served`` starts ``visroute serve`` as its own process (uvicorn on a free 127.0.0.1 port) with a config that
 has a random-tiny model, two label sets (one with descriptions), an image-aware router over two models whose
 endpoints are a scriptable OpenAI-compatible stub, a remote-image allow-list, and a key for one endpoint bound by
-the user's own endpoints file (``$VISROUTE_ENDPOINTS``), not by the serve config. (PYTEST_DONT_REWRITE: test modules import helpers from here before
-pytest loads it as a plugin; it holds no assertions.)
+the user's own endpoints file (``$VISROUTE_ENDPOINTS``), not by the serve config. (PYTEST_DONT_REWRITE: test
+modules import helpers from here before pytest loads it as a plugin; it holds no assertions.)
 """
 
 from __future__ import annotations

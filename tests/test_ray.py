@@ -319,3 +319,18 @@ def test_missing_ray_extra_is_one_line(tmp_path, monkeypatch, shared_data):
     assert r.exit_code == 2
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'visroute[ray]'" in lines[0] and "Traceback" not in r.output
+
+
+def test_engine_options_in_a_grid_file_are_checked_by_name():
+    from visroute.engine import EngineOptions
+    from visroute.errors import VisrouteError
+
+    opts = EngineOptions.from_dict({"name": "ray", "actors": 4, "num_gpus": 0.25, "endpoint_concurrency": 16})
+    assert (opts.engine, opts.actors, opts.num_gpus, opts.endpoint_concurrency) == ("ray", 4, 0.25, 16)
+    assert EngineOptions.from_dict("local").engine == "local"
+    with pytest.raises(VisrouteError, match=r"unknown key 'actor' \(did you mean 'actors'\?\)"):
+        EngineOptions.from_dict({"name": "ray", "actor": 2})
+    with pytest.raises(VisrouteError, match="unknown engine 'spark'"):
+        EngineOptions.from_dict("spark")
+    with pytest.raises(VisrouteError, match="'num_gpus' must be a number >= 0"):
+        EngineOptions.from_dict({"name": "ray", "num_gpus": -1})

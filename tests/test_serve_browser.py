@@ -51,7 +51,8 @@ class _Wait:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             self.driver.save_screenshot(str(ARTIFACTS / "serve-page-failure.png"))
             status = self.driver.find_element(By.ID, "status").text
-            pytest.fail(f"the page did not get there; status line: {status!r}; console: {self.driver.get_log('browser')}")
+            console = self.driver.get_log("browser")
+            pytest.fail(f"the page did not get there; status line: {status!r}; console: {console}")
 
 
 def test_page_upload_classify_explain_and_route(served, browser, shared_data):

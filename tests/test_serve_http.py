@@ -159,7 +159,8 @@ def test_openai_client_is_routed_by_the_image(served, client, shared_data):
 
 def test_openai_client_streams_through_the_proxy(served, client, shared_data):
     served.stub.script.append(("text", "the answer is B"))
-    chunks = list(_chat(client, img(shared_data, "n02123045_tabby"), stream=True, stream_options={"include_usage": True}))
+    chunks = list(_chat(client, img(shared_data, "n02123045_tabby"), stream=True,
+                        stream_options={"include_usage": True}))
     assert {c.model for c in chunks} == {"large"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "the answer is B"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
@@ -230,7 +231,8 @@ def test_request_ids_structured_logs_models_and_docs(served):
     r = httpx2.get(served.url + "/v1/models", headers={**served.headers(), "X-Request-ID": "req-abc.123"})
     assert r.headers["x-request-id"] == "req-abc.123"
     cards = {c["id"]: c for c in r.json()["data"]}
-    assert cards["tiny"]["label_sets"] == ["animals", "explained"] and cards["tiny"]["explainable_label_sets"] == ["explained"]
+    assert cards["tiny"]["label_sets"] == ["animals", "explained"]
+    assert cards["tiny"]["explainable_label_sets"] == ["explained"]
     assert cards["router-demo"]["routes_to"] == ["small", "large"] and cards["small"]["kind"] == "endpoint"
     line = None
     for _ in range(40):  # the line is written just after the response is sent

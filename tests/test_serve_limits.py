@@ -116,8 +116,8 @@ def test_a_shared_config_cannot_choose_keys(tmp_path, monkeypatch):
     monkeypatch.delenv("VISROUTE_ALLOW_ENDPOINTS", raising=False)
     (tmp_path / "endpoints.yaml").write_text("mine: {base_url: 'http://127.0.0.1:9/v1', api_key_env: MY_KEY}\n")
     monkeypatch.setenv("MY_KEY", "my-key-0123456789abcdef")
-    (tmp_path / "s.yaml").write_text("models: [{name: m, model: random-tiny}]\nendpoints:\n"
-                                     "  - {name: x, base_url: 'http://127.0.0.1:8/v1', model: m, api_key_env: OPENAI_API_KEY}\n")
+    (tmp_path / "s.yaml").write_text("models: [{name: m, model: random-tiny}]\nendpoints:\n  - {name: x, "
+                                     "base_url: 'http://127.0.0.1:8/v1', model: m, api_key_env: OPENAI_API_KEY}\n")
     r = _serve("--open", "--config", str(tmp_path / "s.yaml"))
     assert r.exit_code == 2 and "unknown key 'api_key_env'" in r.output and "sk-secret" not in r.output
 
@@ -128,8 +128,8 @@ def test_a_shared_config_cannot_choose_keys(tmp_path, monkeypatch):
         return st
 
     st = state([{"name": "evil", "base_url": "http://127.0.0.1:8/v1", "model": "m"},
-                {"name": "ok", "base_url": "@mine", "model": "m"}, {"name": "same", "base_url": "http://127.0.0.1:9/v1/",
-                                                                     "model": "m"}])
+                {"name": "ok", "base_url": "@mine", "model": "m"},
+                {"name": "same", "base_url": "http://127.0.0.1:9/v1/", "model": "m"}])
     assert st.targets["evil"].key is None  # contacted (the operator named it) but with no key of yours
     assert st.targets["ok"].key == "my-key-0123456789abcdef" and st.targets["same"].key == "my-key-0123456789abcdef"
     with pytest.raises(Exception, match="not in your endpoints file"):
@@ -148,8 +148,8 @@ def test_a_load_failure_stops_the_server_with_the_message(tmp_path):
 
     from tests.serve_fixtures import ROOT, free_port
 
-    (tmp_path / "s.yaml").write_text("models: [{name: m, model: random-tiny, device: cpu}]\nlabel_sets:\n"
-                                     "  - {name: d, labels: [cat, dog], head: descriptions, descriptions: missing.json}\n")
+    (tmp_path / "s.yaml").write_text("models: [{name: m, model: random-tiny, device: cpu}]\nlabel_sets:\n  - {name: d, "
+                                     "labels: [cat, dog], head: descriptions, descriptions: missing.json}\n")
     proc = subprocess.run([sys.executable, "-m", "visroute.cli", "serve", "--open", "--port", str(free_port()),
                            "--config", str(tmp_path / "s.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -134,8 +134,8 @@ def test_config_is_strict_and_resolves_files(tmp_path):
            ({"models": [{"name": "m", "model": "x", "devise": "cpu"}]}, "did you mean 'device'"),
            ({"models": [{"name": "m", "model": "x"}], "label_sets": [{"name": "s", "labels": [], "model": "q"}]},
             "names model 'q'"),
-           ({"models": [{"name": "m", "model": "x"}], "endpoints": [{"name": "e", "base_url": "file:///etc", "model": "y"}]},
-            "http(s) URL"),
+           ({"models": [{"name": "m", "model": "x"}],
+             "endpoints": [{"name": "e", "base_url": "file:///etc", "model": "y"}]}, "http(s) URL"),
            ({"models": [{"name": "m", "model": "x"}], "allow_image_urls": ["*"]}, "URL prefix"),
            ({"models": [{"name": "m", "model": "x"}, {"name": "m", "model": "y"}]}, "used twice"),
            ({"models": [{"name": "m", "model": "x"}], "limits": {"max_pixels": -1}}, "max_pixels")]
@@ -206,3 +206,22 @@ def test_remote_image_allow_list_is_by_prefix_and_not_fooled():
     with pytest.raises(ServeConfigError, match="includes a path"):
         parse_config({"models": [{"name": "m", "model": "x"}], "allow_image_urls": ["https://img.example.com"]},
                       "serve.yaml", Path("."))
+
+
+def test_decoding_in_worker_processes_gives_the_same_inputs(shared_data):
+    """``decode_processes: true``: the spawned workers preprocess exactly as the service's own process would."""
+    from visroute.models import load_model
+    from visroute.serve.decode import _PREPROCESS, make_pool, prepare
+
+    model = load_model("random-tiny", device="cpu")
+    data = (shared_data / "imagenet-sample" / "n02096051_Airedale.JPEG").read_bytes()
+    pool = make_pool({"m": model.preprocess}, workers=1, processes=True)
+    try:
+        remote, _ = pool.submit(prepare, "m", data, None, None).result(timeout=120)
+        with pytest.raises(BadImageInput, match="not an image"):  # errors come back as the same one-line error
+            pool.submit(prepare, "m", b"plain text", None, None).result(timeout=60)
+    finally:
+        pool.shutdown()
+    _PREPROCESS["m"] = model.preprocess
+    local, _ = prepare("m", data, None, None)
+    assert torch.equal(remote["pixel_values"], local["pixel_values"])

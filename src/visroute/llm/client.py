@@ -8,24 +8,32 @@ Specs follow the one grammar of ``visroute.models.spec``; the generative forms a
     hf:<local dir or hub id>               a transformers causal LM or vision-language model, batched generation
     random-tiny:llama | random-tiny:llava  random-weight smoke-test models
 
-An HTTP attempt has a total deadline (``timeout`` seconds, however the server trickles) and a maximum answer size
-(``visroute.llm.http``). Timeouts, connection errors, 429 and 5xx are retried with exponential backoff (or the
-server's Retry-After); a request that still fails, or whose answer is not a usable chat completion (not JSON, an
-HTML page, no choices, null or empty content), is returned as a failed result with a one-line ``error``, never
-raised in the middle of a batch and never cached. Requests in flight per endpoint are bounded process-wide.
+Requests go through the official ``openai`` client (the ``llm`` extra), with its own retries off: tenacity
+retries timeouts, connection errors, 429, 5xx and 408/409/425 with exponential backoff (or the server's
+Retry-After). Each attempt has a total deadline (``timeout`` seconds, however the server trickles) and a maximum
+answer size, and requests in flight per endpoint are bounded process-wide (``visroute.llm.http``: what the client
+does not do). A request that still fails, or whose answer is not a usable chat completion (not JSON, an HTML page,
+no choices, null or empty content), is returned as a failed result with a one-line ``error``, never raised in the
+middle of a batch and never cached.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from urllib.parse import urlsplit
 
-from visroute.errors import ModelLoadError
+from visroute.errors import MissingExtraError, ModelLoadError
 from visroute.llm.base import ChatRequest, GenerationResult, Generator, openai_messages
 from visroute.llm.cache import ResponseCache
-from visroute.llm.http import MAX_RESPONSE_BYTES, EndpointLimiter, HTTPFailure, HTTPTransport
+from visroute.llm.endpoints import OPENAI_URL
+from visroute.llm.http import (ERROR_EXCERPT_BYTES, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
+                               retry_after)
 
 __all__ = ["ChatRequest", "GenerationResult", "Generator", "HFCausalLMGenerator", "OpenAICompatibleGenerator",
            "load_generator"]
@@ -33,11 +41,26 @@ __all__ = ["ChatRequest", "GenerationResult", "Generator", "HFCausalLMGenerator"
 _RETRY_STATUS = {408, 409, 425, 429}
 
 
+def _llm_extra(purpose: str):
+    """(openai, tenacity), or a one-line MissingExtraError naming the ``llm`` extra."""
+    try:
+        import openai
+        import tenacity
+    except ImportError as e:
+        raise MissingExtraError("llm", e.name or "openai", purpose) from None
+    return openai, tenacity
+
+
 class OpenAICompatibleGenerator(Generator):
+    """Chat completions from an OpenAI-compatible server, ``concurrency`` requests at a time."""
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 4, backoff_s: float = 0.5,
                  max_response_bytes: int = MAX_RESPONSE_BYTES, **kw):
         super().__init__(**kw)
+        openai, self._tenacity = _llm_extra(f"the endpoint {base_url}")
+        self._openai = openai
+        self._httpx = _http_library(openai)
         self.base_url = base_url
         self.model = model
         self.spec = f"openai-compatible:{base_url}#{model}"
@@ -45,48 +68,94 @@ class OpenAICompatibleGenerator(Generator):
         self.max_retries = max_retries
         self.concurrency = concurrency
         self.backoff_s = backoff_s
-        key = api_key or "EMPTY"  # keys come only from the user's endpoint configuration (visroute.llm.endpoints)
-        self.client = HTTPTransport(base_url, key, timeout=timeout, max_bytes=max_response_bytes)
+        self.max_response_bytes = max_response_bytes
+        self._current = threading.local()  # the attempt this thread is making, for the response hook
+        # the hook sees every answer as its headers arrive, before anything reads its body; redirects are failures
+        http_client = openai.DefaultHttpxClient(event_hooks={"response": [self._on_response]}, follow_redirects=False)
+        # keys come only from the user's endpoint configuration (visroute.llm.endpoints); retries are tenacity's
+        self.client = openai.OpenAI(api_key=api_key or "EMPTY", base_url=base_url, max_retries=0,
+                                    timeout=openai.Timeout(timeout), http_client=http_client)
+        self._headers = {} if base_url == OPENAI_URL else _only_our_headers(openai, api_key or "EMPTY")
         self.limiter = EndpointLimiter.for_endpoint(base_url, concurrency)
 
-    def _payload(self, req: ChatRequest) -> bytes:
-        return json.dumps({"model": self.model, "messages": openai_messages(req, for_key=False), **self.params},
-                          ensure_ascii=False).encode()
+    def _on_response(self, response) -> None:
+        """Arm the attempt's deadline; turn an error status into an HTTPFailure reading at most a few kB of it."""
+        att = getattr(self._current, "attempt", None)
+        if att is None:
+            return
+        att.watch(response)
+        status = response.status_code
+        if status != 200:
+            try:
+                head = att.read(response.iter_bytes(), limit=ERROR_EXCERPT_BYTES)
+            finally:
+                response.close()
+            raise HTTPFailure(f"HTTP {status}: {_error_excerpt(head)}", status >= 500 or status in _RETRY_STATUS,
+                              retry_after(response.headers.get("retry-after")))
 
-    def _attempt(self, payload: bytes) -> GenerationResult:
-        with self.limiter:
-            ans = self.client.post("/chat/completions", payload)
-        if ans.status != 200:
-            retryable = ans.status >= 500 or ans.status in _RETRY_STATUS
-            raise HTTPFailure(f"HTTP {ans.status}: {_error_excerpt(ans.body)}", retryable, ans.retry_after)
-        text, n_in, n_out = parse_chat_completion(ans.body, ans.content_type)
+    def _attempt(self, body: dict) -> GenerationResult:
+        att = Attempt(self.timeout, self.max_response_bytes)
+        self._current.attempt = att
+        try:
+            with self.limiter, att, self.client.chat.completions.with_streaming_response.create(
+                    **body, extra_headers=self._headers) as resp:
+                data = att.read(resp.iter_bytes(), resp.headers.get("content-length"))
+                ctype = resp.headers.get("content-type", "")
+        except HTTPFailure:
+            raise
+        except (self._openai.OpenAIError, self._httpx.HTTPError, OSError) as e:
+            raise self._failure(e, att) from e
+        finally:
+            self._current.attempt = None
+        text, n_in, n_out = parse_chat_completion(data, ctype)
         return GenerationResult(text, n_in, n_out)
+
+    def _failure(self, e: Exception, att: Attempt) -> HTTPFailure:
+        """One line for what the client or the connection raised."""
+        openai, httpx = self._openai, self._httpx
+        cause = e.__cause__ if isinstance(e, openai.APIConnectionError) and e.__cause__ is not None else e
+        if att.fired.is_set() or isinstance(cause, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
+            return att.timed_out()
+        if isinstance(cause, (httpx.RemoteProtocolError, httpx.ReadError, ConnectionResetError, BrokenPipeError)):
+            return HTTPFailure(f"the server closed the connection ({one_line(cause) or type(cause).__name__})", True)
+        if isinstance(e, openai.APIStatusError):
+            s = e.status_code
+            return HTTPFailure(f"HTTP {s}: {one_line(e.message)}", s >= 500 or s in _RETRY_STATUS)
+        if isinstance(e, openai.APIConnectionError) or isinstance(cause, (httpx.TransportError, OSError)):
+            while cause.__cause__ is not None or cause.__context__ is not None:  # the OSError under httpcore's
+                if isinstance(cause, OSError) and cause.strerror:
+                    break
+                cause = cause.__cause__ or cause.__context__
+            what = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+            parts = urlsplit(self.base_url)
+            return HTTPFailure(f"cannot talk to {parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+                               f" ({one_line(what)})", True)
+        return HTTPFailure(f"request failed: {one_line(e) or type(e).__name__}", False)
+
+    def _wait(self, state) -> float:
+        """Exponential backoff, or the server's Retry-After when longer; 30 s at most."""
+        expo = self._tenacity.wait_exponential(multiplier=self.backoff_s, max=30.0)(state)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return min(30.0, max(expo, getattr(exc, "retry_after", None) or 0.0))
 
     def _one(self, req: ChatRequest) -> GenerationResult:
         t0 = time.perf_counter()
         try:
-            payload = self._payload(req)
+            body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params}
         except Exception as e:  # an image that cannot be encoded fails its own request
             return GenerationResult("", error=f"request not built: {type(e).__name__}: {e}", attempts=0)
-        attempts, failure = 0, None
-        for attempt in range(self.max_retries + 1):
-            if failure is not None:
-                wait = self.backoff_s * 2 ** (attempt - 1)
-                time.sleep(min(30.0, max(wait, failure.retry_after or 0.0)))
-            attempts += 1
-            try:
-                res = self._attempt(payload)
-            except HTTPFailure as f:
-                failure = f
-                if not f.retryable:
-                    break
-                continue
-            res.latency_s, res.attempts = time.perf_counter() - t0, attempts
-            return res
-        assert failure is not None
-        reason = f"gave up after {attempts} attempts: {failure.reason}" if failure.retryable and attempts > 1 \
-            else failure.reason
-        return GenerationResult("", latency_s=time.perf_counter() - t0, attempts=attempts, error=reason)
+        t = self._tenacity
+        retrying = t.Retrying(stop=t.stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True,
+                              retry=t.retry_if_exception(lambda e: isinstance(e, HTTPFailure) and e.retryable))
+        try:
+            res = retrying(self._attempt, body)
+        except HTTPFailure as failure:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            reason = f"gave up after {attempts} attempts: {failure.reason}" if failure.retryable and attempts > 1 \
+                else failure.reason
+            return GenerationResult("", latency_s=time.perf_counter() - t0, attempts=attempts, error=reason)
+        res.latency_s, res.attempts = time.perf_counter() - t0, retrying.statistics.get("attempt_number", 1)
+        return res
 
     def _iter_uncached(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, GenerationResult]]:
         """Results as they complete, so each answer is cached the moment it is paid for."""
@@ -98,6 +167,24 @@ class OpenAICompatibleGenerator(Generator):
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
+
+
+def _http_library(openai):
+    """The httpx the openai client is built on (httpx2 from openai 3 on), for the errors a body read raises."""
+    base = next(c for c in openai.DefaultHttpxClient.__mro__[1:] if not c.__module__.startswith("openai"))
+    return importlib.import_module(base.__module__.partition(".")[0])
+
+
+def _only_our_headers(openai, api_key: str) -> dict:
+    """The openai client adds the user's OpenAI account settings from the environment (OPENAI_ORG_ID,
+    OPENAI_PROJECT_ID, OPENAI_CUSTOM_HEADERS, which may hold an Authorization) to every request; like the OpenAI
+    key, they go to api.openai.com only. Other endpoints get these headers removed and their own key."""
+    names = {"OpenAI-Organization", "OpenAI-Project"}
+    names |= {line.partition(":")[0].strip() for line in os.environ.get("OPENAI_CUSTOM_HEADERS", "").splitlines()
+              if ":" in line}
+    headers: dict = {n: openai.Omit() for n in names if n}
+    headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int | None, int | None]:

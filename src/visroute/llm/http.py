@@ -1,29 +1,28 @@
-"""One HTTP POST to an OpenAI-compatible server, with limits no server can talk its way past.
+"""The limits an OpenAI-compatible request keeps that the ``openai`` client (and httpx under it) do not provide.
 
-- A total deadline per attempt: a watchdog shuts the socket down when ``timeout`` seconds have passed, whatever
-  the server is doing (hanging before the headers, trickling a byte a second, streaming forever). A per-read
-  timeout alone lets a trickling server hold a run for as long as it likes.
-- A maximum answer size: the body is read in chunks and refused once it passes ``max_bytes``, so a 50 MB
-  answer costs at most ``max_bytes`` of memory.
-- A process-wide bound on requests in flight per endpoint (``EndpointLimiter``), whichever generators send them.
+The client sends the request, handles proxies from the environment and pools connections; this module adds:
 
-Only the standard library is used (``http.client``), so the socket is ours to close. Proxies from the usual
-environment variables (``https_proxy``, ``http_proxy``, ``no_proxy``) are honoured.
+- a total deadline per attempt (``Attempt``). httpx has only per-operation timeouts, so a server trickling a byte
+  every few seconds would hold a run for as long as it likes. Once the headers are in, a watchdog shuts the socket
+  down when ``timeout`` seconds have passed since the attempt began, whatever the server is doing; before the
+  headers, the client's own timeouts (each at most ``timeout``) bound a hang.
+- a maximum answer size: bodies are read in chunks and refused once past ``max_bytes`` (httpx would read any size
+  into memory, the openai client does so for error bodies too).
+- a process-wide bound on requests in flight per endpoint (``EndpointLimiter``), whichever generators send them;
+  the client only bounds connections within one client.
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
-import ssl
 import threading
-import urllib.request
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+import time
+from collections.abc import Iterable
 
 #: Largest answer body accepted (bytes); a chat answer is a few kB, an answer with images in it a few MB at most.
 MAX_RESPONSE_BYTES = 8 * 2**20
-_CHUNK = 64 * 1024
+#: Of an error answer, only this much is read: enough for its one-line reason.
+ERROR_EXCERPT_BYTES = 4096
 
 
 class HTTPFailure(Exception):
@@ -34,14 +33,6 @@ class HTTPFailure(Exception):
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
-
-
-@dataclass
-class HTTPAnswer:
-    status: int
-    content_type: str
-    body: bytes
-    retry_after: float | None = None
 
 
 class EndpointLimiter:
@@ -86,168 +77,80 @@ class EndpointLimiter:
             self._cond.notify()
 
 
-class HTTPTransport:
-    """POSTs JSON to one base URL; keeps idle keep-alive connections for reuse between requests."""
+class Attempt:
+    """One attempt's deadline and size limit, applied to the httpx response the openai client received.
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 60.0, max_bytes: int = MAX_RESPONSE_BYTES):
-        parts = urlsplit(base_url)
-        self.base_url = base_url
-        self.api_key = api_key
+    ``watch(response)`` arms the watchdog as soon as the headers are in; ``read`` collects a body in chunks; leaving
+    the ``with`` block disarms the watchdog.
+    """
+
+    def __init__(self, timeout: float, max_bytes: int = MAX_RESPONSE_BYTES):
         self.timeout = float(timeout)
         self.max_bytes = int(max_bytes)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
-        self.path = parts.path.rstrip("/")
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._proxy = _proxy_for(parts.scheme, self.host)
+        self.ends = time.monotonic() + self.timeout
+        self.fired = threading.Event()
+        self._timer: threading.Timer | None = None
 
-    # ----- connections -----
+    def __enter__(self) -> "Attempt":
+        return self
 
-    def _new_connection(self) -> http.client.HTTPConnection:
-        if self._proxy is None:
-            if self.https:
-                return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                                   context=ssl.create_default_context())
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        p = urlsplit(self._proxy)
-        proxy_port = p.port or (443 if p.scheme == "https" else 80)
-        if self.https:  # a CONNECT tunnel through the proxy, TLS with the endpoint itself
-            conn = http.client.HTTPSConnection(p.hostname or "", proxy_port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
-            conn.set_tunnel(self.host, self.port)
-            return conn
-        return http.client.HTTPConnection(p.hostname or "", proxy_port, timeout=self.timeout)
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
-    def _take(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._new_connection()
+    def timed_out(self) -> HTTPFailure:
+        return HTTPFailure(f"Timeout: no complete answer within {self.timeout:g} s", retryable=True)
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if len(self._idle) < 32:
-                self._idle.append(conn)
-                return
-        conn.close()
+    def watch(self, response) -> None:
+        """Shut the response's socket down at the deadline (a blocked read then returns at once)."""
+        remaining = self.ends - time.monotonic()
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if remaining <= 0:
+            self.fired.set()
+        elif isinstance(sock, socket.socket) and self._timer is None:
+            self._timer = threading.Timer(remaining, self._expire, (response, sock))
+            self._timer.daemon = True
+            self._timer.start()
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for c in idle:
-            c.close()
-
-    # ----- one request -----
-
-    def post(self, path: str, body: bytes) -> HTTPAnswer:
-        """POST ``body`` (JSON) to ``base_url + path``; raise HTTPFailure on any transport failure."""
-        conn = self._take()
+    def _expire(self, response, sock: socket.socket) -> None:
+        self.fired.set()
+        if response.is_closed:  # the answer completed: its connection may already carry another request
+            return
         try:
-            return self._post_on(conn, path, body)
-        except _StaleConnection:
-            # a kept-alive connection the server had already closed: not the server's answer, try once on a new one
-            return self._post_on(self._new_connection(), path, body)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, so a TLS one is not torn apart
+        except OSError:
+            pass
 
-    def _post_on(self, conn: http.client.HTTPConnection, path: str, body: bytes) -> HTTPAnswer:
-        fired = threading.Event()
-        reused = conn.sock is not None
-
-        def expire() -> None:
-            fired.set()
-            sock = conn.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv/send in the requesting thread
-                except OSError:
-                    pass
-
-        watchdog = threading.Timer(self.timeout, expire)
-        watchdog.daemon = True
-        watchdog.start()
-        url = self.path + path if self._proxy is None or self.https else self.base_url + path
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "Authorization": f"Bearer {self.api_key}", "User-Agent": "visroute"}
-        got_headers = False
-        try:
-            if conn.sock is None:
-                conn.connect()
-            if fired.is_set():
-                raise TimeoutError
-            conn.request("POST", url, body=body, headers=headers)
-            resp = conn.getresponse()
-            got_headers = True
-            data = self._read_body(resp, fired)
-            answer = HTTPAnswer(resp.status, resp.getheader("Content-Type", "") or "", data,
-                                _retry_after(resp.getheader("Retry-After")))
-        except HTTPFailure:
-            conn.close()
-            raise
-        except (TimeoutError, socket.timeout) as e:
-            conn.close()
-            raise HTTPFailure(f"Timeout: no complete answer within {self.timeout:g} s", retryable=True) from e
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
-            conn.close()
-            if fired.is_set():
-                raise HTTPFailure(f"Timeout: no complete answer within {self.timeout:g} s", retryable=True) from e
-            if reused and not got_headers:
-                raise _StaleConnection from e
-            raise HTTPFailure(f"the server closed the connection ({type(e).__name__})", retryable=True) from e
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            if fired.is_set():
-                raise HTTPFailure(f"Timeout: no complete answer within {self.timeout:g} s", retryable=True) from e
-            what = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            raise HTTPFailure(f"cannot talk to {self.host}:{self.port} ({_one_line(what)})", retryable=True) from e
-        finally:
-            watchdog.cancel()
-        if fired.is_set():  # the answer completed as the watchdog fired: the socket is gone, the answer is whole
-            conn.close()
-        elif resp.will_close:
-            conn.close()
-        else:
-            self._give_back(conn)
-        return answer
-
-    def _read_body(self, resp: http.client.HTTPResponse, fired: threading.Event) -> bytes:
-        declared = resp.getheader("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise HTTPFailure(f"answer of {int(declared) / 2**20:.1f} MiB refused (limit {self.max_bytes / 2**20:g} MiB)",
-                              retryable=False)
+    def read(self, chunks: Iterable[bytes], declared: str | None = None, limit: int | None = None) -> bytes:
+        """The body, or HTTPFailure once it passes the size limit or the deadline. With ``limit``, only the first
+        ``limit`` bytes are wanted: reading stops there, no failure."""
+        if limit is None and declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise HTTPFailure(f"answer of {int(declared) / 2**20:.1f} MiB refused "
+                              f"(limit {self.max_bytes / 2**20:g} MiB)", retryable=False)
         parts, size = [], 0
-        while True:
-            chunk = resp.read1(_CHUNK) if hasattr(resp, "read1") else resp.read(_CHUNK)
-            if fired.is_set():
-                raise TimeoutError
-            if not chunk:
-                resp.close()  # marks the response done, so the kept-alive connection can carry the next request
-                return b"".join(parts)
+        for chunk in chunks:
+            if self.fired.is_set() or time.monotonic() > self.ends:
+                raise self.timed_out()
+            parts.append(chunk)
             size += len(chunk)
+            if limit is not None and size >= limit:
+                return b"".join(parts)[:limit]
             if size > self.max_bytes:
                 raise HTTPFailure(f"answer larger than {self.max_bytes / 2**20:g} MiB refused", retryable=False)
-            parts.append(chunk)
+        if self.fired.is_set():  # the watchdog's shutdown ends a body without a length as if it were whole
+            raise self.timed_out()
+        return b"".join(parts)
 
 
-class _StaleConnection(Exception):
-    pass
-
-
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header; None for an HTTP date (rare from LLM servers: the usual backoff applies)."""
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
-        return None  # an HTTP date: rare from LLM servers; the usual backoff applies
-
-
-def _proxy_for(scheme: str, host: str) -> str | None:
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme)
-    if not proxy or host in ("127.0.0.1", "localhost", "::1") or urllib.request.proxy_bypass(host):
         return None
-    return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def _one_line(text: str, n: int = 200) -> str:
+def one_line(text: str, n: int = 200) -> str:
     line = " ".join(str(text).split())
     return line[:n] + ("..." if len(line) > n else "")

@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from visroute.errors import InputError, VisrouteError
+from visroute.router.neighbours import DotIndex
 
 ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
 
@@ -144,22 +145,21 @@ class KNNRouter(_Router):
             self.X_, self.sums_, self.counts_ = X, np.nan_to_num(Y) * w[:, None], mask * w[:, None]
         self.prior_ = (self.sums_.sum(0) + 1) / (self.counts_.sum(0) + 2)
         self.n_models_ = int(Y.shape[1])
+        self._nn = DotIndex(self.X_)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        """(n_tasks, n_models) float64 success probabilities."""
-        X = torch.from_numpy(self._predict_inputs(X))
-        train = torch.from_numpy(np.require(self.X_, np.float32, ["C", "W"]))
-        k = min(self.k, len(train))
-        out = np.empty((len(X), self.sums_.shape[1]), np.float64)
-        for s in range(0, len(X), 4096):
-            sims = X[s : s + 4096] @ train.T
-            idx = sims.topk(k, dim=1).indices.numpy()
-            num = self.sums_[idx].sum(1)
-            den = self.counts_[idx].sum(1)
-            # Laplace-style shrinkage towards the model's overall success rate
-            out[s : s + 4096] = (num + self.prior_) / (den + 1.0)
-        return out
+        """(n_tasks, n_models) float64 success probabilities; up to 256 tasks one by one through the exact pruned
+        index (``visroute.router.neighbours``; restored routers rebuild it once), larger batches in blocks."""
+        X, nn = self._predict_inputs(X), self.__dict__.get("_nn") or self.__dict__.setdefault("_nn", DotIndex(self.X_))
+        k = min(self.k, len(nn.X))
+        if len(X) <= 256:
+            idx = np.stack([nn.query(x, k) for x in X]) if len(X) else np.zeros((0, k), np.int64)
+        else:
+            idx = np.concatenate([np.argpartition(-(X[s : s + 4096] @ nn.X.T), k - 1, axis=1)[:, :k]
+                                  for s in range(0, len(X), 4096)])
+        # Laplace-style shrinkage towards the model's overall success rate
+        return (self.sums_[idx].sum(1) + self.prior_) / (self.counts_[idx].sum(1) + 1.0)
 
 
 class _TorchRouter(_Router):

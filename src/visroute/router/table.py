@@ -8,8 +8,8 @@ An optional float ``quality`` column (graded outcome in [0, 1], e.g. a judge's s
 as the success value wherever it is not null.
 
 Records whose ``prompt_variant`` is "*" (models that do not read the prompt, like CLIP zero-shot) apply to
-every prompt variant of the same task. Building is columnar (pyarrow + numpy factorisation), so millions of
-records fit comfortably in memory.
+every prompt variant of the same task. Building is columnar (Arrow hashing to integer codes, numpy bincounts), so
+millions of records take memory in proportion to the distinct strings, not the records.
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ def read_records(paths) -> "pa.Table":  # noqa: F821
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     tables = []
     for p in paths:
-        t = pq.read_table(p)
+        # strings as dictionaries: a task text shared by thousands of records is held once (memory follows the
+        # distinct values; to_pylist/to_numpy still give plain strings)
+        strings = [f.name for f in pq.read_schema(p) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        t = pq.read_table(p, read_dictionary=strings)
         missing = [c for c in ("task_id", "dataset", "model", "correct") if c not in t.column_names]
         if missing:
             raise VisrouteError(f"{p} is not a records file: missing column(s) {missing}")
         tables.append(t)
     if not tables:
         raise VisrouteError("no records files given")
-    return pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 @dataclass
@@ -116,7 +119,8 @@ def record_provenance(records) -> dict:
     names = set(records.column_names)
     out: dict = {"pipelines": {}, "dataset_specs": {}}
     if "pipeline" in names:
-        pairs = records.select(["model", "prompt_variant", "pipeline"]).group_by(["model", "prompt_variant", "pipeline"])
+        pairs = records.select(["model", "prompt_variant", "pipeline"]).unify_dictionaries().group_by(
+            ["model", "prompt_variant", "pipeline"])
         seen = pairs.aggregate([]).to_pylist()
         for row in seen:
             if row["pipeline"] is None:
@@ -127,7 +131,8 @@ def record_provenance(records) -> dict:
                                     f"(prompt {row['prompt_variant']}); give each pipeline its own model name")
             per[row["prompt_variant"]] = json.loads(row["pipeline"])
     if "dataset_spec" in names:
-        for row in records.select(["dataset", "dataset_spec"]).group_by(["dataset", "dataset_spec"]).aggregate([]).to_pylist():
+        for row in records.select(["dataset", "dataset_spec"]).unify_dictionaries().group_by(
+                ["dataset", "dataset_spec"]).aggregate([]).to_pylist():
             if row["dataset_spec"] is None:
                 continue
             prev = out["dataset_specs"].setdefault(row["dataset"], row["dataset_spec"])
@@ -137,9 +142,66 @@ def record_provenance(records) -> dict:
     return out
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(values, return_inverse=True)
-    return codes.astype(np.int64), uniques
+def _codes(records, name: str, default: str) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of a column's values (as strings) whose order is the values' sorted order, and those values:
+    strings stay in Arrow until the few the table keeps are taken, so memory follows the distinct values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if name not in records.column_names:
+        return np.zeros(records.num_rows, np.int32), np.array([default])
+    col = records.column(name)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    col = col.cast(pa.string())
+    col = pc.fill_null(col, "None") if col.null_count else col
+    values = pa.array(sorted(pc.unique(col).to_pylist()), pa.string())
+    return pc.index_in(col, value_set=values).to_numpy(zero_copy_only=False).astype(np.int32), values
+
+
+def _floats(records, name: str, default: float) -> np.ndarray:
+    import pyarrow as pa
+
+    if name not in records.column_names:
+        return np.full(records.num_rows, default, np.float32)
+    return records.column(name).cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+
+def _broadcast_star(d: np.ndarray, p: np.ndarray, star_code: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Record positions after prompt-agnostic ("*") records are repeated once per prompt variant seen for their
+    dataset (non-star records first, then each star record's copies in variant order), and the new prompt codes."""
+    star = p == star_code if star_code is not None else np.zeros(len(p), bool)
+    keep = np.flatnonzero(~star)
+    if not star.any() or not len(keep):
+        return np.arange(len(p)), p
+    n_p = int(p.max()) + 1
+    pairs = np.unique(d[keep].astype(np.int64) * n_p + p[keep])  # sorted: by dataset, then variant (sorted order)
+    pd, pp = pairs // n_p, (pairs % n_p).astype(p.dtype)
+    n_d = int(d.max()) + 1
+    count = np.bincount(pd, minlength=n_d)
+    start = np.r_[0, np.cumsum(count)[:-1]]
+    idx_star = np.flatnonzero(star)
+    ds = d[idx_star]
+    reps = np.maximum(count[ds], 1)
+    rep_idx = np.repeat(idx_star, reps)
+    offset = np.arange(len(rep_idx)) - np.repeat(np.cumsum(reps) - reps, reps)
+    has = np.repeat(count[ds] > 0, reps)
+    new_p = np.where(has, pp[np.minimum(np.repeat(start[ds], reps) + offset, max(len(pp) - 1, 0))], star_code)
+    return np.concatenate([keep, rep_idx]), np.concatenate([p[keep], new_p.astype(p.dtype)])
+
+
+def _row_keys(parts: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Row of each record for the given code columns (rows in the sorted order of the code tuples), and the count."""
+    sizes = [int(a.max()) + 1 if len(a) else 1 for a in parts]
+    if float(np.prod([float(x) for x in sizes])) < 2.0 ** 62:
+        key = np.zeros(len(parts[0]), np.int64)
+        for a, size in zip(parts, sizes):
+            key = key * size + a
+        _, row = np.unique(key, return_inverse=True)
+    else:
+        _, row = np.unique(np.stack(parts, axis=1), axis=0, return_inverse=True)
+    row = row.reshape(-1)
+    return row, int(row.max()) + 1 if len(row) else 0
 
 
 def build_table(records, granularity: str = "sample", split_by: str = "dataset", holdout: list[str] | None = None,
@@ -149,68 +211,69 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     ``granularity``: "sample" (one row per task) or "dataset-prompt" (one row per dataset x prompt variant,
     success = mean accuracy). ``split_by``: "dataset" (whole datasets held out: generalisation to unseen
     datasets; ``holdout`` names the test datasets, else a seeded choice) or "sample" (random rows).
+    Columnar throughout: string columns become sorted integer codes (Arrow hashing), aggregation is a bincount
+    over (row, model) codes, and only the kept rows' strings are materialised.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if granularity not in ("sample", "dataset-prompt"):
         raise VisrouteError("granularity must be 'sample' or 'dataset-prompt'")
-    cols = {c: records.column(c).to_numpy(zero_copy_only=False) for c in records.column_names}
-    n = len(cols["task_id"])
-    get = lambda c, default: cols[c] if c in cols else np.full(n, default, dtype=object)  # noqa: E731
-    dataset = get("dataset", "").astype(str)
-    prompt = get("prompt_variant", "*").astype(str)
-    task = get("task_id", "").astype(str)
-    model = cols["model"].astype(str)
-    correct = np.asarray(cols["correct"], dtype=np.float32)
-    if "quality" in cols:  # graded outcomes in [0, 1] (e.g. judge scores) where given; `correct` elsewhere
-        quality = np.asarray(cols["quality"], dtype=np.float32)
+    n = records.num_rows
+    d, d_vals = _codes(records, "dataset", "")
+    p, p_vals = _codes(records, "prompt_variant", "*")
+    t, t_vals = _codes(records, "task_id", "")
+    mc, models = _codes(records, "model", "")
+    correct = _floats(records, "correct", np.nan)
+    if "quality" in records.column_names:  # graded outcomes in [0, 1] (e.g. judge scores) where given; `correct` elsewhere
+        quality = _floats(records, "quality", np.nan)
         correct = np.where(np.isnan(quality), correct, quality)
-    cost = np.nan_to_num(np.asarray(get("cost", 0.0), dtype=np.float32), nan=0.0)
-    text = get("task_text", "").astype(str)
-    image = get("image_id", "").astype(str)
-    image_path = get("image_path", "").astype(str)
+    cost = np.nan_to_num(_floats(records, "cost", 0.0), nan=0.0)
+    stars = np.flatnonzero(p_vals.to_numpy(zero_copy_only=False) == "*")
+    sel, p = _broadcast_star(d, p, int(stars[0]) if len(stars) else None)
+    d, t, mc, correct, cost = d[sel], t[sel], mc[sel], correct[sel], cost[sel]
 
-    # broadcast prompt-agnostic records ("*") to every prompt variant seen for the same dataset
-    star = prompt == "*"
-    if star.any() and (~star).any():
-        variants: dict[str, list[str]] = {}
-        for ds, pv in set(zip(dataset[~star], prompt[~star])):
-            variants.setdefault(ds, []).append(pv)
-        reps = np.array([len(variants.get(ds, ["*"])) for ds in dataset[star]])
-        idx_star = np.repeat(np.flatnonzero(star), reps)
-        new_prompt = np.concatenate([sorted(variants.get(ds, ["*"])) for ds in dataset[star]]).astype(str)
-        keep = np.flatnonzero(~star)
-        sel = np.concatenate([keep, idx_star])
-        dataset, task, model, correct, cost, text, image, image_path = (
-            a[sel] for a in (dataset, task, model, correct, cost, text, image, image_path))
-        prompt = np.concatenate([prompt[keep], new_prompt])
-
-    if granularity == "sample":
-        key = np.char.add(np.char.add(np.char.add(dataset.astype(str), "\x1f"), np.char.add(prompt, "\x1f")), task)
-    else:
-        key = np.char.add(np.char.add(dataset.astype(str), "\x1f"), prompt)
-    row, keys = _factorize(key)
-    col, models = _factorize(model)
-    R, M = len(keys), len(models)
-    sums = np.zeros((R, M), np.float64)
-    counts = np.zeros((R, M), np.float64)
-    csum = np.zeros((R, M), np.float64)
-    np.add.at(sums, (row, col), correct)
-    np.add.at(counts, (row, col), 1.0)
-    np.add.at(csum, (row, col), cost)
+    row, R = _row_keys([d, p, t] if granularity == "sample" else [d, p])
+    M = len(models)
+    flat = row.astype(np.int64) * M + mc
+    sums = np.bincount(flat, weights=correct, minlength=R * M).reshape(R, M)
+    counts = np.bincount(flat, minlength=R * M).reshape(R, M).astype(np.float64)
+    csum = np.bincount(flat, weights=cost, minlength=R * M).reshape(R, M)
     with np.errstate(invalid="ignore", divide="ignore"):
         success = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
         mean_cost = np.where(counts > 0, csum / counts, np.nan).astype(np.float32)
-    first = np.full(R, -1, np.int64)
     order = np.argsort(row, kind="stable")
-    starts = np.r_[0, np.flatnonzero(np.diff(row[order])) + 1]
-    first[row[order][starts]] = order[starts]
-    # prefer a non-empty task text for the row
-    r_text = text[first]
+    starts = np.r_[0, np.flatnonzero(np.diff(row[order])) + 1] if len(row) else np.zeros(0, np.int64)
+    first = np.full(R, -1, np.int64)
+    first[row[order][starts]] = order[starts]  # the first record of each row (after the star broadcast)
     weight = counts.max(axis=1).astype(np.float32)
-    r_dataset, r_prompt = dataset[first], prompt[first]
-    r_task = task[first] if granularity == "sample" else np.full(R, "*")
-    r_image = image[first] if granularity == "sample" else np.full(R, "")
-    r_image_path = image_path[first] if granularity == "sample" else np.full(R, "")
 
+    def take(name: str, default: str, codes: np.ndarray | None = None, values=None) -> np.ndarray:
+        if codes is not None:
+            return values.take(codes[first]).to_numpy(zero_copy_only=False).astype(str)
+        if name not in records.column_names:
+            return np.full(R, default)
+        col = records.column(name).take(sel[first])  # straight from the records: no codes for free text
+        col = col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+        return pc.fill_null(col.cast(pa.string()), "None").to_numpy(zero_copy_only=False).astype(str)
+
+    r_dataset, r_prompt = take("dataset", "", d, d_vals), take("prompt_variant", "*", p, p_vals)
+    sample = granularity == "sample"
+    r_task = take("task_id", "", t, t_vals) if sample else np.full(R, "*")
+    r_text = take("task_text", "")
+    r_image = take("image_id", "") if sample else np.full(R, "")
+    r_image_path = take("image_path", "") if sample else np.full(R, "")
+    split = assign_splits(r_dataset, split_by, holdout, val_fraction, test_fraction, seed)
+    meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n),
+            "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
+    return RoutingTable([str(m) for m in models.to_pylist()], r_dataset, r_prompt, r_task, r_text, r_image,
+                        r_image_path, success, mean_cost, weight, split, meta)
+
+
+def assign_splits(r_dataset: np.ndarray, split_by: str, holdout: list[str] | None, val_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """train/val/test per row: whole datasets held out (``split_by="dataset"``) or random rows ("sample")."""
+    R = len(r_dataset)
     rng = np.random.default_rng(seed)
     split = np.full(R, "train", dtype=object)
     if split_by == "dataset":
@@ -233,7 +296,4 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
         split[(u >= test_fraction) & (u < test_fraction + val_fraction)] = "val"
     else:
         raise VisrouteError("split_by must be 'dataset' or 'sample'")
-    meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n),
-            "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
-    return RoutingTable(list(models.astype(str)), r_dataset, r_prompt, r_task, r_text, r_image, r_image_path, success,
-                        mean_cost, weight, split.astype(str), meta)
+    return split.astype(str)

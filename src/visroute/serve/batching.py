@@ -161,4 +161,5 @@ class MicroBatcher:
                 self.on_batch(len(batch))
             for i, it in enumerate(batch):
                 if not it.future.done():
-                    it.future.set_result((emb[i : i + 1], BatchInfo(len(batch), (start - it.enqueued) * 1000, forward_ms)))
+                    info = BatchInfo(len(batch), (start - it.enqueued) * 1000, forward_ms)
+                    it.future.set_result((emb[i : i + 1], info))

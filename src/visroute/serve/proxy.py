@@ -159,9 +159,12 @@ def _cost(state, router, chosen: str, target, usage: dict | None, n_images: int,
     return c if math.isfinite(c) else None
 
 
-@api.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["chat"], dependencies=[Depends(require_json)],
-          responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                                     "description": "The completion (JSON), or server-sent events when stream is true"}})
+_STREAM_DOC = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+               "description": "The completion (JSON), or server-sent events when stream is true"}
+
+
+@api.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["chat"],
+          dependencies=[Depends(require_json)], responses={**ERRORS, 200: _STREAM_DOC})
 async def chat_completions(request: Request, body: ChatCompletionRequest):
     """OpenAI-compatible chat completions, routed by image and text; the official `openai` client works unchanged."""
     state = request.app.state.serve
@@ -200,13 +203,16 @@ async def _chat(state, payload: dict, stream: bool):
         raise HTTPException(502, f"{chosen}: {e}") from None
     state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
     payload["model"] = target.model
-    req_headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {target.key}"} if target.key else {})
+    req_headers = {"content-type": "application/json"}
+    if target.key:
+        req_headers["authorization"] = f"Bearer {target.key}"
     url = f"{target.base_url}/chat/completions"
     account = (lambda usage: _account(state, router, chosen, target, usage, len(images), time.perf_counter() - t0))
     if stream:
         return await _stream(state, url, payload, req_headers, chosen, headers, account)
     try:
-        r = await state.http.post(url, json=payload, headers=req_headers, timeout=state.config.limits.upstream_timeout_s)
+        r = await state.http.post(url, json=payload, headers=req_headers,
+                                  timeout=state.config.limits.upstream_timeout_s)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise HTTPException(502, f"{chosen}: could not reach {target.base_url} ({type(e).__name__})") from None

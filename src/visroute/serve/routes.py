@@ -140,7 +140,8 @@ async def _classify(state, req: ClassifyRequest, data: bytes | None, t0: float) 
     explanation = _explain(head, emb, req.top_k) if req.explain else None
     state.metrics.images.labels(model=served.name).inc()
     now = time.perf_counter()
-    return {"model": served.name, "model_spec": served.pipeline.model.spec, "is_random": served.pipeline.model.is_random,
+    model = served.pipeline.model
+    return {"model": served.name, "model_spec": model.spec, "is_random": model.is_random,
             "label_set": lset.name if lset else None, "labels": labels, "scores": [float(s) for s in scores[0]],
             "batch_size": info.batch_size, "explanation": explanation,
             "timings": {"parse_ms": parse_ms, "decode_ms": decode_ms, "queue_ms": info.queue_ms,
