@@ -107,10 +107,9 @@ def _select_unique(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Se
                 acc += top - G[:, j]
             score = acc / k
             for j in range(k):
-                ok = G[:, j] >= top
-                vals, idx = torch.topk(torch.where(ok, score, ninf), m_eff, dim=1)  # best first
-                idx[~torch.isfinite(vals)] = -1
-                none = ~ok.any(dim=1)
+                vals, idx = torch.topk(score.masked_fill(G[:, j] < top, ninf), m_eff, dim=1)  # best first
+                idx[vals == ninf] = -1
+                none = vals[:, 0] == ninf  # not one description qualifies
                 if none.any():
                     idx[none] = own_first[t[none, j]][:, :m_eff]
                 selected[start : start + chunk, j, :m_eff] = idx
@@ -118,7 +117,7 @@ def _select_unique(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Se
     return selected, fallback
 
 
-def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """Mean similarity of each image to the selected descriptions of each candidate: (N, k)."""
     out = torch.zeros(selected.shape[:2])
     for s in range(0, X.shape[0], chunk):
@@ -238,9 +237,9 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
     def _encode(self, texts: list[str]) -> torch.Tensor:
         return self.text_lookup_.encode(self.model, texts, self.batch_size)
 
-    def _select(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _select(self, X: torch.Tensor, topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = min(self.k, len(self.classes_))
-        topk = neighbourhoods(X, self.caption_embeddings_, k)
+        topk = neighbourhoods(X, self.caption_embeddings_, k) if topk is None else topk
         uniq, inverse = torch.unique(topk, dim=0, return_inverse=True)
         memo = self.selection_memo_.rows
         keys = [tuple(r) for r in uniq.tolist()]
@@ -294,8 +293,9 @@ class DiscriminativeSelectionClassifier(ContrastiveHead):
         if self.mode != "classname-free":
             raise InputError("the w_cls sweep applies to mode 'classname-free' (classname-containing has no weight)")
         X = self._features(X)
-        topk, selected, _ = self._select(X)
-        desc, cap = masked_mean_similarity(X, self.pool_embeddings_, selected), self._caption_scores(X, topk)
+        sims = X @ self.caption_embeddings_.T  # once: the neighbourhoods and the class-name term both read it
+        topk, selected, _ = self._select(X, torch.topk(sims, min(self.k, len(self.classes_)), dim=1).indices)
+        desc, cap = masked_mean_similarity(X, self.pool_embeddings_, selected), torch.gather(sims, 1, topk)
         y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
         out = []
         for w in weights:

@@ -75,7 +75,9 @@ class OpenAICompatibleGenerator(Generator):
         # keys come only from the user's endpoint configuration (visroute.llm.endpoints); retries are tenacity's
         self.client = openai.OpenAI(api_key=api_key or "EMPTY", base_url=base_url, max_retries=0,
                                     timeout=openai.Timeout(timeout), http_client=http_client)
-        self._headers = {} if base_url == OPENAI_URL else _only_our_headers(openai, api_key or "EMPTY")
+        # identity: a compressed answer could inflate past the size limit within one chunk
+        self._headers = {"Accept-Encoding": "identity",
+                         **({} if base_url == OPENAI_URL else _only_our_headers(openai, api_key or "EMPTY"))}
         self.limiter = EndpointLimiter.for_endpoint(base_url, concurrency)
 
     def _on_response(self, response) -> None:
@@ -94,19 +96,19 @@ class OpenAICompatibleGenerator(Generator):
                               retry_after(response.headers.get("retry-after")))
 
     def _attempt(self, body: dict) -> GenerationResult:
-        att = Attempt(self.timeout, self.max_response_bytes)
-        self._current.attempt = att
-        try:
-            with self.limiter, att, self.client.chat.completions.with_streaming_response.create(
-                    **body, extra_headers=self._headers) as resp:
-                data = att.read(resp.iter_bytes(), resp.headers.get("content-length"))
-                ctype = resp.headers.get("content-type", "")
-        except HTTPFailure:
-            raise
-        except (self._openai.OpenAIError, self._httpx.HTTPError, OSError) as e:
-            raise self._failure(e, att) from e
-        finally:
-            self._current.attempt = None
+        with self.limiter:  # the deadline starts once the request may go, not while it waits for a slot
+            att = self._current.attempt = Attempt(self.timeout, self.max_response_bytes)
+            try:
+                with att, self.client.chat.completions.with_streaming_response.create(
+                        **body, extra_headers=self._headers) as resp:
+                    data = att.read(resp.iter_bytes(), resp.headers.get("content-length"))
+                    ctype = resp.headers.get("content-type", "")
+            except HTTPFailure:
+                raise
+            except (self._openai.OpenAIError, self._httpx.HTTPError, OSError) as e:
+                raise self._failure(e, att) from e
+            finally:
+                self._current.attempt = None
         text, n_in, n_out = parse_chat_completion(data, ctype)
         return GenerationResult(text, n_in, n_out)
 
@@ -127,9 +129,9 @@ class OpenAICompatibleGenerator(Generator):
                     break
                 cause = cause.__cause__ or cause.__context__
             what = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-            parts = urlsplit(self.base_url)
-            return HTTPFailure(f"cannot talk to {parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-                               f" ({one_line(what)})", True)
+            url = urlsplit(self.base_url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            return HTTPFailure(f"cannot talk to {url.hostname}:{port} ({one_line(what)})", True)
         return HTTPFailure(f"request failed: {one_line(e) or type(e).__name__}", False)
 
     def _wait(self, state) -> float:

@@ -17,11 +17,19 @@ class ImageFeatureError(VisrouteError):
     """Image embeddings for routing could not be produced."""
 
 
+_RUNTIME = None
+
+
 def _model(spec: str):
-    from visroute.pipeline.build import load_contrastive
+    """The image model, loaded once per process (through the pipeline factory's memo): a service or a loop of
+    route calls must not reload it per request."""
+    global _RUNTIME
+    from visroute.pipeline.build import Runtime, load_contrastive
     from visroute.pipeline.spec import PipelineSpec
 
-    return load_contrastive(PipelineSpec(model=spec, device="cpu"))
+    if _RUNTIME is None:
+        _RUNTIME = Runtime()
+    return load_contrastive(PipelineSpec(model=spec, device="cpu"), _RUNTIME)
 
 
 def encode_paths(model_spec: str, paths: list[str]) -> np.ndarray:
