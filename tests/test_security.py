@@ -120,3 +120,21 @@ def test_every_router_kind_round_trips_through_safetensors(tmp_path, kind):
     loaded = RouterBundle.load(b.save(tmp_path / kind))
     np.testing.assert_array_equal(loaded.router.predict_proba(X), est.predict_proba(X))
     assert loaded.router.get_params() == est.get_params()
+
+
+def test_ambient_openai_headers_never_reach_another_endpoint(monkeypatch):
+    """The openai client reads OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_CUSTOM_HEADERS from the environment;
+    none of them, and no user key, may travel to an endpoint other than api.openai.com."""
+    from tests.openai_stub import StubServer
+    from visroute.llm import ChatRequest, load_generator
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-user-openai")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-secret")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-secret")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer ambient-secret\nX-Leak: yes")
+    with StubServer(default=lambda p: "ok") as stub:
+        gen = load_generator(f"openai-compatible:{stub.base_url}#m", max_tokens=4)
+        assert gen.generate([ChatRequest("hello")])[0].text == "ok"
+        sent = stub.headers[-1]
+    leaked = [k for k, v in sent.items() if "secret" in v or k in ("openai-organization", "openai-project", "x-leak")]
+    assert not leaked and sent.get("authorization") == "Bearer EMPTY"

@@ -97,24 +97,41 @@ def _select_unique(class_sims: torch.Tensor, topk: torch.Tensor, m: int, own: Se
     fallback = torch.zeros((N, k), dtype=torch.bool)
     own_first = _own_first(own, sims_t.shape[0], m)
     ninf = torch.tensor(float("-inf"))
-    with one_thread():
-        for start in range(0, N, chunk):
-            t = topk[start : start + chunk]
-            G = sims_t[t]  # (n, k, P)
-            top = G.amax(dim=1)
-            acc = top - G[:, 0]
-            for j in range(1, k):
-                acc += top - G[:, j]
-            score = acc / k
-            for j in range(k):
-                vals, idx = torch.topk(score.masked_fill(G[:, j] < top, ninf), m_eff, dim=1)  # best first
-                idx[vals == ninf] = -1
-                none = vals[:, 0] == ninf  # not one description qualifies
-                if none.any():
-                    idx[none] = own_first[t[none, j]][:, :m_eff]
-                selected[start : start + chunk, j, :m_eff] = idx
-                fallback[start : start + chunk, j] = none
+
+    def run(start: int) -> None:
+        t = topk[start : start + chunk]
+        G = sims_t[t]  # (n, k, P)
+        top = G.amax(dim=1)
+        acc = top - G[:, 0]
+        for j in range(1, k):
+            acc += top - G[:, j]
+        score = acc / k
+        for j in range(k):
+            vals, idx = torch.topk(score.masked_fill(G[:, j] < top, ninf), m_eff, dim=1)  # best first
+            idx[vals == ninf] = -1
+            none = vals[:, 0] == ninf  # not one description qualifies
+            if none.any():
+                idx[none] = own_first[t[none, j]][:, :m_eff]
+            selected[start : start + chunk, j, :m_eff] = idx
+            fallback[start : start + chunk, j] = none
+
+    starts = range(0, N, chunk)
+    with one_thread():  # chunks in parallel threads instead (torch releases the GIL), each writing its own rows
+        if len(starts) > 1 and _cores() > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(_cores(), 8)) as pool:
+                list(pool.map(run, starts))
+        else:
+            for start in starts:
+                run(start)
     return selected, fallback
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def masked_mean_similarity(X: torch.Tensor, pool_emb: torch.Tensor, selected: torch.Tensor, chunk: int = 512) -> torch.Tensor:
