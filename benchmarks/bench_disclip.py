@@ -140,7 +140,8 @@ def visroute_worker(workdir: Path, n: int, out: Path, repeat: int) -> None:
     preds = np.stack([torch.gather(topk, 1, (desc + w * cap if w else desc).argmax(1, keepdim=True)).squeeze(1).numpy()
                       for w in weights])  # what predict() gives at each weight (same arithmetic), untimed
     np.savez(out, topk=topk.numpy(), selected=selected.numpy(), fallback=fallback.numpy(), predictions=preds,
-             acc=np.array([r["acc1"] for r in rows]), peak_mib=_hwm_mib(), runs=json.dumps(seconds))
+             acc=np.array([r["acc1"] for r in rows]), peak_mib=_hwm_mib(), runs=json.dumps(seconds), desc=desc.numpy(),
+             cap=cap.numpy(), weights=np.array(weights))
 
 
 def reference_worker(workdir: Path, n: int, out: Path, repo: Path) -> None:
@@ -209,6 +210,20 @@ def sorted_sets(selected: np.ndarray) -> np.ndarray:
     return np.where(s == big, -1, s)
 
 
+def prediction_agreement(v: dict, r: dict) -> dict:
+    """How many of the (weight, image) predictions differ, and by how much the two candidates' scores differ
+    there (relative to the score): a difference at float32 rounding level is a tie the two sums break apart."""
+    diff = np.argwhere(v["predictions"] != r["predictions"])
+    gaps = []
+    for wi, i in diff:
+        w = float(v["weights"][wi])
+        score = v["desc"][i] + w * v["cap"][i] if w else v["desc"][i]
+        a, b = (int(np.flatnonzero(v["topk"][i] == c)[0]) for c in (v["predictions"][wi, i], r["predictions"][wi, i]))
+        gaps.append(abs(float(score[a] - score[b])) / max(abs(float(score[a])), 1e-12))
+    return {"predictions_total": int(v["predictions"].size), "predictions_differing": int(len(diff)),
+            "differing_max_relative_score_gap": max(gaps) if gaps else None}
+
+
 def run_worker(kind: str, workdir: Path, n: int, args) -> dict:
     out = workdir / f"{kind}_{n}.npz"
     cmd = [sys.executable, __file__, "--worker", kind, "--workdir", str(workdir), "--n", str(n), "--out", str(out),
@@ -252,6 +267,7 @@ def main() -> int:
     ref_sizes = {int(s) for s in args.ref_sizes.split(",")} if args.disclip_repo else set()
     doc: dict = {"weights": WEIGHTS, "n_weights": 160, "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench_disclip-") as tmp:
+        tmp = os.environ.get("BENCH_DISCLIP_KEEP") or tmp
         workdir = Path(tmp)
         descriptions = data_dir(args.data) / "descriptions" / "disclip" / "descriptions_ilsvrc_dclip.json"
         doc["inputs"] = make_inputs(descriptions, max(sizes), args.dim, args.n_sel, args.seed, workdir)
@@ -265,7 +281,7 @@ def main() -> int:
                 same = {"topk": bool(np.array_equal(v["topk"], r["topk"])),
                         "selected_sets": bool(np.array_equal(sorted_sets(v["selected"]), sorted_sets(r["selected"]))),
                         "fallback": bool(np.array_equal(v["fallback"], r["fallback"])),
-                        "predictions_all_weights": bool(np.array_equal(v["predictions"], r["predictions"]))}
+                        **prediction_agreement(v, r)}
                 row.update(reference=r["record"], identical=same)
             elif n in ref_sizes:
                 row["reference"] = {"skipped": f"needs about {need:.1f} GiB, {mem_available_gib():.1f} available"}

@@ -15,7 +15,11 @@
    split (``embed(train.text)``, memo hits), and fitting ``KNNRouter``, ``MLPRouter`` (default epochs, then
    fewer epochs, then - outside visroute - on train rows aggregated by identical text) and
    ``MatrixFactorizationRouter`` on the train split. Goal: build + embed + train kNN + train MLP < 5 min.
-3. Decision latency with cached embeddings: ``router.predict_proba(X)`` + ``choose(proba, costs, lam)`` for
+   Also: ``visroute route build --no-quality`` on the same Parquet in a fresh interpreter (wall time and its own
+   peak RSS, VmHWM; goal < 2 GiB and < 5 min); ``TextEmbedder.embed`` side by side with plain
+   ``SentenceTransformer.encode`` on ``--side-texts`` texts neither has seen (goal: ratio >= 0.9); routing a
+   never-seen text (``embed([text])`` with the store already holding every table text; goal <= 30 ms).
+3. Decision latency with cached embeddings (kNN, MLP, MF): ``router.predict_proba(X)`` + ``choose(proba, costs, lam)`` for
    single tasks (batch of 1) and batches of 1000; per-task microseconds (goal < 1 ms). Also the cost of a
    fresh ``TextEmbedder`` answering one already-cached text from the on-disk cache (what
    ``RouterBundle.featurise`` does per call when no embedder is passed).
@@ -28,7 +32,7 @@ the measurement, from /proc/stat minus this process's CPU time).
 
 Usage::
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_router.py [--rows 2500000] [--models 7] [--datasets 10]
+    HF_HUB_OFFLINE=1 python benchmarks/bench_router.py [--side-texts 1500] [--rows 2500000] [--models 7] [--datasets 10]
         [--prompts 8] [--star-models 1] [--seed 0] [--workdir DIR] [--max-load 1.5] [--max-wait 600]
 """
 
@@ -44,6 +48,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_results  # noqa: E402
 
 # --------------------------------------------------------------------------- machine load / timing
 
@@ -346,6 +353,61 @@ def aggregate_by_text(X_codes: np.ndarray, Y: np.ndarray, w: np.ndarray):
     return Yg, wg
 
 
+def route_build_subprocess(records: str, out: str) -> dict:
+    """``visroute route build`` as a user runs it, in a fresh interpreter that reports its own peak RSS (VmHWM)."""
+    import json
+    import subprocess
+
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('VMHWM ' + next(l.split()[1] for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM')) + '\\n'))\n"
+            "from visroute.cli import main\nsys.argv = ['visroute'] + sys.argv[1:]\nmain()\n")
+    la = wait_for_quiet()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, "route", "build", records, "--out", out, "--split", "dataset",
+                           "--no-quality"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"route build failed: {proc.stderr[-2000:]}")
+    peak = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VMHWM"))) / 1024
+    meta = json.loads(open(os.path.join(out, "table.json")).read())
+    import pyarrow.parquet as pq
+
+    return {"seconds": seconds, "peak_rss_mib": peak, "load1": la, "n_records": meta["n_records"],
+            "table_rows": pq.read_metadata(os.path.join(out, "table.parquet")).num_rows}
+
+
+def embed_side_by_side(emb, texts: list[str], cache: str) -> dict:
+    """TextEmbedder.embed on a fresh store against plain SentenceTransformer.encode, same model, same texts."""
+    from visroute.router.embed import TextEmbedder
+
+    fresh = TextEmbedder(cache_dir=cache)
+    fresh._model = emb.model
+    la = wait_for_quiet()
+    t0 = time.perf_counter()
+    emb.model.encode(texts, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fresh.embed(texts)
+    ours = time.perf_counter() - t0
+    return {"texts": len(texts), "visroute_s": ours, "plain_s": plain, "visroute_texts_per_s": len(texts) / ours,
+            "plain_texts_per_s": len(texts) / plain, "ratio": plain / ours, "load1": la}
+
+
+def never_seen_latency(emb, n: int) -> dict:
+    la = wait_for_quiet()
+    ours, plain = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        emb.embed([f"Never seen before, number {i}: which object is in the picture? Options: a, b, c"])
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        emb.model.encode([f"Plain encode {i}: which object is in the picture?"], normalize_embeddings=True)
+        plain.append(time.perf_counter() - t0)
+    return {"median_ms": 1e3 * float(np.median(ours)), "p90_ms": 1e3 * float(np.percentile(ours, 90)),
+            "plain_median_ms": 1e3 * float(np.median(plain)), "store_rows": len(emb.store), "load1": la}
+
+
 def latency(router, X, costs, lam, batch: int, reps: int) -> dict:
     from visroute.router.decide import choose
 
@@ -386,6 +448,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-load", type=float, default=1.5)
     ap.add_argument("--max-wait", type=float, default=600.0)
     ap.add_argument("--skip-mf", action="store_true")
+    ap.add_argument("--side-texts", type=int, default=1500, help="texts embedded both ways for the side-by-side ratio")
     args = ap.parse_args(argv)
     MAX_LOAD, MAX_WAIT, WAIT_LEFT = args.max_load, args.max_wait, args.max_total_wait
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -414,7 +477,11 @@ def main(argv=None) -> int:
           f"{facts['samples_per_dataset']} samples per dataset; {facts['unique_texts_generated']:,} unique task texts "
           f"(mean {facts['text_chars_mean']:.0f} chars)", flush=True)
 
-    # ---- 2. build
+    # ---- 2. build: the CLI in a fresh process (its own peak RSS), then in this process for the phases below
+    cli = route_build_subprocess(path, os.path.join(work, "table-cli"))
+    rep.add("visroute route build --no-quality (subprocess)", None,
+            f"peak RSS {cli['peak_rss_mib']:.0f} MiB (goal < 2048), {cli['table_rows']:,} rows", cli["load1"],
+            seconds=cli["seconds"])
     records = timed_phase(rep, "read_records", lambda: read_records(path), lambda t: f"{t.num_rows:,} records",
                           in_goal=True)
     table = timed_phase(rep, "build_table(sample, split_by=dataset)",
@@ -448,9 +515,18 @@ def main(argv=None) -> int:
                     lambda e: f"{len(uniq):,} texts, {e.shape}", in_goal=True)
     r = rep.rows[-1]
     enc = sum(enc_time)
-    print(f"  of which model.encode {enc:.2f} s ({len(uniq) / enc:.0f} texts/s), cache write + memo "
-          f"{r.seconds - enc:.2f} s; cache file {os.path.getsize(os.path.join(cache, 'minilm.npz')) / 2**20:.1f} MiB",
+    emb._model.encode = real_encode
+    print(f"  of which model.encode {enc:.2f} s ({len(uniq) / enc:.0f} texts/s), store write + memo "
+          f"{r.seconds - enc:.2f} s; store {os.path.getsize(os.path.join(cache, 'minilm.sqlite')) / 2**20:.1f} MiB",
           flush=True)
+    side = embed_side_by_side(emb, [f"{t} (variant)" for t in uniq[: args.side_texts]], os.path.join(work, "emb-side"))
+    rep.add("embed vs plain SentenceTransformer.encode", None,
+            f"{side['texts']} new texts: visroute {side['visroute_texts_per_s']:.0f}/s, plain "
+            f"{side['plain_texts_per_s']:.0f}/s, ratio {side['ratio']:.2f} (goal >= 0.9)", side["load1"])
+    unseen = never_seen_latency(emb, 30)
+    rep.add("route a never-seen text: embed([new text])", None,
+            f"median {unseen['median_ms']:.1f} ms, p90 {unseen['p90_ms']:.1f} ms (goal <= 30), plain encode median "
+            f"{unseen['plain_median_ms']:.1f} ms; store of {unseen['store_rows']:,} texts", unseen["load1"])
 
     train, val, test = table.part("train"), table.part("val"), table.part("test")
     Xtr = timed_phase(rep, "featurise train: embed(train.text) (memo hits)", lambda: emb.embed(list(train.text)),
@@ -496,7 +572,7 @@ def main(argv=None) -> int:
 
     # ---- 3. decision latency with cached embeddings
     lat = {}
-    for name, rt in [("knn", knn), ("mlp", mlp)]:
+    for name, rt in [("knn", knn), ("mlp", mlp)] + ([("mf", mf)] if mf is not None else []):
         for batch, reps in [(1, args.single_reps), (1000, args.batch_reps)]:
             la = wait_for_quiet()
             with Timed() as t:
@@ -511,7 +587,7 @@ def main(argv=None) -> int:
     la = wait_for_quiet()
     with Timed() as t:
         TextEmbedder(cache_dir=cache).embed(one)
-    rep.add("fresh TextEmbedder().embed([cached text])", t, "loads the whole npz cache", la)
+    rep.add("fresh TextEmbedder().embed([cached text])", t, "one indexed look-up in the SQLite store", la)
 
     # ---- final table
     goal_rows = [r for r in rep.rows if r.in_goal]
@@ -545,6 +621,13 @@ def main(argv=None) -> int:
     for k, v in quality.items():
         print(f"| {k} | {v:.4f} |")
     print(f"\npeak RSS at exit: {rss_mib():.0f} MiB")
+    write_results("bench_router", {
+        "records": facts, "table_rows": len(table), "unique_texts": len(uniq), "route_build_cli": cli,
+        "embed_side_by_side": side, "never_seen_text": unseen, "goal_seconds": goal,
+        "phases": [vars(r) for r in rep.rows if not r.phase.startswith("latency")],
+        "decision_latency_us": {f"{n}_batch{b}": {**v, "load1": next((r.load1 for r in rep.rows if r.phase ==
+                                f"latency {n} predict_proba+choose, batch {b}"), None)} for (n, b), v in lat.items()},
+        "test_logloss": quality})
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -334,3 +334,18 @@ def test_engine_options_in_a_grid_file_are_checked_by_name():
         EngineOptions.from_dict("spark")
     with pytest.raises(VisrouteError, match="'num_gpus' must be a number >= 0"):
         EngineOptions.from_dict({"name": "ray", "num_gpus": -1})
+
+
+def test_a_worker_that_loads_other_weights_fails_in_one_line(tmp_path, shared_data, monkeypatch):
+    from visroute.engine import make_engine
+    from visroute.engine.ray import EngineError
+    from visroute.models import load_model
+
+    _cache(monkeypatch, tmp_path, "run")
+    model = load_model("random-tiny", device="cpu")
+    model._weights_fp = "0123456789abcdef"  # as if the driver's files differed from the worker's
+    files = sorted((shared_data / "cifar10-test" / "cat").glob("*.jpg"))[:4]
+    with pytest.raises(EngineError) as err:
+        list(make_engine("ray", actors=1).map_images(model, files, 2))
+    message = str(err.value)
+    assert "\n" not in message and "differing from the driver's 0123456789abcdef" in message

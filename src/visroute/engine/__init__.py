@@ -31,7 +31,7 @@ class EngineOptions:
     actors: int | None = None            # actors in the encoding pool (default: one per GPU, else one per 2 CPUs)
     num_gpus: float = 0.0               # GPUs per encoding actor (0.25: four actors share a GPU)
     num_cpus: float = 1.0               # CPUs per encoding actor
-    threads: int | None = None           # torch threads per actor (default: the driver's, so CPU results match)
+    threads: int | None = None           # torch threads per actor (default: see RayEngine.default_threads)
     batch_size: int | None = None        # images per actor call (default: the command's --batch-size)
     endpoint_concurrency: int = 8       # requests in flight to one VLM/LLM endpoint, over the whole cluster
     concurrency: int = 4                # requests in flight from one worker (the HTTP client's pool)

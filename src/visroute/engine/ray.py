@@ -54,15 +54,23 @@ def endpoints_of(spec) -> tuple[str, ...]:
 
 
 def worker_error(e: BaseException) -> EngineError:
-    """One line for an error raised on a worker (the visroute error inside Ray's wrapper when there is one)."""
-    inner = e
-    while getattr(inner, "cause", None) is not None and inner.cause is not inner:
-        inner = inner.cause
-    while inner.__cause__ is not None:
-        inner = inner.__cause__
-    text = str(inner).strip().splitlines()
-    first = next((line for line in text if line.strip() and not line.startswith(("ray::", "Traceback"))), type(inner).__name__)
-    return EngineError(f"Ray worker failed: {first.strip()}")
+    """One line for an error raised on a worker: the visroute error inside Ray's wrappers when there is one (Ray
+    carries it as ``cause`` or only as traceback text), else the last exception line, else the first line."""
+    import re
+
+    texts, seen, c = [], set(), e
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        texts.append(re.sub(r"\x1b\[[0-9;]*m", "", str(c)))
+        c = getattr(c, "cause", None) or c.__cause__ or c.__context__
+    lines = [line.strip() for t in texts for line in t.splitlines()]
+    for pattern in (r"^visroute\.[\w.]*(?:Error|Exception): (.+)$", r"^[\w.]*(?:Error|Exception): (.+)$"):
+        found = [m.group(1) for line in lines if (m := re.match(pattern, line))]
+        if found:
+            return EngineError(f"Ray worker failed: {found[-1]}")
+    first = next((line for line in lines if line and not line.startswith(("ray::", "Traceback", "File", "^"))),
+                 type(e).__name__)
+    return EngineError(f"Ray worker failed: {first}")
 
 
 class RayEngine:
@@ -87,8 +95,8 @@ class RayEngine:
             self._started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        for name in ("ray.data", "ray.data._internal"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
         return ray
 
     def shutdown(self) -> None:
@@ -106,6 +114,16 @@ class RayEngine:
         else:
             n = int(res.get("CPU", 1) // max(self.options.num_cpus, 1e-9))
         return max(1, min(n, n_chunks))
+
+    def default_threads(self) -> int:
+        """torch threads per encoding actor: on a one-node CPU pool the driver's count, so a forward pass gives the
+        local engine's bits; with GPUs or several nodes (no bit-identity to a local run to keep) ``num_cpus``."""
+        import torch
+
+        alive = [n for n in self.start().nodes() if n.get("Alive")]
+        if self.options.num_gpus > 0 or len(alive) > 1:
+            return max(1, int(self.options.num_cpus))
+        return torch.get_num_threads()
 
     # -- images ----------------------------------------------------------------------------------------
     def feature_cache(self, root=None):
@@ -144,7 +162,6 @@ class RayEngine:
     def _run_chunks(self, model, source, draft_size, chunks: list[list[int]]):
         """(chunk number, indices, embeddings, errors) for every chunk, in chunk order."""
         import numpy as np
-        import torch
 
         from visroute.pipeline.spec import PipelineSpec
 
@@ -152,7 +169,7 @@ class RayEngine:
         spec = PipelineSpec(model=model.spec, device="auto", dtype=_DTYPE_NAMES.get(str(model.dtype), "auto"))
         kwargs = {"spec_json": spec.to_json(), "source": source, "draft_size": draft_size,
                   "dim": int(model.encode_texts(["a photo."]).shape[1]), "env": driver_env(),
-                  "threads": self.options.threads or torch.get_num_threads(),
+                  "threads": self.options.threads or self.default_threads(),
                   "expect": {"weights": model.weights_fingerprint, "preprocess": model.preprocess_fingerprint}}
         items = [{"chunk": c, "indices": ch} for c, ch in enumerate(chunks)]
         data = ray.data.from_items(items, override_num_blocks=min(len(items), 1024))
