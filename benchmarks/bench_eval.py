@@ -205,7 +205,7 @@ class Run:
 
 
 def run_eval(name: str, args, data: Path, cache: Path, output: Path, workdir: Path, templates: Path | None = None) -> Run:
-    cmd = [shutil.which("visroute") or "visroute", "eval", "-m", args.model, "-d", str(data),
+    cmd = [sys.executable, "-m", "visroute.cli", "eval", "-m", args.model, "-d", str(data),
            "--output", str(output), "--no-progress"]
     for flag, val in (("--batch-size", args.batch_size), ("--workers", args.workers), ("--shard-size", args.shard_size)):
         if val is not None:
@@ -316,7 +316,8 @@ def timeline_summary(r: Run) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-test"), help="ImageFolder (10k CIFAR-10 test)")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test",
+                    help="ImageFolder (default: ../shared/data/cifar10-test beside the repository, 10k CIFAR-10 test)")
     ap.add_argument("--model", default="random-tiny")
     ap.add_argument("--big", type=int, default=100_000, help="images in the symlinked big set (0: skip)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed unless --keep")
@@ -408,6 +409,14 @@ def main() -> None:
                   f"| {ratio(big.peaks.main_rss, first.peaks.main_rss)} | {ratio(big.peaks.tree_rss, first.peaks.tree_rss)} "
                   f"| {ratio(big.peaks.tree_pss, first.peaks.tree_pss)} | | |")
         print(f"\ntotal benchmark time {time.perf_counter() - t_all:.0f} s")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import write_results
+
+        write_results("bench_eval", {"model": args.model, "runs": [
+            {"run": r.name, "images": r.n_images, "images_encoded": r.encoded, "eval_wall_s": r.wall, "images_per_s": r.ips,
+             "process_wall_s": r.proc_wall, "max_rss_mib": r.time_maxrss and r.time_maxrss / 2**20,
+             "tree_pss_mib": r.peaks.tree_pss and r.peaks.tree_pss / 2**20, "load1": r.load_before, "foreign_load": r.foreign}
+            for r in [first, cached, tmpl] + ([big] if big else [])]})
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
