@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from visroute.router.embed import EmbeddingStore, TextEmbedder
-from visroute.router.neighbours import DotIndex, top_k
+from visroute.router.neighbours import build_index, query, top_k
 from visroute.router.routers import KNNRouter
 from visroute.router.table import build_table, read_records
 
@@ -68,12 +68,12 @@ def test_pruned_index_returns_the_exact_top_k(tmp_path):
     X = rng.standard_normal((5000, 32)) @ basis + 0.3 * rng.standard_normal((5000, 384))
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     X[4000:4100] = X[100]  # exact ties: the lower row index wins on both paths
-    idx = DotIndex(X)
-    assert idx.V is not None
+    index = build_index(X)
+    assert index[0].shape == (384, 64)
     for q in [*X[:40], X[100], *rng.standard_normal((10, 384)).astype(np.float32)]:
         for k in (1, 5, 20):
-            assert sorted(idx.query(q, k).tolist()) == sorted(top_k(X @ q, k).tolist())
-    assert sorted(idx.query(X[100], 3).tolist()) == [100, 4000, 4001]
+            assert sorted(query(X, *index, q, k).tolist()) == sorted(top_k(X @ q, k).tolist())
+    assert sorted(query(X, *index, X[100], 3).tolist()) == [100, 4000, 4001]
 
 
 def test_knn_single_decisions_equal_the_batch(tmp_path):
@@ -86,6 +86,7 @@ def test_knn_single_decisions_equal_the_batch(tmp_path):
     batch = r.predict_proba(Q)  # over 256 rows: the block path
     single = np.concatenate([r.predict_proba(q[None]) for q in Q])
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
+    assert r.index_basis_.shape == (64, 0)  # 64 dimensions: too few to project, every row is scored
 
 
 def _write(path, rows):

@@ -53,8 +53,10 @@ def engine_batches(engine, model, paths: list[str], batch_size: int, draft_size:
 
 
 def classify_images(head: ZeroShotClassifier, inputs: Sequence[str | Path], top_k: int = 5, **kw) -> ClassifyRun:
-    """Expand files/folders and classify them all; unreadable files are collected in ``skipped``."""
+    """Expand files/folders and classify them all; unreadable files are collected in ``skipped``. Large JPEGs are
+    decoded at reduced size and resized fast (``visroute.data.pixels``) unless ``draft_size=None`` is passed."""
     paths, missing = find_images(inputs)
+    kw.setdefault("draft_size", draft_size(head.model))  # fast decode, as `visroute classify` (draft_size=None: exact)
     run = ClassifyRun(skipped=list(missing))
     for preds, skipped in iter_classify(head, paths, top_k, **kw):
         run.predictions += preds
@@ -84,7 +86,7 @@ class ClassifyJob:
     skipped: list[SkippedFile]
     repeated_labels: list[str]
 
-    def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None, fast_decode: bool = False,
+    def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None, fast_decode: bool = True,
                 progress: bool | None = None, engine=None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
         """Predictions batch by batch; the progress bar defaults to on for more than 8 images."""
         show = progress if progress is not None else len(self.paths) > 8

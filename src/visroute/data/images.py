@@ -350,57 +350,11 @@ def iter_preprocessed_batches(
                         prefetch_factor=2 if num_workers > 0 else None, worker_init_fn=_worker_threads if num_workers
                         else None, persistent_workers=False)
     tally = _SkipTally(len(order))
-    balance = _Balance(loader)
-    for ok, pixels, bad in balance:
+    for ok, pixels, bad in loader:
         skipped = [SkippedFile(source.item_id(i), err, i) for i, err in bad]
         tally.add(skipped)
         yield ok, (plan.finish(pixels, device, dtype) if pixels is not None else None), skipped
     tally.report()
-
-
-class _Balance:
-    """Iterates a DataLoader while timing both sides: how long the caller waits for a batch, and how long it works
-    on one (the model). When the model is what everyone waits for, the decoding workers are lowered in priority
-    (nice +10), so they fill the model's idle moments instead of taking a core from it mid-operation; when
-    decoding is the bottleneck nothing changes. Decided once, after a few batches, and logged."""
-
-    def __init__(self, loader: Any, after: int = 3):
-        self.loader, self.after = loader, after
-
-    def __iter__(self):
-        import time
-
-        it = iter(self.loader)
-        waited = worked = 0.0
-        n = 0
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            t1 = time.perf_counter()
-            if n:  # the first batch includes the workers' start-up
-                waited += t1 - t0
-            yield item
-            worked += time.perf_counter() - t1
-            n += 1
-            if n == self.after + 1 and worked > 4 * waited:
-                _lower_workers(it, worked, waited)
-
-
-def _lower_workers(it: Any, worked: float, waited: float) -> None:
-    workers = getattr(it, "_workers", None) or []
-    done = 0
-    for w in workers:
-        try:
-            os.setpriority(os.PRIO_PROCESS, w.pid, os.getpriority(os.PRIO_PROCESS, w.pid) + 10)
-            done += 1
-        except (OSError, AttributeError, TypeError):
-            pass
-    if done:
-        get_logger(__name__).info("the model is the bottleneck (%.2fs of work per %.2fs waiting): %d decoding "
-                                  "worker(s) lowered to nice +10", worked, waited, done)
 
 
 class _SkipTally:

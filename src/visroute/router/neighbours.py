@@ -29,41 +29,39 @@ def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarr
     return np.concatenate([above, tied])
 
 
-class DotIndex:
-    """Rows of ``X`` (n, d) float32; ``query(x, k)`` -> the k rows with the largest ``X @ x``, exactly."""
+def build_index(X: np.ndarray, rank: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(basis (d, r), projected rows (n, r), each row's distance from the subspace (n,)) for ``query``; r = 0
+    (nothing to prune with) when there are too few rows or dimensions for the projection to pay."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n, d = X.shape
+    if n < 16 * rank or d <= 2 * rank:
+        return np.zeros((d, 0), np.float32), np.zeros((n, 0), np.float32), np.zeros(n, np.float64)
+    gram = np.zeros((d, d))
+    for s in range(0, n, 65536):
+        block = X[s : s + 65536].astype(np.float64)
+        gram += block.T @ block
+    V = np.linalg.eigh(gram)[1][:, -rank:]  # the rank-r subspace holding most of the rows' energy
+    resid = np.empty(n, np.float64)
+    for s in range(0, n, 65536):
+        block = X[s : s + 65536].astype(np.float64)
+        resid[s : s + 65536] = np.linalg.norm(block - (block @ V) @ V.T, axis=1)
+    V32 = np.ascontiguousarray(V, dtype=np.float32)
+    return V32, np.ascontiguousarray(X @ V32), resid
 
-    def __init__(self, X: np.ndarray, rank: int = 64):
-        self.X = np.ascontiguousarray(X, dtype=np.float32)
-        n, d = self.X.shape
-        self.V = None
-        if n >= 16 * rank and d > 2 * rank:
-            gram = np.zeros((d, d))
-            for s in range(0, n, 65536):
-                block = self.X[s : s + 65536].astype(np.float64)
-                gram += block.T @ block
-            _, vecs = np.linalg.eigh(gram)
-            V = vecs[:, -rank:]  # the rank-r subspace holding most of the rows' energy
-            self.V = np.ascontiguousarray(V, dtype=np.float32)
-            self.P = np.ascontiguousarray(self.X @ self.V)
-            self.resid = np.empty(n, np.float64)
-            for s in range(0, n, 65536):
-                block = self.X[s : s + 65536].astype(np.float64)
-                self.resid[s : s + 65536] = np.linalg.norm(block - (block @ V) @ V.T, axis=1)
 
-    def query(self, x: np.ndarray, k: int) -> np.ndarray:
-        """Row indices of the k largest dot products with ``x`` (d,), best first not guaranteed."""
-        n = len(self.X)
-        k = min(k, n)
-        if self.V is None or k <= 0:
-            return top_k(self.X @ x, k)
-        x64 = x.astype(np.float64)
-        xp = x @ self.V
-        x_perp = float(np.linalg.norm(x64 - self.V.astype(np.float64) @ xp.astype(np.float64)))
-        approx = self.P @ xp
-        slack = x_perp * self.resid + _EPS
-        lower = approx - slack
-        floor = np.partition(lower, n - k)[n - k]
-        cand = np.flatnonzero(approx + slack >= floor)
-        if len(cand) > n // 4:  # the bound prunes little here: one full pass is cheaper
-            return top_k(self.X @ x, k)
-        return top_k(self.X[cand] @ x, k, cand)
+def query(X: np.ndarray, basis: np.ndarray | None, proj: np.ndarray | None, resid: np.ndarray | None, x: np.ndarray,
+          k: int) -> np.ndarray:
+    """Row indices of the k largest ``X @ x`` (exactly; ties to the lower index), pruned through ``build_index``."""
+    n = len(X)
+    k = min(k, n)
+    if basis is None or proj is None or resid is None or basis.shape[1] == 0 or k <= 0 or len(proj) != n:
+        return top_k(X @ x, k)
+    xp = x @ basis
+    x_perp = float(np.linalg.norm(x.astype(np.float64) - basis.astype(np.float64) @ xp.astype(np.float64)))
+    approx = proj @ xp
+    slack = x_perp * resid + _EPS
+    floor = np.partition(approx - slack, n - k)[n - k]
+    cand = np.flatnonzero(approx + slack >= floor)
+    if len(cand) > n // 4:  # the bound prunes little here: one full pass is cheaper
+        return top_k(X @ x, k)
+    return top_k(X[cand] @ x, k, cand)

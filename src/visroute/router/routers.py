@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from visroute.errors import InputError, VisrouteError
-from visroute.router.neighbours import DotIndex
+from visroute.router.neighbours import build_index, query
 
 ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
 
@@ -145,21 +145,21 @@ class KNNRouter(_Router):
             self.X_, self.sums_, self.counts_ = X, np.nan_to_num(Y) * w[:, None], mask * w[:, None]
         self.prior_ = (self.sums_.sum(0) + 1) / (self.counts_.sum(0) + 2)
         self.n_models_ = int(Y.shape[1])
-        self._nn = DotIndex(self.X_)
+        self.index_basis_, self.index_proj_, self.index_resid_ = build_index(self.X_)  # neighbours.py
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_tasks, n_models) float64 success probabilities; up to 256 tasks one by one through the exact pruned
-        index (``visroute.router.neighbours``; restored routers rebuild it once), larger batches in blocks."""
-        X, nn = self._predict_inputs(X), self.__dict__.get("_nn") or self.__dict__.setdefault("_nn", DotIndex(self.X_))
-        k = min(self.k, len(nn.X))
+        index (``visroute.router.neighbours``; saved without one: every row scored), larger batches in blocks."""
+        X, T = self._predict_inputs(X), np.require(self.X_, np.float32, ["C"])
+        index = [getattr(self, f"index_{a}_", None) for a in ("basis", "proj", "resid")]
+        k = min(self.k, len(T))
         if len(X) <= 256:
-            idx = np.stack([nn.query(x, k) for x in X]) if len(X) else np.zeros((0, k), np.int64)
+            idx = np.stack([query(T, *index, x, k) for x in X]) if len(X) else np.zeros((0, k), np.int64)
         else:
-            idx = np.concatenate([np.argpartition(-(X[s : s + 4096] @ nn.X.T), k - 1, axis=1)[:, :k]
+            idx = np.concatenate([np.argpartition(-(X[s : s + 4096] @ T.T), k - 1, axis=1)[:, :k]
                                   for s in range(0, len(X), 4096)])
-        # Laplace-style shrinkage towards the model's overall success rate
-        return (self.sums_[idx].sum(1) + self.prior_) / (self.counts_[idx].sum(1) + 1.0)
+        return (self.sums_[idx].sum(1) + self.prior_) / (self.counts_[idx].sum(1) + 1.0)  # shrunk to each prior
 
 
 class _TorchRouter(_Router):
