@@ -272,9 +272,16 @@ def main() -> int:
         descriptions = data_dir(args.data) / "descriptions" / "disclip" / "descriptions_ilsvrc_dclip.json"
         doc["inputs"] = make_inputs(descriptions, max(sizes), args.dim, args.n_sel, args.seed, workdir)
         C, P = doc["inputs"]["classes"], doc["inputs"]["pool"]
+        first = None
         for n in sizes:
             v = run_worker("visroute", workdir, n, args)
             row = doc["sizes"][str(n)] = {"visroute": v["record"], "fallbacks": int(v["fallback"].sum())}
+            if first is not None:  # the larger run on the smaller run's images (the same inputs): the same outputs
+                m = first["topk"].shape[0]
+                row[f"same_as_{m}_run_on_its_images"] = all(np.array_equal(v[key][..., :m] if key == "predictions"
+                                                                           else v[key][:m], first[key])
+                                                            for key in ("topk", "selected", "fallback", "predictions"))
+            first = first or v
             need = 4.5 * n * 3 * (C + P) * 4 / 2**30 + 1.0
             if n in ref_sizes and need < mem_available_gib() - 1.5:
                 r = run_worker("reference", workdir, n, args)

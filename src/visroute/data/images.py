@@ -7,6 +7,8 @@ rescaled to 8 bits instead of being clipped to white, CMYK and palette images ar
 
 from __future__ import annotations
 
+import io
+
 import os
 import stat
 import warnings
@@ -141,8 +143,9 @@ def _deep_to_uint8(image: Image.Image) -> np.ndarray:
     return out
 
 
-def load_image(path: str | Path, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Decode one file into an RGB PIL image, or raise ImageDecodeError with a readable reason.
+def load_image(path: str | Path | bytes, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode one file (or encoded bytes, e.g. an upload) into an RGB PIL image, or raise ImageDecodeError with a
+    readable reason.
 
     ``draft_size`` (opt-in) lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while keeping
     the shorter side at least that many pixels: much faster for large photos, slightly different pixels.
@@ -151,9 +154,12 @@ def load_image(path: str | Path, draft_size: int | None = None, max_pixels: int 
     Only regular files are opened: a FIFO or device would block or never end.
     """
     limit = resolve_max_pixels(max_pixels)
-    why = not_a_regular_file(path)
-    if why:
-        raise ImageDecodeError(why)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        path = io.BytesIO(bytes(path))
+    else:
+        why = not_a_regular_file(path)
+        if why:
+            raise ImageDecodeError(why)
     try:
         with warnings.catch_warnings():  # our own limit decides; PIL's bomb warning would only be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -157,8 +157,8 @@ class KNNRouter(_Router):
         if len(X) <= 256:
             idx = np.stack([query(T, *index, x, k) for x in X]) if len(X) else np.zeros((0, k), np.int64)
         else:
-            idx = np.concatenate([np.argpartition(-(X[s : s + 4096] @ T.T), k - 1, axis=1)[:, :k]
-                                  for s in range(0, len(X), 4096)])
+            Xt, Tt = torch.from_numpy(X), torch.from_numpy(T)
+            idx = np.concatenate([(Xt[s : s + 4096] @ Tt.T).topk(k, dim=1).indices.numpy() for s in range(0, len(X), 4096)])
         return (self.sums_[idx].sum(1) + self.prior_) / (self.counts_[idx].sum(1) + 1.0)  # shrunk to each prior
 
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 import pickle
 import re
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from visroute.data.images import ImageDecodeError, check_pixels, to_rgb
+from visroute.data.images import ImageDecodeError, load_image
 from visroute.errors import VisrouteError
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
@@ -36,28 +34,14 @@ class BadImageInput(VisrouteError):
 
 
 def decode_image(data: bytes, max_pixels: int | None) -> Image.Image:
-    """One RGB image from encoded bytes, or ``BadImageInput`` saying why (never a traceback)."""
+    """One RGB image from encoded bytes, or ``BadImageInput`` saying why (never a traceback): the same decoder,
+    orientation and pixel limit as files on disk (``visroute.data.images.load_image``)."""
     if not data:
         raise BadImageInput("the image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-        with im:
-            check_pixels(im.size, max_pixels)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.width < 1 or im.height < 1:
-                raise ImageDecodeError("image has zero width or height")
-            return to_rgb(im)
+        return load_image(data, max_pixels=max_pixels)
     except ImageDecodeError as e:
         raise BadImageInput(f"image refused: {e}") from None
-    except UnidentifiedImageError:
-        raise BadImageInput("the upload is not an image file PIL can identify") from None
-    except Image.DecompressionBombError as e:
-        raise BadImageInput(f"image refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise BadImageInput(f"corrupt or truncated image ({e})") from None
 
 
 def b64_bytes(text: str, what: str = "image") -> bytes:
