@@ -9,8 +9,9 @@ only after it reproduces the model's preprocessing exactly on a probe image; oth
 returns None and callers keep the per-image float path.
 
 With ``fast=True`` an image larger than the resize target is resized with torch's antialiased uint8
-kernel (the same filter family as PIL's, several times faster; pixels differ by at most about one level
-out of 255) instead of the model's own resize. Images at or below the target (CIFAR's 32 px, say) always
+kernel (the same filter family as PIL's, several times faster; on ImageNet photos the mean difference from
+PIL's resize is under 0.02 levels out of 255, over one level on under 0.002% of pixels) instead of the model's
+own resize. Images at or below the target (CIFAR's 32 px, say) always
 take the exact path, so they never change.
 """
 
@@ -255,6 +256,8 @@ def _build_plan(preprocess: Any) -> PixelPlan | None:
         want = ref[plan.key]
         if got.shape != want.shape or not bool((got == want.float()).all()):
             return None
+        if plan.exact(probe.resize((probe.height, probe.width))).shape != got.shape:
+            return None  # the output size follows the input's: batches could not be stacked in the workers
         return plan
     except Exception:  # any surprise in a processor means: keep its own per-image path
         return None
