@@ -3,8 +3,8 @@
     python benchmarks/routing_real.py [--routellm PATH] [--folds 5] [--repeats 3] [--llm-router SPEC]
 
 PATH is a RouteLLM checkout (or a bare git mirror of it: the two development folders are extracted from its
-HEAD into a temporary folder). Without --routellm the script looks at $VISROUTE_ROUTELLM, ../RouteLLM and
-/work/.mirror/lm-sys+RouteLLM/repo, and otherwise stops saying how to get it. RouteLLM's MMLU responses (its
+HEAD into a temporary folder). Without --routellm the script looks at $VISROUTE_ROUTELLM and a RouteLLM checkout
+beside this repository, and otherwise stops saying how to get it (git clone https://github.com/lm-sys/RouteLLM). RouteLLM's MMLU responses (its
 reserved test set) are never read.
 
 Records come from ``visroute route import routellm`` (contaminated prompts dropped, like RouteLLM's evaluation).
@@ -52,7 +52,7 @@ from visroute.router.table import build_table
 
 ROUTERS = ("knn", "logistic", "mlp", "mf")
 ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
-CANDIDATES = ("../RouteLLM", "/work/.mirror/lm-sys+RouteLLM/repo")
+CANDIDATES = (str(Path(__file__).resolve().parents[1].parent / "RouteLLM"),)  # a checkout beside the repository
 EVAL_DIRS = ("routellm/evals/gsm8k", "routellm/evals/mt_bench")
 
 
