@@ -56,6 +56,19 @@ CANDIDATES = (str(Path(__file__).resolve().parents[1].parent / "RouteLLM"),)  # 
 EVAL_DIRS = ("routellm/evals/gsm8k", "routellm/evals/mt_bench")
 
 
+def portable(summary: dict, root) -> dict:
+    """The import summary with file paths relative to the RouteLLM checkout: results committed to the repository
+    name no path of the machine that made them."""
+    prefix = str(root).rstrip("/") + "/"
+    fix = lambda v: v.replace(prefix, "") if isinstance(v, str) else v  # noqa: E731
+    out = json.loads(json.dumps(summary))
+    out["source"] = "RouteLLM checkout"
+    for bench in out.values():
+        if isinstance(bench, dict) and isinstance(bench.get("files"), dict):
+            bench["files"] = {k: fix(v) for k, v in bench["files"].items()}
+    return out
+
+
 def find_checkout(given: str | None) -> Path:
     """A folder holding routellm/evals/{gsm8k,mt_bench}: the given path, a candidate, or one extracted from a git
     mirror's HEAD (only the two development folders)."""
@@ -227,7 +240,7 @@ def main() -> None:
     table = build_table(records, split_by="sample")
     assert table.models[0].startswith("gpt-4") and "Mixtral" in table.models[1], table.models  # strong, cheap
     emb_all = TextEmbedder().embed(list(table.text))
-    result = {"source": summary, "models": table.models, "router_kw": ROUTER_KW, "folds": a.folds,
+    result = {"source": portable(summary, root), "models": table.models, "router_kw": ROUTER_KW, "folds": a.folds,
               "repeats": a.repeats, "settings": {}}
     for bench in ("gsm8k", "mt-bench"):
         sel = np.flatnonzero((table.dataset == "gsm8k") if bench == "gsm8k" else np.char.startswith(
