@@ -21,7 +21,7 @@ from visroute.router.evaluate.policies import reference, sweep
 
 def model_families(table) -> dict[str, str]:
     """Model -> "contrastive" | "generative" from the table's pipeline specs ("unknown" where none is recorded)."""
-    from visroute.pipeline.spec import CONTRASTIVE_HEADS
+    from visroute.pipeline.heads import HEADS
 
     out = {}
     for m in table.models:
@@ -29,7 +29,7 @@ def model_families(table) -> dict[str, str]:
         heads = {str(s.get("head", "zeroshot")) for s in specs.values() if isinstance(s, dict)}
         if not heads:
             out[m] = "unknown"
-        elif heads <= set(CONTRASTIVE_HEADS) | {"clip-options"}:
+        elif all(h in HEADS and HEADS[h].family == "contrastive" for h in heads):
             out[m] = "contrastive"
         else:
             out[m] = "generative"
