@@ -15,7 +15,7 @@ import numpy as np
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import calibrate, choose
 from visroute.router.learn.persist import BundleError, load_state, save_state
-from visroute.router.learn.routers import ROUTERS, make_router
+from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
 
 SCHEMA = "visroute.router/2"
@@ -105,8 +105,8 @@ class RouterBundle:
             raise BundleError(f"{path}: expected a router of schema {SCHEMA}, found {found!r} (retrain it with "
                               "`visroute route train`; older bundles held pickles and are not loaded)")
         kind = info.get("kind")
-        if kind not in ROUTERS:
-            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTERS)})")
+        if kind not in ROUTER_KINDS:
+            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTER_KINDS)})")
         try:
             models, costs = [str(m) for m in info["models"]], np.asarray(info["costs"], dtype=np.float64)
             features = info["features"]
@@ -114,7 +114,7 @@ class RouterBundle:
             raise BundleError(f"{path}: missing or malformed key {e}") from None
         if features not in ("text", "text+image") or len(costs) != len(models):
             raise BundleError(f"{path}: 'features' must be text or text+image and 'costs' match 'models'")
-        router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
+        router = load_state(ROUTER_KINDS[kind].cls, info.get("router") or {}, d / "state")
         return cls(router, kind, models, costs, float(info.get("lambda", 0.0)), features, info.get("image_model"),
                    dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
 
@@ -146,10 +146,11 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
     if features == "text+image" and not image_model:
         raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
     pipelines = dict(table.meta.get("pipelines") or {})
-    bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), train.model_costs(),
+    entry = ROUTER_KINDS[kind]
+    bundle = RouterBundle(entry.make(**(router_kw or {})), kind, list(table.models), train.model_costs(),
                           0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
-    bundle.router.fit(Xtr, train.success, sample_weight=train.weight) if kind != "slm" else bundle.router.fit(Xtr, train.success)
+    entry.fit(bundle.router, Xtr, train.success, train.weight)
     if target_cost is not None or target_share is not None:
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))

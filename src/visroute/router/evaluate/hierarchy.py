@@ -43,7 +43,7 @@ class HierarchicalRouter:
         self.families, self.kind, self.kw = list(families), kind, kw
 
     def _make(self):
-        from visroute.router.learn.routers import make_router
+        from visroute.router.learn.kinds import make_router
 
         return make_router(self.kind, **self.kw)
 
@@ -94,7 +94,7 @@ class HierarchicalRouter:
 def hierarchical_vs_flat(Xtr, Ytr, Xte, success, cost, costs, families: list[str], kind: str = "mlp",
                          wtr=None, wte=None, **kw) -> dict:
     """Metrics of a flat router and a hierarchical one of the same kind, on the normalised-cost axis."""
-    from visroute.router.learn.routers import make_router
+    from visroute.router.learn.kinds import make_router
 
     costs = np.asarray(costs, np.float64)
     ref = reference(success, cost, costs, wte)
