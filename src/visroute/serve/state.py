@@ -94,7 +94,7 @@ class ServeState:
                 pipe = build_pipeline(spec, self.runtime)
                 b = self.config.batching
                 batcher = MicroBatcher(m.name, self._encoder(pipe.model), b.max_batch_size, b.max_wait_ms, b.max_queue,
-                                       on_batch=self.metrics.batch_size.labels(model=m.name).observe)
+                                       on_batch=self._on_batch(m.name))
                 self.models[m.name] = ServedModel(m.name, spec, pipe, batcher)
             for s in self.config.label_sets:
                 self.label_sets[s.name] = self._label_set(s)
@@ -109,6 +109,15 @@ class ServeState:
         except VisrouteError as e:
             self.load_error = str(e)
             raise
+
+    def _on_batch(self, model: str):
+        size, forward = self.metrics.batch_size.labels(model=model), self.metrics.forward_seconds.labels(model=model)
+
+        def observe(n: int, seconds: float) -> None:
+            size.observe(n)
+            forward.observe(seconds)
+
+        return observe
 
     def model_spec(self, name: str) -> PipelineSpec:
         m = self.config.model(name)
