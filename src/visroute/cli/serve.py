@@ -24,6 +24,13 @@ def serve(
                                               help="Seconds in-flight requests get to finish on shutdown.")] = 30.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Processes serving the port, each with its own models "
                                          "(one loop per process; a dead one is replaced).")] = 1,
+    engine: Annotated[str, typer.Option(help="local (uvicorn) or ray (a Ray Serve application; extra ray).")] = "local",
+    replicas: Annotated[int, typer.Option(min=1, max=1024,
+                                          help="--engine ray: replicas of each model deployment.")] = 1,
+    num_gpus: Annotated[float, typer.Option(min=0, max=64, help="--engine ray: GPUs per model replica (0.25: four "
+                                            "share one).")] = 0.0,
+    ray_address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join (default: "
+                                                       "$RAY_ADDRESS, else a new local Ray).")] = None,
 ) -> None:
     """Serve classify and route over HTTP, with an OpenAI-compatible proxy that routes requests carrying images."""
     from visroute.errors import MissingExtraError, VisrouteError
@@ -45,6 +52,12 @@ def serve(
     app.state.serve.check()
     typer.echo(f"visroute serve: http://{host}:{port}/ ({'open, no API key' if open_mode else 'API key required'}; "
                f"config: {cfg.source})", err=True)
+    if engine not in ("local", "ray"):
+        raise VisrouteError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        from visroute.serve.ray_app import run_ray
+
+        return run_ray(config, api_keys_file, open_mode, host, port, replicas, num_gpus, ray_address)
     if workers > 1:
         return _serve_workers(config, api_keys_file, open_mode, host, port, graceful_s, workers)
     server = app.state.uvicorn_server = uvicorn.Server(uvicorn.Config(

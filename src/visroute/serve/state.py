@@ -67,6 +67,7 @@ class ServeState:
     decode_pool: Any = None                                      # threads that decode and preprocess images
     http: Any = None                                             # httpx2.AsyncClient for the backends
     admission: Any = None                                        # bounds /v1/route and the proxy
+    remote_forward: dict | None = None                           # --engine ray: model name -> Forward deployment
     _ad_hoc: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,7 +94,9 @@ class ServeState:
                 spec = self.model_spec(m.name)
                 pipe = build_pipeline(spec, self.runtime)
                 b = self.config.batching
-                batcher = MicroBatcher(m.name, self._encoder(pipe.model), b.max_batch_size, b.max_wait_ms, b.max_queue,
+                encode = self._encoder(pipe.model) if self.remote_forward is None else \
+                    self._remote_encoder(self.remote_forward[m.name])
+                batcher = MicroBatcher(m.name, encode, b.max_batch_size, b.max_wait_ms, b.max_queue,
                                        on_batch=self._on_batch(m.name))
                 self.models[m.name] = ServedModel(m.name, spec, pipe, batcher)
             for s in self.config.label_sets:
@@ -132,6 +135,22 @@ class ServeState:
         def encode(items: list) -> Any:
             with torch.inference_mode():
                 return model.encode_images(model.collate(items))
+
+        return encode
+
+    @staticmethod
+    def _remote_encoder(handle):
+        """A micro-batch's forward pass on a Ray Serve model deployment (blocking; runs on the batcher's thread)."""
+        import torch
+
+        def encode(items: list) -> Any:
+            try:
+                return torch.from_numpy(handle.remote(items).result())
+            except Exception as e:  # a replica that died or was stopped: the client may retry
+                from visroute.serve.service import ServiceError
+
+                raise ServiceError(503, f"the model replica failed ({type(e).__name__}); retry shortly",
+                                   {"Retry-After": "1"}) from None
 
         return encode
 
