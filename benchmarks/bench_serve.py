@@ -8,7 +8,8 @@ folder. The same N ImageNet-sample JPEGs are classified against the same class n
   (b) ``visroute serve`` (its own process, uvicorn on 127.0.0.1), batching on;
   (c) ``visroute serve --workers 2``;
   (d) the naive peer (``naive_serve.py``): one transformers pipeline call per request;
-  (e) ``visroute serve`` with batching off (``max_batch_size: 1``).
+  (e) ``visroute serve`` with batching off (``max_batch_size: 1``);
+  (f) where Ray Serve is installed: ``visroute serve --engine ray --replicas 2`` (reported against (c)).
 
 Goals: (b) >= 0.9 x (a) and >= 2 x (d). Server overhead per request (sequential, concurrency 1): the client's
 latency minus the model work the server reports. Requests carry the image as base64 JSON. The machine may be shared:
@@ -75,7 +76,7 @@ def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int
 
 
 def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int, wait_ms: float, log: Path,
-                 device: str, workers: int = 1):
+                 device: str, workers: int = 1, extra: tuple = ()):
     cfg = {"models": [{"name": "m", "model": f"hf:{model_dir}", "device": device, "templates": [TEMPLATE]}],
            "label_sets": [{"name": "bench", "labels": labels}],
            "batching": {"max_batch_size": max_batch, "max_wait_ms": wait_ms, "max_queue": 1024},
@@ -84,7 +85,7 @@ def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int,
     path.write_text(json.dumps(cfg))
     port = free_port()
     cmd = [sys.executable, "-m", "visroute.cli", "serve", "--open", "--port", str(port), "--config", str(path),
-           "--workers", str(workers)]
+           "--workers", str(workers), *extra]
     return _wait(subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                   env={**os.environ, "HF_HUB_OFFLINE": "1"}), port, log)
 
@@ -141,6 +142,14 @@ def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str
     return out
 
 
+def ray_serve_installed() -> bool:
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("b32", "tiny"), default="tiny")
@@ -183,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("naive_peer", lambda log: start_naive(model_dir, labels, work, log)),
                 ("serve_batching_off", lambda log: start_server(model_dir, labels, work, 1, args.wait_ms, log,
                                                                 args.device))][: 3 if args.smoke else 4]
+        if ray_serve_installed() and not args.smoke:
+            runs.append(("ray_serve_2_replicas", lambda log: start_server(
+                model_dir, labels, work, args.batch, args.wait_ms, log, args.device,
+                extra=("--engine", "ray", "--replicas", "2"))))
         for name, start in runs:
             proc, url = start(work / f"{name}.log")
             try:
@@ -203,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                      "workers_2_vs_in_process": round(res["serve_workers_2"]["images_per_s"] / base, 3),
                      "batching_on_vs_off": round(serve / res["serve_batching_off"]["images_per_s"], 3)
                      if "serve_batching_off" in res else None}
+    if "ray_serve_2_replicas" in res:
+        res["ratios"]["ray_serve_vs_workers_2"] = round(res["ray_serve_2_replicas"]["images_per_s"] /
+                                                        res["serve_workers_2"]["images_per_s"], 3)
     q = res["ratios"]
     print(f"serve / in-process:        {q['serve_vs_in_process']:.2f}  (goal >= 0.9)")
     print(f"serve / naive peer:        {q['serve_vs_naive_peer']:.2f}  (goal >= 2)")
     print(f"--workers 2 / serve:       {q['workers_2_vs_serve']:.2f}")
     print(f"--workers 2 / in-process:  {q['workers_2_vs_in_process']:.2f}")
+    if "ray_serve_vs_workers_2" in q:
+        print(f"Ray Serve (2 replicas) / --workers 2: {q['ray_serve_vs_workers_2']:.2f}")
     if q["batching_on_vs_off"] is not None:
         print(f"batching on / off:         {q['batching_on_vs_off']:.2f}")
     seq = res["sequential"]
