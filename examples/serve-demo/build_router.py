@@ -21,9 +21,9 @@ TASKS = [("n02123045_tabby", 1), ("n01443537_goldfish", 1), ("n02096051_Airedale
 
 def build(out: Path) -> Path:
     from visroute.pipeline import PipelineSpec
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.images import encode_paths
-    from visroute.router.routers import KNNRouter
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.data.images import encode_paths
+    from visroute.router.learn.routers import KNNRouter
     from visroute.tasks.model import task_text
 
     paths = [str(DATA / "imagenet-sample" / f"{name}.JPEG") for name, _ in TASKS]

@@ -131,7 +131,7 @@ def decide(state, router, text: str, image: bytes | None, lam: float | None) -> 
     images = None
     if bundle.features == "text+image":
         from visroute.pipeline import PipelineSpec, build_pipeline
-        from visroute.router.images import embedding_dim
+        from visroute.router.data.images import embedding_dim
 
         model = build_pipeline(PipelineSpec(model=bundle.image_model, device="cpu"), state.runtime).model
         if image is None:
