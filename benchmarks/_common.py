@@ -8,6 +8,7 @@ The machine may be shared. Every figure is stored with the 1-minute load average
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -91,10 +92,44 @@ def machine() -> dict:
     return info
 
 
-def write_results(name: str, doc: dict) -> Path:
+def shown_path(path: str | Path) -> str:
+    """A path as committed results name it: relative to the repository (``../shared/...`` beside it); a path
+    elsewhere on the machine is named by its last part only."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(path)
+    p = p.resolve()
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if p.is_relative_to(base):
+            return prefix + str(p.relative_to(base))
+    return f"<{p.name}>"
+
+
+def command_line() -> str:
+    """The command that produced a results file, every path in it shown with ``shown_path``."""
+    return " ".join([Path(sys.executable).name] + [shown_path(a) if a.startswith(("/", "~")) else a for a in sys.argv])
+
+
+def smoke_args(parser: argparse.ArgumentParser, argv=None, **sizes) -> argparse.Namespace:
+    """Parse the command line, with ``--smoke``: a seconds-long run at the given ``sizes`` (option name -> value)
+    that checks the script still works. CI runs every benchmark so (tests/test_benchmarks_smoke.py); a smoke
+    run's figures are no measurement, and it writes nothing to results/."""
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run that checks the script works "
+                                                             "(CI); writes no results")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for k, v in sizes.items():
+            setattr(args, k, v)
+    return args
+
+
+def write_results(name: str, doc: dict, smoke: bool = False) -> Path | None:
+    if smoke:
+        print(f"\nsmoke run of {name}: nothing written")
+        return None
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    doc = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **doc}
+    doc = {"benchmark": name, "command": command_line(), "machine": machine(), **doc}
     path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
     print(f"\nwrote {path.relative_to(REPO)}")
     return path

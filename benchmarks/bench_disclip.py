@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timed, data_dir, write_results  # noqa: E402
+from _common import Timed, data_dir, smoke_args, write_results  # noqa: E402
 
 N_GROUPS, GROUP_WEIGHT = 100, 0.9
 CAPTION_NOISE, DESC_CENTRE, DESC_NOISE, DESC_BIAS = 0.5, 0.6, 1.0, 1.0
@@ -256,7 +256,7 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = smoke_args(p, sizes="200,400", ref_sizes="", repeat=1, dim=64, disclip_repo=None)
     if args.worker == "visroute":
         return visroute_worker(args.workdir, args.n, args.out, args.repeat) or 0
     if args.worker == "reference":
@@ -309,7 +309,7 @@ def main() -> int:
         print(f"{int(n):>7,} images: visroute {row['visroute']['seconds']:.3f} s (load1 {row['visroute']['load1']}), "
               f"reference {row.get('reference', {}).get('seconds', row.get('reference_extrapolated_s'))} s, "
               f"speed-up {row['speedup']}, identical {row.get('identical')}")
-    write_results("bench_disclip", doc)
+    write_results("bench_disclip", doc, smoke=args.smoke)
     return 0
 
 

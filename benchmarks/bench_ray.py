@@ -48,6 +48,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import shown_path, smoke_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,7 +134,7 @@ def run_once(name: str, engine, model, ds, args, work: Path) -> dict:
             "images_per_s": len(ds) / v["wall_time_s"], "acc1": doc["metrics"]["acc1"],
             "images_encoded": v["feature_cache"]["images_encoded"], "load_avg_1m_before": load,
             "busy_cores_during": (busy_seconds() - busy0) / wall, "cpu_s": cpu_s,
-            "cpu_ms_per_image": 1000 * cpu_s / len(ds), "cache": str(cache_dir)}
+            "cpu_ms_per_image": 1000 * cpu_s / len(ds), "cache": cache_dir.name}  # inside the work folder
 
 
 def engines_for(args, cores: int) -> dict:
@@ -186,7 +188,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="the local engine's device (actors: cuda when --num-gpus > 0)")
     ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_ray.json"))
-    args = ap.parse_args()
+    args = smoke_args(ap, sizes="24,48", actors="1", repeats=1)
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     os.environ.setdefault("VISROUTE_CACHE", str(work / "cache"))
@@ -214,7 +216,7 @@ def main() -> None:
                     row = run_once(name, engine, model, data[n], args, work)
                     row["repeat"] = r
                     if name != "local":
-                        row["bit_identical"], row["max_abs_diff"] = compare(Path(row["cache"]), work / f"features-local-{n}")
+                        row["bit_identical"], row["max_abs_diff"] = compare(work / row["cache"], work / f"features-local-{n}")
                         row["same_acc1"] = row["acc1"] == next(x["acc1"] for x in reversed(runs)
                                                                if x["config"] == "local" and x["images"] == n)
                     runs.append(row)
@@ -237,13 +239,16 @@ def main() -> None:
         print(f"{'':12s} cpu {s['cpu_ms_per_image']:5.2f} ms/img x{s['cpu_efficiency_to_local']:.2f}"
               f" | marginal cpu {s['marginal_cpu_ms_per_image']:5.2f} ms/img x{s['marginal_cpu_efficiency_to_local']:.2f}"
               f" | start-up cpu {s['startup_cpu_s']:5.1f}s")
-    doc = {"model": args.model, "device": args.device, "num_gpus_per_actor": args.num_gpus, "data": args.data,
+    doc = {"model": args.model, "device": args.device, "num_gpus_per_actor": args.num_gpus, "data": shown_path(args.data),
            "sizes": [n1, n2], "batch_size": args.batch_size, "shard_size": args.shard_size, "cores": cores,
            "torch_threads": torch.get_num_threads(), "ray_version": ray.__version__, "ray_init_s": ray_init_s,
            "runs": runs, "summary": summary}
+    if args.smoke:
+        print("smoke run: nothing written")
+        return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {shown_path(args.out)}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_results  # noqa: E402
+from _common import smoke_args, write_results  # noqa: E402
 
 # --------------------------------------------------------------------------- machine load / timing
 
@@ -454,7 +454,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait", type=float, default=600.0)
     ap.add_argument("--skip-mf", action="store_true")
     ap.add_argument("--side-texts", type=int, default=1500, help="texts embedded both ways for the side-by-side ratio")
-    args = ap.parse_args(argv)
+    args = smoke_args(ap, argv, rows=3000, models=3, datasets=2, prompts=2, option_vocab=5, few_epochs=1,
+                      single_reps=20, batch_reps=2, side_texts=20, max_load=1e9, max_wait=0.0, max_total_wait=0.0,
+                      skip_mf=True)
     MAX_LOAD, MAX_WAIT, WAIT_LEFT = args.max_load, args.max_wait, args.max_total_wait
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -626,7 +628,7 @@ def main(argv=None) -> int:
     for k, v in quality.items():
         print(f"| {k} | {v:.4f} |")
     print(f"\npeak RSS at exit: {rss_mib():.0f} MiB")
-    write_results("bench_router", {
+    write_results("bench_router", smoke=args.smoke, doc={
         "records": facts, "table_rows": len(table), "unique_texts": len(uniq), "route_build_cli": cli,
         "embed_side_by_side": side, "never_seen_text": unseen, "goal_seconds": goal,
         "phases": [vars(r) for r in rep.rows if not r.phase.startswith("latency")],

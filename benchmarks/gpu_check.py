@@ -2,7 +2,7 @@
 fp32 on the CPU and in fp32 / fp16 / bf16 on CUDA, and `classify`'s pipelined decoding keeps the GPU fed
 (images/s of visroute's loader + forward vs the raw forward on pre-decoded tensors, ViT-B/32-sized random model).
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --images ../shared/data/imagenet-sample
+    PYTHONPATH=src python benchmarks/gpu_check.py --images ../shared/data/imagenet-sample [--smoke]
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import time
 
 import torch
 
+from _common import smoke_args
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", default="../shared/data/imagenet-sample")
     ap.add_argument("--limit", type=int, default=512)
-    args = ap.parse_args()
+    args = smoke_args(ap, limit=16)
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     from visroute.features import encode_image_files
@@ -42,7 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         build_tiny_clip(d, seed=1, hidden=64, layers=2)
         ref = None
-        for device, dtype in [("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "bf16")]:
+        gpu = [("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "bf16")] if torch.cuda.is_available() else []
+        for device, dtype in [("cpu", "fp32"), *gpu]:
             m = load_model(f"hf:{d}", device=device, dtype=dtype)
             head = ZeroShotClassifier(m, ["a photo of a {c}."]).fit(labels)
             p = torch.from_numpy(head.predict_proba(encode_image_files(m, paths[:64], num_workers=4).embeddings))
@@ -50,6 +53,9 @@ def main() -> None:
                 ref = p
             print(f"{device:5s} {dtype}: max |p - p_cpu_fp32| = {(p - ref).abs().max().item():.2e}, "
                   f"top-1 agreement {(p.argmax(1) == ref.argmax(1)).float().mean().item():.3f}")
+        if not gpu:
+            print("no CUDA device: the GPU part is skipped")
+            return
         # ViT-B/32-sized random model: loader + forward vs raw forward
         big = f"{d}/b32"
         write_clip_tokenizer(big)

@@ -5,7 +5,7 @@ Prints, per router, accuracy at lambda = 0, the performance gap recovered, the o
 which the router first matches the best single model, as a fraction of the most expensive model's cost (a published
 multimodal routing benchmark reaches it at about 1/3).
 
-    python benchmarks/router_quality.py [--n 3000]
+    python benchmarks/router_quality.py [--n 3000] [--smoke]
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from visroute.router.data.embed import TextEmbedder  # noqa: E402
 from visroute.router.evaluate.curves import evaluate_router  # noqa: E402
 from visroute.router.learn.routers import KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter  # noqa: E402
 from visroute.testing.routing import COSTS, MODELS, make_records  # noqa: E402
+from _common import smoke_args  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args()
+    args = smoke_args(ap, n=200)
     texts, succ, cost, kinds = make_records(args.n, args.seed)
     X = TextEmbedder().embed(texts)
     test = np.random.default_rng(args.seed).random(len(texts)) < 0.3
