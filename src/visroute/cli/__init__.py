@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from visroute.cli import cache, classify, describe, evaluate, grid, reproduce, route, serve
-from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, VisrouteGroup, state
+from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, VisrouteGroup, set_verbosity
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_SOME_SKIPPED", "EXIT_USAGE"]
 
@@ -39,8 +39,8 @@ def _root(
     """Image classification with vision-language models."""
     from visroute.log import configure_logging
 
-    state["verbosity"] = verbose - quiet
-    configure_logging(state["verbosity"])
+    set_verbosity(verbose - quiet)
+    configure_logging(verbose - quiet)
 
 
 app.command()(classify.classify)

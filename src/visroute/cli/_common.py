@@ -7,6 +7,7 @@ fast, so each command imports the library inside its body.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -21,8 +22,18 @@ from visroute.errors import VisrouteError
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE = 0, 1, 2
 
-#: set by the root callback: count of -v minus count of -q; read by ``quiet_libraries``
-state = {"verbosity": 0}
+#: this invocation's -v/-q level: a context variable, so concurrent invocations (threads, tests) never share it
+_VERBOSITY: contextvars.ContextVar[int] = contextvars.ContextVar("visroute_verbosity", default=0)
+
+
+def set_verbosity(level: int) -> None:
+    """Called by the root callback: count of -v minus count of -q."""
+    _VERBOSITY.set(level)
+
+
+def verbosity() -> int:
+    return _VERBOSITY.get()
+
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
@@ -59,7 +70,7 @@ def make_engine(engine: str | None, ray_address: str | None = None, actors: int 
 def quiet_libraries() -> None:
     """Silence transformers' warnings and progress bars unless the user asked for -vv."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if state["verbosity"] >= 2:
+    if verbosity() >= 2:
         return
     import transformers
 

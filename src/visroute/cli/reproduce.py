@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, Json, error, quiet_libraries, state
+from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, Json, error, quiet_libraries, verbosity
 
 EXIT_MISSING = 3  # the same value as visroute.reproduce.EXIT_MISSING (kept here so --help loads no library)
 
@@ -37,7 +37,7 @@ def reproduce(recipe: Annotated[str, typer.Argument(help="A recipe name, or 'lis
     if dry_run:
         return _dry_run(recipe, scale, data_root, as_json)
     quiet_libraries()
-    log = (lambda m: None) if state["verbosity"] < 0 else (lambda m: typer.echo(m, err=True))
+    log = (lambda m: None) if verbosity() < 0 else (lambda m: typer.echo(m, err=True))
     try:
         result = run_recipe(recipe, scale, engine, out, data_root, log=log)
     except MissingPrerequisites as e:

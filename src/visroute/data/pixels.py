@@ -215,6 +215,7 @@ def _compose_fast(steps: list) -> FastResize | None:
     return FastResize(mode, size=(int(size[0]), int(size[1])), crop=crop, round_crop=True)
 
 
+# process-wide cache keyed by the preprocess object (weakly: it goes with its model); a plan is pure data
 _PLANS: "weakref.WeakKeyDictionary" = None  # type: ignore[assignment]
 
 

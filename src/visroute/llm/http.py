@@ -42,6 +42,7 @@ class EndpointLimiter:
     together still send at most 4 requests at once.
     """
 
+    # process-wide cache keyed by base URL, on purpose: one endpoint's capacity is shared by every generator here
     _all: dict[str, "EndpointLimiter"] = {}
     _registry = threading.Lock()
 

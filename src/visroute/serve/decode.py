@@ -67,7 +67,8 @@ def data_url_bytes(url: str) -> bytes:
         raise BadImageInput("the image data URL does not hold valid base64") from None
 
 
-#: model name -> its ``preprocess`` (in each worker process, and in the service's process for the thread fallback)
+#: model name -> its ``preprocess`` (in each worker process, and in the service's process for the thread fallback);
+#: per process by necessity: a decode-pool worker receives it once at start-up, not with every request
 _PREPROCESS: dict[str, Callable[[Any], Any]] = {}
 
 
