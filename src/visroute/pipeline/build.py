@@ -86,7 +86,7 @@ def build_pipeline(spec: PipelineSpec | dict, runtime: Runtime | None = None, mo
     runtime = runtime or Runtime()
     prices = price_table(spec)
     if spec.entry.answer is not None:
-        return spec.entry.answer(spec, runtime, prices)
+        return spec.entry.answer(spec, lambda model_spec: load_generative(model_spec, spec, runtime), prices)
     return ContrastivePipeline(spec, model if model is not None else load_contrastive(spec, runtime), prices)
 
 

@@ -6,8 +6,9 @@ Adding a head is one module plus one call::
     register_head(HeadEntry("my-head", needs=("model",), classify=my_fit, summary="..."))
 
 ``classify(spec, model, classnames, selection, params)`` returns fitted classifiers (several for repeated
-controls); ``answer(spec, runtime, prices)`` builds the task pipeline of a head that answers with generators
-(contrastive heads answer tasks by scoring the options, ``ContrastivePipeline``).
+controls); ``answer(spec, generator, prices)`` builds the task pipeline of a head that answers with generators
+(``generator(model_spec)`` gives a loaded one; contrastive heads answer tasks by scoring the options,
+``ContrastivePipeline``).
 """
 
 from __future__ import annotations
@@ -216,19 +217,17 @@ def _disclip(spec, model, classnames, selection, p):
         raise VisrouteError(str(e)) from None
 
 
-def _vlm(spec, runtime, prices):
+def _vlm(spec, generator, prices):
     from visroute.heads.vlm import VLMDirectPipeline
-    from visroute.pipeline.build import load_generative
 
-    return VLMDirectPipeline(load_generative(spec.vlm, spec, runtime), spec.prompt, prices, spec=spec)
+    return VLMDirectPipeline(generator(spec.vlm), spec.prompt, prices, spec=spec)
 
 
-def _vlm_llm(spec, runtime, prices):
+def _vlm_llm(spec, generator, prices):
     from visroute.heads.vlm import VLMThenLLMPipeline
-    from visroute.pipeline.build import load_generative
 
-    return VLMThenLLMPipeline(load_generative(spec.vlm, spec, runtime), load_generative(spec.llm, spec, runtime),
-                              spec.describe_prompt, spec.reason_prompt, prices, spec=spec)
+    return VLMThenLLMPipeline(generator(spec.vlm), generator(spec.llm), spec.describe_prompt, spec.reason_prompt,
+                              prices, spec=spec)
 
 
 DESC = ("model", "descriptions")
