@@ -231,18 +231,25 @@ def run_contrastive_cell(job: CellJob, runtime, cache, progress: bool = True) ->
 
 
 def run_task_cell(job: CellJob, runtime) -> dict:
+    """The cell's result document, or ``{"_failed": reason}`` when every call failed (nothing was written)."""
+    from visroute.errors import CallsFailed
     from visroute.eval.tasks_run import evaluate_tasks
     from visroute.pipeline.build import build_pipeline
 
-    return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
-                          job.skipped, dataset_spec=job.dataset_spec)
+    try:
+        return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
+                              job.skipped, dataset_spec=job.dataset_spec)
+    except CallsFailed as e:
+        return {"_failed": str(e)}
 
 
 def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> Path:
     """Run every (model, dataset, prompt) cell not yet done; return the combined records file.
 
     ``engine`` (``visroute.engine``): where the cells run; without one they run here, one after the other. Each
-    cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done."""
+    cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done.
+    A cell whose calls all failed stores nothing (it is re-measured next run); after the other cells are written,
+    ``CallsFailed`` says which."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -260,10 +267,27 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
         ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
+    failed = []
     for job, doc in cells:
+        if "_failed" in doc:  # no records: the cell is measured again on the next run
+            failed.append(job.cell_id)
+            log(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
+            continue
+        n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
+        if n_err:
+            log(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their records "
+                "are marked as errors and left out of routing tables")
         spec = job.spec
         atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
     parts = sorted((out / "records").glob("*.parquet"))
+    if failed:
+        from visroute.errors import CallsFailed
+
+        if parts:
+            atomic_write_parquet(out / "records.parquet", pa.concat_tables([pq.read_table(p) for p in parts],
+                                                                           promote_options="default"))
+        raise CallsFailed(f"{len(failed)} grid cell(s) failed, every call in error ({', '.join(failed[:5])}"
+                          f"{', ...' if len(failed) > 5 else ''}); they stored nothing and run again next time")
     combined = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
     target = out / "records.parquet"
     atomic_write_parquet(target, combined)
