@@ -130,3 +130,162 @@ def test_eval_vlm_whose_calls_all_fail_exits_1_and_writes_no_result(tmp_path, mo
     one_error_line(res, "all 4 call(s)", "failed")
     assert "0.000" not in res.stdout
     assert not list((tmp_path / "res").glob("*.json")) if (tmp_path / "res").exists() else True
+
+
+# ---------------------------------------------------------------- 2. range checks at every boundary
+
+def records_table(**cols) -> pa.Table:
+    n = len(next(iter(cols.values())))
+    base = {"task_id": [f"t{i}" for i in range(n)], "dataset": ["d"] * n, "prompt_variant": ["*"] * n,
+            "model": ["a" if i % 2 else "b" for i in range(n)], "correct": [True] * n, "cost": [0.1] * n}
+    return pa.table({**base, **cols})
+
+
+@pytest.mark.parametrize("col, values, words", [
+    ("cost", [math.inf, 0.1, 0.1, 0.1], "'cost' are not finite and >= 0"),
+    ("cost", [-1.0, 0.1, 0.1, 0.1], "'cost' are not finite and >= 0"),
+    ("correct", [7, 1, 0, 1], "'correct' are not 0/1"),
+    ("quality", [3.0, 0.5, 0.5, 0.5], "'quality' are not in [0, 1]"),
+    ("quality", [math.nan, 0.5, 0.5, 0.5], "'quality' are not in [0, 1]"),
+], ids=["cost-inf", "cost-negative", "correct-7", "quality-3", "quality-nan"])
+def test_records_out_of_range_are_refused_in_one_line(col, values, words):
+    from visroute.errors import VisrouteError
+    from visroute.router.table import build_table
+
+    with pytest.raises(VisrouteError, match=None) as e:
+        build_table(records_table(**{col: values}))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unpriced_records_keep_working():
+    from visroute.router.table import build_table
+
+    t = build_table(records_table(cost=[math.nan, None, 0.2, 0.0]))
+    assert np.isfinite(t.cost).any() and (np.nan_to_num(t.cost) >= 0).all()
+
+
+def make_bundle(d: Path, costs=(0.1, 1.0), lam: float = 0.0) -> Path:
+    from visroute.router.bundle import RouterBundle
+    from visroute.router.routers import make_router
+
+    rng = np.random.default_rng(0)
+    router = make_router("knn", k=3).fit(rng.normal(size=(12, 8)).astype(np.float32),
+                                          (rng.random((12, 2)) > 0.5).astype(np.float32))
+    RouterBundle(router, "knn", ["small", "large"], np.asarray(costs), lam).save(d)
+    return d
+
+
+def tamper(d: Path, fn) -> None:
+    info = json.loads((d / "router.json").read_text())
+    fn(info)
+    (d / "router.json").write_text(json.dumps(info))
+
+
+BUNDLES = [
+    ("costs-nan-negative", lambda i: i.update(costs=[float("nan"), -1]), "'costs' must be finite"),
+    ("costs-inf", lambda i: i.update(costs=[1e400, 1]), "'costs' must be finite"),
+    ("lambda-negative", lambda i: i.update({"lambda": -1}), "'lambda' must be finite and >= 0"),
+    ("lambda-nan", lambda i: i.update({"lambda": float("nan")}), "'lambda' must be finite and >= 0"),
+    ("lambda-string", lambda i: i.update({"lambda": "lots"}), "'lambda' must be a number"),
+    ("state-wrong-type", lambda i: i["router"]["state"].update(X_={"type": "json", "value": "many"}),
+     "cannot predict with its saved state"),
+    ("param-wrong-type", lambda i: i["router"]["params"].update(k="many"), "cannot predict with its saved state"),
+    ("meta-not-object", lambda i: i.update(meta=[1, 2]), "'meta' must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("name, fn, words", BUNDLES, ids=[b[0] for b in BUNDLES])
+def test_bundles_out_of_range_or_of_wrong_types_are_refused_at_load(tmp_path, name, fn, words):
+    from visroute.router.bundle import RouterBundle
+    from visroute.router.persist import BundleError
+
+    d = make_bundle(tmp_path / "router")
+    assert RouterBundle.load(d).models == ["small", "large"]  # the untouched bundle loads
+    tamper(d, fn)
+    with pytest.raises(BundleError) as e:
+        RouterBundle.load(d)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("lam", [-1.0, math.nan, math.inf])
+def test_choose_refuses_a_lambda_that_rewards_cost(lam):
+    from visroute.errors import InputError
+    from visroute.router.decide import choose
+
+    with pytest.raises(InputError, match="lambda must be finite"):
+        choose(np.full((1, 2), 0.5), np.array([0.1, 1.0]), lam)
+    with pytest.raises(InputError, match="costs must be finite"):
+        choose(np.full((1, 2), 0.5), np.array([math.nan, -1.0]), 0.0)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["route", "ask", "--task", "q", "--options", "a,b", "--lambda=-1000000", "--dry-run"], "--lambda must be finite"),
+    (["route", "ask", "--task", "q", "--options", "a,b", "--lambda", "nan", "--dry-run"], "--lambda must be finite"),
+    (["route", "train", "table", "--target-share", "1.5"], "target share must be in [0, 1]"),
+    (["route", "train", "table", "--target-cost=-1"], "target cost must be finite and > 0"),
+    (["route", "train", "table", "--heavy", "nosuch"], "--heavy 'nosuch' is not a model"),
+], ids=["lambda-negative", "lambda-nan", "target-share", "target-cost", "heavy-nosuch"])
+def test_cli_options_out_of_range_are_one_line_exit_2(tmp_path, args, words):
+    from visroute.router.table import build_table
+
+    make_bundle(tmp_path / "router")
+    build_table(records_table(cost=[0.1, 1.0, 0.1, 1.0] * 3, task_id=[f"t{i}" for i in range(12)],
+                              dataset=["d"] * 12, prompt_variant=["*"] * 12, correct=[True, False] * 6,
+                              model=["a", "b"] * 6, task_text=["q"] * 12), split_by="sample").save(tmp_path / "table")
+    res = run_cli(args, tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr
+    one_error_line(res, words)
+
+
+# ---------------------------------------------------------------- 3. one safe YAML/JSON loader
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+
+
+def test_yaml_alias_bomb_in_inline_prices_is_refused_at_once(tmp_path):
+    import time
+
+    from visroute.errors import VisrouteError
+    from visroute.router.grid import GridSpec
+
+    g = tmp_path / "grid.yaml"
+    inline = "\n".join("    " + line for line in BOMB.splitlines())
+    g.write_text(f"datasets: [x]\nmodels:\n  - name: m\n    head: vlm\n    vlm: hf:/x\n    prices:\n{inline}\n")
+    t0 = time.monotonic()
+    with pytest.raises(VisrouteError, match=r"YAML alias \*a at line \d+ refused") as e:
+        GridSpec.load(g)
+    assert time.monotonic() - t0 < 2 and "\n" not in str(e.value) and str(g) in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["json-deep", "yaml-deep", "yaml-alias", "json-not-utf8", "too-big"])
+def test_safe_loader_refusals_are_one_line(kind):
+    from visroute.safe_load import SafeLoadError, parse_json, parse_yaml
+
+    cases = {"json-deep": (parse_json, "[" * 100000 + "]" * 100000, "nested deeper than 64"),
+             "yaml-deep": (parse_yaml, "a: " + "[" * 5000, "nested deeper than 64"),
+             "yaml-alias": (parse_yaml, BOMB, "alias"),
+             "json-not-utf8": (parse_json, b"\xff\xfe{}", "not UTF-8"),
+             "too-big": (lambda t, w: parse_json(t, w, max_bytes=10), '{"a": "0123456789"}', "over the")}
+    fn, text, words = cases[kind]
+    with pytest.raises(SafeLoadError) as e:
+        fn(text, "f")
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_deeply_nested_router_json_is_one_line(tmp_path):
+    from visroute.router.bundle import RouterBundle
+    from visroute.router.persist import BundleError
+
+    d = make_bundle(tmp_path / "router")
+    (d / "router.json").write_text('{"schema": "visroute.router/2", "meta": ' + "[" * 200000 + "]" * 200000 + "}")
+    with pytest.raises(BundleError, match="nested deeper than 64") as e:
+        RouterBundle.load(d)
+    assert "\n" not in str(e.value)
+
+
+def test_depth_scan_ignores_brackets_in_strings():
+    from visroute.safe_load import json_depth, parse_json
+
+    assert json_depth(b'{"a": "[[[\\"[[[", "b": [[1]]}') == 3
+    assert parse_json('{"a": "' + "[" * 500 + '"}') == {"a": "[" * 500}

@@ -176,6 +176,10 @@ def route_ask(
     from visroute.router.run import route_task
 
     quiet_libraries()
+    if lam is not None:
+        from visroute.router.bundle import check_lambda
+
+        lam = check_lambda(lam, "--lambda")
     opts = [o.strip() for o in options.split(",") if o.strip()]
     if not task.strip() or len(opts) < 2:
         raise VisrouteError("give --task and at least two comma-separated --options")

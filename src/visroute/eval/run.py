@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +143,9 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     json_path, parquet_path = result_paths(Path(opts.output), ds.name, spec_text, opts)
     json_path.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad output path fails at once
     if opts.skip_existing and json_path.is_file():
-        doc = json.loads(json_path.read_text())
-        doc["_skipped_existing"] = True
-        return doc
+        doc = _existing_result(json_path)
+        if doc is not None:
+            return doc
     m = model if isinstance(model, ContrastiveModel) else load_model(model, device=opts.device, dtype=opts.dtype)
     spec = opts.to_spec(m.spec)
     from visroute.pipeline.build import build_pipeline
@@ -240,4 +239,28 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     write_predictions_parquet(parquet_path, ids, y, ds.classnames, topk, scores, extra)
     write_json(json_path, doc)
     doc["_file"] = str(json_path)
+    return doc
+
+
+def _existing_result(json_path: Path) -> dict | None:
+    """The result ``--skip-existing`` may keep, or None (with a warning) when it is damaged or its predictions
+    Parquet is gone: such a run is measured again, never trusted and never a traceback."""
+    import logging
+
+    from visroute.safe_load import SafeLoadError, read_json
+
+    log = logging.getLogger("visroute")
+    try:
+        doc = read_json(json_path, "result")
+    except SafeLoadError as e:
+        log.warning(f"{e}; running it again")
+        return None
+    if not isinstance(doc, dict):
+        log.warning(f"{json_path} is not a result; running it again")
+        return None
+    pq_name = (doc.get("visroute") or {}).get("predictions_file")
+    if pq_name and not (json_path.parent / str(pq_name)).is_file():
+        log.warning(f"{json_path}: its predictions file {pq_name} is missing; running it again")
+        return None
+    doc["_skipped_existing"] = True
     return doc

@@ -25,7 +25,6 @@ feature and response caches make repeated work free, so an interrupted grid resu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,20 +60,10 @@ class GridSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "GridSpec":
-        import yaml
+        from visroute.safe_load import read_yaml
 
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-        except OSError as e:
-            raise VisrouteError(f"cannot read grid file {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise VisrouteError(f"grid file {path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
-        except yaml.YAMLError as e:  # one line: where, and what the parser expected
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            what = " ".join(str(getattr(e, "problem", None) or e).split())
-            raise VisrouteError(f"grid file {path} is not valid YAML{where}: {what}") from None
+        raw = read_yaml(path, "grid file")
         if not isinstance(raw, dict) or not raw.get("datasets") or not raw.get("models"):
             raise VisrouteError(f"{path}: a grid needs 'datasets' and 'models' lists")
         for key in ("datasets", "models"):
@@ -90,6 +79,13 @@ class GridSpec:
         for k in raw:
             if k not in GRID_KEYS:
                 raise VisrouteError(f"{path}: unknown key '{k}'{nearest_key(str(k), GRID_KEYS)} (valid: {', '.join(GRID_KEYS)})")
+        limit, top_k = _positive_int(raw, "limit", path), _positive_int(raw, "options_top_k", path)
+        if "prompts" in raw and not (isinstance(raw["prompts"], list) and all(isinstance(p, str) for p in raw["prompts"])):
+            raise VisrouteError(f"{path}: 'prompts' must be a list of prompt names or files, found {raw['prompts']!r:.60}")
+        for i, d in enumerate(raw["datasets"]):
+            extra = sorted(set(d) - {"spec", "name"}) if isinstance(d, dict) else []
+            if extra:  # a misspelled key would be ignored silently
+                raise VisrouteError(f"{path}: datasets[{i}] has unknown key(s) {extra} (valid: spec, name)")
         base = path.parent
         rel = lambda p: str((base / p).resolve()) if isinstance(p, str) and p and not Path(p).is_absolute() \
             and (base / p).exists() else p  # noqa: E731
@@ -106,6 +102,8 @@ class GridSpec:
                 raise VisrouteError(f"{path}: each model needs 'name' and 'head': {m!r}")
             m = dict(m)
             variants = m.pop("prompts", None)
+            if variants is not None and not (isinstance(variants, list) and all(isinstance(p, str) for p in variants)):
+                raise VisrouteError(f"{path}: models[{i}] 'prompts' must be a list of prompt names or files")
             if isinstance(m.get("prices"), str):
                 m["prices"] = _read_prices(rel(m["prices"]), path)
             entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
@@ -116,9 +114,13 @@ class GridSpec:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise VisrouteError(f"{path}: model names must be unique ({names})")
+        if not isinstance(raw.get("output", ""), str):
+            raise VisrouteError(f"{path}: 'output' must be a folder path")
         out = Path(raw.get("output", "runs/grid"))
-        return cls(out if out.is_absolute() else base / out, datasets, models, prompts, raw.get("limit"),
-                   raw.get("options_top_k"), raw.get("prefilter"), raw.get("device", "auto"), raw.get("engine"))
+        out = out if out.is_absolute() else base / out
+        if out.exists() and not out.is_dir():
+            raise VisrouteError(f"{path}: output {out} exists and is not a folder")
+        return cls(out, datasets, models, prompts, limit, top_k, raw.get("prefilter"), raw.get("device", "auto"), raw.get("engine"))
 
     def cells(self) -> list[GridCell]:
         """Every (pipeline spec, prompt variant) the grid measures, in order."""
@@ -132,13 +134,22 @@ class GridSpec:
         return out
 
 
+def _positive_int(raw: dict, key: str, path: Path) -> int | None:
+    """An optional count >= 1 (``limit: 0`` would silently mean no limit; a string or -1 must not pass)."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise VisrouteError(f"{path}: '{key}' must be a whole number >= 1 (leave it out for no limit), found {v!r:.40}")
+    return v
+
+
 def _read_prices(path, where: Path) -> dict | None:
     if path is None:
         return None
-    try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise VisrouteError(f"{where}: cannot read price table {path}: {e}") from None
+    from visroute.safe_load import read_json
+
+    table = read_json(path, f"{where}: price table")
     if not isinstance(table, dict):
         raise VisrouteError(f"{where}: price table {path} must be a JSON object")
     return table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,11 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
     from visroute.pipeline.spec import PipelineSpec
 
     path = Path(result_json)
-    doc = json.loads(path.read_text())
+    from visroute.safe_load import read_json
+
+    doc = read_json(path, "result")
+    if not isinstance(doc, dict):
+        raise VisrouteError(f"{path}: a result file holds a JSON object")
     v = doc.get("visroute", {})
     pq_path = path.parent / v.get("predictions_file", path.with_suffix(".parquet").name)
     if not pq_path.is_file():

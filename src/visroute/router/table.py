@@ -145,7 +145,11 @@ class RoutingTable:
         d = Path(directory)
         if not (d / "table.parquet").is_file():
             raise VisrouteError(f"{d} holds no routing table (run `visroute route build` first)")
-        meta = json.loads((d / "table.json").read_text())
+        from visroute.safe_load import read_json
+
+        meta = read_json(d / "table.json", "routing table")
+        if not isinstance(meta, dict) or not isinstance(meta.get("models"), list):
+            raise VisrouteError(f"{d / 'table.json'}: not a routing table description (no 'models' list)")
         t = pq.read_table(d / "table.parquet")
         models = meta.pop("models")
         col = lambda c: t.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
