@@ -289,3 +289,157 @@ def test_depth_scan_ignores_brackets_in_strings():
 
     assert json_depth(b'{"a": "[[[\\"[[[", "b": [[1]]}') == 3
     assert parse_json('{"a": "' + "[" * 500 + '"}') == {"a": "[" * 500}
+
+
+# ---------------------------------------------------------------- 4. tracebacks become one line; silent wrongs errors
+
+GRID_VALUES = [
+    ("limit-lots", "limit: lots\n", "'limit' must be a whole number >= 1"),
+    ("limit-negative", "limit: -1\n", "'limit' must be a whole number >= 1"),
+    ("limit-zero", "limit: 0\n", "'limit' must be a whole number >= 1"),
+    ("prompts-5", "prompts: 5\n", "'prompts' must be a list"),
+    ("top-k-negative", "options_top_k: -3\n", "'options_top_k' must be a whole number >= 1"),
+    ("output-file", "output: afile\n", "exists and is not a folder"),
+    ("dataset-typo", None, "unknown key(s) ['nmae']"),
+]
+
+
+@pytest.mark.parametrize("name, extra, words", GRID_VALUES, ids=[g[0] for g in GRID_VALUES])
+def test_grid_values_out_of_range_are_one_line(tmp_path, name, extra, words):
+    from visroute.errors import VisrouteError
+    from visroute.router.grid import GridSpec
+
+    (tmp_path / "afile").write_text("I am a file")
+    g = tmp_path / "grid.yaml"
+    datasets = "[{spec: x, nmae: y}]" if extra is None else "[x]"
+    g.write_text(f"datasets: {datasets}\nmodels: [{{name: m, head: zeroshot, model: 'hf:/x'}}]\n{extra or ''}")
+    with pytest.raises(VisrouteError) as e:
+        GridSpec.load(g)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_grid_limit_lots_is_one_line_exit_2(tmp_path):
+    g = tmp_path / "grid.yaml"
+    g.write_text("datasets: [x]\nmodels: [{name: m, head: zeroshot, model: 'hf:/x'}]\nlimit: lots\n")
+    res = run_cli(["grid", "run", str(g)], tmp_path, timeout=60)
+    assert res.returncode == 2
+    one_error_line(res, "'limit' must be a whole number")
+
+
+@pytest.mark.parametrize("kind", ["not-parquet", "empty"])
+def test_records_file_not_parquet_or_empty_is_one_line(tmp_path, kind):
+    from visroute.errors import VisrouteError
+    from visroute.router.table import read_records
+
+    p = tmp_path / "records.parquet"
+    p.write_bytes(b"" if kind == "empty" else b"task_id,model\n1,a\n")
+    with pytest.raises(VisrouteError, match="is not a readable records file") as e:
+        read_records(p)
+    assert "\n" not in str(e.value)
+
+
+def test_cache_env_naming_a_file_and_out_naming_a_file_are_one_line(tmp_path, monkeypatch):
+    from visroute.errors import VisrouteError
+    from visroute.io import atomic_write_json, cache_root
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "f"))
+    with pytest.raises(VisrouteError, match="is not a folder"):
+        cache_root()
+    with pytest.raises(VisrouteError, match="a file stands where a folder is needed") as e:
+        atomic_write_json(tmp_path / "f" / "table.json", {})
+    assert "\n" not in str(e.value) and (tmp_path / "f").read_text() == "x"
+
+
+def test_disk_full_while_writing_is_one_line_and_earlier_results_stay(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from visroute.io import WriteError, atomic_write_json
+
+    target = tmp_path / "result.json"
+    atomic_write_json(target, {"earlier": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match="the disk is full") as e:
+        atomic_write_json(target, {"later": 2})
+    assert isinstance(e.value, OSError) and "\n" not in str(e.value)
+    assert json.loads(target.read_text()) == {"earlier": 1} and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_skip_existing_with_a_damaged_result_or_missing_predictions_runs_again(tmp_path, caplog):
+    import logging
+
+    from visroute.eval.run import _existing_result
+
+    bad = tmp_path / "r.json"
+    bad.write_text('{"dataset": "d", "metr')
+    with caplog.at_level(logging.WARNING, logger="visroute"):
+        assert _existing_result(bad) is None
+    good = tmp_path / "g.json"
+    good.write_text(json.dumps({"dataset": "d", "visroute": {"predictions_file": "g.parquet"}}))
+    with caplog.at_level(logging.WARNING, logger="visroute"):
+        assert _existing_result(good) is None  # its predictions Parquet is gone
+    (tmp_path / "g.parquet").write_bytes(b"x")
+    assert _existing_result(good)["_skipped_existing"] is True
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("not valid JSON" in m for m in msgs) and any("is missing; running it again" in m for m in msgs)
+
+
+def test_a_pickle_in_a_model_folder_is_one_line_and_never_runs(tmp_path, tiny_clip_dir):
+    import pickle
+    import shutil
+
+    from visroute.errors import ModelLoadError
+    from visroute.models import load_model
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_clip_dir, d)
+    for w in d.glob("*.safetensors"):
+        w.unlink()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(f"hf:{d}")
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
+def test_description_file_of_only_empty_lists_is_an_error(tmp_path):
+    from visroute.descriptions.sets import DescriptionError, load_descriptions
+
+    p = tmp_path / "d.json"
+    p.write_text('{"cat": [], "dog": []}')
+    with pytest.raises(DescriptionError, match="every class's description list is empty"):
+        load_descriptions(p)
+    p.write_text('{"cat": ["whiskers"], "dog": []}')  # some empty classes stay allowed (fallbacks fill them)
+    assert load_descriptions(p).empty_classes == ["dog"]
+
+
+def test_contradictory_duplicate_manifest_rows_are_flagged(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from visroute.data.datasets import load_dataset
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\na.png,cat\nb.png,dog\na.png,dog\n")
+    with caplog.at_level(logging.WARNING, logger="visroute"):
+        load_dataset(str(m))
+    warned = [r.getMessage() for r in caplog.records if "second, different label" in r.getMessage()]
+    assert len(warned) == 1 and "'dog' here but 'cat'" in warned[0] and "\n" not in warned[0]
+    caplog.clear()
+    m.write_text("path,label\na.png,cat\nb.png,dog\na.png,cat\n")  # an agreeing repeat is fine
+    with caplog.at_level(logging.WARNING, logger="visroute"):
+        assert len(load_dataset(str(m))) == 3
+    assert not [r for r in caplog.records if "second, different label" in r.getMessage()]

@@ -168,7 +168,16 @@ def _disclip_format(data: dict, path: Path, kind: str | None, prov: dict) -> Des
 
 
 def load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
-    """Read any supported description file; malformed files raise DescriptionError naming the problem."""
+    """Read any supported description file; malformed files raise DescriptionError naming the problem, and so does
+    a file whose every class has no description (it would silently evaluate as plain class names)."""
+    dset = _load_descriptions(path, kind)
+    if len(dset) and all(not d for d in dset.descriptions):
+        raise DescriptionError(f"{Path(path).expanduser()}: every class's description list is empty; there is "
+                               "nothing to evaluate (generate descriptions first, or drop --descriptions)")
+    return dset
+
+
+def _load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
     path = Path(path).expanduser()
     data = _read_json(path)
     if not isinstance(data, dict):
