@@ -111,7 +111,7 @@ class EvalArgs:
 @options_from(EvalArgs)
 def eval_cmd(args: EvalArgs) -> None:
     """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
-    from visroute.errors import VisrouteError
+    from visroute.errors import CallsFailed, VisrouteError
     from visroute.eval.report import summary_table, task_table
     from visroute.pipeline.heads import HEADS
 
@@ -139,11 +139,17 @@ def eval_cmd(args: EvalArgs) -> None:
             warn(f"skipped task row {s['row']}: {s['reason']}")
     for message in errors:
         error(message)
+    v = [d.get("visroute", {}) for d in rows]
+    for doc, x in zip(rows, v):
+        if x.get("n_errors"):  # partial failure: counted, and those tasks are errors in the result, not samples
+            warn(f"{doc['dataset']}: {x['n_errors']} of {x.get('n_tasks')} call(s) failed")
     if rows:
         typer.echo(table(rows))
-    v = [d.get("visroute", {}) for d in rows]
-    n_skipped = sum(len(x.get("skipped", [])) + len(x.get("skipped_rows", [])) for x in v)
-    raise typer.Exit(exit_code(len(rows), len(errors) + n_skipped))
+    n_skipped = sum(len(x.get("skipped", [])) + len(x.get("skipped_rows", [])) + int(x.get("n_errors") or 0) for x in v)
+    code = exit_code(len(rows), len(errors) + n_skipped)
+    if code == 2 and errors and all(CallsFailed.marker in m for m in errors):
+        code = 1  # every call failed: a failure of the run, not of how it was asked for
+    raise typer.Exit(code)
 
 
 def report(

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from visroute.cli._common import RouterDir, TableDir, quiet_libraries
+from visroute.cli._common import RouterDir, TableDir, quiet_libraries, warn
 from visroute.router.learn.kinds import ROUTER_KINDS
 
 
@@ -49,6 +49,8 @@ def route_build(
     quiet_libraries()
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if table.meta.get("n_failed_dropped"):
+        warn(f"dropped {table.meta['n_failed_dropped']} record(s) of failed calls (errors are not samples)")
     report = None
     if quality or dedup:
         table, report = checked_table(table, dedup, dup_threshold)
@@ -154,7 +156,8 @@ def _metric_lines(report: dict) -> list[str]:
     if "llm_router" in report:
         llm = report["llm_router"]
         lines.append(f"LLM router {llm['spec']}: accuracy {llm['accuracy']:.4f}, cost {llm['cost']:.3g} "
-                     f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}")
+                     f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}"
+                     + (f"; {llm['failed']} call(s) FAILED (routed to the cheapest model)" if llm.get("failed") else ""))
     return lines
 
 
@@ -175,6 +178,10 @@ def route_ask(
     from visroute.router.decide.run import route_task
 
     quiet_libraries()
+    if lam is not None:
+        from visroute.router.decide.bundle import check_lambda
+
+        lam = check_lambda(lam, "--lambda")
     opts = [o.strip() for o in options.split(",") if o.strip()]
     if not task.strip() or len(opts) < 2:
         raise VisrouteError("give --task and at least two comma-separated --options")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +80,9 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
     json_path, parquet_path = result_paths(Path(run.output), ds.name, spec_text, spec)
     json_path.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad output path fails at once
     if run.skip_existing and json_path.is_file():
-        doc = json.loads(json_path.read_text())
-        doc["_skipped_existing"] = True
-        return doc
+        doc = _existing_result(json_path)
+        if doc is not None:
+            return doc
     m = model if model is not None else load_model(spec.model, device=spec.device, dtype=spec.dtype)
     params = spec.head_params  # recorded whole: every parameter the head read, defaults included
     spec = spec.replace(model=m.spec, params={k: v for k, v in params.items() if v != []},
@@ -179,4 +178,28 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
     write_predictions_parquet(parquet_path, ids, y, ds.classnames, topk, scores, extra)
     write_json(json_path, doc)
     doc["_file"] = str(json_path)
+    return doc
+
+
+def _existing_result(json_path: Path) -> dict | None:
+    """The result ``--skip-existing`` may keep, or None (with a warning) when it is damaged or its predictions
+    Parquet is gone: such a run is measured again, never trusted and never a traceback."""
+    import logging
+
+    from visroute.safe_load import SafeLoadError, read_json
+
+    log = logging.getLogger("visroute")
+    try:
+        doc = read_json(json_path, "result")
+    except SafeLoadError as e:
+        log.warning(f"{e}; running it again")
+        return None
+    if not isinstance(doc, dict):
+        log.warning(f"{json_path} is not a result; running it again")
+        return None
+    pq_name = (doc.get("visroute") or {}).get("predictions_file")
+    if pq_name and not (json_path.parent / str(pq_name)).is_file():
+        log.warning(f"{json_path}: its predictions file {pq_name} is missing; running it again")
+        return None
+    doc["_skipped_existing"] = True
     return doc

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -258,7 +259,7 @@ class HFCausalLMGenerator(Generator):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
             self.model = AutoModelForCausalLM.from_pretrained(location).to(device).eval()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, pickle.UnpicklingError) as e:  # a refused pickle too: one line
             raise ModelLoadError(f"could not load causal LM '{location}' ({str(e).splitlines()[0]})") from e
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

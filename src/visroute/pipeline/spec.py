@@ -104,10 +104,12 @@ class PipelineSpec:
 
     @classmethod
     def from_json(cls, text: str, where: str = "pipeline spec") -> "PipelineSpec":
+        from visroute.safe_load import SafeLoadError, parse_json
+
         try:
-            return cls.from_dict(json.loads(text), where)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"{where}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            return cls.from_dict(parse_json(text, where), where)
+        except SafeLoadError as e:
+            raise SpecError(str(e)) from None
 
     # -- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -154,15 +156,9 @@ class PipelineSpec:
 
 
 def _parse_text(text: str, path: Path) -> Any:
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    import yaml
+    from visroute.safe_load import SafeLoadError, parse_json, parse_yaml
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        return (parse_json if path.suffix.lower() == ".json" else parse_yaml)(text, str(path))
+    except SafeLoadError as e:
+        raise SpecError(str(e)) from None

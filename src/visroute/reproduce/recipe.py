@@ -80,12 +80,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             names = recipe_names()
             raise RecipeError(f"no recipe '{name_or_path}'{nearest_key(str(name_or_path), names)} "
                               f"(recipes: {', '.join(names)}; `visroute reproduce list` describes them)")
-    import yaml
+    from visroute.safe_load import SafeLoadError, read_yaml
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RecipeError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from None
+        raw = read_yaml(path, "recipe")
+    except SafeLoadError as e:
+        raise RecipeError(str(e)) from None
     return validate(raw, path)
 
 

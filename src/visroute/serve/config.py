@@ -243,16 +243,13 @@ def load_config(path: str | Path | None) -> ServeConfig:
     """The config at ``path`` (YAML or JSON), or the built-in default: random-tiny on the shipped ImageNet names."""
     if path is None:
         return default_config()
-    import yaml
+    from visroute.safe_load import SafeLoadError, read_yaml
 
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ServeConfigError(f"cannot read the serve config {p}: {e.strerror or e}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ServeConfigError(f"{p}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        raw = read_yaml(p, "serve config")
+    except SafeLoadError as e:
+        raise ServeConfigError(str(e)) from None
     return parse_config(raw, str(p), p.resolve().parent)
 
 
