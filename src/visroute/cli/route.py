@@ -38,19 +38,26 @@ def route_build(
     dedup: Annotated[bool, typer.Option(help="Drop val/test rows that nearly repeat a training row.")] = False,
     dup_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine similarity of a near-duplicate.")] = 0.95,
     quality: Annotated[bool, typer.Option(help="Data-quality report (leakage, label noise, balance).")] = True,
+    strip_shared: Annotated[bool, typer.Option(help="Embed task texts without the prefix/suffix a dataset's texts all share.")] = True,
 ) -> None:
     """Aggregate records into a routing table with train/val/test splits, and report on its quality
-    (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance."""
+    (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance, and each
+    dataset's shared prefix/suffix and text beyond the embedder's window (the router embeds what differs)."""
     from visroute.io import atomic_write_json
     from visroute.router.quality import checked_table, format_report
     from visroute.router.table import build_table, read_records
 
     quiet_libraries()
+    from visroute.router.texts import detect_rule, format_text_report
+
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    rule = detect_rule(table.text, table.dataset) if strip_shared else None
+    if rule is not None:
+        table.meta["text_rule"] = rule.to_dict()
     report = None
     if quality or dedup:
-        table, report = checked_table(table, dedup, dup_threshold)
+        table, report = checked_table(table, dedup, dup_threshold, rule=rule)
     table.save(out)
     counts = {k: int((table.split == k).sum()) for k in ("train", "val", "test")}
     typer.echo(f"wrote {out}: {len(table)} rows x {len(table.models)} models ({', '.join(table.models)}); splits {counts}")
@@ -58,24 +65,40 @@ def route_build(
         atomic_write_json(out / "quality.json", report, indent=1)
         for line in format_report(report) + ([f"removed {report['dedup_removed']} near-duplicate row(s)"] if dedup else []):
             typer.echo(line)
+        for line in format_text_report(report.get("texts") or {}):
+            typer.echo(line, err=line.startswith("warning"))
 
 
 @app.command("import")
 def route_import(
-    source: Annotated[str, typer.Argument(help="Data source: routellm.")],
-    directory: Annotated[Path, typer.Argument(help="A checkout of the source's repository.")],
+    source: Annotated[str, typer.Argument(help="Data source: routellm or routerbench.")],
+    paths: Annotated[list[Path], typer.Argument(help="routellm: a checkout of RouteLLM; routerbench: CSV/Parquet file(s).")],
     out: Annotated[Path, typer.Option(help="Records Parquet file to write.")] = Path("records.parquet"),
-    price: Annotated[Optional[list[str]], typer.Option(help="MODEL=USD per million tokens (repeatable).")] = None,
-    keep_contaminated: Annotated[bool, typer.Option(help="Keep prompts the source marks as contaminated.")] = False,
+    price: Annotated[Optional[list[str]], typer.Option(help="routellm: MODEL=USD per million tokens (repeatable).")] = None,
+    keep_contaminated: Annotated[bool, typer.Option(help="routellm: keep prompts it marks as contaminated.")] = False,
 ) -> None:
-    """Turn public routing data into visroute records: `routellm` reads RouteLLM's GSM8K responses and MT-Bench
-    judgements (its development sets; its MMLU test set is never read)."""
+    """Turn public routing data into visroute records. `routellm` reads RouteLLM's GSM8K responses and MT-Bench
+    judgements (its development sets; its MMLU test set is never read). `routerbench` reads RouterBench's
+    CSV/Parquet layout (a column per model with its outcome, MODEL|total_cost, prompt, eval_name, sample_id) with
+    the real cost of every call; pickles are refused (loading one runs code)."""
     from visroute.errors import VisrouteError
+
+    if source == "routerbench":
+        from visroute.router.routerbench import import_routerbench
+
+        s = import_routerbench(paths, out)
+        typer.echo(f"{s['tasks']} tasks x {len(s['models'])} models from {len(s['files'])} file(s) "
+                   f"({', '.join(s['datasets'])}): {s['records']} records; skipped {s['skipped_cells']} missing or "
+                   f"out-of-range outcomes, {s['duplicate_prompts']} repeated prompts")
+        typer.echo(f"wrote {out}")
+        return
+    if source != "routellm":
+        raise VisrouteError(f"unknown routing data source '{source}' (known: routellm, routerbench)")
+    if len(paths) != 1:
+        raise VisrouteError("routellm takes one folder: a checkout of github.com/lm-sys/RouteLLM")
     from visroute.router.routellm import import_routellm, parse_prices
 
-    if source != "routellm":
-        raise VisrouteError(f"unknown routing data source '{source}' (known: routellm)")
-    summary = import_routellm(directory, out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
+    summary = import_routellm(paths[0], out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
     for bench in ("gsm8k", "mt-bench"):
         b = summary[bench]
         typer.echo(f"{bench}: {b['tasks']} tasks, {b['records']} records ({b['dropped_contaminated']} contaminated dropped)")
@@ -139,7 +162,12 @@ def _metric_lines(report: dict) -> list[str]:
     ref, op = report["reference"], report["operating_point"]
     axis = "strong-call share" if ref["axis"] == "strong_share" else "normalised cost"
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"PGR between {ref['cheap']} and {ref['best']}; axis: {axis}; router at {op['x']:.3f}",
+    lines = aiq_lines(report.get("aiq"))
+    if ref["cheap"] == ref["best"] or not ref["accuracy_best"] > ref["accuracy_cheap"]:
+        lines.append(f"APGR and CPT are undefined here: the most accurate single model ({ref['best']}) is also the "
+                     "cheapest, so there is no accuracy gap between cheap and best for a router to recover; "
+                     "AIQ above compares every policy on the whole cost range instead")
+    lines += [f"PGR between {ref['cheap']} and {ref['best']}; axis: {axis}; router at {op['x']:.3f}",
              f"{'policy':<16} {'APGR':>6} {'APGR-10':>8} {'CPT50':>6} {'CPT80':>6} {'acc@router':>11}"]
     for name, m in report["routing_metrics"].items():
         eq = op["at_equal_share"].get(name, {"accuracy": op["accuracy"]} if name == "router" else {})
@@ -153,6 +181,25 @@ def _metric_lines(report: dict) -> list[str]:
         llm = report["llm_router"]
         lines.append(f"LLM router {llm['spec']}: accuracy {llm['accuracy']:.4f}, cost {llm['cost']:.3g} "
                      f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}")
+    return lines
+
+
+def aiq_lines(aiq: dict | None) -> list[str]:
+    """RouterBench's AIQ per policy with bootstrap intervals, beside the zero router (single-model hull)."""
+    if not aiq:
+        return []
+    ci = lambda v: "" if not v else f" [{v[0]:.3f}, {v[1]:.3f}]"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'policy':<16} {'AIQ [95% CI]':>22} {'gain vs hull':>24} {'acc@best cost':>14} {'cost to best acc':>17}"]
+    for name, r in aiq.items():
+        if not isinstance(r, dict) or "aiq" not in r:
+            continue
+        gain = "" if name == "zero_router" else f"{r['gain']:+.3f}{ci(r.get('gain_ci'))}"
+        cost = "never" if r["cost_to_best_accuracy"] is None else f"{r['cost_to_best_accuracy']:.0%} of best"
+        lines.append(f"{name:<16} {r['aiq']:>7.3f}{ci(r.get('aiq_ci')):>15} {gain:>24} "
+                     f"{num(r['accuracy_at_best_cost']):>14} {cost:>17}")
+    lines.append(f"(AIQ: area under the accuracy/normalised-cost hull; zero_router = the single models' hull; "
+                 f"{aiq.get('n_boot', 0)} bootstrap resamples of {aiq.get('tasks', 0)} tasks)")
     return lines
 
 

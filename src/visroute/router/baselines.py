@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from visroute.errors import VisrouteError
+from visroute.router.aiq import aiq_report, sweep_outcomes
 from visroute.router.bundle import RouterBundle
+from visroute.router.decide import choose, lambda_grid
 from visroute.router.evaluate import realised, evaluate_router
 from visroute.router.policies import at_share, dataset_prior, policy_curve, reference
 from visroute.router.table import RoutingTable
 
 
-def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndarray:
-    """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``."""
+def knn_proba(table: RoutingTable, part: str = "test", embedder=None, rule=None) -> np.ndarray:
+    """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``
+    (texts as the router sees them: ``rule`` strips each dataset's shared affixes)."""
     from visroute.router.embed import TextEmbedder
     from visroute.router.routers import KNNRouter
 
@@ -29,8 +32,9 @@ def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndar
     if len(train) == 0:
         raise VisrouteError("the routing table has no training rows for the kNN baseline")
     emb = embedder or TextEmbedder()
-    knn = KNNRouter().fit(emb.embed(train.text), train.success, train.weight)
-    return knn.predict_proba(emb.embed(test.text))
+    f = rule.apply_all if rule is not None else list
+    knn = KNNRouter().fit(emb.embed(f(train.text)), train.success, train.weight)
+    return knn.predict_proba(emb.embed(f(test.text)))
 
 
 def prior_proba(table: RoutingTable, part: str = "test") -> np.ndarray:
@@ -68,7 +72,8 @@ def llm_router_report(table: RoutingTable, test: RoutingTable, bundle: RouterBun
             "unparsed": out["unparsed"], "cached": out["cached"], "failed": out["failed"], "at_equal_share": others}
 
 
-def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test", llm_router=None) -> dict:
+def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test", llm_router=None,
+                            n_boot: int = 200) -> dict:
     """The router's report on ``part`` (see ``evaluate_router``) with kNN and dataset-prior baselines, the
     calibration target beside the realised share, and the LLM router when one is given."""
     if bundle.models != table.models:
@@ -78,7 +83,8 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
         raise VisrouteError(f"the table has no '{part}' rows")
     proba = bundle.predict_proba(test.text, bundle.table_images(test))
     report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
-    baselines = {"knn": knn_proba(table, part, bundle._embedder()), "dataset_prior": prior_proba(table, part)}
+    baselines = {"knn": knn_proba(table, part, bundle._embedder(), bundle.text_rule),
+                 "dataset_prior": prior_proba(table, part)}
     for name, p in baselines.items():
         add_baseline(report, name, p, test, bundle.costs)
     op = report["operating_point"]
@@ -92,7 +98,15 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     if llm_router is not None:
         report["llm_router"] = llm_router_report(table, test, bundle, llm_router, {"router": proba, **baselines})
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
+    policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
+                for name, p in {"router": proba, **baselines}.items()}
+    report["aiq"] = aiq_report(policies, test.success, test.cost, test.weight, n_boot=n_boot)
     return report
+
+
+def sweep_picks(proba: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Model picks (lambdas x tasks) of ``choose`` over the lambda sweep: a router's operating points."""
+    return np.stack([choose(proba, costs, lam) for lam in lambda_grid(proba, costs)])
 
 
 def evaluate_router_dir(table_dir: Path, router_dir: Path, out: Path, part: str = "test", llm_spec: str | None = None,

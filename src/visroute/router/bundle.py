@@ -17,8 +17,19 @@ from visroute.router.decide import calibrate, choose
 from visroute.router.persist import BundleError, load_state, save_state
 from visroute.router.routers import ROUTERS, make_router
 from visroute.router.table import RoutingTable
+from visroute.router.texts import TextRule
 
 SCHEMA = "visroute.router/2"
+
+
+@dataclass
+class Decision:
+    """Which model a task goes to, and what the router expected of each."""
+
+    chosen: str
+    lam: float
+    predicted_accuracy: dict[str, float]
+    expected_cost: dict[str, float]
 
 
 @dataclass
@@ -33,30 +44,62 @@ class RouterBundle:
     pipelines: dict[str, dict[str, dict]] = field(default_factory=dict)   # model -> prompt variant -> spec dict
     default_variant: dict[str, str] = field(default_factory=dict)         # model -> variant used at route time
     meta: dict = field(default_factory=dict)
+    text_rule: TextRule = field(default_factory=TextRule)                 # shared affixes the features strip
 
     # -- features ---------------------------------------------------------------------------------
-    def _embedder(self):
-        from visroute.router.embed import TextEmbedder
+    def _runtime(self, runtime=None):
+        """The caller's runtime (a service's, a ``Router``'s) or, for training and evaluation, this bundle's own."""
+        if runtime is not None:
+            return runtime
+        from visroute.pipeline.build import Runtime
 
-        return self.__dict__.setdefault("_text_embedder", TextEmbedder())
+        return self.__dict__.setdefault("_own_runtime", Runtime())
 
-    def featurise(self, texts, images: np.ndarray | None = None) -> Any:
-        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image)."""
+    def _embedder(self, runtime=None):
+        from visroute.router.embed import text_embedder
+
+        return text_embedder(self._runtime(runtime))
+
+    def featurise(self, texts, images: np.ndarray | None = None, *, runtime=None) -> Any:
+        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image). The
+        bundle's text rule removes the shared affixes first, exactly as in training."""
+        texts = self.text_rule.apply_all(texts)
         if getattr(self.router, "takes_text", False):
             return list(texts)
-        X = self._embedder().embed(list(texts))
+        X = self._embedder(runtime).embed(list(texts))
         if self.features == "text+image":
             if images is None:
                 raise VisrouteError("this router also looks at the image: give image embeddings")
             X = np.hstack([X, np.asarray(images, np.float32)])
         return X
 
-    def predict_proba(self, texts, images: np.ndarray | None = None) -> np.ndarray:
-        return np.asarray(self.router.predict_proba(self.featurise(texts, images)))
+    def predict_proba(self, texts, images: np.ndarray | None = None, runtime=None) -> np.ndarray:
+        X = self.featurise(texts, images) if runtime is None else self.featurise(texts, images, runtime=runtime)
+        return np.asarray(self.router.predict_proba(X))
 
-    def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        proba = self.predict_proba(texts, images)
+    def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None,
+               runtime=None) -> tuple[np.ndarray, np.ndarray]:
+        """Batch decision on precomputed image embeddings: (model index per task, predicted success)."""
+        proba = self.predict_proba(texts, images, runtime)
         return choose(proba, self.costs, self.lam if lam is None else lam), proba
+
+    def choose(self, text: str, image=None, lam: float | None = None, runtime=None) -> "Decision":
+        """The one routing decision every entry point makes (``visroute route``, ``Router.route``, ``/v1/route``,
+        the chat proxy): ``image`` is a file path, a decoded PIL image or None (text-only). Models load through
+        ``runtime``'s memo, so a service that passes its runtime holds one copy of each."""
+        images = None
+        if self.features == "text+image":
+            from visroute.router.images import encode_paths, encode_pils
+
+            rt = self._runtime(runtime)
+            if image is None or isinstance(image, (str, Path)):
+                images = encode_paths(self.image_model, [str(image) if image is not None else ""], rt)
+            else:
+                images = encode_pils(self.image_model, [image], rt)
+        lam = self.lam if lam is None else float(lam)
+        picks, proba = self.decide([text], images, lam, runtime)
+        return Decision(self.models[int(picks[0])], lam, {m: float(p) for m, p in zip(self.models, proba[0])},
+                        {m: float(c) for m, c in zip(self.models, self.costs)})
 
     def table_images(self, part: RoutingTable) -> np.ndarray | None:
         """Image embeddings for table rows from the feature cache (None for text-only routers)."""
@@ -64,7 +107,7 @@ class RouterBundle:
             return None
         from visroute.router.images import table_image_embeddings
 
-        return table_image_embeddings(self.image_model, part)
+        return table_image_embeddings(self.image_model, part, self._runtime())
 
     def pipeline_spec(self, model: str, variant: str | None = None):
         """The exact pipeline spec that was measured for ``model`` (and prompt variant)."""
@@ -86,7 +129,8 @@ class RouterBundle:
         state = save_state(self.router, d / "state")
         info = {"schema": SCHEMA, "kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs],
                 "lambda": self.lam, "features": self.features, "image_model": self.image_model,
-                "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state}
+                "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state,
+                "text_rule": self.text_rule.to_dict()}
         atomic_write_json(d / "router.json", info, indent=1)
         return d
 
@@ -116,7 +160,8 @@ class RouterBundle:
             raise BundleError(f"{path}: 'features' must be text or text+image and 'costs' match 'models'")
         router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
         return cls(router, kind, models, costs, float(info.get("lambda", 0.0)), features, info.get("image_model"),
-                   dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
+                   dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}),
+                   TextRule.from_dict(info.get("text_rule")))
 
 
 def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
@@ -147,7 +192,8 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
     pipelines = dict(table.meta.get("pipelines") or {})
     bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), train.model_costs(),
-                          0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
+                          0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta},
+                          TextRule.from_dict(table.meta.get("text_rule")))
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
     bundle.router.fit(Xtr, train.success, sample_weight=train.weight) if kind != "slm" else bundle.router.fit(Xtr, train.success)
     if target_cost is not None or target_share is not None:

@@ -31,16 +31,10 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
                lam: float | None = None, run: bool = True, variant: str | None = None, runtime=None) -> dict:
     """Choose a model for one task and (``run``) answer it with that model's measured pipeline."""
     task = make_query(question, options, image)
-    images = None
-    if bundle.features == "text+image":
-        from visroute.router.images import encode_paths
-
-        images = encode_paths(bundle.image_model, [task.image or ""])
-    picks, proba = bundle.decide([task.text], images, lam)
-    chosen = bundle.models[int(picks[0])]
-    out = {"chosen": chosen, "lambda": bundle.lam if lam is None else lam, "task_text": task.text,
-           "predicted_accuracy": {m: float(p) for m, p in zip(bundle.models, proba[0])},
-           "expected_cost": {m: float(c) for m, c in zip(bundle.models, bundle.costs)}}
+    d = bundle.choose(task.text, task.image, lam, runtime)
+    chosen = d.chosen
+    out = {"chosen": chosen, "lambda": d.lam, "task_text": task.text, "predicted_accuracy": d.predicted_accuracy,
+           "expected_cost": d.expected_cost}
     if not run:
         return out
     from visroute.pipeline.build import build_pipeline
