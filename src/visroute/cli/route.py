@@ -127,6 +127,12 @@ def route_train(
     bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw)
     bundle.save(out)
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
+    cal = bundle.meta.get("calibration") or {}
+    if cal:
+        typer.echo(f"on validation: share of {cal['heavy']} {cal['realised_share']:.3f}, cost per task "
+                   f"{cal['realised_cost']:.4g}")
+    if cal.get("unreachable"):
+        typer.echo(f"warning: {cal['unreachable']}", err=True)
 
 
 @app.command("eval")

@@ -201,6 +201,25 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         idx = table.models.index(heavy) if heavy else int(np.argmax(bundle.costs))
         bundle.lam = calibrate(proba, bundle.costs, target_cost=target_cost, target_share=target_share, model_index=idx)
+        picks = choose(proba, bundle.costs, bundle.lam)
+        realised_share = float(np.mean(picks == idx))
+        realised_cost = float(np.nanmean(np.nan_to_num(cal.cost[np.arange(len(cal)), picks]))) if len(cal) else 0.0
         bundle.meta["calibration"] = {"target_cost": target_cost, "target_share": target_share, "heavy": table.models[idx],
-                                      "rows": len(cal)}
+                                      "rows": len(cal), "realised_share": realised_share, "realised_cost": realised_cost,
+                                      "unreachable": unreachable(target_cost, target_share, realised_cost,
+                                                                 realised_share, table.models[idx], len(cal))}
     return bundle
+
+
+def unreachable(target_cost, target_share, realised_cost: float, realised_share: float, heavy: str, rows: int) -> str | None:
+    """Why a calibration target could not be met on validation data (None when it was, within one task)."""
+    slack = 1.0 / max(rows, 1) + 1e-9
+    if target_share is not None and abs(realised_share - target_share) > slack + 0.02:
+        why = ("even at lambda 0 the router sends no more tasks there" if realised_share < target_share
+               else "no lambda sends fewer")
+        return (f"target share {target_share:.3f} of {heavy} cannot be reached on validation data: realised "
+                f"{realised_share:.3f} ({why})")
+    if target_cost is not None and realised_cost > target_cost * (1 + 1e-6) + 1e-12:
+        return (f"target cost {target_cost:.4g} per task cannot be reached on validation data: the cheapest operating "
+                f"point costs {realised_cost:.4g}")
+    return None
