@@ -71,3 +71,32 @@ def test_no_affix_when_texts_differ_early_or_would_be_emptied():
     assert shared_affixes(["Write a function to add", "Write a function to sort", "Find the max"]) == ("", "")
     same = ["the very same long text shared by every single row of it"] * 3
     assert shared_affixes(same) == ("", "")  # one distinct text: nothing to tell apart, and nothing stripped to ""
+
+
+def test_a_plan_runs_call_by_call_and_its_cost_adds_up():
+    from types import SimpleNamespace
+
+    from visroute.router.plan import plan, run_plan
+
+    strategy = {"kind": "cascade", "chain": [0, 1, 2], "threshold": 0.8}
+    p = plan(strategy, np.array([0.5, 0.7, 0.9]), np.array([1.0, 2.0, 5.0]), 0.0)
+    assert p["calls"] == [0, 1, 2]
+    own = {0: 0.3, 1: 0.85, 2: 0.99}  # the models' own confidence: the second stage is sure enough
+    made = []
+
+    def call(j):
+        made.append(j)
+        return SimpleNamespace(call_cost=[1.0, 2.0, 5.0][j]), own[j]
+
+    res = run_plan(p, np.array([0.5, 0.7, 0.9]), call)
+    assert made == [0, 1] and res["model"] == 1
+    assert sum(c["prediction"].call_cost for c in res["calls"]) == 3.0
+    # without own signals the router's predicted success is the confidence
+    made.clear()
+
+    def call_without_signal(j):
+        made.append(j)
+        return None, None
+
+    res = run_plan(p, np.array([0.5, 0.7, 0.9]), call_without_signal)
+    assert made == [0, 1, 2] and res["model"] == 2

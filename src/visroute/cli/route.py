@@ -116,6 +116,8 @@ def route_train(
     target_share: Annotated[Optional[float], typer.Option(help="Calibrate lambda to this share of --heavy calls.")] = None,
     heavy: Annotated[Optional[str], typer.Option(help="Model whose share --target-share bounds (default: dearest).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="slm router: local transformers checkpoint (default: MiniLM).")] = None,
+    strategy: Annotated[str, typer.Option(help="router (one call), cascade (cheap first, escalate while unsure) or "
+                                          "ensemble (two calls when the top two are close).")] = "router",
 ) -> None:
     """Train a router on the table's train split; lambda is calibrated on its validation split. The bundle carries
     the exact pipeline spec each model's records were measured with, so `route` calls the same pipelines."""
@@ -124,7 +126,8 @@ def route_train(
 
     quiet_libraries()
     kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
-    bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw)
+    bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw,
+                          strategy)
     bundle.save(out)
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
     cal = bundle.meta.get("calibration") or {}
@@ -133,6 +136,15 @@ def route_train(
                    f"{cal['realised_cost']:.4g}")
     if cal.get("unreachable"):
         typer.echo(f"warning: {cal['unreachable']}", err=True)
+    st, sc = bundle.strategy, bundle.meta.get("strategy_calibration") or {}
+    if st["kind"] != "router":
+        detail = (f"chain {' -> '.join(bundle.models[j] for j in st['chain'])}, threshold {st['threshold']:.3g} on the "
+                  f"{'models own scores' if st['confidence'] == 'score' else 'router predicted success'}"
+                  if st["kind"] == "cascade" else f"margin {st['margin']:.3g}")
+        typer.echo(f"strategy {st['kind']}: {detail}; on validation accuracy {sc['realised_accuracy']:.3f}, cost per "
+                   f"task {sc['realised_cost']:.4g} (every call counted)")
+        if sc.get("unreachable"):
+            typer.echo(f"warning: {sc['unreachable']}", err=True)
 
 
 @app.command("eval")
@@ -156,6 +168,9 @@ def route_eval(
         typer.echo(f"{'always ' + name:<28} {s['accuracy']:>9.4f} {s['cost']:>12.3g}")
     typer.echo(f"{'oracle':<28} {report['oracle']['accuracy']:>9.4f} {report['oracle']['cost']:>12.3g}")
     typer.echo(f"{'router (' + kind + ')':<28} {op['accuracy']:>9.4f} {op['cost']:>12.3g}")
+    if report.get("strategy"):
+        st = report["strategy"]
+        typer.echo(f"{st['kind'] + ' (calibrated)':<28} {st['accuracy']:>9.4f} {st['cost']:>12.3g}  (every call counted)")
     kb = report["knn_baseline"]["operating_point"]
     typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}  (at the router's share)")
     for line in _metric_lines(report):
@@ -227,13 +242,16 @@ def route_ask(
 
     quiet_libraries()
     opts = [o.strip() for o in options.split(",") if o.strip()]
-    if not task.strip() or len(opts) < 2:
-        raise VisrouteError("give --task and at least two comma-separated --options")
+    if not task.strip() or len(opts) == 1 or (len(opts) < 2 and not dry_run):
+        raise VisrouteError("give --task and at least two comma-separated --options (--dry-run only chooses: "
+                            "options may be left out)")
     result = route_task(RouterBundle.load(router_dir), image, task, opts, lam, run=not dry_run, variant=prompt_variant)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(f"chosen model: {result['chosen']}  (lambda={result['lambda']:.4g})")
+    if result.get("strategy", "router") != "router":
+        typer.echo(f"{result['strategy']}: calls {' -> '.join(result['plan'])}")
     for name, p in result["predicted_accuracy"].items():
         typer.echo(f"  {name:<20} predicted accuracy {p:.3f}   expected cost {result['expected_cost'][name]:.3g}")
     if "answer" in result:

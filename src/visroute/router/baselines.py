@@ -100,8 +100,38 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
     policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
                 for name, p in {"router": proba, **baselines}.items()}
+    policies.update(strategy_policies(table, bundle, proba, test))
+    if bundle.strategy.get("kind", "router") != "router":
+        from visroute.router.plan import outcomes
+
+        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score)
+        w = test.weight / test.weight.sum()
+        report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
+                              "cost": float((out["cost"] * w).sum()), "calls_per_task": _calls(bundle.strategy, out),
+                              "calibration": bundle.meta.get("strategy_calibration")}
     report["aiq"] = aiq_report(policies, test.success, test.cost, test.weight, n_boot=n_boot)
     return report
+
+
+def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarray, test: RoutingTable) -> dict:
+    """The router's predictions run as a cascade (along the training chain) and as an ensemble, each swept over
+    its own parameter: (points, tasks) success and the cost of every call, for the same AIQ curves."""
+    from visroute.router.plan import sweep
+    from visroute.router.strategies import pareto_chain
+
+    train = table.part("train")
+    chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
+    out = {"cascade": sweep({"kind": "cascade", "chain": chain}, proba, test.success, test.cost, bundle.costs,
+                            test.score)}  # a one-model chain (the cheapest is also the best) is that model
+    ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
+    out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
+    return out
+
+
+def _calls(strategy: dict, out: dict) -> float | None:
+    if strategy["kind"] == "ensemble":
+        return float(1 + np.mean(out["both"]))
+    return None
 
 
 def sweep_picks(proba: np.ndarray, costs: np.ndarray) -> np.ndarray:

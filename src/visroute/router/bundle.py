@@ -30,6 +30,7 @@ class Decision:
     lam: float
     predicted_accuracy: dict[str, float]
     expected_cost: dict[str, float]
+    plan: dict = field(default_factory=dict)   # models to call in order (``visroute.router.plan``); chosen = first
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RouterBundle:
     default_variant: dict[str, str] = field(default_factory=dict)         # model -> variant used at route time
     meta: dict = field(default_factory=dict)
     text_rule: TextRule = field(default_factory=TextRule)                 # shared affixes the features strip
+    strategy: dict = field(default_factory=lambda: {"kind": "router"})    # router, cascade or ensemble (router.plan)
 
     # -- features ---------------------------------------------------------------------------------
     def _runtime(self, runtime=None):
@@ -96,10 +98,14 @@ class RouterBundle:
                 images = encode_paths(self.image_model, [str(image) if image is not None else ""], rt)
             else:
                 images = encode_pils(self.image_model, [image], rt)
+        from visroute.router.plan import plan
+
         lam = self.lam if lam is None else float(lam)
-        picks, proba = self.decide([text], images, lam, runtime)
-        return Decision(self.models[int(picks[0])], lam, {m: float(p) for m, p in zip(self.models, proba[0])},
-                        {m: float(c) for m, c in zip(self.models, self.costs)})
+        proba = self.predict_proba([text], images, runtime)
+        p = plan(self.strategy, proba[0], self.costs, lam)
+        p["calls"] = [self.models[j] for j in p["calls"]]
+        return Decision(p["calls"][0], lam, {m: float(v) for m, v in zip(self.models, proba[0])},
+                        {m: float(c) for m, c in zip(self.models, self.costs)}, p)
 
     def table_images(self, part: RoutingTable) -> np.ndarray | None:
         """Image embeddings for table rows from the feature cache (None for text-only routers)."""
@@ -130,7 +136,7 @@ class RouterBundle:
         info = {"schema": SCHEMA, "kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs],
                 "lambda": self.lam, "features": self.features, "image_model": self.image_model,
                 "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state,
-                "text_rule": self.text_rule.to_dict()}
+                "text_rule": self.text_rule.to_dict(), "strategy": self.strategy}
         atomic_write_json(d / "router.json", info, indent=1)
         return d
 
@@ -161,7 +167,24 @@ class RouterBundle:
         router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
         return cls(router, kind, models, costs, float(info.get("lambda", 0.0)), features, info.get("image_model"),
                    dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}),
-                   TextRule.from_dict(info.get("text_rule")))
+                   TextRule.from_dict(info.get("text_rule")), _strategy(info.get("strategy"), len(models), path))
+
+
+def _strategy(d, n_models: int, path) -> dict:
+    """A saved strategy, range-checked (it decides which models are called)."""
+    from visroute.router.plan import STRATEGIES
+
+    d = d if d is not None else {"kind": "router"}
+    ok = isinstance(d, dict) and d.get("kind") in STRATEGIES
+    if ok and d["kind"] == "cascade":
+        ch = d.get("chain")
+        ok = isinstance(ch, list) and bool(ch) and all(isinstance(j, int) and 0 <= j < n_models for j in ch) \
+            and isinstance(d.get("threshold"), (int, float))
+    if ok and d["kind"] == "ensemble":
+        ok = isinstance(d.get("margin"), (int, float)) and 0 <= d["margin"] <= 1
+    if not ok:
+        raise BundleError(f"{path}: malformed 'strategy' {str(d)[:120]}")
+    return dict(d)
 
 
 def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
@@ -181,7 +204,7 @@ def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
 
 def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text", image_model: str | None = None,
                  target_cost: float | None = None, target_share: float | None = None, heavy: str | None = None,
-                 router_kw: dict | None = None) -> RouterBundle:
+                 router_kw: dict | None = None, strategy: str = "router") -> RouterBundle:
     """Fit a router on the table's train split and calibrate lambda on its validation split."""
     train, val = table.part("train"), table.part("val")
     if len(train) == 0:
@@ -208,6 +231,19 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                                       "rows": len(cal), "realised_share": realised_share, "realised_cost": realised_cost,
                                       "unreachable": unreachable(target_cost, target_share, realised_cost,
                                                                  realised_share, table.models[idx], len(cal))}
+    if strategy != "router":
+        from visroute.router.plan import fit_strategy, outcomes
+
+        cal = val if len(val) else train
+        proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
+        bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
+                                       target_cost, cal.score)
+        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score)
+        realised = float(out["cost"].mean()) if len(cal) else 0.0
+        bundle.meta["strategy_calibration"] = {
+            "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
+            "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
+            "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}
     return bundle
 
 

@@ -124,10 +124,14 @@ async def _fetch(state, url: str) -> bytes:
 
 
 def decide(state, router, text: str, image: bytes | None, lam: float | None) -> tuple[str, dict]:
-    """The routed model for one chat request: the bundle's one decision, on the service's runtime (blocking)."""
+    """The routed model for one chat request: the bundle's one decision, on the service's runtime (blocking).
+    A chat answer carries no confidence of its own, so for a cascade or ensemble the model whose answer would be
+    kept is known before any call, and only that one is called."""
     pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
+    from visroute.router.plan import answer_without_signal
+
     d = router.bundle.choose(text, pil, lam, state.runtime)
-    return d.chosen, d.predicted_accuracy
+    return answer_without_signal(d), d.predicted_accuracy
 
 
 def _cost(state, router, chosen: str, target, usage: dict | None, n_images: int, seconds: float) -> float | None:
