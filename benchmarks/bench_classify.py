@@ -55,7 +55,7 @@ def build_b32(directory: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from visroute.testing.tiny_models import write_clip_tokenizer
+    from visroute.models.tiny import write_clip_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     write_clip_tokenizer(directory)
@@ -74,7 +74,7 @@ def build_b32(directory: Path) -> Path:
 
 
 def build_tiny(directory: Path) -> Path:
-    from visroute.testing.tiny_models import build_tiny_clip
+    from visroute.models.tiny import build_tiny_clip
 
     return build_tiny_clip(directory)
 

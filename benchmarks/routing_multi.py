@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from visroute.router.aiq import aiq_report, sweep_outcomes
-from visroute.router.decide import choose, lambda_grid
-from visroute.router.metrics import sweep_metrics
-from visroute.router.policies import dataset_prior
-from visroute.router.routers import make_router
-from visroute.router.strategies import cascade, pareto_chain
+from visroute.router.evaluate.aiq import aiq_report, sweep_outcomes
+from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.evaluate.metrics import sweep_metrics
+from visroute.router.evaluate.policies import dataset_prior
+from visroute.router.learn.routers import make_router
+from visroute.router.decide.strategies import cascade, pareto_chain
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
 DATASETS = ("arc-challenge", "mbpp")
@@ -108,10 +108,10 @@ def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int)
 
 
 def run(paths, folds: int = 5, repeats: int = 3, n_boot: int = 200, routers=ROUTERS) -> dict:
-    from visroute.router.embed import TextEmbedder
-    from visroute.router.routerbench import read_routerbench
-    from visroute.router.table import build_table
-    from visroute.router.texts import detect_rule
+    from visroute.router.data.embed import TextEmbedder
+    from visroute.router.data.routerbench import read_routerbench
+    from visroute.router.data.table import build_table
+    from visroute.router.data.texts import detect_rule
 
     records, summary = read_routerbench(paths)
     table = build_table(records, split_by="sample", val_fraction=0.0, test_fraction=0.0)

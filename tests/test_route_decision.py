@@ -52,8 +52,8 @@ def test_a_service_with_two_image_routers_loads_the_image_model_once(router_dir,
 def test_every_entry_point_makes_the_same_decision(router_dir, shared_data):
     from visroute.api import Router
     from visroute.pipeline import Runtime
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.run import route_task
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.decide.run import route_task
     from visroute.serve.proxy import decide
 
     img = shared_data / "imagenet-sample" / f"{ROUTER_TASKS[0][0]}.JPEG"

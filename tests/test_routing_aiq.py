@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visroute.router.aiq import aiq_report, hull_area, sweep_outcomes, upper_hull
-from visroute.router.texts import TextRule, detect_rule, shared_affixes
+from visroute.router.evaluate.aiq import aiq_report, hull_area, sweep_outcomes, upper_hull
+from visroute.router.data.texts import TextRule, detect_rule, shared_affixes
 
 # 4 tasks x models A (cost 1), B (cost 2), C (cost 5): accuracies 0.25, 0.75, 1.0
 SUCCESS = np.array([[1, 1, 1], [0, 1, 1], [0, 1, 1], [0, 0, 1]], np.float64)
@@ -42,7 +42,7 @@ def test_aiq_report_zero_router_and_a_router_that_always_picks_one_model():
 
 
 def test_a_cascade_pays_for_every_call_on_the_aiq_axis():
-    from visroute.router.strategies import cascade
+    from visroute.router.decide.strategies import cascade
 
     conf = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.95, 0, 0]])
     out = cascade(SUCCESS, COST, conf, [0, 2], threshold=0.5)
@@ -76,7 +76,7 @@ def test_no_affix_when_texts_differ_early_or_would_be_emptied():
 def test_a_plan_runs_call_by_call_and_its_cost_adds_up():
     from types import SimpleNamespace
 
-    from visroute.router.plan import plan, run_plan
+    from visroute.router.decide.plan import plan, run_plan
 
     strategy = {"kind": "cascade", "chain": [0, 1, 2], "threshold": 0.8}
     p = plan(strategy, np.array([0.5, 0.7, 0.9]), np.array([1.0, 2.0, 5.0]), 0.0)

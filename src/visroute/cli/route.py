@@ -44,11 +44,11 @@ def route_build(
     (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance, and each
     dataset's shared prefix/suffix and text beyond the embedder's window (the router embeds what differs)."""
     from visroute.io import atomic_write_json
-    from visroute.router.quality import checked_table, format_report
-    from visroute.router.table import build_table, read_records
+    from visroute.router.data.quality import checked_table, format_report
+    from visroute.router.data.table import build_table, read_records
 
     quiet_libraries()
-    from visroute.router.texts import detect_rule, format_text_report
+    from visroute.router.data.texts import detect_rule, format_text_report
 
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
@@ -84,7 +84,7 @@ def route_import(
     from visroute.errors import VisrouteError
 
     if source == "routerbench":
-        from visroute.router.routerbench import import_routerbench
+        from visroute.router.data.routerbench import import_routerbench
 
         s = import_routerbench(paths, out)
         typer.echo(f"{s['tasks']} tasks x {len(s['models'])} models from {len(s['files'])} file(s) "
@@ -96,7 +96,7 @@ def route_import(
         raise VisrouteError(f"unknown routing data source '{source}' (known: routellm, routerbench)")
     if len(paths) != 1:
         raise VisrouteError("routellm takes one folder: a checkout of github.com/lm-sys/RouteLLM")
-    from visroute.router.routellm import import_routellm, parse_prices
+    from visroute.router.data.routellm import import_routellm, parse_prices
 
     summary = import_routellm(paths[0], out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
     for bench in ("gsm8k", "mt-bench"):
@@ -121,8 +121,8 @@ def route_train(
 ) -> None:
     """Train a router on the table's train split; lambda is calibrated on its validation split. The bundle carries
     the exact pipeline spec each model's records were measured with, so `route` calls the same pipelines."""
-    from visroute.router.bundle import train_bundle
-    from visroute.router.table import RoutingTable
+    from visroute.router.decide.bundle import train_bundle
+    from visroute.router.data.table import RoutingTable
 
     quiet_libraries()
     kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
@@ -158,7 +158,7 @@ def route_eval(
 ) -> None:
     """Router vs always-one-model, random, oracle, kNN and dataset prior (and an LLM router), on RouteLLM's
     metrics (APGR, CPT) and at the router's own strong-call share; accuracy-cost curve."""
-    from visroute.router.baselines import evaluate_router_dir
+    from visroute.router.evaluate.baselines import evaluate_router_dir
 
     quiet_libraries()
     report = evaluate_router_dir(table_dir, router_dir, out, part, llm_router, llm_prices)
@@ -237,8 +237,8 @@ def route_ask(
 ) -> None:
     """Pick a model for one task with the router and run it (also: `visroute route IMAGE --task ... --options ...`)."""
     from visroute.errors import VisrouteError
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.run import route_task
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.decide.run import route_task
 
     quiet_libraries()
     opts = [o.strip() for o in options.split(",") if o.strip()]

@@ -128,7 +128,7 @@ def decide(state, router, text: str, image: bytes | None, lam: float | None) -> 
     A chat answer carries no confidence of its own, so for a cascade or ensemble the model whose answer would be
     kept is known before any call, and only that one is called."""
     pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
-    from visroute.router.plan import answer_without_signal
+    from visroute.router.decide.plan import answer_without_signal
 
     d = router.bundle.choose(text, pil, lam, state.runtime)
     return answer_without_signal(d), d.predicted_accuracy

@@ -147,7 +147,7 @@ class ServeState:
 
     def _router(self, r) -> Any:
         from visroute.api import Router
-        from visroute.router.bundle import RouterBundle
+        from visroute.router.decide.bundle import RouterBundle
 
         bundle = RouterBundle.load(r.path)
         if r.lam is not None:

@@ -1,6 +1,6 @@
 """A trained router, saved with everything needed to use it: the exact pipeline specs it routes between
 (as measured), model costs, lambda and its features. Saved as data only (``router.json`` + safetensors, see
-``visroute.router.persist``): loading a bundle runs no code.
+``visroute.router.learn.persist``): loading a bundle runs no code.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide import calibrate, choose
-from visroute.router.persist import BundleError, load_state, save_state
-from visroute.router.routers import ROUTERS, make_router
-from visroute.router.table import RoutingTable
-from visroute.router.texts import TextRule
+from visroute.router.decide.rules import calibrate, choose
+from visroute.router.learn.persist import BundleError, load_state, save_state
+from visroute.router.learn.routers import ROUTERS, make_router
+from visroute.router.data.table import RoutingTable
+from visroute.router.data.texts import TextRule
 
 SCHEMA = "visroute.router/2"
 
@@ -30,7 +30,7 @@ class Decision:
     lam: float
     predicted_accuracy: dict[str, float]
     expected_cost: dict[str, float]
-    plan: dict = field(default_factory=dict)   # models to call in order (``visroute.router.plan``); chosen = first
+    plan: dict = field(default_factory=dict)   # models to call in order (``visroute.router.decide.plan``); chosen = first
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RouterBundle:
         return self.__dict__.setdefault("_own_runtime", Runtime())
 
     def _embedder(self, runtime=None):
-        from visroute.router.embed import text_embedder
+        from visroute.router.data.embed import text_embedder
 
         return text_embedder(self._runtime(runtime))
 
@@ -91,14 +91,14 @@ class RouterBundle:
         ``runtime``'s memo, so a service that passes its runtime holds one copy of each."""
         images = None
         if self.features == "text+image":
-            from visroute.router.images import encode_paths, encode_pils
+            from visroute.router.data.images import encode_paths, encode_pils
 
             rt = self._runtime(runtime)
             if image is None or isinstance(image, (str, Path)):
                 images = encode_paths(self.image_model, [str(image) if image is not None else ""], rt)
             else:
                 images = encode_pils(self.image_model, [image], rt)
-        from visroute.router.plan import plan
+        from visroute.router.decide.plan import plan
 
         lam = self.lam if lam is None else float(lam)
         proba = self.predict_proba([text], images, runtime)
@@ -111,7 +111,7 @@ class RouterBundle:
         """Image embeddings for table rows from the feature cache (None for text-only routers)."""
         if self.features != "text+image":
             return None
-        from visroute.router.images import table_image_embeddings
+        from visroute.router.data.images import table_image_embeddings
 
         return table_image_embeddings(self.image_model, part, self._runtime())
 
@@ -172,7 +172,7 @@ class RouterBundle:
 
 def _strategy(d, n_models: int, path) -> dict:
     """A saved strategy, range-checked (it decides which models are called)."""
-    from visroute.router.plan import STRATEGIES
+    from visroute.router.decide.plan import STRATEGIES
 
     d = d if d is not None else {"kind": "router"}
     ok = isinstance(d, dict) and d.get("kind") in STRATEGIES
@@ -232,7 +232,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                                       "unreachable": unreachable(target_cost, target_share, realised_cost,
                                                                  realised_share, table.models[idx], len(cal))}
     if strategy != "router":
-        from visroute.router.plan import fit_strategy, outcomes
+        from visroute.router.decide.plan import fit_strategy, outcomes
 
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visroute.errors import VisrouteError
-from visroute.router.bundle import RouterBundle
+from visroute.router.decide.bundle import RouterBundle
 from visroute.tasks.model import Task
 
 
@@ -40,7 +40,7 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
         raise VisrouteError("answering runs the chosen pipeline on a multiple-choice task: give at least two options "
                             "(or only choose, with run=False / --dry-run)")
     from visroute.pipeline.build import build_pipeline
-    from visroute.router.plan import run_plan
+    from visroute.router.decide.plan import run_plan
 
     specs = {}
 

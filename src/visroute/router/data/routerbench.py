@@ -77,7 +77,7 @@ def read_routerbench(paths) -> tuple["pa.Table", dict]:  # noqa: F821
     """Records (visroute's schema plus ``quality``) from RouterBench CSV/Parquet files, and a summary."""
     import pyarrow as pa
 
-    from visroute.router.records import records_schema
+    from visroute.router.data.records import records_schema
     from visroute.tasks.model import task_text
 
     rows, seen, summary = [], set(), {"files": [], "skipped_cells": 0, "duplicate_prompts": 0, "models": []}

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide import choose
-from visroute.router.strategies import cascade, ensemble, pareto_chain
+from visroute.router.decide.rules import choose
+from visroute.router.decide.strategies import cascade, ensemble, pareto_chain
 
 STRATEGIES = ("router", "cascade", "ensemble")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
@@ -89,7 +89,7 @@ def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> t
     if kind == "cascade":
         res = [cascade(success, cost, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
     elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
-        from visroute.router.decide import lambda_grid
+        from visroute.router.decide.rules import lambda_grid
 
         m = float(strategy.get("margin", DEFAULT_MARGIN))
         res = [ensemble(proba, success, cost, expected_costs, lam, m, conf)

@@ -82,13 +82,13 @@ def balance(table) -> dict:
 def quality_report(table, threshold: float = 0.95, embedder=None, rule=None) -> tuple[dict, np.ndarray]:
     """The report, and per row the index of the training (or validation) row it nearly repeats (-1: none).
     ``rule`` (a ``TextRule``): texts are compared as the router embeds them, without shared affixes."""
-    from visroute.router.texts import TextRule, text_report
+    from visroute.router.data.texts import TextRule, text_report
 
     rule = rule or TextRule()
     report = {"threshold": threshold, "label_noise": label_noise(table), "balance": balance(table)}
     try:
         if embedder is None:
-            from visroute.router.embed import TextEmbedder
+            from visroute.router.data.embed import TextEmbedder
 
             embedder = TextEmbedder()
         report["texts"] = text_report(table.text, table.dataset, rule, embedder)
