@@ -152,7 +152,14 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def table_lines(result: dict) -> list[str]:
-    f = lambda v, p=False: "-" if v is None else (f"{v['mean']:.0%}" if p else f"{v['mean']:.3f}±{v['std']:.3f}")  # noqa: E731
+    reps = result["repeats"]
+
+    def f(v, pct=False, never=False):
+        if v is None:
+            return "never" if never else "-"
+        seen = "" if v["n"] == reps else f" ({v['n']}/{reps})"  # reached in only some repeats
+        return f"{v['mean']:.0%}{seen}" if pct else f"{v['mean']:.3f}±{v['std']:.3f}{seen}"
+
     lines = [f"{'dataset':<14} {'policy':<18} {'AIQ':>12} {'gain vs hull':>13} {'gain 95% CI':>17} "
              f"{'acc@best cost':>14} {'cost to best':>12} {'APGR':>12} {'CPT50':>6} {'CPT80':>6}"]
     for d, res in result["datasets"].items():
@@ -160,6 +167,9 @@ def table_lines(result: dict) -> list[str]:
             ci = r.get("gain_ci")
             lines.append(f"{d:<14} {name:<18} {f(r['aiq']):>12} {f(r['gain']):>13} "
                          f"{'' if not ci or name == 'zero_router' else f'[{ci[0]:+.3f}, {ci[1]:+.3f}]':>17} "
-                         f"{f(r['accuracy_at_best_cost']):>14} {f(r['cost_to_best_accuracy'], True):>12} "
+                         f"{f(r['accuracy_at_best_cost']):>14} {f(r['cost_to_best_accuracy'], True, True):>12} "
                          f"{f(r['apgr']):>12} {f(r['cpt50'], True):>6} {f(r['cpt80'], True):>6}")
+    lines.append(f"(mean±std over {reps} repeats of {result['folds']}-fold out-of-fold predictions; gain CI: bootstrap "
+                 f"of the first repeat, {result['n_boot']} resamples; cost to best: the cheapest cost on the hull at "
+                 "the best single model's accuracy, as a share of that model's cost; (k/n): reached in k repeats)")
     return lines
