@@ -100,3 +100,23 @@ def test_a_plan_runs_call_by_call_and_its_cost_adds_up():
 
     res = run_plan(p, np.array([0.5, 0.7, 0.9]), call_without_signal)
     assert made == [0, 1, 2] and res["model"] == 2
+
+
+def test_an_unreachable_target_is_said_with_its_realised_value():
+    from visroute.router.decide.bundle import unreachable
+
+    msg = unreachable(None, 0.3, 0.01, 0.0, "big", rows=100)  # lambda 0 already sends nothing to the heavy model
+    assert "target share 0.300 of big cannot be reached" in msg and "realised 0.000" in msg
+    assert unreachable(None, 0.3, 0.01, 0.29, "big", rows=100) is None
+    assert "cheapest operating point costs 0.5" in unreachable(0.1, None, 0.5, 0.0, "big", rows=100)
+    assert unreachable(0.6, None, 0.5, 0.0, "big", rows=100) is None
+
+
+def test_apgr_undefined_is_explained_when_the_best_model_is_the_cheapest():
+    from visroute.cli.route import _metric_lines
+
+    ref = {"cheap": "tiny", "best": "tiny", "accuracy_cheap": 0.7, "accuracy_best": 0.7, "axis": "normalised_cost"}
+    report = {"reference": ref, "operating_point": {"x": 0.0, "accuracy": 0.7, "at_equal_share": {}},
+              "routing_metrics": {"router": {"apgr": None, "apgr_discrete": None, "cpt50": None, "cpt80": None}}}
+    text = "\n".join(_metric_lines(report))
+    assert "APGR and CPT are undefined here: the most accurate single model (tiny) is also the cheapest" in text
