@@ -198,8 +198,10 @@ async def _chat(state, payload: dict, stream: bool):
     if stream:
         return await _stream(state, url, payload, req_headers, chosen, headers, account)
     try:
+        tu = time.perf_counter()
         r = await state.http.post(url, json=payload, headers=req_headers,
                                   timeout=state.config.limits.upstream_timeout_s)
+        state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise HTTPException(502, f"{chosen}: could not reach {target.base_url} ({type(e).__name__})") from None
@@ -233,7 +235,9 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
     try:
         req = state.http.build_request("POST", url, json=payload, headers=req_headers,
                                        timeout=state.config.limits.upstream_timeout_s)
+        tu = time.perf_counter()
         resp = await state.http.send(req, stream=True)
+        state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise HTTPException(502, f"{chosen}: could not reach the endpoint ({type(e).__name__})") from None
