@@ -30,7 +30,7 @@ from visroute.router.evaluate.aiq import aiq_report, sweep_outcomes
 from visroute.router.decide.rules import choose, lambda_grid
 from visroute.router.evaluate.metrics import sweep_metrics
 from visroute.router.evaluate.policies import dataset_prior
-from visroute.router.learn.routers import make_router
+from visroute.router.learn.kinds import make_router
 from visroute.router.decide.strategies import cascade, pareto_chain
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
