@@ -112,7 +112,7 @@ def read_routerbench(paths) -> tuple["pa.Table", dict]:  # noqa: F821
     cols = {"task_id": sid, "dataset": bench, "prompt_variant": ["*"] * n, "task_text": text, "image_id": [""] * n,
             "image_path": [""] * n, "model": model, "correct": [v >= 0.5 for v in q], "score": [float("nan")] * n,
             "cost": c, "latency_s": [float("nan")] * n, "dataset_spec": [f"routerbench:{b}" for b in bench],
-            "pipeline": [None] * n, "quality": q}
+            "pipeline": [None] * n, "status": ["ok"] * n, "error": [None] * n, "quality": q}
     schema = records_schema().append(pa.field("quality", pa.float32()))
     summary.update(records=n, tasks=len(seen), datasets=sorted(set(bench)))
     return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema), summary
