@@ -159,7 +159,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
         casc["escalated"][te], casc["conf"][te] = res["model"] == strong, fold_rank(pt[:, cheap])
         # ensemble: the MF router at its 50% cut; both models when its two predictions are within a margin
         cut = share_threshold(pv[:, strong] - pv[:, cheap], 0.5)
-        lam = cut / (costs[strong] - costs[cheap])
+        lam = max(cut, 0.0) / (costs[strong] - costs[cheap])  # a negative cut: lambda 0 already sends more
         base_cost = ensemble(pv, S[va], C[va], costs, lam, -1.0)["cost"].mean()
         margin = calibrate_margin(pv, S[va], C[va], costs, lam, 1.1 * base_cost)
         res = ensemble(pt, S[te], C[te], costs, lam, margin)
