@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import (Actors, BatchSize, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
+from visroute.cli._common import (Actors, BatchSize, Decode, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
                                   Workers, error, exit_code, make_engine, options_from, quiet_libraries, warn)
 
 Opt = typer.Option
@@ -55,8 +55,7 @@ class EvalArgs:
     batch_size: BatchSize = 64
     workers: Workers = None
     shard_size: Annotated[int, Opt(min=1, help="Images per feature-cache shard (resume granularity).")] = 2048
-    fast_decode: Annotated[bool, Opt(help="Reduced-size JPEG decoding + fast resize of large images (pixels within ~1 "
-                                          "level); --no-fast-decode: the model's exact preprocessing.")] = True
+    decode: Decode = "exact"
     device: Device = "auto"
     dtype: Dtype = "auto"
     progress: Annotated[bool, Opt(help="Progress bars.")] = True
@@ -83,7 +82,7 @@ class EvalArgs:
             raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
         keep = ("head", "templates", "classnames", "descriptions", "fallback_descriptions", "description_style",
                 "repeats", "seed", "w_cls", "selection_dataset", "n_per_class", "k", "m", "disclip_mode", "output",
-                "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress", "device", "dtype")
+                "batch_size", "workers", "shard_size", "decode", "skip_existing", "progress", "device", "dtype")
         return EvalOptions(w_cls_sweep=sweep, **{name: getattr(self, name) for name in keep})
 
     def task_arguments(self) -> dict:

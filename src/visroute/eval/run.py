@@ -51,7 +51,7 @@ class EvalOptions:
     batch_size: int = 64
     workers: int | None = None
     shard_size: int = 2048
-    fast_decode: bool = True  # large images: reduced-size decode + fast resize (visroute.data.pixels)
+    decode: str = "exact"  # exact (the model's own preprocessing) | fast | gpu (visroute.data.batches)
     skip_existing: bool = False
     progress: bool = False
     device: str = "auto"
@@ -76,7 +76,7 @@ class EvalOptions:
                      selection_dataset=self.selection_dataset)
         return PipelineSpec(head=self.head, model=model_spec, templates=self.templates if self.head == "zeroshot" else None,
                             descriptions=self.descriptions, fallback_descriptions=self.fallback_descriptions,
-                            prices=self.prices, device=self.device, dtype=self.dtype, params=p)
+                            prices=self.prices, device=self.device, dtype=self.dtype, decode=self.decode, params=p)
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec, **run) -> "EvalOptions":
@@ -88,7 +88,7 @@ class EvalOptions:
                    seed=int(p.get("seed", 0)), w_cls=float(p.get("w_cls", 0.0)), w_cls_sweep=list(p.get("w_cls_sweep", [])),
                    selection_dataset=p.get("selection_dataset"), n_per_class=p.get("n_per_class"), k=int(p.get("k", 3)),
                    m=int(p.get("m", 5)), disclip_mode=p.get("mode", "classname-free"), device=spec.device,
-                   dtype=spec.dtype, prices=spec.prices, **run)
+                   dtype=spec.dtype, decode=spec.decode, prices=spec.prices, **run)
 
 
 def make_heads(opts: EvalOptions, model: ContrastiveModel, classnames: list[str], templates: list[str] | None = None,
@@ -133,7 +133,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     ``opts.output``). A spec's head settings replace those of ``opts``; ``opts`` keeps the run settings."""
     opts = opts or EvalOptions()
     if isinstance(model, PipelineSpec):
-        run = {k: getattr(opts, k) for k in ("output", "batch_size", "workers", "shard_size", "fast_decode",
+        run = {k: getattr(opts, k) for k in ("output", "batch_size", "workers", "shard_size",
                                              "skip_existing", "progress", "classnames")}
         opts, model = EvalOptions.from_spec(model, **run), model.model
     cache = cache or FeatureCache()
@@ -154,7 +154,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     pipeline = build_pipeline(spec, model=m)
     templates = load_templates(opts.templates) if not isinstance(opts.templates, (list, tuple)) else list(opts.templates)
     encode = dict(shard_size=opts.shard_size, batch_size=opts.batch_size, num_workers=opts.workers,
-                  draft_size=224 if opts.fast_decode else None, progress=opts.progress)
+                  decode=spec.decode, progress=opts.progress)
 
     selection = None
     if opts.head == "disclip" and opts.selection_dataset:
@@ -200,6 +200,7 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             "model_spec": spec_text,
             "dataset_spec": getattr(ds, "spec", ds.name),
             "head": opts.head,
+            "decode": spec.decode,
             "templates": ((list(opts.templates) if isinstance(opts.templates, (list, tuple)) else opts.templates)
                           or "default") if opts.head == "zeroshot" else None,
             "n_templates": len(templates) if opts.head == "zeroshot" else None,

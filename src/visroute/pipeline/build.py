@@ -111,7 +111,7 @@ class ContrastivePipeline:
         self.spec, self.model, self.prices = spec, model, prices
         templates = spec_templates(spec) if spec.head in ("zeroshot", "clip-options") and spec.templates else \
             ["a photo of a {c}."]
-        self._options = _clip_options_class()(model, templates, prices=prices)
+        self._options = _clip_options_class()(model, templates, prices=prices, decode=spec.decode)
         self._options.spec = spec
 
     @property

@@ -27,6 +27,8 @@ CONTRASTIVE_HEADS = ("zeroshot", "descriptions", "cupl", "random-words", "random
 #: heads that answer multiple-choice tasks (eval --head, grid, route)
 TASK_HEADS = ("clip-options", "vlm", "vlm+llm")
 HEADS = CONTRASTIVE_HEADS + TASK_HEADS
+#: how images become model inputs (``visroute.data.batches``); ``exact`` is the model's own preprocessing
+DECODE_MODES = ("exact", "fast", "gpu")  # the same list as visroute.data.batches.DECODE_MODES (a test checks)
 #: keys of ``params`` per head (head hyper-parameters that are not file references)
 HEAD_PARAMS = {
     "descriptions": ("description_style",),
@@ -59,6 +61,7 @@ class PipelineSpec:
     prices: dict | None = None                # inline price table (see visroute.tasks.costs); None = shipped default
     device: str = "auto"
     dtype: str = "auto"
+    decode: str = "exact"                     # images: exact (the model's own preprocessing) | fast | gpu
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class PipelineSpec:
             if k not in allowed:
                 raise SpecError(f"params key '{k}' does not apply to head '{self.head}'{nearest_key(k, allowed)}"
                                 f" (valid: {', '.join(allowed) or 'none'})")
+        if self.decode not in DECODE_MODES:
+            raise SpecError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise SpecError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if isinstance(self.templates, list):

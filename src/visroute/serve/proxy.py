@@ -137,11 +137,11 @@ def decide(state, router, text: str, image: bytes | None, lam: float | None) -> 
         if image is None:
             images = np.zeros((1, embedding_dim(model)), np.float32)
         else:
-            import torch
+            from visroute.data.batches import ImageInputs
+            from visroute.features.encode import encode_inputs
 
             pil = decode_image(image, state.config.limits.max_pixels)
-            with torch.inference_mode():
-                images = model.encode_images(model.collate([model.preprocess(pil)])).float().cpu().numpy()
+            images = encode_inputs(model, [ImageInputs(model.preprocess)(pil)]).float().cpu().numpy()
     picks, proba = bundle.decide([text], images, lam)
     chosen = bundle.models[int(picks[0])]
     return chosen, {m: float(p) for m, p in zip(bundle.models, proba[0])}

@@ -141,7 +141,7 @@ async def _classify(state, req: ClassifyRequest, data: bytes | None, t0: float) 
     state.metrics.images.labels(model=served.name).inc()
     now = time.perf_counter()
     model = served.pipeline.model
-    return {"model": served.name, "model_spec": model.spec, "is_random": model.is_random,
+    return {"model": served.name, "model_spec": model.spec, "decode": served.spec.decode, "is_random": model.is_random,
             "label_set": lset.name if lset else None, "labels": labels, "scores": [float(s) for s in scores[0]],
             "batch_size": info.batch_size, "explanation": explanation,
             "timings": {"parse_ms": parse_ms, "decode_ms": decode_ms, "queue_ms": info.queue_ms,
@@ -201,7 +201,7 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
 async def models(request: Request):
     """Served contrastive models (with their label sets), routers (as `router-<name>`) and endpoints."""
     state = request.app.state.serve
-    cards = [ModelCard(id=m.name, kind="contrastive", spec=m.spec.model,
+    cards = [ModelCard(id=m.name, kind="contrastive", spec=m.spec.model, decode=m.spec.decode,
                        label_sets=[s.name for s in state.label_sets.values() if s.model == m.name],
                        explainable_label_sets=[s.name for s in state.label_sets.values()
                                                if s.model == m.name and s.explainable])
