@@ -13,7 +13,7 @@ app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> 
 
 
 @app.command("run")
-def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visroute.router.grid).")],
+def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visroute.router.data.grid).")],
              progress: Annotated[bool, typer.Option()] = True, engine: EngineName = None, ray_address: RayAddress = None,
              actors: Actors = None, num_gpus: NumGpus = None, endpoint_concurrency: EndpointConcurrency = None) -> None:
     """Run every cell not yet done (resumable) and write <output>/records.parquet.
@@ -23,7 +23,7 @@ def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visr
     import pyarrow.parquet as pq
 
     from visroute.engine import EngineOptions
-    from visroute.router.grid import GridSpec, run_grid
+    from visroute.router.data.grid import GridSpec, run_grid
 
     quiet_libraries()
     grid = GridSpec.load(grid_file)
