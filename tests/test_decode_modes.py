@@ -33,7 +33,6 @@ def test_exact_is_the_default_everywhere():
     from visroute.cli.classify import ClassifyArgs
     from visroute.cli.evaluate import EvalArgs
     from visroute.data.batches import DECODE_MODES, iter_preprocessed_batches
-    from visroute.eval.run import EvalOptions
     from visroute.features import encode_image_files, iter_encoded_batches
     from visroute.features.cache import FeatureCache
     from visroute.pipeline.spec import DECODE_MODES as SPEC_MODES, PipelineSpec, SpecError
@@ -46,7 +45,7 @@ def test_exact_is_the_default_everywhere():
         PipelineSpec(model="random-tiny", decode="quick")
     assert ClassifyArgs.__dataclass_fields__["decode"].default == "exact"
     assert EvalArgs.__dataclass_fields__["decode"].default == "exact"
-    assert EvalOptions().decode == "exact" and ModelEntry("m", "random-tiny").decode == "exact"
+    assert ModelEntry("m", "random-tiny").decode == "exact"
     assert ClassifyJob.__dataclass_fields__["decode"].default == "exact"
     for fn in (api.classify, iter_classify, iter_encoded_batches, iter_preprocessed_batches, FeatureCache.encode):
         assert inspect.signature(fn).parameters["decode"].default == "exact", fn

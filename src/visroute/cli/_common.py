@@ -103,7 +103,7 @@ class VisrouteGroup(TyperGroup):
 
                 typer.echo(traceback.format_exc().rstrip(), err=True)
             error(str(e))
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(getattr(e, "exit_code", EXIT_USAGE)) from None
 
 
 def options_from(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
