@@ -68,7 +68,7 @@ def tiny_clip64_dir(tmp_path_factory) -> Path:
     shortcut shows in the probabilities."""
     from transformers import CLIPImageProcessor
 
-    from visroute.testing.tiny_models import build_tiny_clip
+    from visroute.models.tiny import build_tiny_clip
 
     d = build_tiny_clip(tmp_path_factory.mktemp("clip64"), seed=11, image_size=64, patch_size=16)
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(d)

@@ -43,10 +43,6 @@ def classify(args: ClassifyArgs) -> None:
     """Zero-shot classify images against class names. Exit code 0: all classified; 1: some files skipped; 2: error."""
     from visroute.batch_classify import ClassifyRun, prepare_classify
 
-    if args.decode == "gpu":  # one line before transformers loads
-        from visroute.data.gpu_decode import require_gpu
-
-        require_gpu()
     quiet_libraries()
     engine = make_engine(args.engine, args.ray_address, args.actors, args.num_gpus)  # before any model loads
     try:
