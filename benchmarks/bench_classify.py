@@ -14,19 +14,20 @@ names with one template, each timed ``--repeat`` times (best kept):
 
 * ``visroute``: what ``visroute classify`` runs, in this process: ``prepare_classify`` (model load and head
   fit, untimed) then ``ClassifyJob.batches`` over the files (decoding in DataLoader workers, the model in
-  this process), with fast decode (the default) and with ``--no-fast-decode`` (exact preprocessing);
+  this process), with ``--decode exact`` (the default: the model's own preprocessing) and ``--decode fast``;
 * ``pipeline``: ``transformers.pipeline("zero-shot-image-classification")`` on the same model folder with
   its default image processor, given the file paths, batch size 64;
-* ``decode limit``: ``iter_preprocessed_batches`` alone, same workers and settings as ``visroute`` with
-  fast decode, no model: the most the decode side can deliver on this machine in this run;
+* ``decode limit`` / ``decode limit (fast)``: ``iter_preprocessed_batches`` alone, the same decoder in the same
+  number of worker processes as ``visroute`` in that mode, no model: the most the decode side can deliver on this
+  machine in this run. Goals: exact >= 0.9 of the exact decode limit; fast >= 2.5x the pipeline;
 * ``forward limit``: ``encode_images`` on batches decoded and preprocessed beforehand: the model alone.
 
 Start-up: ``visroute classify ONE.JPEG -l cat,dog -m random-tiny --json`` as a subprocess (best of
 ``--repeat``; the random-tiny model is built once before), and whether ``torch._dynamo`` is imported on that
 path (``python -X importtime``). Goal: <= 2 s.
 
-Usage: ``python benchmarks/bench_classify.py [--data ../shared/data] [--limit-b32 200] [--repeat 3]``.
-Writes benchmarks/results/bench_classify.json.
+Usage: ``python benchmarks/bench_classify.py [--data ../shared/data] [--limit-b32 200] [--repeat 3] [--smoke]``.
+Writes benchmarks/results/bench_classify.json (``--smoke``: 32 images, tiny model, once, in seconds; writes nothing).
 """
 
 from __future__ import annotations
@@ -50,15 +51,15 @@ TEMPLATE = "a photo of a {c}."
 BATCH = 64
 
 
-def visroute_run(model_dir: Path, paths: list[Path], labels: list[str], fast: bool, workers: int | None):
+def visroute_run(model_dir: Path, paths: list[Path], labels: list[str], decode: str, workers: int | None):
     from visroute.batch_classify import prepare_classify
 
     templates = model_dir / "templates.txt"
     templates.write_text(TEMPLATE + "\n", encoding="utf-8")
-    job = prepare_classify(paths, ",".join(labels), None, str(templates), f"hf:{model_dir}", "cpu")
+    job = prepare_classify(paths, ",".join(labels), None, str(templates), f"hf:{model_dir}", "cpu", decode=decode)
 
     def run():
-        n = sum(len(preds) for preds, _ in job.batches(5, BATCH, workers, fast, False))
+        n = sum(len(preds) for preds, _ in job.batches(5, BATCH, workers, False))
         assert n == len(paths), n
     return run
 
@@ -76,15 +77,15 @@ def pipeline_run(model_dir: Path, paths: list[Path], labels: list[str]):
     return run
 
 
-def decode_limit_run(model_dir: Path, paths: list[Path], workers: int | None):
-    from visroute.data.images import iter_preprocessed_batches
+def decode_limit_run(model_dir: Path, paths: list[Path], workers: int | None, decode: str):
+    from visroute.data.batches import iter_preprocessed_batches
     from visroute.models import load_model
 
     model = load_model(f"hf:{model_dir}", device="cpu")
 
     def run():
         n = 0
-        for idx, _batch, bad in iter_preprocessed_batches(paths, model.preprocess, model.collate, BATCH, workers, 224):
+        for idx, _batch, bad in iter_preprocessed_batches(paths, model.preprocess, model.collate, BATCH, workers, decode):
             n += len(idx)
         assert n == len(paths)
     return run
@@ -142,7 +143,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-startup", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="32 images, tiny model, once: a check that it runs, in "
+                                                         "seconds (not a measurement; writes nothing)")
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.limit_tiny, args.repeat, args.skip_startup = "tiny", 32, 1, True
     images = data_dir(args.data) / "imagenet-sample"
     rows = list(csv.DictReader(open(images / "labels.csv", encoding="utf-8")))
     labels = list(dict.fromkeys(r["classname"] for r in rows))[: args.labels]
@@ -152,11 +157,12 @@ def main() -> int:
         for size in args.sizes.split(","):
             paths = all_paths[: args.limit_tiny if size == "tiny" else args.limit_b32]
             model_dir = {"tiny": build_tiny, "b32": build_b32}[size](Path(tmp) / size)
-            steps = {"visroute": visroute_run(model_dir, paths, labels, True, args.workers),
-                     "visroute_exact": visroute_run(model_dir, paths, labels, False, args.workers),
+            steps = {"visroute_exact": visroute_run(model_dir, paths, labels, "exact", args.workers),
+                     "visroute_fast": visroute_run(model_dir, paths, labels, "fast", args.workers),
                      "pipeline": pipeline_run(model_dir, paths, labels)}
-            steps.update({"decode_limit": decode_limit_run(model_dir, paths, args.workers)} if size == "tiny" else
-                         {"forward_limit": forward_limit_run(model_dir, paths)})
+            steps.update({"decode_limit_exact": decode_limit_run(model_dir, paths, args.workers, "exact"),
+                          "decode_limit_fast": decode_limit_run(model_dir, paths, args.workers, "fast")}
+                         if size == "tiny" else {"forward_limit": forward_limit_run(model_dir, paths)})
             r = out[size] = {"images": len(paths)}
             for name, fn in steps.items():
                 fn() if name.startswith("visroute") else None  # warm-up: worker start, caches
@@ -165,17 +171,19 @@ def main() -> int:
                 print(f"{size:5s} {name:15s} {r[name]['images_per_s']:8.1f} img/s  (load1 {rec['load1']}, "
                       f"foreign {rec['foreign_load']})", flush=True)
             ips = lambda k: r[k]["images_per_s"] if k in r else None  # noqa: E731
-            r["ratios"] = {"visroute/pipeline": ratio(ips("visroute"), ips("pipeline")),
-                           "visroute_exact/pipeline": ratio(ips("visroute_exact"), ips("pipeline")),
-                           "visroute/decode_limit": ratio(ips("visroute"), ips("decode_limit")),
-                           "visroute/forward_limit": ratio(ips("visroute"), ips("forward_limit")),
+            r["ratios"] = {"visroute_exact/pipeline": ratio(ips("visroute_exact"), ips("pipeline")),
+                           "visroute_fast/pipeline": ratio(ips("visroute_fast"), ips("pipeline")),
+                           "visroute_exact/decode_limit_exact": ratio(ips("visroute_exact"), ips("decode_limit_exact")),
+                           "visroute_fast/decode_limit_fast": ratio(ips("visroute_fast"), ips("decode_limit_fast")),
+                           "visroute_exact/forward_limit": ratio(ips("visroute_exact"), ips("forward_limit")),
                            "pipeline/forward_limit": ratio(ips("pipeline"), ips("forward_limit"))}
             print(f"{size:5s} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items() if v), flush=True)
     if not args.skip_startup:
         s = out["startup"] = startup(all_paths[0], args.repeat)
         print(f"start-up: classify 1 image with random-tiny {s['seconds']:.2f} s (load1 {s['load1']}); "
               f"imported {s['imported']}; torch._dynamo via {s['dynamo_imported_via']}")
-    write_results("bench_classify", out)
+    if not args.smoke:
+        write_results("bench_classify", out)
     return 0
 
 

@@ -50,7 +50,7 @@ Runs at a foreign load well above 0 are pessimistic for throughput (memory is ha
 Usage::
 
     python benchmarks/bench_eval.py [--data DIR] [--model random-tiny] [--big 100000] [--budget-min 20]
-        [--workdir DIR] [--batch-size N] [--workers N] [--shard-size N] [--poll 0.2] [--keep]
+        [--workdir DIR] [--batch-size N] [--workers N] [--shard-size N] [--poll 0.2] [--keep] [--smoke]
 
 psutil must be importable (it is in the dev venv); ``/usr/bin/time`` is used when present.
 """
@@ -330,10 +330,19 @@ def main() -> None:
                          "is printed; 0: never reduce")
     ap.add_argument("--poll", type=float, default=0.2, help="psutil sampling interval, seconds")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--smoke", action="store_true", help="16 images of 2 classes, no big set: a check that the "
+                                                         "benchmark runs, in seconds (not a measurement)")
     args = ap.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_eval-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.smoke:  # a small ImageFolder of links into --data
+        small = workdir / "smoke-data"
+        for c in sorted(p for p in args.data.iterdir() if p.is_dir())[:2]:
+            (small / c.name).mkdir(parents=True, exist_ok=True)
+            for f in sorted(c.iterdir())[:8]:
+                os.symlink(f.resolve(), small / c.name / f.name)
+        args.data, args.big = small, 0
     t_all = time.perf_counter()
     print(f"visroute eval benchmark: model {args.model}, data {args.data}, workdir {workdir}")
     print(f"machine: {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
@@ -412,11 +421,14 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _common import write_results
 
-        write_results("bench_eval", {"model": args.model, "runs": [
-            {"run": r.name, "images": r.n_images, "images_encoded": r.encoded, "eval_wall_s": r.wall, "images_per_s": r.ips,
-             "process_wall_s": r.proc_wall, "max_rss_mib": r.time_maxrss and r.time_maxrss / 2**20,
-             "tree_pss_mib": r.peaks.tree_pss and r.peaks.tree_pss / 2**20, "load1": r.load_before, "foreign_load": r.foreign}
-            for r in [first, cached, tmpl] + ([big] if big else [])]})
+        if not args.smoke:
+            write_results("bench_eval", {"model": args.model, "runs": [
+                {"run": r.name, "images": r.n_images, "images_encoded": r.encoded, "eval_wall_s": r.wall,
+                 "images_per_s": r.ips, "process_wall_s": r.proc_wall,
+                 "max_rss_mib": r.time_maxrss and r.time_maxrss / 2**20,
+                 "tree_pss_mib": r.peaks.tree_pss and r.peaks.tree_pss / 2**20, "load1": r.load_before,
+                 "foreign_load": r.foreign}
+                for r in [first, cached, tmpl] + ([big] if big else [])]})
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -63,6 +63,19 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_clip64_dir(tmp_path_factory) -> Path:
+    """A tiny CLIP with a 64-px input, never seen by any test tool: ImageNet photos are shrunk a lot, so a decode
+    shortcut shows in the probabilities."""
+    from transformers import CLIPImageProcessor
+
+    from visroute.models.tiny import build_tiny_clip
+
+    d = build_tiny_clip(tmp_path_factory.mktemp("clip64"), seed=11, image_size=64, patch_size=16)
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     from visroute.models.tiny import build_tiny_siglip
 

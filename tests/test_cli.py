@@ -116,17 +116,17 @@ def test_models_lists_known_specs():
 
 
 def test_fast_decode_keeps_the_models_input_size(tmp_path):
-    """--fast-decode must not decode a 336-pixel model's images at 224 (transformers 5 uses a SizeDict)."""
+    """decode 'fast' must not decode a 336-pixel model's images at 224 (transformers 5 uses a SizeDict)."""
     from transformers import CLIPImageProcessorPil
 
-    from visroute.batch_classify import draft_size as _draft_size
+    from visroute.data.batches import choose_decoding
+    from visroute.models.hf import HFImagePreprocess
 
-    class M:
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-
-    assert _draft_size(M()) == 336
-    M.image_processor = CLIPImageProcessorPil(size={"shortest_edge": 224})
-    assert _draft_size(M()) == 224
+    big = HFImagePreprocess(CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}))
+    assert choose_decoding(big, "fast").draft_size == 336
+    assert choose_decoding(big, "exact").draft_size is None
+    small = HFImagePreprocess(CLIPImageProcessorPil(size={"shortest_edge": 224}))
+    assert choose_decoding(small, "fast").draft_size == 224
 
 
 # -- global options, fast start, structure ------------------------------------------------------------------

@@ -43,6 +43,31 @@ def test_hf_backend_matches_transformers_pipeline(fixture, image_backend, reques
     assert model.score_rule == expected_rule
 
 
+def test_cli_default_flags_match_transformers_pipeline(tiny_clip64_dir, imagenet_images, tmp_path):
+    """`visroute classify` with no decode flag equals transformers' zero-shot pipeline (within 1e-4) on a 64-px
+    model, where a decode shortcut would move the probabilities by about 1e-2."""
+    import json
+
+    from transformers import pipeline
+    from typer.testing import CliRunner
+
+    from visroute.cli import app
+
+    (tmp_path / "t.txt").write_text("a photo of a {c}.\n")
+    r = CliRunner().invoke(app, ["classify", *map(str, imagenet_images), "--labels", ",".join(LABELS), "--model",
+                                 f"hf:{tiny_clip64_dir}", "--templates", str(tmp_path / "t.txt"), "--json",
+                                 "--device", "cpu", "--top-k", str(len(LABELS))])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["decode"] == "exact"
+    ours = torch.tensor([[dict(zip(p["labels"], p["scores"]))[lab] for lab in LABELS] for p in doc["predictions"]])
+    pipe = pipeline("zero-shot-image-classification", model=str(tiny_clip64_dir), device="cpu")
+    out = pipe([str(p) for p in imagenet_images], candidate_labels=LABELS, hypothesis_template="a photo of a {}.")
+    ref = torch.tensor([[{o["label"]: o["score"] for o in row}[lab] for lab in LABELS] for row in out])
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    assert float(ref.std()) > 1e-6
+
+
 def _openclip_reference(model_dir, image_paths, classnames, templates):
     """Zero-shot probabilities computed with open_clip's own API, the way CLIP_benchmark does."""
     import open_clip

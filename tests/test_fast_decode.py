@@ -1,5 +1,5 @@
 """uint8 transport and fast decode: the exact split reproduces each model's preprocessing bit for bit, and fast
-decode (on by default in classify/eval/grid) leaves predictions and accuracy on the shared samples unchanged."""
+decode (``decode: fast``, opt-in; ``exact`` is the default everywhere) leaves predictions and accuracy on the shared samples unchanged."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from visroute.data.images import iter_preprocessed_batches, load_image
+from visroute.data.batches import iter_preprocessed_batches
+from visroute.data.images import load_image
 from visroute.data.pixels import pixel_plan
 from visroute.features import encode_image_files
 from visroute.heads import ZeroShotClassifier
@@ -70,7 +71,7 @@ def test_naflex_processor_keeps_the_float_path(tiny_siglip2_dir, imagenet_images
     """A processor with extra outputs (patch masks, shapes) gets no plan; its batches still encode."""
     model = load_model(f"hf:{tiny_siglip2_dir}", device="cpu")
     assert pixel_plan(model.preprocess) is None
-    enc = encode_image_files(model, imagenet_images[:3], num_workers=0, draft_size=224)
+    enc = encode_image_files(model, imagenet_images[:3], num_workers=0, decode="fast")
     assert enc.embeddings.shape[0] == 3
 
 
@@ -88,7 +89,7 @@ def test_fast_decode_keeps_predictions_and_accuracy(tiny_clip_dir, openclip_tiny
             y = np.array([classnames.index(names[i]) for i in labels]) if classnames is not classes else labels
             head = ZeroShotClassifier(model, ["a photo of a {c}."]).fit(classnames)
             exact = head.predict(encode_image_files(model, files, num_workers=2).embeddings)
-            fast = head.predict(encode_image_files(model, files, num_workers=2, draft_size=224).embeddings)
+            fast = head.predict(encode_image_files(model, files, num_workers=2, decode="fast").embeddings)
             assert (exact == fast).mean() >= 0.99, spec
             assert abs((exact == y).mean() - (fast == y).mean()) <= 0.005, spec
             if classnames is classes:
@@ -113,7 +114,7 @@ def test_worker_batches_keep_order_and_skips(tiny_clip_dir, imagenet_images, tmp
 
 def test_thread_choice_is_logged(tiny_clip_dir, imagenet_images):
     """What ``--verbose`` shows: workers, their torch threads, the main process's threads."""
-    import visroute.data.images as images
+    import visroute.data.batches as images
 
     model = load_model(f"hf:{tiny_clip_dir}", device="cpu")
     images._LOGGED_THREADS.clear()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visroute.data.images import ImageDecodeError, find_images, iter_preprocessed_batches, load_image
+from visroute.data.batches import iter_preprocessed_batches
+from visroute.data.images import ImageDecodeError, find_images, load_image
 
 
 @pytest.fixture()

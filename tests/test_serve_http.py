@@ -35,10 +35,9 @@ def post(served, path, **kw):
 
 
 def cli_predictions(args: list[str]) -> dict:
-    # the service runs the model's exact preprocessing: the CLI's with --no-fast-decode (its default decodes JPEGs
-    # at reduced size, pixels within about one level)
+    # the service and the CLI both default to decode 'exact' (the model's own preprocessing)
     r = CliRunner().invoke(cli, ["classify", *args, "--model", "random-tiny", "--device", "cpu", "--json",
-                                 "--workers", "0", "--top-k", "5", "--no-fast-decode"])
+                                 "--workers", "0", "--top-k", "5"])
     assert r.exit_code == 0, r.output
     return {p["path"].rsplit("/", 1)[-1]: p for p in json.loads(r.stdout)["predictions"]}
 

@@ -210,18 +210,22 @@ def test_remote_image_allow_list_is_by_prefix_and_not_fooled():
 
 def test_decoding_in_worker_processes_gives_the_same_inputs(shared_data):
     """``decode_processes: true``: the spawned workers preprocess exactly as the service's own process would."""
+    from visroute.data.batches import ImageInputs
     from visroute.models import load_model
-    from visroute.serve.decode import _PREPROCESS, make_pool, prepare
+    from visroute.serve.decode import _INPUTS, make_pool, prepare
 
     model = load_model("random-tiny", device="cpu")
     data = (shared_data / "imagenet-sample" / "n02096051_Airedale.JPEG").read_bytes()
-    pool = make_pool({"m": model.preprocess}, workers=1, processes=True)
+    pool = make_pool({"m": ImageInputs(model.preprocess)}, workers=1, processes=True)
     try:
         remote, _ = pool.submit(prepare, "m", data, None, None).result(timeout=120)
         with pytest.raises(BadImageInput, match="not an image"):  # errors come back as the same one-line error
             pool.submit(prepare, "m", b"plain text", None, None).result(timeout=60)
     finally:
         pool.shutdown()
-    _PREPROCESS["m"] = model.preprocess
+    _INPUTS["m"] = ImageInputs(model.preprocess)
     local, _ = prepare("m", data, None, None)
     assert torch.equal(remote["pixel_values"], local["pixel_values"])
+    from visroute.data.images import load_image
+
+    assert torch.equal(local["pixel_values"], model.preprocess(load_image(data))["pixel_values"])  # exact by default

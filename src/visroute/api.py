@@ -13,8 +13,11 @@ from visroute.pipeline.spec import PipelineSpec
 
 
 def classify(images: Any, labels: Sequence[str], model: str = "hf:openai/clip-vit-base-patch32",
-             templates: Sequence[str] | str | None = None, top_k: int = 5, device: str = "auto") -> list[dict]:
+             templates: Sequence[str] | str | None = None, top_k: int = 5, device: str = "auto",
+             decode: str = "exact") -> list[dict]:
     """Zero-shot classify image files / folders (or PIL images) against ``labels``.
+
+    ``decode``: ``exact`` (default: the model's own preprocessing, as the CLI and the service), ``fast`` or ``gpu``.
 
     Returns one ``{"image", "labels", "scores"}`` per image, best first; unreadable files raise one
     VisrouteError naming them (the CLI skips and counts them instead).
@@ -23,19 +26,22 @@ def classify(images: Any, labels: Sequence[str], model: str = "hf:openai/clip-vi
 
     items = [images] if isinstance(images, (str, Path)) or hasattr(images, "convert") else list(images)
     spec = PipelineSpec(head="zeroshot", model=model, templates=templates if not isinstance(templates, list)
-                        else tuple(templates), device=device)
+                        else tuple(templates), device=device, decode=decode)
     head = build_pipeline(spec).classifier(list(labels))
     k = min(top_k, len(head.classes_))
     pil = [im for im in items if hasattr(im, "convert")]
     if pil:
         if len(pil) != len(items):
             raise VisrouteError("give either image paths or PIL images, not both")
-        model_ = head.model
-        emb = model_.encode_images(model_.collate([model_.preprocess(im.convert("RGB")) for im in pil]))
+        from visroute.data.batches import ImageInputs
+        from visroute.features.encode import encode_inputs
+
+        inputs = ImageInputs(head.model.preprocess, decode)
+        emb = encode_inputs(head.model, [inputs(im) for im in pil])
         idx, scores = head.predict_topk(emb, k)
         return [{"image": i, "labels": [str(head.classes_[j]) for j in r], "scores": [float(s) for s in p]}
                 for i, (r, p) in enumerate(zip(idx, scores))]
-    run = classify_images(head, items, k, num_workers=0)
+    run = classify_images(head, items, k, decode=decode)
     if run.skipped:
         raise VisrouteError(f"{len(run.skipped)} image(s) could not be read, e.g. {run.skipped[0].path}: "
                             f"{run.skipped[0].reason}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visroute.data.images import SkippedFile, find_images
-from visroute.features.encode import EncodedBatch, iter_encoded_batches
+from visroute.features.encode import iter_encoded_batches
 from visroute.heads.zeroshot import ZeroShotClassifier
 
 
@@ -30,15 +30,13 @@ def iter_classify(
     top_k: int = 5,
     batch_size: int = 64,
     num_workers: int | None = None,
-    draft_size: int | None = None,
+    decode: str = "exact",
     progress: bool = False,
     engine=None,
 ) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
     """Classify already-expanded image paths batch by batch with a fitted head; ``engine`` (``visroute.engine``,
-    e.g. Ray): where the images are encoded, batches still in input order."""
-    batches = iter_encoded_batches(head.model, paths, batch_size, num_workers, draft_size, progress) if engine is None \
-        else engine_batches(engine, head.model, [str(p) for p in paths], batch_size, draft_size)
-    for batch in batches:
+    default local): where the images are encoded, batches still in input order; ``decode``: exact | fast | gpu."""
+    for batch in iter_encoded_batches(head.model, paths, batch_size, num_workers, decode, progress, engine):
         preds = []
         if batch.paths:
             idx, scores = head.predict_topk(batch.embeddings, top_k)
@@ -47,32 +45,15 @@ def iter_classify(
         yield preds, batch.skipped
 
 
-def engine_batches(engine, model, paths: list[str], batch_size: int, draft_size: int | None) -> Iterator[EncodedBatch]:
-    for idx, emb, skipped in engine.map_images(model, paths, batch_size, draft_size):
-        yield EncodedBatch([paths[i] for i in idx], emb, skipped)
-
-
 def classify_images(head: ZeroShotClassifier, inputs: Sequence[str | Path], top_k: int = 5, **kw) -> ClassifyRun:
-    """Expand files/folders and classify them all; unreadable files are collected in ``skipped``. Large JPEGs are
-    decoded at reduced size and resized fast (``visroute.data.pixels``) unless ``draft_size=None`` is passed."""
+    """Expand files/folders and classify them all; unreadable files are collected in ``skipped``. ``decode``
+    (keyword) defaults to ``exact``: the model's own preprocessing."""
     paths, missing = find_images(inputs)
-    kw.setdefault("draft_size", draft_size(head.model))  # fast decode, as `visroute classify` (draft_size=None: exact)
     run = ClassifyRun(skipped=list(missing))
     for preds, skipped in iter_classify(head, paths, top_k, **kw):
         run.predictions += preds
         run.skipped += skipped
     return run
-
-
-def draft_size(model) -> int:
-    """Smallest side the model's preprocessing needs, for reduced-size JPEG decoding (``--fast-decode``).
-
-    transformers 5 stores ``size`` as a SizeDict (attributes), 4.x as a dict; both are read.
-    """
-    size = getattr(getattr(model, "image_processor", None), "size", None)
-    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))  # noqa: E731
-    side = (get("shortest_edge") or get("height")) if size is not None else None
-    return int(side) if side else 224
 
 
 @dataclass
@@ -85,18 +66,20 @@ class ClassifyJob:
     paths: list[Path]
     skipped: list[SkippedFile]
     repeated_labels: list[str]
+    decode: str = "exact"
 
-    def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None, fast_decode: bool = True,
+    def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None,
                 progress: bool | None = None, engine=None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
-        """Predictions batch by batch; the progress bar defaults to on for more than 8 images."""
+        """Predictions batch by batch, decoded in the job's ``decode`` mode; the progress bar defaults to on for
+        more than 8 images."""
         show = progress if progress is not None else len(self.paths) > 8
-        draft = draft_size(self.head.model) if fast_decode else None
-        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, draft, show, engine)
+        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, self.decode, show, engine)
 
     def document(self, top_k: int, run: ClassifyRun) -> dict:
         """The JSON document ``visroute classify --json`` prints."""
         return {
             **self.head.model.describe(),
+            "decode": self.decode,
             "labels": self.classnames,
             "templates": self.templates,
             "top_k": top_k,
@@ -109,13 +92,19 @@ class ClassifyJob:
 
 def prepare_classify(inputs: Sequence[str | Path], labels: str | None = None, labels_file: str | None = None,
                      templates: str | None = None, model: str | None = None, device: str = "auto",
-                     dtype: str = "auto") -> ClassifyJob:
+                     dtype: str = "auto", decode: str = "exact") -> ClassifyJob:
     """Parse labels and templates, expand the inputs, load the model and fit the head; any problem is one
     ``VisrouteError`` raised before a single image is decoded."""
     from visroute.data.text import load_templates, parse_labels
     from visroute.errors import VisrouteError
     from visroute.models import DEFAULT_MODEL
 
+    from visroute.data.batches import check_decode
+
+    if check_decode(decode) == "gpu":
+        from visroute.data.gpu_decode import require_gpu
+
+        require_gpu()  # one line, before any model loads
     classnames, repeated = parse_labels(labels, labels_file)
     template_list = load_templates(templates)
     paths, skipped = find_images(inputs)
@@ -124,6 +113,6 @@ def prepare_classify(inputs: Sequence[str | Path], labels: str | None = None, la
     from visroute.pipeline import PipelineSpec, build_pipeline
 
     spec = PipelineSpec(head="zeroshot", model=model or DEFAULT_MODEL, templates=tuple(template_list), device=device,
-                        dtype=dtype)
+                        dtype=dtype, decode=decode)
     head = build_pipeline(spec).classifier(classnames)
-    return ClassifyJob(head, classnames, template_list, list(paths), list(skipped), list(repeated))
+    return ClassifyJob(head, classnames, template_list, list(paths), list(skipped), list(repeated), decode)

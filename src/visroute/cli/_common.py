@@ -40,6 +40,16 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: one per core).")]
+def _decode_choice(value: str) -> str:
+    if value not in ("exact", "fast", "gpu"):
+        raise typer.BadParameter(f"{value!r} is not one of 'exact', 'fast', 'gpu'")
+    return value
+
+
+Decode = Annotated[str, typer.Option("--decode", callback=_decode_choice, metavar="[exact|fast|gpu]",
+                                     help="How images become model inputs: exact (default: the model's own "
+                                          "preprocessing, bit for bit), fast (reduced-size JPEG decoding + torch "
+                                          "resize; pixels within ~1 level) or gpu (nvJPEG on the CUDA device).")]
 RouterDir = Annotated[Path, typer.Option("--router", help="Trained router directory.")]
 TableDir = Annotated[Path, typer.Argument(help="Routing table directory.")]
 # --engine ray (visroute.engine): where the heavy stages run; none of these changes a result

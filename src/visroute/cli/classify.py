@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import (EXIT_OK, EXIT_SOME_SKIPPED, Actors, BatchSize, Device, Dtype, EngineName, NumGpus,
+from visroute.cli._common import (EXIT_OK, EXIT_SOME_SKIPPED, Actors, BatchSize, Decode, Device, Dtype, EngineName, NumGpus,
                                   RayAddress, Workers, make_engine, options_from, quiet_libraries, warn)
 
 Opt = typer.Option
@@ -30,8 +30,7 @@ class ClassifyArgs:
     dtype: Dtype = "auto"
     batch_size: BatchSize = 64
     workers: Workers = None
-    fast_decode: Annotated[bool, Opt(help="Reduced-size JPEG decoding + fast antialiased resize of images larger than the "
-                                          "model input (pixels within ~1 level); --no-fast-decode: exact preprocessing.")] = True
+    decode: Decode = "exact"
     progress: Annotated[Optional[bool], Opt(help="Progress bar (default: on for more than 8 images).")] = None
     engine: EngineName = None
     ray_address: RayAddress = None
@@ -48,14 +47,13 @@ def classify(args: ClassifyArgs) -> None:
     engine = make_engine(args.engine, args.ray_address, args.actors, args.num_gpus)  # before any model loads
     try:
         job = prepare_classify(args.paths, args.labels, args.labels_file, args.templates, args.model, args.device,
-                               args.dtype)
+                               args.dtype, args.decode)
         if job.repeated_labels:
             warn(f"warning: repeated label(s) merged: {', '.join(job.repeated_labels)}")
         if job.head.model.is_random and not args.as_json:
             warn(f"note: {job.head.model.spec} has random weights (smoke test); predictions are at chance level.")
         run = ClassifyRun(skipped=list(job.skipped))
-        for preds, bad in job.batches(args.top_k, args.batch_size, args.workers, args.fast_decode, args.progress,
-                                      None if engine.name == "local" else engine):
+        for preds, bad in job.batches(args.top_k, args.batch_size, args.workers, args.progress, engine):
             run.predictions += preds
             run.skipped += bad
             if not args.as_json:

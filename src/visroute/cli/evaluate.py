@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visroute.cli._common import (Actors, BatchSize, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
+from visroute.cli._common import (Actors, BatchSize, Decode, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
                                   Workers, error, exit_code, make_engine, options_from, quiet_libraries, warn)
 from visroute.pipeline.heads import classify_heads, task_heads
 
@@ -55,8 +55,7 @@ class EvalArgs:
     batch_size: BatchSize = 64
     workers: Workers = None
     shard_size: Annotated[int, Opt(min=1, help="Images per feature-cache shard (resume granularity).")] = 2048
-    fast_decode: Annotated[bool, Opt(help="Reduced-size JPEG decoding + fast resize of large images (pixels within ~1 "
-                                          "level); --no-fast-decode: the model's exact preprocessing.")] = True
+    decode: Decode = "exact"
     device: Device = "auto"
     dtype: Dtype = "auto"
     progress: Annotated[bool, Opt(help="Progress bars.")] = True
@@ -91,14 +90,15 @@ class EvalArgs:
                   for p, default in entry.params.items()}
         return [PipelineSpec(head=self.head, model=m, templates=self.templates if entry.templates else None,
                              descriptions=self.descriptions, fallback_descriptions=self.fallback_descriptions,
-                             device=self.device, dtype=self.dtype, params={k: v for k, v in params.items() if v != []})
+                             device=self.device, dtype=self.dtype, decode=self.decode,
+                             params={k: v for k, v in params.items() if v != []})
                 for m in self.model]
 
     def run_options(self, cache=None):
         """Where results go and how images are read (``visroute.eval.run.RunOptions``)."""
         from visroute.eval.run import RunOptions
 
-        keep = ("output", "classnames", "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress")
+        keep = ("output", "classnames", "batch_size", "workers", "shard_size", "skip_existing", "progress")
         return RunOptions(cache=cache, **{name: getattr(self, name) for name in keep})
 
     def task_arguments(self) -> dict:

@@ -12,7 +12,7 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visroute.errors import VisrouteError
-from visroute.log import get_logger
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -230,169 +229,3 @@ class PreprocessedItems:
             return i, None, str(e)
         except Exception as e:  # a processor rejecting an odd image must not kill the worker; counted as skipped
             return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
-
-
-def _keep_items(items: list[tuple[int, Any, str | None]]) -> list[tuple[int, Any, str | None]]:
-    return items
-
-
-def _unchanged(item: Any) -> Any:
-    return item
-
-
-class PixelBatches:
-    """Map-style dataset whose item ``k`` is a whole batch, decoded and stacked inside the worker.
-
-    -> (decoded item indices, uint8 (B, C, H, W) or None, [(item index, reason)]): one shared-memory tensor per
-    batch crosses to the main process, at a quarter of the float32 bytes, instead of one tensor per image.
-    """
-
-    def __init__(self, source: Any, plan: Any, chunks: list[list[int]], draft_size: int | None = None,
-                 fast: bool = False):
-        self.source, self.plan, self.chunks = source, plan, chunks
-        self.draft_size, self.fast = draft_size, fast
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, k: int) -> tuple[list[int], Any, list[tuple[int, str]]]:
-        import torch
-
-        ok, pixels, bad = [], [], []
-        for i in self.chunks[k]:
-            try:
-                pixels.append(self.plan.pixels(self.source.load(i, self.draft_size), self.fast))
-                ok.append(i)
-            except ImageDecodeError as e:
-                bad.append((i, str(e)))
-            except Exception as e:  # as in PreprocessedItems: one odd image is a counted skip, not a dead worker
-                bad.append((i, f"preprocessing failed ({type(e).__name__}: {e})"))
-        return ok, (torch.stack(pixels) if pixels else None), bad
-
-
-def default_num_workers() -> int:
-    return min(available_cores(), 8)
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _worker_threads(_worker_id: int) -> None:
-    """Each decoding worker does its (single-image) work on one thread: the cores belong to the workers as a whole."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def main_threads(num_workers: int) -> int:
-    """torch threads for the process that runs the model while ``num_workers`` processes decode: every core
-    (the model is what the workers wait for when it is large, and it sleeps while they work when it is small),
-    never more than there are cores. Set once, logged at INFO (``--verbose``)."""
-    import torch
-
-    cores = available_cores()
-    want = max(1, min(torch.get_num_threads(), cores))
-    if torch.get_num_threads() != want:
-        torch.set_num_threads(want)
-    if (cores, num_workers, want) not in _LOGGED_THREADS:
-        _LOGGED_THREADS.add((cores, num_workers, want))
-        get_logger(__name__).info("threads: %d core(s); %d decoding worker process(es) with 1 torch thread each; "
-                                  "model in the main process with %d torch thread(s); OMP_WAIT_POLICY=%s", cores,
-                                  num_workers, want, os.environ.get("OMP_WAIT_POLICY", "(unset)"))
-    return want
-
-
-_LOGGED_THREADS: set = set()
-
-
-def iter_preprocessed_batches(
-    source: Any,
-    preprocess: Callable[[Image.Image], Any],
-    collate: Callable[[list[Any]], Any],
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    draft_size: int | None = None,
-    indices: Sequence[int] | None = None,
-    max_pixels: int | None = None,
-    device: Any = None,
-    dtype: Any = None,
-) -> Iterator[tuple[list[int], Any, list[SkippedFile]]]:
-    """Yield (indices of decoded items, collated batch or None, items skipped in this batch).
-
-    ``source`` is a list of file paths or any object with ``__len__``, ``load(i, draft_size)`` and
-    ``item_id(i)`` (see ``visroute.data.datasets``); ``indices`` restricts it to a subset.
-    ``max_pixels`` applies to a plain list of paths (item sources carry their own limit).
-    Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (default: one
-    per CPU core) while the caller runs the model in the main process; order is preserved.
-    Where the preprocessing splits exactly (``visroute.data.pixels``) the workers stop at uint8 pixels and
-    stack them, and the exact normalisation table is applied on ``device`` in ``dtype`` (the model's, when
-    given; else float32 on the CPU); ``draft_size`` (fast decode)
-    also lets large images be decoded at reduced size and resized with torch's antialiased kernel.
-    """
-    from torch.utils.data import DataLoader
-
-    from visroute.data.pixels import pixel_plan
-
-    resolve_max_pixels(max_pixels)  # a malformed $VISROUTE_MAX_PIXELS is one error here, not a skip per image
-    if not hasattr(source, "load"):
-        source = FileSource(source, max_pixels)
-    if num_workers is None:
-        num_workers = default_num_workers()
-    order = list(range(len(source))) if indices is None else list(indices)
-    if num_workers > 0 and len(order) <= batch_size:
-        num_workers = 0  # start-up of worker processes costs more than it saves on one batch
-    main_threads(num_workers)
-    plan = pixel_plan(preprocess)
-    if plan is not None and draft_size and plan.fast is not None:
-        draft_size = max(draft_size, plan.fast.min_side)  # never decode below what the model's resize needs
-    if plan is None:
-        get_logger(__name__).debug("preprocessing %r does not split exactly; images travel as float tensors", preprocess)
-        yield from _float_batches(source, preprocess, collate, batch_size, num_workers, draft_size, order)
-        return
-    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    dataset = PixelBatches(source, plan, chunks, draft_size, fast=bool(draft_size))
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_unchanged,
-                        prefetch_factor=2 if num_workers > 0 else None, worker_init_fn=_worker_threads if num_workers
-                        else None, persistent_workers=False)
-    tally = _SkipTally(len(order))
-    for ok, pixels, bad in loader:
-        skipped = [SkippedFile(source.item_id(i), err, i) for i, err in bad]
-        tally.add(skipped)
-        yield ok, (plan.finish(pixels, device, dtype) if pixels is not None else None), skipped
-    tally.report()
-
-
-class _SkipTally:
-    def __init__(self, total: int):
-        self.total, self.n, self.first = total, 0, None
-
-    def add(self, skipped: list[SkippedFile]) -> None:
-        self.n += len(skipped)
-        self.first = self.first or (skipped[0] if skipped else None)
-
-    def report(self) -> None:
-        if self.first is not None:  # each skip is also returned to the caller, which lists them
-            get_logger(__name__).warning("%d of %d image(s) skipped: could not be read or preprocessed (first: %s: %s)",
-                                         self.n, self.total, self.first.path, self.first.reason)
-
-
-def _float_batches(source: Any, preprocess: Callable, collate: Callable, batch_size: int, num_workers: int,
-                   draft_size: int | None, order: list[int]) -> Iterator[tuple[list[int], Any, list[SkippedFile]]]:
-    """Per-image float tensors, collated here: any preprocessing (a VLM processor, say) works this way."""
-    from torch.utils.data import DataLoader
-
-    dataset = PreprocessedItems(source, preprocess, draft_size, order)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=_keep_items, prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=_worker_threads if num_workers else None, persistent_workers=False,
-    )
-    tally = _SkipTally(len(dataset))
-    for items in loader:
-        ok = [(i, x) for i, x, err in items if err is None]
-        skipped = [SkippedFile(source.item_id(i), err, i) for i, x, err in items if err is not None]
-        tally.add(skipped)
-        batch = collate([x for _, x in ok]) if ok else None
-        yield [i for i, _ in ok], batch, skipped
-    tally.report()

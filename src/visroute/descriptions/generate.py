@@ -154,7 +154,7 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
     from visroute.data.text import parse_labels
     from visroute.heads.description_sets import save_descriptions
     from visroute.errors import VisrouteError
-    from visroute.pipeline.build import Runtime, load_contrastive, load_generative, typed_endpoints
+    from visroute.pipeline.build import Runtime, load_contrastive, typed_endpoints
     from visroute.pipeline.spec import PipelineSpec
 
     runtime = Runtime(typed_endpoints(llm), timeout=timeout, retries=retries, concurrency=concurrency)
@@ -175,7 +175,11 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
             near = text_neighbours(emb.numpy(), n)
     # the same loader as build_pipeline's, so a describe LLM is configured exactly like a pipeline's LLM
     gen_spec = PipelineSpec(head="vlm", vlm=llm, max_tokens=max_tokens)
-    generator = engine.generator(llm, gen_spec, runtime) if engine is not None else load_generative(llm, gen_spec, runtime)
+    if engine is None:
+        from visroute.engine import default_engine
+
+        engine = default_engine()
+    generator = engine.generator(llm, gen_spec, runtime)
     dset, report = generate_descriptions(generator, classnames, style, near, progress=progress)
     if report.requests and len(report.failed) == report.requests:  # nothing to save: keep any earlier file as it is
         raise VisrouteError(f"all {report.requests} request(s) to {llm} failed (first: {report.failed[0]['error']}); "

@@ -3,8 +3,9 @@
 Both engines have the same interface, so eval, classify, describe and the grid never ask which one they got:
 
 - ``feature_cache(root)``: the feature cache whose ``encode`` encodes missing shards on this engine;
-- ``map_images(model, source, batch_size, draft_size)``: (item indices, embeddings, skipped) per batch, in
-  input order (``visroute classify``);
+- ``map_images(model, source, batch_size, decode=, num_workers=, indices=)``: (item indices, embeddings,
+  skipped) per batch, in input order: the one entry point every caller's images take to features
+  (``visroute.features.encode.encode_batches`` runs under it, locally or on a Ray actor);
 - ``map_calls(fn, items, endpoints)``: ``fn(item)`` for every item, in completion order, with at most
   ``endpoint_concurrency`` requests in flight to any one endpoint (VLM/LLM grid cells, describe);
 - ``run_cells(jobs, run_contrastive, run_task)``: a grid's cells; records are written as each one finishes.
@@ -71,7 +72,8 @@ class EngineOptions:
 
 
 def make_engine(options: EngineOptions | str | None = None, **kw):
-    """The engine ``options`` name (``LocalEngine`` or ``RayEngine``); Ray is imported only for ``ray``."""
+    """The engine ``options`` name (``LocalEngine`` or ``RayEngine``; default local); Ray is imported only for
+    ``ray``. The one constructor: the CLI's ``--engine`` options, grid files and reproduce all come here."""
     if options is None or isinstance(options, str):
         options = EngineOptions(engine=options or "local", **kw)
     options.checked()
@@ -84,4 +86,9 @@ def make_engine(options: EngineOptions | str | None = None, **kw):
     return LocalEngine(options)
 
 
-__all__ = ["ENGINES", "EngineOptions", "make_engine"]
+def default_engine():
+    """The engine a caller that names none gets: the local one (an object like any other, never a ``None`` branch)."""
+    return make_engine("local")
+
+
+__all__ = ["ENGINES", "EngineOptions", "default_engine", "make_engine"]

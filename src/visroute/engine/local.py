@@ -17,15 +17,14 @@ class LocalEngine:
     def feature_cache(self, root=None):
         from visroute.features.cache import FeatureCache
 
-        return FeatureCache(root)
+        return FeatureCache(root, engine=self)
 
-    def map_images(self, model, source, batch_size: int = 64, draft_size: int | None = None,
+    def map_images(self, model, source, batch_size: int = 64, decode: str = "exact",
                    num_workers: int | None = None, indices=None) -> Iterator[tuple[list[int], Any, list]]:
         """(decoded item indices, embeddings or None, skipped) per batch, in input order."""
-        from visroute.features.cache import FeatureCache
+        from visroute.features.encode import encode_batches
 
-        indices = list(range(len(source))) if indices is None else list(indices)
-        return FeatureCache().encoded_batches(model, source, indices, batch_size, num_workers, draft_size)
+        return encode_batches(model, source, indices, batch_size, num_workers, decode)
 
     def map_calls(self, fn: Callable[[Any, int], Any], items: Iterable[Any],
                   endpoints: Callable[[Any], tuple[str, ...]] = lambda item: ()) -> "LocalCalls":

@@ -127,19 +127,12 @@ class RayEngine:
 
     # -- images ----------------------------------------------------------------------------------------
     def feature_cache(self, root=None):
+        """The feature cache, with missing shards encoded on the Ray actor pool."""
         from visroute.features.cache import FeatureCache
 
-        engine = self
+        return FeatureCache(root, engine=self)
 
-        class RayFeatureCache(FeatureCache):
-            """The feature cache, with missing shards encoded on the Ray actor pool."""
-
-            def encoded_batches(self, model, dataset, indices, batch_size, num_workers, draft_size):
-                return engine.map_images(model, dataset, batch_size, draft_size, indices=indices)
-
-        return RayFeatureCache(root)
-
-    def map_images(self, model, source, batch_size: int = 64, draft_size: int | None = None,
+    def map_images(self, model, source, batch_size: int = 64, decode: str = "exact",
                    num_workers: int | None = None, indices=None) -> Iterator[tuple[list[int], Any, list]]:
         """(decoded item indices, embeddings or None, skipped) per chunk of ``batch_size`` items, in input order."""
         import torch
@@ -153,13 +146,13 @@ class RayEngine:
         chunks = [indices[j : j + bs] for j in range(0, len(indices), bs)]
         if not chunks:
             return
-        for c, (index, emb, error) in self._run_chunks(model, source, draft_size, chunks):
+        for c, (index, emb, error) in self._run_chunks(model, source, decode, chunks):
             ok = [r for r, e in enumerate(error) if not e]
             skipped = [SkippedFile(source.item_id(int(index[r])), str(error[r]), int(index[r]))
                        for r, e in enumerate(error) if e]
             yield [int(index[r]) for r in ok], (torch.from_numpy(emb[ok]) if ok else None), skipped
 
-    def _run_chunks(self, model, source, draft_size, chunks: list[list[int]]):
+    def _run_chunks(self, model, source, decode: str, chunks: list[list[int]]):
         """(chunk number, indices, embeddings, errors) for every chunk, in chunk order."""
         import numpy as np
 
@@ -167,7 +160,7 @@ class RayEngine:
 
         ray = self.start()
         spec = PipelineSpec(model=model.spec, device="auto", dtype=_DTYPE_NAMES.get(str(model.dtype), "auto"))
-        kwargs = {"spec_json": spec.to_json(), "source": source, "draft_size": draft_size,
+        kwargs = {"spec_json": spec.to_json(), "source": source, "decode": decode,
                   "dim": int(model.encode_texts(["a photo."]).shape[1]), "env": driver_env(),
                   "threads": self.options.threads or self.default_threads(),
                   "expect": {"weights": model.weights_fingerprint, "preprocess": model.preprocess_fingerprint}}

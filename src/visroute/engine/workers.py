@@ -35,18 +35,18 @@ def apply_env(env: dict[str, str] | None) -> None:
 class EncodeWorker:
     """A Ray Data actor: builds the contrastive model once, then encodes chunks of item indices.
 
-    Each chunk is decoded and preprocessed item by item exactly as a local DataLoader batch is
-    (``PreprocessedItems``), collated without the items that failed, and encoded in one forward pass, so a
-    chunk gives the same embeddings as the same batch on the local engine.
+    Each chunk goes through the same ``encode_batches`` as a local batch (one batch, decoded in this process), in
+    the driver's ``decode`` mode, so a chunk gives the same embeddings as the same batch on the local engine.
     """
 
-    def __init__(self, spec_json: str, source, draft_size: int | None, dim: int, expect: dict,
+    def __init__(self, spec_json: str, source, decode: str, dim: int, expect: dict,
                  env: dict[str, str] | None = None, threads: int | None = None):
         apply_env(env)
         if threads:  # the driver's count: a CPU forward pass then gives the local engine's bits
             import torch
 
             torch.set_num_threads(threads)
+        from visroute.data.batches import check_decode
         from visroute.pipeline.build import Runtime, load_contrastive
         from visroute.pipeline.spec import PipelineSpec
 
@@ -56,23 +56,25 @@ class EncodeWorker:
             raise WorkerMismatchError(f"worker pid {os.getpid()} loaded {self.model.spec} with weights/preprocessing "
                                       f"{got['weights']} differing from the driver's {expect['weights']}; "
                                       "every node must see the same model files")
-        self.source, self.draft_size, self.dim = source, draft_size, dim
+        self.source, self.decode, self.dim = source, check_decode(decode), dim
 
     def __call__(self, batch: dict) -> dict:
-        from visroute.data.images import PreprocessedItems
+        from visroute.features.encode import encode_batches
 
         chunk_ids, index, emb, error = [], [], [], []
         for c, chunk in zip(batch["chunk"], batch["indices"]):
-            items = PreprocessedItems(self.source, self.model.preprocess, self.draft_size, [int(i) for i in chunk])
-            rows = [items[k] for k in range(len(items))]
-            ok = [x for _, x, err in rows if err is None]
-            out = self.model.encode_images(self.model.collate(ok)).numpy() if ok else np.zeros((0, self.dim), np.float32)
-            it = iter(out)
-            for i, _, err in rows:
+            chunk = [int(i) for i in chunk]
+            rows: dict[int, tuple] = {}
+            for idx, out, skipped in encode_batches(self.model, self.source, chunk, max(1, len(chunk)), 0, self.decode):
+                for r, i in enumerate(idx):
+                    rows[i] = (out[r].numpy(), "")
+                for s in skipped:
+                    rows[s.index] = (np.zeros(self.dim, np.float32), s.reason)
+            for i in chunk:
                 chunk_ids.append(int(c))
                 index.append(i)
-                emb.append(next(it) if err is None else np.zeros(self.dim, np.float32))
-                error.append("" if err is None else err)
+                emb.append(rows[i][0])
+                error.append(rows[i][1])
         return {"chunk": np.asarray(chunk_ids, np.int64), "index": np.asarray(index, np.int64),
                 "embedding": np.stack(emb).astype(np.float32), "error": np.asarray(error, dtype=object)}
 

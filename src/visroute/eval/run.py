@@ -27,7 +27,6 @@ class RunOptions:
     batch_size: int = 64
     workers: int | None = None
     shard_size: int = 2048
-    fast_decode: bool = True  # large images: reduced-size decode + fast resize (visroute.data.pixels)
     skip_existing: bool = False
     progress: bool = False
     cache: FeatureCache | None = None
@@ -92,7 +91,7 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
     pipeline = build_pipeline(spec, model=m)
     templates = load_templates(spec.templates) if not isinstance(spec.templates, (list, tuple)) else list(spec.templates)
     encode = dict(shard_size=run.shard_size, batch_size=run.batch_size, num_workers=run.workers,
-                  draft_size=224 if run.fast_decode else None, progress=run.progress)
+                  decode=spec.decode, progress=run.progress)
 
     selection = None
     if params.get("selection_dataset"):
@@ -138,6 +137,7 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
             "model_spec": spec_text,
             "dataset_spec": getattr(ds, "spec", ds.name),
             "head": spec.head,
+            "decode": spec.decode,
             "templates": ((list(spec.templates) if isinstance(spec.templates, (list, tuple)) else spec.templates)
                           or "default") if spec.entry.templates else None,
             "n_templates": len(templates) if spec.entry.templates else None,

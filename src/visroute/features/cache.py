@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visroute.data.images import SkippedFile, iter_preprocessed_batches
+from visroute.data.images import SkippedFile
 from visroute.errors import VisrouteError
 from visroute.models.contrastive import ContrastiveModel
 from visroute.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, cache_root, file_lock
@@ -68,14 +68,15 @@ def shard_problem(path: Path, record: dict | None) -> str | None:
     return None
 
 
-def feature_cache_key(model: ContrastiveModel, dataset, draft_size: int | None = None) -> str:
+def feature_cache_key(model: ContrastiveModel, dataset, decode: str = "exact") -> str:
+    """The entry's name: model weights and preprocessing, how images were decoded, the dataset and pixel limit."""
+    from visroute.data.batches import choose_decoding
     from visroute.data.images import resolve_max_pixels
-    from visroute.data.pixels import FAST_RESIZE_VERSION
 
+    how = choose_decoding(model.preprocess, decode, num_workers=0)
     # the pixel limit decides which images are skipped, so shards made under another limit are not reused
     parts = [f"format={CACHE_FORMAT}", model.spec, model.weights_fingerprint, str(model.dtype),
-             model.preprocess_fingerprint, f"draft={draft_size}" + (f"+{FAST_RESIZE_VERSION}" if draft_size else ""),
-             dataset.fingerprint, str(len(dataset)),
+             model.preprocess_fingerprint, how.key, dataset.fingerprint, str(len(dataset)),
              f"max_pixels={resolve_max_pixels(getattr(dataset, 'max_pixels', None))}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
@@ -129,8 +130,18 @@ class FeatureSet:
 class FeatureCache:
     """Directory of cached feature sets (default ``$VISROUTE_CACHE/features``)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, engine=None):
+        """``engine`` (``visroute.engine``; default: the local one) encodes the shards that are missing."""
         self.root = Path(root) if root is not None else cache_root() / "features"
+        self._engine = engine
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from visroute.engine import default_engine
+
+            self._engine = default_engine()
+        return self._engine
 
     def entries(self) -> list[dict]:
         out = []
@@ -175,13 +186,13 @@ class FeatureCache:
         return removed
 
     def encode(self, model: ContrastiveModel, dataset, shard_size: int = 2048, batch_size: int = 64,
-               num_workers: int | None = None, draft_size: int | None = None, progress: bool = False) -> FeatureSet:
+               num_workers: int | None = None, decode: str = "exact", progress: bool = False) -> FeatureSet:
         """Return the dataset's features, encoding only the shards not already on disk.
 
         One process encodes an entry at a time (a file lock in the entry): a second process asking for
         the same features waits, then reuses every shard, and never sweeps away the first one's temp files.
         """
-        key = feature_cache_key(model, dataset, draft_size)
+        key = feature_cache_key(model, dataset, decode)
         directory = self.root / key
         with ExitStack() as stack:
             try:
@@ -192,10 +203,10 @@ class FeatureCache:
                 raise CacheWriteError(f"cannot write the feature cache at {directory} ({e}); "
                                       "set VISROUTE_CACHE to a writable directory") from None
             return self._encode_locked(key, directory, model, dataset, shard_size, batch_size, num_workers,
-                                       draft_size, progress)
+                                       decode, progress)
 
     def _encode_locked(self, key: str, directory: Path, model: ContrastiveModel, dataset, shard_size: int,
-                       batch_size: int, num_workers: int | None, draft_size: int | None, progress: bool) -> FeatureSet:
+                       batch_size: int, num_workers: int | None, decode: str, progress: bool) -> FeatureSet:
         meta_file = directory / "meta.json"
         meta = _read_meta(meta_file)
         if meta is not None:
@@ -211,7 +222,7 @@ class FeatureCache:
                 meta = {"format": CACHE_FORMAT, "model": model.spec, "weights": model.weights_fingerprint,
                         "dataset": getattr(dataset, "spec", None), "dataset_fingerprint": dataset.fingerprint,
                         "n_items": len(dataset), "shard_size": shard_size, "n_shards": fs.n_shards,
-                        "draft_size": draft_size}
+                        "decode": decode}
                 atomic_write_json(meta_file, meta, indent=1)
         except OSError as e:
             raise CacheWriteError(f"cannot write the feature cache at {directory} ({e})") from None
@@ -231,7 +242,7 @@ class FeatureCache:
                 import time
 
                 t0 = time.perf_counter()
-                self._encode_shards(model, dataset, fs, missing, batch_size, num_workers, draft_size, bar)
+                self._encode_shards(model, dataset, fs, missing, batch_size, num_workers, decode, bar)
                 if fs.images_encoded:
                     meta = json.loads(meta_file.read_text())
                     meta["seconds_per_image"] = (time.perf_counter() - t0) / fs.images_encoded
@@ -247,12 +258,13 @@ class FeatureCache:
         return fs
 
     def _encode_shards(self, model, dataset, fs: FeatureSet, missing: list[int], batch_size, num_workers,
-                       draft_size, bar) -> None:
+                       decode, bar) -> None:
         n, size = fs.n_items, fs.shard_size
         indices = [i for k in missing for i in range(k * size, min((k + 1) * size, n))]
         expected = {k: min((k + 1) * size, n) - k * size for k in missing}
         buf: dict[int, dict] = {}
-        for idx, emb, skipped in self.encoded_batches(model, dataset, indices, batch_size, num_workers, draft_size):
+        for idx, emb, skipped in self.engine.map_images(model, dataset, batch_size, decode=decode,
+                                                        num_workers=num_workers, indices=indices):
             fs.images_encoded += len(idx)
             for row, i in enumerate(idx):
                 b = buf.setdefault(i // size, {"idx": [], "emb": [], "fail": [], "seen": 0})
@@ -267,18 +279,6 @@ class FeatureCache:
                 self._write_shard(fs, k, buf.pop(k))
             if bar is not None:
                 bar.update(len(idx) + len(skipped))
-
-    def encoded_batches(self, model, dataset, indices: list[int], batch_size: int, num_workers: int | None,
-                        draft_size: int | None) -> Iterator[tuple[list[int], torch.Tensor | None, list[SkippedFile]]]:
-        """(decoded item indices, their embeddings, skipped items) per batch of ``indices``, in any order.
-
-        The one place an engine plugs in: this one decodes in DataLoader workers and encodes in this process;
-        ``visroute.engine.ray`` encodes the same batches on a Ray actor pool. Shards are assembled above.
-        """
-        for idx, batch, skipped in iter_preprocessed_batches(dataset, model.preprocess, model.collate, batch_size,
-                                                             num_workers, draft_size, indices,
-                                                             device=model.device, dtype=model.dtype):
-            yield idx, (model.encode_images(batch) if batch is not None else None), skipped
 
     @staticmethod
     def _write_shard(fs: FeatureSet, k: int, b: dict) -> None:

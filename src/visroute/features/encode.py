@@ -1,15 +1,21 @@
-"""Stream image files through a contrastive model's image tower, batch by batch."""
+"""The one image encoder: every caller's images become features here (through an engine's ``map_images``).
+
+``encode_batches`` is the loop (decode in workers by ``visroute.data.batches``, encode in this process); the
+local engine runs it as is, a Ray actor runs it on its chunk, the feature cache stores what it yields.
+``encode_inputs`` encodes already prepared inputs (the service's micro-batches, the Python API's PIL images).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from visroute.data.images import SkippedFile, iter_preprocessed_batches
-from visroute.models.contrastive import ContrastiveModel
+from visroute.data.batches import DEFAULT_DECODE, iter_preprocessed_batches
+from visroute.data.images import SkippedFile
 
 
 @dataclass
@@ -21,19 +27,40 @@ class EncodedBatch:
     skipped: list[SkippedFile] = field(default_factory=list)
 
 
+def encode_inputs(model: Any, items: list) -> torch.Tensor:
+    """L2-normalised embeddings of prepared per-image inputs (``ImageInputs`` outputs), in one forward pass."""
+    with torch.inference_mode():
+        return model.encode_images(model.collate(items))
+
+
+def encode_batches(model: Any, source: Any, indices: Sequence[int] | None = None, batch_size: int = 64,
+                   num_workers: int | None = None, decode: str = DEFAULT_DECODE,
+                   stats: dict | None = None) -> Iterator[tuple[list[int], torch.Tensor | None, list[SkippedFile]]]:
+    """(decoded item indices, their embeddings or None, skipped items) per batch of ``source``, in input order."""
+    for idx, batch, skipped in iter_preprocessed_batches(source, model.preprocess, model.collate, batch_size,
+                                                         num_workers, decode, indices,
+                                                         device=getattr(model, "device", None),
+                                                         dtype=getattr(model, "dtype", None), stats=stats):
+        yield idx, (model.encode_images(batch) if batch is not None else None), skipped
+
+
 def iter_encoded_batches(
-    model: ContrastiveModel,
+    model: Any,
     paths: Sequence[str | Path],
     batch_size: int = 64,
     num_workers: int | None = None,
-    draft_size: int | None = None,
+    decode: str = DEFAULT_DECODE,
     progress: bool = False,
+    engine: Any = None,
 ) -> Iterator[EncodedBatch]:
-    """Decode in worker processes, encode in the main one; yields batches in input order.
+    """Image files -> EncodedBatch per batch, in input order, on ``engine`` (default: the local engine).
 
-    ``draft_size`` (fast decode, off by default here so library results are the model's exact preprocessing):
-    reduced-size JPEG decoding and torch's antialiased resize for images larger than the model's input.
+    ``decode``: ``exact`` (the model's own preprocessing, bit for bit), ``fast`` or ``gpu``
+    (``visroute.data.batches``).
     """
+    from visroute.engine import default_engine
+
+    engine = engine if engine is not None else default_engine()
     paths = [str(p) for p in paths]
     bar = None
     if progress:
@@ -41,20 +68,17 @@ def iter_encoded_batches(
 
         bar = tqdm(total=len(paths), unit="img", desc="encoding", dynamic_ncols=True)
     try:
-        for indices, batch, skipped in iter_preprocessed_batches(
-            paths, model.preprocess, model.collate, batch_size, num_workers, draft_size,
-            device=getattr(model, "device", None), dtype=getattr(model, "dtype", None),
-        ):
-            emb = model.encode_images(batch) if batch is not None else torch.empty(0, 0)
+        for indices, emb, skipped in engine.map_images(model, paths, batch_size, decode=decode,
+                                                       num_workers=num_workers):
             if bar is not None:
                 bar.update(len(indices) + len(skipped))
-            yield EncodedBatch([paths[i] for i in indices], emb, skipped)
+            yield EncodedBatch([paths[i] for i in indices], emb if emb is not None else torch.empty(0, 0), skipped)
     finally:
         if bar is not None:
             bar.close()
 
 
-def encode_image_files(model: ContrastiveModel, paths: Sequence[str | Path], **kw) -> EncodedBatch:
+def encode_image_files(model: Any, paths: Sequence[str | Path], **kw) -> EncodedBatch:
     """All embeddings at once (fine for small sets; large sets should stream or use the cache)."""
     done, embs, skipped = [], [], []
     for b in iter_encoded_batches(model, paths, **kw):

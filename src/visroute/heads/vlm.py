@@ -164,8 +164,9 @@ class CLIPOptionsPipeline:
     name = "clip-options"
 
     def __init__(self, model, templates: Sequence[str] = ("a photo of a {c}.",), prices: PriceTable | None = None,
-                 batch_size: int = 64, num_workers: int | None = 0):
+                 batch_size: int = 64, num_workers: int | None = 0, decode: str = "exact"):
         self.model = model
+        self.decode = decode
         self.templates = list(templates)
         self.prices = prices or PriceTable()
         self.batch_size = batch_size
@@ -186,16 +187,16 @@ class CLIPOptionsPipeline:
         return torch.stack([self._text_cache[o] for o in options])
 
     def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
-        from visroute.data.images import iter_preprocessed_batches
+        from visroute.features.encode import encode_batches
 
         self._option_embeddings([o for t in tasks for o in t.options])
         preds: dict[int, TaskPrediction] = {}
         price = self.prices.price(self.model.spec)
-        for idx, batch, skipped in iter_preprocessed_batches(_TaskImages(tasks), self.model.preprocess, self.model.collate,
-                                                             self.batch_size, self.num_workers):
+        t0 = time.perf_counter()
+        for idx, emb, skipped in encode_batches(self.model, _TaskImages(tasks), None, self.batch_size, self.num_workers,
+                                                self.decode):
+            per = (time.perf_counter() - t0) / max(1, len(idx))  # decode + forward of this batch, per image
             t0 = time.perf_counter()
-            emb = self.model.encode_images(batch) if batch is not None else None
-            per = (time.perf_counter() - t0) / max(1, len(idx))
             for row, i in enumerate(idx):
                 t = tasks[i]
                 probs = self.model.probabilities(self.model.logits(emb[row : row + 1], self._option_embeddings(t.options)))[0]

@@ -105,7 +105,7 @@ class ContrastivePipeline:
     def __init__(self, spec: PipelineSpec, model, prices):
         self.spec, self.model, self.prices = spec, model, prices
         templates = spec_templates(spec) if spec.entry.templates and spec.templates else ["a photo of a {c}."]
-        self._options = _clip_options_class()(model, templates, prices=prices)
+        self._options = _clip_options_class()(model, templates, prices=prices, decode=spec.decode)
         self._options.spec = spec
 
     @property

@@ -23,6 +23,9 @@ from visroute.errors import VisrouteError
 from visroute.pipeline.heads import HEADS, HeadSpecError
 from visroute.registry import nearest_key
 
+#: how images become model inputs (``visroute.data.batches``); ``exact`` is the model's own preprocessing
+DECODE_MODES = ("exact", "fast", "gpu")  # the same list as visroute.data.batches.DECODE_MODES (a test checks)
+
 
 class SpecError(VisrouteError):
     """A pipeline spec is malformed (the message names the key)."""
@@ -46,6 +49,7 @@ class PipelineSpec:
     prices: dict | None = None                # inline price table (see visroute.tasks.costs); None = shipped default
     device: str = "auto"
     dtype: str = "auto"
+    decode: str = "exact"                     # images: exact (the model's own preprocessing) | fast | gpu
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +69,8 @@ class PipelineSpec:
         except HeadSpecError as e:
             raise SpecError(str(e)) from None
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})
+        if self.decode not in DECODE_MODES:
+            raise SpecError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise SpecError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if isinstance(self.templates, list):

@@ -65,9 +65,8 @@ def generate_pools(recipe, ctx, datasets: dict) -> None:
             classes.parent.mkdir(parents=True, exist_ok=True)
             classes.write_text("".join(c + "\n" for c in names), encoding="utf-8")
             target = ctx.out / "descriptions" / f"{slug(name)}.generated.json"
-            kw = {"engine": ctx.engine} if ctx.engine is not None else {}
             _dset, report = describe_classes(str(classes), ctx.generator, target, style="dclip",
-                                             max_tokens=int(ctx.settings["max_tokens"]), **kw)
+                                             max_tokens=int(ctx.settings["max_tokens"]), engine=ctx.engine)
             d["pools"]["generated"] = str(target)
             d["generation"] = report.as_dict()
             ctx.log(f"descriptions for {name}: {report.requests} requests, {len(report.unparsable)} unparsable, "
@@ -106,7 +105,7 @@ def measure_cell(model, spec, d: dict, out: Path, w_grid: list[float] | None, ct
     """Top-1 accuracy (percent) of one spec on one dataset; with ``w_grid`` the best over class-name weights."""
     from visroute.eval.run import RunOptions, evaluate
 
-    cache = ctx.engine.feature_cache() if ctx.engine is not None else None
+    cache = ctx.engine.feature_cache()
     runs = []
     for w in (w_grid or [None]):
         s = spec if w is None else spec.replace(params={**spec.params, "w_cls": float(w)})

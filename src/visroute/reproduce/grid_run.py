@@ -131,19 +131,13 @@ def _router_cells(i: int, f: dict, report: dict) -> list[dict]:
 
 def run_grid_recipe(recipe, ctx) -> list[dict]:
     """Run the grid (and the router when the recipe has one); one cell per figure value."""
-    import inspect
 
     from visroute.router.data.grid import GridSpec, run_grid
     from visroute.router.data.table import read_records
 
     datasets = grid_datasets(recipe, ctx)
     grid = GridSpec.load(write_grid(recipe, ctx, datasets))
-    kw = {}
-    if ctx.engine is not None:
-        if "engine" not in inspect.signature(run_grid).parameters:
-            raise VisrouteError("this build's grid runner takes no engine; use --engine local")
-        kw["engine"] = ctx.engine
-    records_path = run_grid(grid, progress=False, log=ctx.log, **kw)
+    records_path = run_grid(grid, progress=False, log=ctx.log, engine=ctx.engine)
     records = read_records(records_path)
     stats = per_dataset(records)
     ctx.extra["per_dataset"] = [{"pipeline": p, "dataset": n, **v} for (p, n), v in stats.items()]

@@ -50,16 +50,11 @@ class RunResult:
 
 
 def make_engine(name: str):
-    """None for ``local``; a Ray engine for ``ray`` when this build has one, else one clear error."""
-    if name == "local":
-        return None
+    """The engine ``name`` names (``visroute.engine.make_engine``; the local one is an object like Ray's)."""
     if name not in ENGINES:
         raise VisrouteError(f"unknown engine '{name}' ({' or '.join(ENGINES)})")
-    try:
-        from visroute.engine import make_engine as make
-    except ImportError:
-        raise VisrouteError("--engine ray is not available in this build (no visroute.engine); use --engine local") \
-            from None
+    from visroute.engine import make_engine as make
+
     return make(name)
 
 
@@ -124,8 +119,7 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
                 best = _best_single(ctx)
                 rows = report.grid_rows(recipe, cells, {"best_single": best})
         finally:
-            if eng is not None:
-                eng.shutdown()
+            eng.shutdown()
     run = {"recipe": recipe.name, "arxiv": recipe.arxiv, "scale": scale, "engine": engine, "data_root": str(root),
            "out": str(out), "started": started,
            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

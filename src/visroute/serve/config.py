@@ -40,6 +40,7 @@ class ModelEntry:
     templates: Any = None
     device: str = "auto"
     dtype: str = "auto"
+    decode: str = "exact"       # exact (the model's own preprocessing) | fast | gpu, as on the CLI
 
 
 @dataclass(frozen=True)

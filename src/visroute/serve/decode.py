@@ -67,16 +67,17 @@ def data_url_bytes(url: str) -> bytes:
         raise BadImageInput("the image data URL does not hold valid base64") from None
 
 
-#: model name -> its ``preprocess`` (in each worker process, and in the service's process for the thread fallback);
-#: per process by necessity: a decode-pool worker receives it once at start-up, not with every request
-_PREPROCESS: dict[str, Callable[[Any], Any]] = {}
+#: model name -> its ``ImageInputs`` (``visroute.data.batches``: the model's preprocessing in its decode mode), in each
+#: worker process and in the service's process for the thread fallback; per process by necessity: a decode-pool
+#: worker receives it once at start-up, not with every request
+_INPUTS: dict[str, Callable[..., Any]] = {}
 
 
-def _worker_init(preprocess: dict) -> None:
+def _worker_init(inputs: dict) -> None:
     import torch
 
     torch.set_num_threads(1)  # one image per worker at a time: the cores are shared by the workers
-    _PREPROCESS.update(preprocess)
+    _INPUTS.update(inputs)
 
 
 def _ping(_: int) -> int:
@@ -85,10 +86,17 @@ def _ping(_: int) -> int:
 
 
 def prepare(model: str, data: bytes | None, b64: str | None, max_pixels: int | None) -> tuple[Any, float]:
-    """Decode and preprocess one request's image for ``model``: (model inputs, milliseconds taken)."""
+    """Decode and preprocess one request's image for ``model``: (model inputs, milliseconds taken), by the same
+    rule and in the same decode mode as the model's batches on any engine."""
     t = time.perf_counter()
-    image = decode_image(data if data is not None else b64_bytes(b64 or ""), max_pixels)
-    return _PREPROCESS[model](image), (time.perf_counter() - t) * 1000
+    raw = data if data is not None else b64_bytes(b64 or "")
+    if not raw:
+        raise BadImageInput("the image is empty (0 bytes)")
+    try:
+        x = _INPUTS[model](raw, max_pixels)
+    except ImageDecodeError as e:
+        raise BadImageInput(f"image refused: {e}") from None
+    return x, (time.perf_counter() - t) * 1000
 
 
 def default_workers() -> int:
@@ -96,20 +104,21 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
-def make_pool(preprocess: dict[str, Callable], workers: int = 0, processes: bool = False) -> Executor:
-    """The executor ``prepare`` runs on: started and warmed here (blocking), so no request pays for it."""
+def make_pool(inputs: dict[str, Callable], workers: int = 0, processes: bool = False) -> Executor:
+    """The executor ``prepare`` runs on: started and warmed here (blocking), so no request pays for it.
+    ``inputs``: model name -> its ``ImageInputs``."""
     workers = workers or default_workers()
     if processes:
         try:
-            pickle.dumps(preprocess)
+            pickle.dumps(inputs)
         except Exception:  # a custom preprocess that cannot travel: decode in threads instead
             processes = False
     if not processes:
-        _PREPROCESS.update(preprocess)
+        _INPUTS.update(inputs)
         return ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="decode")
     import multiprocessing
 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(preprocess,))
+                               initializer=_worker_init, initargs=(inputs,))
     list(pool.map(_ping, range(workers)))
     return pool

@@ -42,11 +42,10 @@ def _deployments():
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def forward(self, batches: list[list[Any]]) -> list[Any]:
-            import torch
+            from visroute.features.encode import encode_inputs
 
             items = [x for b in batches for x in b]
-            with torch.inference_mode():
-                emb = self.model.encode_images(self.model.collate(items)).numpy()
+            emb = encode_inputs(self.model, items).numpy()  # the one encoder for prepared inputs
             out, i = [], 0
             for b in batches:
                 out.append(emb[i : i + len(b)])

@@ -151,7 +151,7 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
 async def models(request: Request):
     """Served contrastive models (with their label sets), routers (as `router-<name>`) and endpoints."""
     state = request.app.state.serve
-    cards = [ModelCard(id=m.name, kind="contrastive", spec=m.spec.model,
+    cards = [ModelCard(id=m.name, kind="contrastive", spec=m.spec.model, decode=m.spec.decode,
                        label_sets=[s.name for s in state.label_sets.values() if s.model == m.name],
                        explainable_label_sets=[s.name for s in state.label_sets.values()
                                                if s.model == m.name and s.explainable])

@@ -59,6 +59,8 @@ class ExplainedClass(_Model):
 class ClassifyResponse(_Model):
     model: str = Field(..., description="The served model's name.")
     model_spec: str = Field(..., description="Its canonical model spec.")
+    decode: str = Field("exact", description="How the image became the model's input: exact (the model's own "
+                                             "preprocessing), fast or gpu.")
     is_random: bool = Field(..., description="True for random-weight smoke-test models (chance-level predictions).")
     label_set: str | None
     labels: list[str] = Field(..., description="Top-k class names, best first.")
@@ -105,6 +107,7 @@ class ModelCard(_Model):
     owned_by: str = "visroute"
     kind: Literal["contrastive", "router", "endpoint"]
     spec: str | None = None
+    decode: str | None = None               # contrastive models: how images become inputs (exact | fast | gpu)
     label_sets: list[str] | None = None
     explainable_label_sets: list[str] | None = None
     routes_to: list[str] | None = None

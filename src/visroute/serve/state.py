@@ -106,8 +106,10 @@ class ServeState:
             from visroute.serve.decode import make_pool
 
             b = self.config.batching
-            self.decode_pool = make_pool({n: m.pipeline.model.preprocess for n, m in self.models.items()},
-                                         b.decode_workers, b.decode_processes)
+            from visroute.data.batches import ImageInputs
+
+            self.decode_pool = make_pool({n: ImageInputs(m.pipeline.model.preprocess, m.spec.decode)
+                                          for n, m in self.models.items()}, b.decode_workers, b.decode_processes)
             self.ready = True
         except VisrouteError as e:
             self.load_error = str(e)
@@ -126,17 +128,16 @@ class ServeState:
         m = self.config.model(name)
         templates = tuple(m.templates) if isinstance(m.templates, list) else m.templates
         return PipelineSpec(head="zeroshot", name=m.name, model=m.model, templates=templates, device=m.device,
-                            dtype=m.dtype)
+                            dtype=m.dtype, decode=m.decode)
 
     @staticmethod
     def _encoder(model):
-        import torch
+        """The micro-batcher's encode step: the one encoder for prepared inputs (``encode_inputs``)."""
+        from functools import partial
 
-        def encode(items: list) -> Any:
-            with torch.inference_mode():
-                return model.encode_images(model.collate(items))
+        from visroute.features.encode import encode_inputs
 
-        return encode
+        return partial(encode_inputs, model)
 
     @staticmethod
     def _remote_encoder(handle):

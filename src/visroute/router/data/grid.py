@@ -257,14 +257,14 @@ def run_task_cell(job: CellJob, runtime) -> dict:
 def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> Path:
     """Run every (model, dataset, prompt) cell not yet done; return the combined records file.
 
-    ``engine`` (``visroute.engine``): where the cells run; without one they run here, one after the other. Each
+    ``engine`` (``visroute.engine``, default local): where the cells run. Each
     cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done.
     A cell whose calls all failed stores nothing (it is re-measured next run); after the other cells are written,
     ``CallsFailed`` says which."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from visroute.features.cache import FeatureCache
+    from visroute.engine import default_engine
     from visroute.io import atomic_write_parquet
     from visroute.pipeline.build import Runtime
     from visroute.router.data.records import records_from_result
@@ -272,12 +272,12 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     out = Path(grid.output)
     (out / "records").mkdir(parents=True, exist_ok=True)
     runtime = Runtime()
-    cache = engine.feature_cache() if engine is not None else FeatureCache()
+    engine = engine if engine is not None else default_engine()
+    cache = engine.feature_cache()
     jobs = plan_cells(grid, runtime, cache, log)
     run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
-    cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
-        ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
+    cells = engine.run_cells(jobs, run_c, run_t)
     failed = []
     for job, doc in cells:
         if "_failed" in doc:  # no records: the cell is measured again on the next run

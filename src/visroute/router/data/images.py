@@ -27,16 +27,18 @@ def image_model(spec: str, runtime=None):
 
 
 def encode_pils(model_spec: str, images: list, runtime=None) -> np.ndarray:
-    """Embeddings of decoded PIL images (None = no image: zeros), e.g. a service's uploads."""
-    import torch
+    """Embeddings of decoded PIL images (None = no image: zeros), e.g. a service's uploads; through the one
+    encoder for prepared inputs, in ``exact`` decoding (``visroute.features.encode``)."""
+    from visroute.data.batches import ImageInputs
+    from visroute.features.encode import encode_inputs
 
     model = image_model(model_spec, runtime)
     present = [im for im in images if im is not None]
     dim = embedding_dim(model)
     out = np.zeros((len(images), dim), np.float32)
     if present:
-        with torch.inference_mode():
-            emb = model.encode_images(model.collate([model.preprocess(im) for im in present])).float().cpu().numpy()
+        inputs = ImageInputs(model.preprocess)
+        emb = encode_inputs(model, [inputs(im) for im in present]).float().cpu().numpy()
         out[[i for i, im in enumerate(images) if im is not None]] = emb
     return out
 
