@@ -177,7 +177,7 @@ def route_ask(
 
     quiet_libraries()
     if lam is not None:
-        from visroute.router.bundle import check_lambda
+        from visroute.router.decide.bundle import check_lambda
 
         lam = check_lambda(lam, "--lambda")
     opts = [o.strip() for o in options.split(",") if o.strip()]

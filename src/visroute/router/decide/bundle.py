@@ -187,7 +187,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         raise VisrouteError("features must be 'text' or 'text+image'")
     if features == "text+image" and not image_model:
         raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
-    from visroute.router.decide import check_targets
+    from visroute.router.decide.rules import check_targets
 
     check_targets(target_cost, target_share)
     if heavy is not None and heavy not in table.models:
