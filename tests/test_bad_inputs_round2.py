@@ -443,3 +443,84 @@ def test_contradictory_duplicate_manifest_rows_are_flagged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="visroute"):
         assert len(load_dataset(str(m))) == 3
     assert not [r for r in caplog.records if "second, different label" in r.getMessage()]
+
+
+# ---------------------------------------------------------------- 5. total deadlines (CLI side)
+
+class Dribbler:
+    """A raw TCP server on 127.0.0.1 that reads a request, then sends its status line (``status``) or endless
+    headers (``headers``) one byte every 0.1 s: no HTTP library bounds that with per-read timeouts."""
+
+    def __init__(self, mode: str):
+        import socket
+        import threading
+
+        self.mode, self.stop = mode, threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:
+        data = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 100000 if self.mode == "headers" else \
+            b"HTTP/1.1 200 " + b"O" * 100000  # a status line that never ends
+        try:
+            conn.recv(65536)
+            for i in range(len(data)):
+                if self.stop.wait(0.1):
+                    break
+                conn.sendall(data[i : i + 1])
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["status", "headers"])
+def test_a_dribbled_status_line_or_endless_headers_end_at_the_total_deadline(tmp_path, mode):
+    import time
+
+    from visroute.llm import ChatRequest, ResponseCache, load_generator
+
+    with Dribbler(mode) as srv:
+        gen = load_generator(f"openai-compatible:{srv.base_url}#m", cache=ResponseCache(tmp_path / "r.sqlite"),
+                             timeout=1.0, max_retries=1, backoff_s=0.01, concurrency=1)
+        t0 = time.monotonic()
+        res = gen.generate([ChatRequest("hi")])[0]
+        elapsed = time.monotonic() - t0
+    assert not res.ok and "no complete answer within 1 s" in res.error and "\n" not in res.error
+    assert elapsed < 2 * 1.0 + 1.5, elapsed  # two attempts of one second each, not 0.1 s per byte forever
+
+
+def test_cli_describe_timeout_is_total_against_a_dribbling_server(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\n")
+    with Dribbler("status") as srv:
+        res = run_cli(["describe", "--classes", str(classes), "--llm", f"openai-compatible:{srv.base_url}#m",
+                       "--output", str(tmp_path / "d.json"), "--no-progress", "--timeout", "2", "--retries", "0"],
+                      tmp_path, timeout=60)
+    assert res.returncode in (1, 2) and "Traceback" not in res.stderr, res.stderr
+    assert "no complete answer within 2 s" in res.stderr
+    assert res.elapsed < 20, res.elapsed  # start-up plus one 2 s deadline
