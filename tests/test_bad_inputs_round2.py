@@ -524,3 +524,56 @@ def test_cli_describe_timeout_is_total_against_a_dribbling_server(tmp_path):
     assert res.returncode in (1, 2) and "Traceback" not in res.stderr, res.stderr
     assert "no complete answer within 2 s" in res.stderr
     assert res.elapsed < 20, res.elapsed  # start-up plus one 2 s deadline
+
+
+# ---------------------------------------------------------------- 6. bounded start-up against a dead Ray address
+# ray.init is replaced by a stand-in that never returns (what a dead address does): no real address is contacted.
+
+RAY_STANDIN = """
+import sys, threading
+from visroute.engine import EngineOptions
+import visroute.engine.ray as R
+
+class DeadRay:
+    def is_initialized(self):
+        return False
+    def init(self, **kw):
+        threading.Event().wait()  # a cluster that never answers
+
+eng = R.RayEngine.__new__(R.RayEngine)
+eng.options, eng.ray, eng._started = EngineOptions(engine="ray", address="ray-head.invalid:6379"), DeadRay(), False
+print("connecting", flush=True)
+try:
+    eng.start()
+except R.EngineError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+def test_a_dead_ray_address_ends_in_one_line(tmp_path, how):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "VISROUTE_RAY_CONNECT_TIMEOUT": "1" if how == "timeout" else "600"}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", RAY_STANDIN], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "connecting"
+    if how == "sigterm":
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail("start-up against a dead Ray address did not end")
+    assert p.returncode == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ray-head.invalid:6379 did not answer" in lines[0]
+    assert ("within 1 s" if how == "timeout" else "SIGTERM") in lines[0]
+    assert time.monotonic() - t0 < 15
