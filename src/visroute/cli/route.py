@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from visroute.cli._common import RouterDir, TableDir, quiet_libraries, warn
+from visroute.router.learn.kinds import ROUTER_KINDS
 
 
 class RouteGroup(TyperGroup):
@@ -87,7 +88,7 @@ def route_import(
 @app.command("train")
 def route_train(
     table_dir: TableDir,
-    router: Annotated[str, typer.Option(help="knn, logistic, mlp, mf or slm.")] = "knn",
+    router: Annotated[str, typer.Option(help=f"Router kind: {', '.join(ROUTER_KINDS)}.")] = "knn",
     out: Annotated[Path, typer.Option(help="Directory for the trained router.")] = Path("router"),
     features: Annotated[str, typer.Option(help="text or text+image.")] = "text",
     image_model: Annotated[Optional[str], typer.Option(help="Contrastive model for image features (text+image).")] = None,
@@ -102,7 +103,8 @@ def route_train(
     from visroute.router.data.table import RoutingTable
 
     quiet_libraries()
-    kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
+    given = {"checkpoint": checkpoint}  # kind-specific options; each kind names those it takes
+    kw = {k: given[k] for k in ROUTER_KINDS[router].options if given.get(k) is not None}
     bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw)
     bundle.save(out)
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.pipeline.spec import CONTRASTIVE_HEADS, PipelineSpec
+from visroute.pipeline.spec import PipelineSpec
 
 GRID_KEYS = ("output", "limit", "prices", "max_tokens", "device", "dtype", "datasets", "models", "prompts",
              "options_top_k", "prefilter", "engine")
@@ -219,11 +219,11 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print):
                 continue
             log(f"grid: {pipe_spec.name} on {ds_name} ({cell.variant})")
             job = CellJob(cell_id, pipe_spec.to_json(), cell.variant, ds_name, spec, out / "results" / cell_id, rec_path)
-            if pipe_spec.head in CONTRASTIVE_HEADS and not task_file:
+            if pipe_spec.entry.kind == "classify" and not task_file:
                 job.dataset = ds
             else:
                 top = None
-                if not task_file and grid.options_top_k and pipe_spec.head in ("vlm", "vlm+llm"):
+                if not task_file and grid.options_top_k and pipe_spec.entry.family == "generative":
                     if not grid.prefilter:
                         raise VisrouteError("options_top_k needs a 'prefilter' contrastive model in the grid")
                     top = _prefilter(load_contrastive(PipelineSpec(model=grid.prefilter, device=grid.device), runtime),
@@ -233,12 +233,12 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print):
 
 
 def run_contrastive_cell(job: CellJob, runtime, cache, progress: bool = True) -> dict:
-    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.eval.run import RunOptions, evaluate
     from visroute.pipeline.build import load_contrastive
 
     spec = job.spec
-    return evaluate(load_contrastive(spec, runtime), job.dataset,
-                    EvalOptions.from_spec(spec, output=job.res_dir, progress=progress), cache=cache)
+    return evaluate(spec, job.dataset, RunOptions(output=job.res_dir, progress=progress, cache=cache),
+                    model=load_contrastive(spec, runtime))
 
 
 def run_task_cell(job: CellJob, runtime) -> dict:

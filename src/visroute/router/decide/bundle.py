@@ -14,7 +14,7 @@ import numpy as np
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import calibrate, choose
 from visroute.router.learn.persist import BundleError, load_state, save_state
-from visroute.router.learn.routers import ROUTERS, make_router
+from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
 
 SCHEMA = "visroute.router/2"
@@ -117,8 +117,8 @@ class RouterBundle:
             raise BundleError(f"{path}: expected a router of schema {SCHEMA}, found {found!r} (retrain it with "
                               "`visroute route train`; older bundles held pickles and are not loaded)")
         kind = info.get("kind")
-        if kind not in ROUTERS:
-            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTERS)})")
+        if kind not in ROUTER_KINDS:
+            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTER_KINDS)})")
         try:
             models, costs = [str(m) for m in info["models"]], np.asarray(info["costs"], dtype=np.float64)
             features = info["features"]
@@ -133,7 +133,7 @@ class RouterBundle:
             if not isinstance(info.get(key) or {}, dict):
                 raise BundleError(f"{path}: '{key}' must be a JSON object")
         try:
-            router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
+            router = load_state(ROUTER_KINDS[kind].cls, info.get("router") or {}, d / "state")
         except BundleError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError) as e:  # wrong state types: one line, not a traceback
@@ -193,10 +193,11 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
     if heavy is not None and heavy not in table.models:
         raise VisrouteError(f"--heavy '{heavy}' is not a model of the table ({', '.join(table.models)})")
     pipelines = dict(table.meta.get("pipelines") or {})
-    bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), train.model_costs(),
+    entry = ROUTER_KINDS[kind]
+    bundle = RouterBundle(entry.make(**(router_kw or {})), kind, list(table.models), train.model_costs(),
                           0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
-    bundle.router.fit(Xtr, train.success, sample_weight=train.weight) if kind != "slm" else bundle.router.fit(Xtr, train.success)
+    entry.fit(bundle.router, Xtr, train.success, train.weight)
     if target_cost is not None or target_share is not None:
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
