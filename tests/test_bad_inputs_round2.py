@@ -577,3 +577,27 @@ def test_a_dead_ray_address_ends_in_one_line(tmp_path, how):
     assert len(lines) == 1 and "ray-head.invalid:6379 did not answer" in lines[0]
     assert ("within 1 s" if how == "timeout" else "SIGTERM") in lines[0]
     assert time.monotonic() - t0 < 15
+
+
+# ---------------------------------------------------------------- 7. reproduce resumes with a stable upstream URL
+
+def test_reproduce_loopback_keeps_its_port_across_resumes_or_says_use_a_new_folder(tmp_path):
+    import contextlib
+    import socket
+
+    from visroute.errors import VisrouteError
+    from visroute.reproduce.runner import _loopback
+
+    with contextlib.ExitStack() as stack:
+        first = _loopback(stack, tmp_path, {}, {})
+    with contextlib.ExitStack() as stack:  # killed and re-run into the same folder: the same URL, so specs match
+        assert _loopback(stack, tmp_path, {}, {}) == first
+    port = int(first.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as s:  # someone else took the port meanwhile
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        with contextlib.ExitStack() as stack, pytest.raises(VisrouteError, match="give a new --out") as e:
+            _loopback(stack, tmp_path, {}, {})
+    assert "\n" not in str(e.value)
+    with contextlib.ExitStack() as stack:  # a new folder gets a port of its own
+        assert _loopback(stack, tmp_path / "new", {}, {}).startswith("http://127.0.0.1:")
