@@ -166,7 +166,7 @@ def test_unpriced_records_keep_working():
 
 def make_bundle(d: Path, costs=(0.1, 1.0), lam: float = 0.0) -> Path:
     from visroute.router.decide.bundle import RouterBundle
-    from visroute.router.learn.routers import make_router
+    from visroute.router.learn.kinds import make_router
 
     rng = np.random.default_rng(0)
     router = make_router("knn", k=3).fit(rng.normal(size=(12, 8)).astype(np.float32),
