@@ -110,14 +110,22 @@ def plot_report(report: dict, path: str | Path, title: str = "visroute router: a
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    aiq = report.get("aiq") or {}
+    hulls = {"router": ("-", "tab:red", "router hull"), "zero_router": ("--", "grey", "single-model hull (zero router)"),
+             "knn": (":", "tab:blue", "kNN hull"), "oracle": ("-.", "goldenrod", "oracle hull")}
+    for name, (ls, col, label) in hulls.items():
+        h = (aiq.get(name) or {}).get("hull")
+        if h and h["cost"]:
+            xs, ys = list(h["cost"]), list(h["accuracy"])
+            ax.plot(xs + [max(s["cost"] for s in report["single_models"].values())], ys + [ys[-1]], ls, c=col, lw=1.5,
+                    label=f"{label} (AIQ {aiq[name]['aiq']:.3f})")
     curve = report["pareto"]
-    ax.plot([p["cost"] for p in curve], [p["accuracy"] for p in curve], "-o", ms=3, label="router (lambda sweep)")
+    ax.plot([p["cost"] for p in curve], [p["accuracy"] for p in curve], "o", ms=2.5, c="tab:red", alpha=0.5,
+            label="router (lambda sweep)")
     for name, s in report["single_models"].items():
-        ax.scatter([s["cost"]], [s["accuracy"]], marker="s", s=45, label=f"always {name}")
+        ax.scatter([s["cost"]], [s["accuracy"]], marker="s", s=40, label=f"always {name}")
     ax.scatter([report["random"]["cost"]], [report["random"]["accuracy"]], marker="x", s=50, c="grey", label="random (uniform pick)")
-    ax.scatter([report["oracle"]["cost"]], [report["oracle"]["accuracy"]], marker="*", s=120, c="gold",
-               edgecolors="k", label="oracle")
     if "operating_point" in report:
         op = report["operating_point"]
         ax.scatter([op["cost"]], [op["accuracy"]], marker="D", s=70, c="red", label="router (calibrated)")
@@ -126,11 +134,14 @@ def plot_report(report: dict, path: str | Path, title: str = "visroute router: a
             if name in markers:
                 ax.scatter([pt["cost"]], [pt["accuracy"]], marker=markers[name][0], s=55, c=markers[name][1],
                            label=f"{name} at the router's share")
-    ax.set_xlabel("mean cost per task")
+    costs = [s["cost"] for s in report["single_models"].values()]
+    if min(costs) > 0 and max(costs) / min(costs) > 3:
+        ax.set_xscale("log")  # per-call prices span orders of magnitude
+    ax.set_xlabel("mean cost per task" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
