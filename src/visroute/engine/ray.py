@@ -73,6 +73,56 @@ def worker_error(e: BaseException) -> EngineError:
     return EngineError(f"Ray worker failed: {first}")
 
 
+def connect_timeout_s() -> float:
+    """Seconds to wait for a Ray cluster to answer: $VISROUTE_RAY_CONNECT_TIMEOUT, else 60."""
+    import os
+
+    try:
+        return max(0.1, float(os.environ.get("VISROUTE_RAY_CONNECT_TIMEOUT", "60")))
+    except ValueError:
+        raise EngineError("VISROUTE_RAY_CONNECT_TIMEOUT must be a number of seconds") from None
+
+
+def bounded_call(fn, timeout_s: float, what: str):
+    """``fn()`` in a daemon thread, waited for at most ``timeout_s``; SIGTERM while waiting ends it with one line.
+
+    ``ray.init`` against a dead address retries for minutes in native code that signals cannot interrupt; waiting
+    here instead keeps the main thread free to honour the deadline and SIGTERM (the thread dies with the process).
+    """
+    import signal
+    import threading
+    import time
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name="visroute-ray-init")
+    t.start()
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    try:
+        ends = time.monotonic() + timeout_s
+        while t.is_alive() and not stop.is_set() and time.monotonic() < ends:
+            t.join(0.05)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if stop.is_set():
+        raise EngineError(f"{what}: stopped by SIGTERM while connecting")
+    if t.is_alive():
+        raise EngineError(f"{what} within {timeout_s:g} s (set VISROUTE_RAY_CONNECT_TIMEOUT to wait longer)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 class RayEngine:
     name = "ray"
 
@@ -86,9 +136,14 @@ class RayEngine:
         """Join ``address`` (or $RAY_ADDRESS), else start a local Ray; a Ray already started here is reused."""
         ray = self.ray
         if not ray.is_initialized():
+            kw = dict(address=self.options.address, include_dashboard=False, log_to_driver=False,
+                      logging_level=logging.WARNING)
             try:
-                ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                if self.options.address:  # joining: a dead address must not hold start-up forever
+                    bounded_call(lambda: ray.init(**kw), connect_timeout_s(),
+                                 f"Ray at {self.options.address} did not answer")
+                else:
+                    ray.init(**kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = self.options.address or "$RAY_ADDRESS or a new local Ray"
                 raise EngineError(f"cannot start or join Ray at {where}: {str(e).splitlines()[0]}") from None

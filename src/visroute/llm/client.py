@@ -73,7 +73,11 @@ class OpenAICompatibleGenerator(Generator):
         self.max_response_bytes = max_response_bytes
         self._current = threading.local()  # the attempt this thread is making, for the response hook
         # the hook sees every answer as its headers arrive, before anything reads its body; redirects are failures
-        http_client = openai.DefaultHttpxClient(event_hooks={"response": [self._on_response]}, follow_redirects=False)
+        # no keep-alive: every attempt opens its own connection, so the deadline's watchdog sees its socket before the
+        # status line arrives (a pooled connection would be invisible until the headers are in)
+        limits = self._httpx.Limits(max_connections=max(100, 4 * concurrency), max_keepalive_connections=0)
+        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request], "response": [self._on_response]},
+                                                follow_redirects=False, limits=limits)
         # keys come only from the user's endpoint configuration (visroute.llm.endpoints); retries are tenacity's
         self.client = openai.OpenAI(api_key=api_key or "EMPTY", base_url=base_url, max_retries=0,
                                     timeout=openai.Timeout(timeout), http_client=http_client)
@@ -81,6 +85,12 @@ class OpenAICompatibleGenerator(Generator):
         self._headers = {"Accept-Encoding": "identity",
                          **({} if base_url == OPENAI_URL else _only_our_headers(openai, api_key or "EMPTY"))}
         self.limiter = EndpointLimiter.for_endpoint(base_url, concurrency)
+
+    def _on_request(self, request) -> None:
+        """Hand the attempt's deadline to httpcore's trace hook, which reports the socket once it is connected."""
+        att = getattr(self._current, "attempt", None)
+        if att is not None:
+            request.extensions = {**request.extensions, "trace": att.trace}
 
     def _on_response(self, response) -> None:
         """Arm the attempt's deadline; turn an error status into an HTTPFailure reading at most a few kB of it."""

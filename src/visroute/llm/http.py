@@ -3,9 +3,11 @@
 The client sends the request, handles proxies from the environment and pools connections; this module adds:
 
 - a total deadline per attempt (``Attempt``). httpx has only per-operation timeouts, so a server trickling a byte
-  every few seconds would hold a run for as long as it likes. Once the headers are in, a watchdog shuts the socket
-  down when ``timeout`` seconds have passed since the attempt began, whatever the server is doing; before the
-  headers, the client's own timeouts (each at most ``timeout``) bound a hang.
+  every few seconds (of its status line, its headers or its body) would hold a run for as long as it likes. As soon
+  as the connection is open (httpcore's ``trace`` hook reports the socket), a watchdog shuts the socket down when
+  ``timeout`` seconds have passed since the attempt began, whatever the server is doing. Connections are not
+  kept alive between requests, so every attempt's socket is seen opening; the connect itself is bounded by the
+  client's connect timeout (at most ``timeout``).
 - a maximum answer size: bodies are read in chunks and refused once past ``max_bytes`` (httpx would read any size
   into memory, the openai client does so for error bodies too).
 - a process-wide bound on requests in flight per endpoint (``EndpointLimiter``), whichever generators send them;
@@ -91,6 +93,9 @@ class Attempt:
         self.ends = time.monotonic() + self.timeout
         self.fired = threading.Event()
         self._timer: threading.Timer | None = None
+        self._sock: socket.socket | None = None
+        self._response = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "Attempt":
         return self
@@ -102,25 +107,43 @@ class Attempt:
     def timed_out(self) -> HTTPFailure:
         return HTTPFailure(f"Timeout: no complete answer within {self.timeout:g} s", retryable=True)
 
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore's ``trace`` extension: arm the watchdog on the socket as soon as the connection is open (and
+        again on its TLS layer), so a server dribbling its status line or headers is cut at the deadline too."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self._arm(sock)
+
     def watch(self, response) -> None:
         """Shut the response's socket down at the deadline (a blocked read then returns at once)."""
-        remaining = self.ends - time.monotonic()
         stream = response.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
-        if remaining <= 0:
+        self._response = response
+        if isinstance(sock, socket.socket):
+            self._arm(sock)
+        elif self.ends - time.monotonic() <= 0:
             self.fired.set()
-        elif isinstance(sock, socket.socket) and self._timer is None:
-            self._timer = threading.Timer(remaining, self._expire, (response, sock))
+
+    def _arm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self._timer is not None:
+                return
+            remaining = self.ends - time.monotonic()
+            self._timer = threading.Timer(max(0.0, remaining), self._expire)
             self._timer.daemon = True
             self._timer.start()
 
-    def _expire(self, response, sock: socket.socket) -> None:
+    def _expire(self) -> None:
         self.fired.set()
-        if response.is_closed:  # the answer completed: its connection may already carry another request
+        response, sock = self._response, self._sock
+        if response is not None and response.is_closed:  # the answer completed in time
             return
         try:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, so a TLS one is not torn apart
-        except OSError:
+        except (OSError, TypeError):
             pass
 
     def read(self, chunks: Iterable[bytes], declared: str | None = None, limit: int | None = None) -> bytes:

@@ -78,7 +78,7 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
                data_root: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Run every stage of a recipe and write the comparison; raises MissingPrerequisites listing what is missing."""
     from visroute.reproduce import report
-    from visroute.reproduce.server import LocalServer, allow_endpoint
+    from visroute.reproduce.server import allow_endpoint
 
     recipe = load_recipe(name)
     settings = recipe.scale(scale)
@@ -100,8 +100,7 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
             stack.enter_context(_torch_threads(int(settings["torch_threads"])))
         url = None
         if served:
-            url = stack.enter_context(allow_endpoint(stack.enter_context(
-                LocalServer(served, max_tokens=int(settings.get("max_tokens", 64))))))
+            url = stack.enter_context(allow_endpoint(_loopback(stack, out, served, settings)))
             log(f"loopback OpenAI-compatible server at {url} serving {', '.join(served)}")
         gen = (recipe.extra.get("generator") or {}).get(scale)
         models = {a: model_spec(m[scale], url) for a, m in recipe.models.items()}
@@ -172,3 +171,26 @@ def _versions() -> dict:
         except ImportError:
             pass
     return out
+
+
+def _loopback(stack, out: Path, served: dict, settings: dict) -> str:
+    """Start the loopback server on the port this folder's earlier (interrupted) run used, so the pipeline specs
+    recorded in its results name the same URL and the run resumes; a new folder gets a free port, recorded."""
+    from visroute.io import atomic_write_json
+    from visroute.reproduce.server import LocalServer
+    from visroute.safe_load import SafeLoadError, read_json
+
+    record = out / "loopback.json"
+    port = 0
+    if record.is_file():
+        try:
+            port = int(read_json(record, "loopback record").get("port") or 0)
+        except (SafeLoadError, AttributeError, TypeError, ValueError):
+            raise VisrouteError(f"{record} is damaged; give a new --out to start this run afresh") from None
+    try:
+        url = stack.enter_context(LocalServer(served, max_tokens=int(settings.get("max_tokens", 64)), port=port))
+    except OSError:
+        raise VisrouteError(f"{out} was started with its loopback server on port {port}, which is now taken, so "
+                            "its recorded pipelines cannot be resumed; free the port or give a new --out") from None
+    atomic_write_json(record, {"port": int(url.rsplit(":", 1)[1].split("/")[0])})
+    return url

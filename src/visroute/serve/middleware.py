@@ -3,6 +3,8 @@ and the error handlers that turn every failure into an OpenAI-shaped JSON error 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -37,6 +39,14 @@ def access_logger() -> logging.Logger:
     return log
 
 
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("visroute_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled (for log lines written below the middleware)."""
+    return _REQUEST_ID.get()
+
+
 def error_body(status: int, message: str, request_id: str | None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error" if status >= 500 else
                                                               "invalid_request_error"),
@@ -65,6 +75,7 @@ class Gate:
         given = headers.get("x-request-id", "")
         rid = given if _RID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        _REQUEST_ID.set(rid)
         t0, status, first_byte = time.perf_counter(), [0], [None]
 
         async def send_(msg):
@@ -98,13 +109,26 @@ class Gate:
                                                 f"{self.max_body:,} bytes", rid)
         seen = [0]
         limit = self.max_body
+        # a client that sends its body slowly is cut once the whole body has taken longer than the request deadline
+        limits = getattr(getattr(self.state, "config", None), "limits", None)
+        body_ends = time.monotonic() + float(getattr(limits, "request_timeout_s", 60) or 60)
+        body_done = [False]
 
         async def receive_():
-            msg = await receive()
+            if body_done[0]:  # after the body: waiting for a disconnect is not bounded here
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, body_ends - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.state.metrics.rejected.labels(reason="body_timeout").inc()
+                raise HTTPException(408, "the request body did not arrive in time") from None
             if msg["type"] == "http.request":
                 seen[0] += len(msg.get("body", b""))
+                body_done[0] = not msg.get("more_body", False)
                 if seen[0] > limit:
                     raise HTTPException(413, f"request body is over the limit of {limit:,} bytes")
+            else:
+                body_done[0] = True
             return msg
 
         await self.app(scope, receive_, send)

@@ -26,6 +26,28 @@ from visroute.serve.schemas import ERRORS, ChatCompletionRequest, ChatCompletion
 
 api = APIRouter()
 REMOTE_IMAGE_MAX_BYTES = 20 * 1024 * 1024
+#: Largest upstream chat answer the proxy holds (bytes): a chat answer is kilobytes; more is refused with a 502.
+UPSTREAM_MAX_BYTES = 8 * 1024 * 1024
+#: Image formats a fetched URL may hold (magic bytes -> MIME type): anything else is not forwarded.
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+
+
+def _log_detail(status: int, public: str, detail: str) -> None:
+    """The details of an upstream failure go to the server log (with the request id the access log carries), never
+    to the client, who gets ``public``."""
+    import logging
+
+    from visroute.serve.middleware import current_request_id
+
+    logging.getLogger("visroute.serve").warning(json.dumps({"event": "upstream_error", "status": status,
+                                                            "request_id": current_request_id(), "error": public,
+                                                            "detail": detail}))
+
+
+def _fail(status: int, public: str, detail: str) -> HTTPException:
+    _log_detail(status, public, detail)
+    return HTTPException(status, public)
 
 
 def require_json(request: Request) -> None:
@@ -83,25 +105,73 @@ async def inline_images(state, messages: list[dict]) -> list[bytes]:
         if url[:5].lower() == "data:":
             out.append(data_url_bytes(url))
             continue
-        if not allowed_url(url, state.config.allow_image_urls):
+        url = allowed_url(url, state.config.allow_image_urls)
+        if not url:
             raise HTTPException(400, "remote image URLs are refused unless the config's allow_image_urls permits "
                                      "them; send the image as a data: URL")
         data = await _fetch(state, url)
-        part["image_url"] = {**(ref if isinstance(ref, dict) else {}), "url": "data:image/*;base64," +
+        mime = image_type(data)
+        if mime is None:
+            raise HTTPException(400, "the fetched URL does not hold a PNG, JPEG, GIF, WebP or BMP image")
+        part["image_url"] = {**(ref if isinstance(ref, dict) else {}), "url": f"data:{mime};base64," +
                              base64.b64encode(data).decode()}
         out.append(data)
     return out
 
 
-def allowed_url(url: str, prefixes) -> bool:
-    """Only a plain http(s) URL under an allowed prefix: no user part, no '..' or encoded dots in the path."""
-    from urllib.parse import urlsplit
+def image_type(data: bytes) -> str | None:
+    """The MIME type the magic bytes say, or None for anything that is not an image we forward."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in IMAGE_MAGIC if data.startswith(magic)), None)
 
-    p = urlsplit(url)
-    if p.scheme not in ("http", "https") or "@" in p.netloc or "%2e" in p.path.lower() or \
-            ".." in p.path.split("/"):
-        return False
-    return any(url.startswith(prefix) for prefix in prefixes)
+
+def normalise_url(url: str) -> str | None:
+    """The URL in the one form that is allow-listed and fetched, or None when it is refused: http(s) only, no user
+    part, no backslash or control character, no encoded separator or dot (``%2f``, ``%5c``, ``%2e``); percent
+    escapes of other characters decoded, dot segments resolved (a path climbing above the root is refused)."""
+    import posixpath
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+    if not isinstance(url, str) or any(c in url for c in "\\\x00\t\r\n ") or any(ord(c) < 32 for c in url):
+        return None
+    try:
+        p = urlsplit(url)
+        host = (p.hostname or "").lower()
+        port = p.port
+    except ValueError:
+        return None
+    if p.scheme.lower() not in ("http", "https") or "@" in p.netloc or not host:
+        return None
+    low = p.path.lower()
+    if any(bad in low for bad in ("%2f", "%5c", "%2e", "%00", "%25")):
+        return None
+    path = unquote(p.path)
+    if "\\" in path:
+        return None
+    segments = path.split("/")
+    if any(s in (".", "..") for s in segments):
+        depth = 0
+        for s in segments[1:]:
+            depth += -1 if s == ".." else (0 if s in (".", "") else 1)
+            if depth < 0:
+                return None
+        path = posixpath.normpath(path) + ("/" if path.endswith(("/", "/.", "/..")) else "")
+        path = path.replace("//", "/")
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((p.scheme.lower(), netloc, quote(path or "/", safe="/:@!$&'()*+,;=~-._"), p.query, ""))
+
+
+def allowed_url(url: str, prefixes) -> str | None:
+    """The normalised URL when it lies under an allowed (normalised) prefix, else None."""
+    norm = normalise_url(url)
+    if norm is None:
+        return None
+    for prefix in prefixes:
+        base = normalise_url(prefix)
+        if base and norm.startswith(base) and (base.endswith("/") or norm[len(base):len(base) + 1] in ("", "/", "?")):
+            return norm
+    return None
 
 
 async def _fetch(state, url: str) -> bytes:
@@ -110,6 +180,10 @@ async def _fetch(state, url: str) -> bytes:
                                      follow_redirects=False) as r:
             if r.status_code != 200:
                 raise HTTPException(400, f"fetching the image at {url} gave HTTP {r.status_code}")
+            ctype = (r.headers.get("content-type") or "").split(";")[0].strip().lower()
+            if not ctype.startswith("image/"):
+                raise HTTPException(400, "the fetched URL does not hold an image (content type "
+                                         f"'{ctype or 'none'}')")
             chunks, n = [], 0
             async for chunk in r.aiter_bytes():
                 n += len(chunk)
@@ -187,7 +261,7 @@ async def _chat(state, payload: dict, stream: bool):
     try:
         target = state.target(chosen)
     except ModelLoadError as e:  # the routed model's endpoint is not one the user's configuration allows
-        raise HTTPException(502, f"{chosen}: {e}") from None
+        raise _fail(502, f"{chosen}: the model's endpoint is not available", str(e)) from None
     state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
     payload["model"] = target.model
     req_headers = {"content-type": "application/json"}
@@ -197,15 +271,17 @@ async def _chat(state, payload: dict, stream: bool):
     account = (lambda usage: _account(state, router, chosen, target, usage, len(images), time.perf_counter() - t0))
     if stream:
         return await _stream(state, url, payload, req_headers, chosen, headers, account)
+    tu = time.perf_counter()
     try:
-        tu = time.perf_counter()
-        r = await state.http.post(url, json=payload, headers=req_headers,
-                                  timeout=state.config.limits.upstream_timeout_s)
+        status, body = await upstream_post(state, url, payload, req_headers)
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
+    except HTTPException:
+        state.metrics.upstream_errors.labels(model=chosen).inc()
+        raise
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
-        raise HTTPException(502, f"{chosen}: could not reach {target.base_url} ({type(e).__name__})") from None
-    doc = _upstream_json(state, r, chosen)
+        raise _fail(502, f"{chosen}: could not reach the model's endpoint", f"{target.base_url}: {e!r}") from None
+    doc = _upstream_json(state, status, body, chosen)
     doc["model"] = chosen
     account(doc.get("usage"))
     return JSONResponse(doc, headers=headers)
@@ -217,17 +293,44 @@ def _account(state, router, chosen, target, usage, n_images, seconds) -> None:
         state.metrics.cost.labels(model=chosen).inc(c)
 
 
-def _upstream_json(state, r, chosen: str) -> dict:
+async def upstream_post(state, url: str, payload: dict, headers: dict) -> tuple[int, bytes]:
+    """POST with one total deadline (``upstream_timeout_s`` covers connect, headers and body, however slowly the
+    upstream trickles) and a size cap on the answer; cancelling the caller cancels the call."""
+    limit = state.config.limits.upstream_timeout_s
+
+    async def go() -> tuple[int, bytes]:
+        async with state.http.stream("POST", url, json=payload, headers=headers, timeout=limit) as r:
+            declared = r.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > UPSTREAM_MAX_BYTES:
+                raise _fail(502, "the model's answer is too large", f"{url}: Content-Length {declared}")
+            chunks, n = [], 0
+            async for chunk in r.aiter_bytes():
+                n += len(chunk)
+                if n > UPSTREAM_MAX_BYTES:
+                    raise _fail(502, "the model's answer is too large", f"{url}: over {UPSTREAM_MAX_BYTES} bytes")
+                chunks.append(chunk)
+            return r.status_code, b"".join(chunks)
+
     try:
-        doc = r.json()
-    except ValueError:
+        return await asyncio.wait_for(go(), timeout=limit)
+    except asyncio.TimeoutError:
+        raise _fail(504, f"the model did not answer within {limit:g} s", url) from None
+
+
+def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
+    from visroute.safe_load import SafeLoadError, parse_json
+
+    try:
+        doc = parse_json(body, "upstream answer")
+    except SafeLoadError:
         doc = None
-    if r.status_code >= 400 or not isinstance(doc, dict):
+    if status >= 400 or not isinstance(doc, dict):
         state.metrics.upstream_errors.labels(model=chosen).inc()
         msg = doc.get("error", {}).get("message") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) \
-            else r.text[:300]
-        status = r.status_code if 400 <= r.status_code < 500 and r.status_code not in (401, 403) else 502
-        raise HTTPException(status, f"{chosen} answered HTTP {r.status_code}: {msg}")
+            else body[:300].decode("utf-8", "replace")
+        code = status if 400 <= status < 500 and status not in (401, 403) else 502
+        raise _fail(code, f"{chosen} answered HTTP {status}" if status >= 400 else f"{chosen} gave no valid answer",
+                    str(msg))
     return doc
 
 
@@ -240,7 +343,7 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
-        raise HTTPException(502, f"{chosen}: could not reach the endpoint ({type(e).__name__})") from None
+        raise _fail(502, f"{chosen}: could not reach the model's endpoint", f"{url}: {e!r}") from None
     if resp.status_code >= 400:
         await resp.aread()
         await resp.aclose()
