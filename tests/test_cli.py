@@ -56,6 +56,34 @@ def test_classify_matches_python_api(folder, tiny_clip_dir):
         assert cli[p.path]["scores"] == pytest.approx(p.scores, abs=1e-6)
 
 
+_CONSOLE_CLASSIFY = """
+import sys
+from visroute.cli import main
+sys.argv = ["visroute", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("LOADED", sorted(m for m in ("sklearn", "torchvision") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_console_classify_imports_neither_sklearn_nor_torchvision_and_scores_the_same(folder, tiny_clip_dir):
+    """Start-up: the console command skips scikit-learn and torchvision, with the same bits as in-process."""
+    import subprocess
+    import sys
+
+    (folder / "broken.jpg").unlink()
+    args = ["classify", str(folder), "--labels", "cat,dog,fish", "--model", f"hf:{tiny_clip_dir}", "--json",
+            "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-c", _CONSOLE_CLASSIFY, *args], capture_output=True, text=True, timeout=300)
+    assert "LOADED []" in r.stderr, r.stderr
+    here = runner.invoke(app, args)
+    assert here.exit_code == 0, here.output
+    console = json.loads(r.stdout[r.stdout.index("{"):])
+    assert console["predictions"] == _json(here)["predictions"]  # identical labels and float scores
+
+
 def test_random_tiny_smoke_run_is_labelled(folder):
     r = runner.invoke(app, ["classify", str(folder / "sub"), "--labels", "cat,dog", "--model", "random-tiny"])
     assert r.exit_code == 0, r.output

@@ -58,4 +58,5 @@ app.add_typer(cache.app, name="cache")
 
 def main() -> None:
     """Console-script entry point (``visroute = "visroute.cli:main"``)."""
+    classify.FRESH_PROCESS = True  # only a real process may change how transformers sees torchvision
     app()

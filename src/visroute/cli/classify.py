@@ -13,6 +13,7 @@ from visroute.cli._common import (EXIT_OK, EXIT_SOME_SKIPPED, Actors, BatchSize,
                                   RayAddress, Workers, make_engine, options_from, quiet_libraries, warn)
 
 Opt = typer.Option
+FRESH_PROCESS = False  # set by the console entry point: this process runs one command, then exits
 
 
 @dataclass
@@ -44,6 +45,10 @@ def classify(args: ClassifyArgs) -> None:
     from visroute.batch_classify import ClassifyRun, prepare_classify
 
     quiet_libraries()
+    if FRESH_PROCESS:  # start-up time: transformers need not import torchvision for the PIL image processors
+        from visroute.models.hf import hide_torchvision_from_transformers
+
+        hide_torchvision_from_transformers()
     engine = make_engine(args.engine, args.ray_address, args.actors, args.num_gpus)  # before any model loads
     try:
         job = prepare_classify(args.paths, args.labels, args.labels_file, args.templates, args.model, args.device,

@@ -13,12 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import accuracy_score
-from sklearn.utils.validation import check_array, check_is_fitted
 
 from visroute.data.text import DEFAULT_TEMPLATES, validate_classnames, validate_templates
 from visroute.errors import InputError
+from visroute.heads.estimator import HeadEstimator
 from visroute.models.contrastive import ContrastiveModel
 
 
@@ -50,6 +48,8 @@ def as_feature_tensor(X, n_features: int | None = None, owner: str = "head") -> 
     if isinstance(X, torch.Tensor):
         t = X.detach().to("cpu", torch.float32)
     else:  # scikit-learn's own checks, so messages match what its users know (sparse, complex, NaN, 1-D, ...)
+        from sklearn.utils.validation import check_array
+
         try:
             a = check_array(X, dtype=np.float32, ensure_min_samples=0, ensure_all_finite=False, input_name="X")
         except (TypeError, ValueError) as e:
@@ -79,8 +79,9 @@ def as_label_array(y, n_samples: int, n_classes: int, owner: str = "head") -> np
     return y
 
 
-class ContrastiveHead(ClassifierMixin, BaseEstimator):
-    """Shared scikit-learn plumbing of the heads over image features (model embeddings).
+class ContrastiveHead(HeadEstimator):
+    """Shared scikit-learn plumbing of the heads over image features (model embeddings); the estimator protocol
+    comes from ``HeadEstimator``, so fitting and predicting never import scikit-learn (start-up time).
 
     Subclasses keep their parameters in ``__init__`` unchanged; ``fit`` only sets attributes ending in ``_``,
     including ``n_features_in_`` (the text embedding size, which image features must match).
@@ -117,11 +118,13 @@ class ContrastiveHead(ClassifierMixin, BaseEstimator):
         return Xt, as_label_array(y, len(Xt), n_classes, owner)
 
     def _features(self, X) -> torch.Tensor:
-        check_is_fitted(self)
+        self._check_fitted()
         return as_feature_tensor(X, self.n_features_in_, type(self).__name__)
 
     def score(self, X, y, sample_weight=None) -> float:
         """Top-1 accuracy against class indices ``y``."""
+        from sklearn.metrics import accuracy_score
+
         y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
         return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
 

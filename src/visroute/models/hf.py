@@ -201,3 +201,36 @@ def _load_image_processor(auto_cls: Any, location: str, backend: str | None) -> 
         return auto_cls.from_pretrained(location, backend=backend)
     except (ValueError, KeyError, ImportError):
         return auto_cls.from_pretrained(location)  # this model has only one implementation
+
+
+def hide_torchvision_from_transformers() -> bool:
+    """Make transformers treat torchvision as absent for this process, before it loads any image processing.
+
+    transformers' image utilities import torchvision whenever it is installed (about 1.4 s, most of it
+    ``torch._dynamo``), although visroute loads the PIL image processors (``image_backend="pil"``), which never
+    use it. Only the ``visroute classify`` console command calls this, as a fresh process whose one model is
+    loaded with the PIL backend; the ``gpu`` decode mode imports torchvision itself, unaffected. Returns whether
+    it took effect (not if transformers' image modules are already loaded, or its internals differ).
+    """
+    import sys
+
+    if any(m in sys.modules for m in ("transformers.image_utils", "transformers.image_processing_utils")):
+        return False
+    try:
+        from transformers.utils import import_utils as iu
+
+        probe = iu._is_package_available
+        checks = (iu.is_torchvision_available, iu.is_torchvision_v2_available, iu.is_torchvision_greater_or_equal)
+    except (ImportError, AttributeError):
+        return False
+
+    def without_torchvision(name: str, return_version: bool = False):
+        return (False, "N/A" if return_version else None) if name == "torchvision" else probe(name, return_version)
+
+    iu._is_package_available = without_torchvision
+    try:
+        for check in checks:
+            check.cache_clear()
+        return not iu.is_torchvision_available()
+    finally:
+        iu._is_package_available = probe
