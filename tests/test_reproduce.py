@@ -143,7 +143,7 @@ def test_dry_run_full_lists_everything_missing_offline(tmp_path, shared_data):
     assert "15 prerequisite(s) missing" in text
     for item in ("hf:openai/clip-vit-base-patch32", "hf:openai/clip-vit-large-patch14", "hf:Qwen/Qwen2.5-7B-Instruct",
                  "ImageNet (test)", "ImageNetV2 (test)", "CUB200 (test)", "EuroSAT (test)", "Places365 (test)",
-                 "DTD (test)", "Flowers102 (test)", "huggingface-cli download openai/clip-vit-base-patch32",
+                 "DTD (test)", "Flowers102 (test)", "hf download openai/clip-vit-base-patch32",
                  "HF_HUB_OFFLINE is set"):
         assert item in text, item
     assert "[descriptions]" not in text  # the published description files are all here

@@ -9,7 +9,7 @@ import typer
 
 from visroute.cli._common import Actors, EndpointConcurrency, EngineName, NumGpus, RayAddress, make_engine, quiet_libraries
 
-app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> routing records.", no_args_is_help=True)
+app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> routing records.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("run")

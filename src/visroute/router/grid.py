@@ -106,7 +106,7 @@ class GridSpec:
                 raise VisrouteError(f"{path}: each model needs 'name' and 'head': {m!r}")
             m = dict(m)
             variants = m.pop("prompts", None)
-            if isinstance(m.get("prices"), str):
+            if m.get("prices") is not None:
                 m["prices"] = _read_prices(rel(m["prices"]), path)
             entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
             spec = PipelineSpec.from_dict(entry, f"{path} models[{i}] ({m['name']})")
@@ -133,8 +133,12 @@ class GridSpec:
 
 
 def _read_prices(path, where: Path) -> dict | None:
-    if path is None:
-        return None
+    """A price table given inline (a mapping) or as a JSON file path."""
+    if path is None or isinstance(path, dict):
+        return path
+    if not isinstance(path, str):
+        raise VisrouteError(f"{where}: 'prices' must be a price table (mapping) or a JSON file path, "
+                            f"found {type(path).__name__}")
     try:
         table = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

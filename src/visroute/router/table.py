@@ -35,8 +35,14 @@ def read_records(paths) -> "pa.Table":  # noqa: F821
     for p in paths:
         # strings as dictionaries: a task text shared by thousands of records is held once (memory follows the
         # distinct values; to_pylist/to_numpy still give plain strings)
-        strings = [f.name for f in pq.read_schema(p) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        t = pq.read_table(p, read_dictionary=strings)
+        try:
+            schema = pq.read_schema(p)
+            strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            t = pq.read_table(p, read_dictionary=strings)
+        except FileNotFoundError:
+            raise VisrouteError(f"records file {p} not found (write one with `visroute grid run GRID.yaml`)") from None
+        except (OSError, pa.ArrowException) as e:
+            raise VisrouteError(f"cannot read records file {p}: {' '.join(str(e).split())[:200]}") from None
         missing = [c for c in ("task_id", "dataset", "model", "correct") if c not in t.column_names]
         if missing:
             raise VisrouteError(f"{p} is not a records file: missing column(s) {missing}")
