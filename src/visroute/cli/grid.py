@@ -13,7 +13,7 @@ app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> 
 
 
 @app.command("run")
-def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visroute.router.grid).")],
+def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (every field: docs/grid.md).")],
              progress: Annotated[bool, typer.Option()] = True, engine: EngineName = None, ray_address: RayAddress = None,
              actors: Actors = None, num_gpus: NumGpus = None, endpoint_concurrency: EndpointConcurrency = None) -> None:
     """Run every cell not yet done (resumable) and write <output>/records.parquet.

@@ -143,7 +143,7 @@ def run_grid_recipe(recipe, ctx) -> list[dict]:
         if "engine" not in inspect.signature(run_grid).parameters:
             raise VisrouteError("this build's grid runner takes no engine; use --engine local")
         kw["engine"] = ctx.engine
-    records_path = run_grid(grid, progress=False, log=ctx.log, **kw)
+    records_path = run_grid(grid, progress=ctx.progress, log=ctx.log, **kw)
     records = read_records(records_path)
     stats = per_dataset(records)
     ctx.extra["per_dataset"] = [{"pipeline": p, "dataset": n, **v} for (p, n), v in stats.items()]

@@ -36,6 +36,7 @@ class RunContext:
     engine: Any = None              # a visroute.engine engine, or None (this process)
     log: Callable[[str], None] = print
     extra: dict = field(default_factory=dict)
+    progress: bool = True           # tqdm bars (i/N, ETA) over cells; also off when stderr is not a terminal
 
 
 @dataclass
@@ -80,7 +81,7 @@ def _default_out(recipe: Recipe, scale: str) -> Path:
 
 
 def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path | None = None,
-               data_root: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
+               data_root: Path | None = None, log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
     """Run every stage of a recipe and write the comparison; raises MissingPrerequisites listing what is missing."""
     from visroute.reproduce import report
     from visroute.reproduce.server import LocalServer, allow_endpoint
@@ -110,7 +111,8 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
             log(f"loopback OpenAI-compatible server at {url} serving {', '.join(served)}")
         gen = (recipe.extra.get("generator") or {}).get(scale)
         models = {a: model_spec(m[scale], url) for a, m in recipe.models.items()}
-        ctx = RunContext(recipe, scale, root, out, settings, models, model_spec(gen, url) if gen else None, eng, log)
+        ctx = RunContext(recipe, scale, root, out, settings, models, model_spec(gen, url) if gen else None, eng, log,
+                         progress=progress)
         try:
             if recipe.kind == "descriptions":
                 from visroute.reproduce.descriptions_run import run_descriptions

@@ -184,14 +184,16 @@ class CellJob:
         return self.dataset is not None
 
 
-def plan_cells(grid: GridSpec, runtime, cache, log=print):
-    """The cells not yet done (no records file), in grid order: dataset by dataset, then ``grid.cells()``."""
+def plan_cells(grid: GridSpec, runtime, cache, log=print, done=lambda: None):
+    """The cells not yet done (no records file), in grid order: dataset by dataset, then ``grid.cells()``;
+    ``done()`` is called for each cell already done (a resumed run's progress starts there)."""
     from visroute.data.datasets import load_dataset, spread_subset
     from visroute.eval.results import slug
     from visroute.pipeline.build import load_contrastive
     from visroute.tasks.model import load_tasks, tasks_from_classification
 
     out = Path(grid.output)
+    n_cells, k = len(grid.datasets) * len(grid.cells()), 0
     for d in grid.datasets:
         spec = d["spec"]
         task_file = is_task_file(spec)
@@ -208,9 +210,11 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print):
             pipe_spec = cell.spec
             cell_id = f"{slug(ds_name)}__{slug(pipe_spec.name)}__{slug(cell.variant)}"
             rec_path = out / "records" / f"{cell_id}.parquet"
+            k += 1
             if rec_path.is_file():
+                done()
                 continue
-            log(f"grid: {pipe_spec.name} on {ds_name} ({cell.variant})")
+            log(f"grid: cell {k}/{n_cells}: {pipe_spec.name} on {ds_name} ({cell.variant})")
             job = CellJob(cell_id, pipe_spec.to_json(), cell.variant, ds_name, spec, out / "results" / cell_id, rec_path)
             if pipe_spec.head in CONTRASTIVE_HEADS and not task_file:
                 job.dataset = ds
@@ -259,14 +263,26 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     (out / "records").mkdir(parents=True, exist_ok=True)
     runtime = Runtime()
     cache = engine.feature_cache() if engine is not None else FeatureCache()
-    jobs = plan_cells(grid, runtime, cache, log)
+    from tqdm import tqdm
+
+    # i/N and ETA over cells (VLM / LLM cells are the slow ones); off with progress=False or when not a terminal
+    bar = tqdm(total=len(grid.datasets) * len(grid.cells()), desc="grid", unit="cell", dynamic_ncols=True,
+               disable=None if progress else True)
+
+    def say(message: str) -> None:
+        with tqdm.external_write_mode():
+            log(message)
+
+    jobs = plan_cells(grid, runtime, cache, say, done=lambda: bar.update(1))
     run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
         ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
-    for job, doc in cells:
-        spec = job.spec
-        atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
+    with bar:
+        for job, doc in cells:
+            spec = job.spec
+            atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
+            bar.update(1)
     parts = sorted((out / "records").glob("*.parquet"))
     combined = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
     target = out / "records.parquet"
