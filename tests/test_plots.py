@@ -40,6 +40,10 @@ def assert_no_legend_covers_data(fig):
     assert legends, "the plot has no legend"
     boxes = _data_boxes(fig)
     assert boxes
+    for ax in fig.axes:   # every mark is inside the axes, where the reader looks for it
+        inside = ax.get_window_extent(renderer).expanded(1.02, 1.02)
+        out = [b for b in boxes if not inside.contains(*b.get_points().mean(axis=0))]
+        assert not out, f"{len(out)} data mark(s) outside the axes, e.g. {out[0]}"
     for leg in legends:
         lb = leg.get_window_extent(renderer)
         hit = [b for b in boxes if lb.overlaps(b)]
@@ -99,3 +103,17 @@ def test_route_curve_is_readable(case, tmp_path):
     if case == "one-point":
         assert ax.lines[0].get_markersize() >= 8
     assert plot_report(rep, tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_explain_html_uses_one_scale_across_classes():
+    import re
+
+    from visroute.descriptions.explain import render_html
+
+    item = {"path": "x.jpg", "image": "data:,", "model": "m", "head": "descriptions",
+            "classes": [{"class": "cat", "score": 0.9, "descriptions": [{"text": "whiskers", "similarity": 0.3,
+                                                                          "contribution": 1.0}]},
+                        {"class": "dog", "score": 0.1, "descriptions": [{"text": "a tail", "similarity": 0.2,
+                                                                          "contribution": 0.1}]}]}
+    widths = [int(w) for w in re.findall(r"class='bar' style='width:(\d+)px'", render_html([item]))]
+    assert widths == [120, 12]     # the weaker class's bar is a tenth, not full length on a scale of its own

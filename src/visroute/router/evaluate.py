@@ -180,9 +180,12 @@ def report_figure(report: dict, title: str = "visroute router: accuracy vs cost"
                        transform=offset_copy(ax.transData, fig=fig, x=dx, y=dy, units="points"), label=label)
         shared += len(g) > 1
     if shared:
-        ax.annotate(f"markers fanned out where {shared} group(s) of points coincide", (0.01, 0.01),
-                    xycoords="axes fraction", fontsize=7, color="0.35")
+        ax.annotate(f"markers fanned out around the spot where {shared} group(s) of points coincide", (0.0, -0.18),
+                    xycoords="axes fraction", fontsize=7, color="0.35", annotation_clip=False)
+    # offset transforms keep the scatter out of autoscaling: take every point into the data limits by hand
+    ax.update_datalim([(p[1], p[2]) for p in points if np.isfinite(p[1]) and np.isfinite(p[2])])
     ax.margins(x=0.08, y=0.1)
+    ax.autoscale_view()
     ax.set_xlabel("mean cost per task ($ per task" + (", log scale)" if log_x else ")"))
     ax.set_ylabel("accuracy")
     ax.set_title(title)
