@@ -102,3 +102,36 @@ def write_results(name: str, doc: dict) -> Path:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else a / b
+
+
+# -- random-weight CLIP models written to a folder (shared by bench_classify and bench_serve) ---------------------
+def build_b32(directory: Path) -> Path:
+    """A random CLIP with ViT-B/32's shapes (char-level tokenizer, like visroute's tiny models)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from visroute.models.tiny import write_clip_tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_clip_tokenizer(directory)
+    vocab = len(CLIPTokenizer.from_pretrained(directory))
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                         num_attention_heads=8, max_position_embeddings=77, bos_token_id=vocab - 2,
+                         eos_token_id=vocab - 1, pad_token_id=vocab - 1),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=32),
+        projection_dim=512)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(directory)
+    return directory
+
+
+def build_tiny(directory: Path) -> Path:
+    from visroute.models.tiny import build_tiny_clip
+
+    return build_tiny_clip(directory)
+
+
+CLIP_BUILDERS = {"b32": build_b32, "tiny": build_tiny}

@@ -44,39 +44,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import visroute  # noqa: E402,F401  (before torch: sets the OpenMP wait policy the CLI runs with)
-from _common import best_of, data_dir, ratio, write_results  # noqa: E402
+from _common import best_of, build_b32, build_tiny, data_dir, ratio, write_results  # noqa: E402
 
 TEMPLATE = "a photo of a {c}."
 BATCH = 64
-
-
-def build_b32(directory: Path) -> Path:
-    """A random CLIP with ViT-B/32's shapes (char-level tokenizer, like visroute's tiny models)."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    from visroute.testing.tiny_models import write_clip_tokenizer
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write_clip_tokenizer(directory)
-    vocab = len(CLIPTokenizer.from_pretrained(directory))
-    config = CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=8, max_position_embeddings=77, bos_token_id=vocab - 2,
-                         eos_token_id=vocab - 1, pad_token_id=vocab - 1),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32),
-        projection_dim=512)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(directory)
-    return directory
-
-
-def build_tiny(directory: Path) -> Path:
-    from visroute.testing.tiny_models import build_tiny_clip
-
-    return build_tiny_clip(directory)
 
 
 def visroute_run(model_dir: Path, paths: list[Path], labels: list[str], fast: bool, workers: int | None):

@@ -108,7 +108,7 @@ def _hwm_mib() -> float:
 def visroute_worker(workdir: Path, n: int, out: Path, repeat: int) -> None:
     import torch
 
-    from visroute.descriptions.sets import DescriptionSet
+    from visroute.heads.description_sets import DescriptionSet
     from visroute.heads.selection import DiscriminativeSelectionClassifier, disclip_pool
 
     params, caption, pool_emb, sel_X, sel_y, X, y = _load(workdir, n)

@@ -1,6 +1,6 @@
 """Scale benchmark of the router pipeline: records -> routing table -> embeddings -> routers -> decisions.
 
-1. Generates a synthetic records Parquet (``visroute.router.records.records_schema``) of about ``--rows``
+1. Generates a synthetic records Parquet (``visroute.router.data.records.records_schema``) of about ``--rows``
    rows: ``--models`` models x ``--datasets`` datasets x ``--prompts`` prompt variants x N samples. The first
    ``--star-models`` models are prompt-agnostic (CLIP-style, ``prompt_variant="*"``, one record per sample,
    broadcast to every prompt variant by ``build_table``), so N is chosen so that the total is ~``--rows``.
@@ -226,7 +226,7 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from visroute.router.records import records_schema
+    from visroute.router.data.records import records_schema
     from visroute.tasks.model import task_text
 
     rng = np.random.default_rng(seed)
@@ -380,7 +380,7 @@ def route_build_subprocess(records: str, out: str) -> dict:
 def embed_side_by_side(emb, texts: list[str], cache: str, rounds: int = 2) -> dict:
     """TextEmbedder.embed into a fresh store against plain SentenceTransformer.encode, same model, same texts,
     alternating (plain, ours) ``rounds`` times; the best time of each side."""
-    from visroute.router.embed import TextEmbedder
+    from visroute.router.data.embed import TextEmbedder
 
     la = wait_for_quiet()
     plain, ours = [], []
@@ -414,7 +414,7 @@ def never_seen_latency(emb, n: int) -> dict:
 
 
 def latency(router, X, costs, lam, batch: int, reps: int) -> dict:
-    from visroute.router.decide import choose
+    from visroute.router.decide.rules import choose
 
     n = len(X)
     rng = np.random.default_rng(0)
@@ -460,10 +460,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from visroute.router.decide import choose  # noqa: F401  (imported up front: not part of any timing)
-    from visroute.router.embed import TextEmbedder
-    from visroute.router.routers import KNNRouter, MatrixFactorizationRouter, MLPRouter
-    from visroute.router.table import build_table, read_records
+    from visroute.router.decide.rules import choose  # noqa: F401  (imported up front: not part of any timing)
+    from visroute.router.data.embed import TextEmbedder
+    from visroute.router.learn.routers import KNNRouter, MatrixFactorizationRouter, MLPRouter
+    from visroute.router.data.table import build_table, read_records
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_router-")
     os.makedirs(work, exist_ok=True)

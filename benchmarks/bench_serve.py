@@ -1,24 +1,24 @@
-"""``/v1/classify`` throughput with micro-batching on and off, against in-process classification of the same images.
+"""``/v1/classify`` throughput at concurrency 32, side by side with in-process classification (the limit) and a
+naive FastAPI server that calls the transformers zero-shot pipeline per request (the peer).
 
-A random-weight CLIP (``--size b32``: ViT-B/32's shapes, the default; or ``tiny``) is built into a temporary
-directory. The same N ImageNet-sample JPEGs are classified against the same class names and template:
+A random-weight CLIP (``--size tiny``, the default, or ``b32``: ViT-B/32's shapes) is written to a temporary
+folder. The same N ImageNet-sample JPEGs are classified against the same class names and template:
 
-  (a) in process: ``visroute.batch_classify.iter_classify`` (what ``visroute classify`` runs: DataLoader workers
-      decode, the main process runs batches of ``--batch``), timed after a warm-up batch;
-  (b) ``visroute serve`` (its own process, uvicorn on 127.0.0.1), N multipart uploads at concurrency
-      ``--concurrency`` with batching on (``max_batch_size`` = ``--batch``, ``max_wait_ms`` = ``--wait-ms``);
-  (c) the same with batching off (``max_batch_size: 1``).
+  (a) in process: ``visroute.batch_classify.iter_classify`` (what ``visroute classify`` runs), after a warm-up;
+  (b) ``visroute serve`` (its own process, uvicorn on 127.0.0.1), batching on;
+  (c) ``visroute serve --workers 2``;
+  (d) the naive peer (``naive_serve.py``): one transformers pipeline call per request;
+  (e) ``visroute serve`` with batching off (``max_batch_size: 1``);
+  (f) where Ray Serve is installed: ``visroute serve --engine ray --replicas 2`` (reported against (c)).
 
-Server overhead per request, measured sequentially (concurrency 1, batching on, so nothing waits for a batch):
-the client's latency minus the model work the server reports (decode + forward + head), i.e. HTTP, multipart
-parsing, validation, queueing, JSON and the event loop. Goals: (b) >= 0.8 x (a); overhead p50 < 5 ms.
-
-Requests carry the image as base64 JSON (``--body json``, cheap for both sides) or as a multipart upload.
-The machine may be shared (2 cores here): numbers are noisy, ratios less so. Results: benchmarks/results/.
+Goals: (b) >= 0.9 x (a) and >= 2 x (d). Server overhead per request (sequential, concurrency 1): the client's
+latency minus the model work the server reports. Requests carry the image as base64 JSON. The machine may be shared:
+the load average is recorded beside every figure. ``--smoke`` runs a few requests of each kind in seconds (a check
+that the script works, not a measurement). Results: benchmarks/results/bench_serve.json.
 
 Usage::
 
-    python benchmarks/bench_serve.py [--size b32|tiny] [--n 192] [--concurrency 32] [--labels 100] [--device cuda]
+    python benchmarks/bench_serve.py [--size tiny|b32] [--n 192] [--concurrency 32] [--smoke]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int
 
 
 def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int, wait_ms: float, log: Path,
-                 device: str):
+                 device: str, workers: int = 1, extra: tuple = ()):
     cfg = {"models": [{"name": "m", "model": f"hf:{model_dir}", "device": device, "templates": [TEMPLATE]}],
            "label_sets": [{"name": "bench", "labels": labels}],
            "batching": {"max_batch_size": max_batch, "max_wait_ms": wait_ms, "max_queue": 1024},
@@ -84,21 +84,33 @@ def start_server(model_dir: Path, labels: list[str], work: Path, max_batch: int,
     path = work / f"serve-{max_batch}.yaml"
     path.write_text(json.dumps(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "visroute.cli", "serve", "--open", "--port", str(port),
-                             "--config", str(path)], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [sys.executable, "-m", "visroute.cli", "serve", "--open", "--port", str(port), "--config", str(path),
+           "--workers", str(workers), *extra]
+    return _wait(subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}), port, log)
+
+
+def start_naive(model_dir: Path, labels: list[str], work: Path, log: Path):
+    (work / "labels.json").write_text(json.dumps(labels))
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "naive_serve.py"), str(model_dir), str(work / "labels.json"), str(port)]
+    return _wait(subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}), port, log)
+
+
+def _wait(proc, port: int, log: Path):
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"visroute serve exited: {log.read_text()[-2000:]}")
+            raise SystemExit(f"{log.name}: the server exited: {log.read_text()[-2000:]}")
         try:
             if urllib.request.urlopen(url + "/readyz", timeout=2).status == 200:
                 return proc, url
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    raise SystemExit("visroute serve did not become ready")
+    raise SystemExit(f"{log.name}: the server did not become ready")
 
 
 def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str = "json") -> dict:
@@ -120,6 +132,9 @@ def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str
         raise SystemExit(f"{len(r.errors)} errors, e.g. {r.errors[0]}")
     out = r.summary()
     out["images_per_s"] = out.pop("throughput_rps")
+    out["load1"] = round(os.getloadavg()[0], 2)
+    if not r.timings:  # the naive peer reports no timings
+        return out
     out["mean_batch_size"] = round(float(np.mean([t["batch_size"] for t in r.timings])), 2)
     work = [t["decode_ms"] + t["forward_ms"] + t["head_ms"] for t in r.timings]
     out["server_overhead_p50_ms"] = round(float(np.median([t["client_ms"] - w for t, w in zip(r.timings, work)])), 2)
@@ -127,9 +142,17 @@ def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str
     return out
 
 
+def ray_serve_installed() -> bool:
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=("b32", "tiny"), default="b32")
+    ap.add_argument("--size", choices=("b32", "tiny"), default="tiny")
     ap.add_argument("--n", type=int, default=192, help="requests (images) per measurement")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32, help="in-process batch size and the server's max_batch_size")
@@ -138,53 +161,80 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-n", type=int, default=40, help="sequential requests for the overhead figure")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (both sides use it)")
     ap.add_argument("--body", choices=("json", "multipart"), default="json", help="how requests carry the image")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_serve.json")
+    ap.add_argument("--smoke", action="store_true", help="a few requests of each kind, in seconds (not a measurement)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    from bench_classify import BUILDERS
+    if args.smoke:
+        args.size, args.n, args.concurrency, args.batch, args.labels, args.overhead_n = "tiny", 16, 4, 8, 10, 4
+    out = args.out or (None if args.smoke else HERE / "results" / "bench_serve.json")  # a smoke run writes nothing
+    from _common import CLIP_BUILDERS
 
     paths = sorted((DATA / "imagenet-sample").glob("*.JPEG"))[: args.n]
     paths = (paths * (args.n // max(1, len(paths)) + 1))[: args.n]
     labels = class_names(args.labels)
     images = [p.read_bytes() for p in paths]
     res: dict = {"size": args.size, "device": args.device, "body": args.body, "n": args.n,
-                 "concurrency": args.concurrency,
+                 "concurrency": args.concurrency, "smoke": args.smoke,
                  "batch": args.batch, "wait_ms": args.wait_ms, "labels": len(labels), "cpus": os.cpu_count(),
-                 "machine": platform.platform(), "python": platform.python_version()}
+                 "machine": platform.platform(), "python": platform.python_version(),
+                 "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
-        model_dir = BUILDERS[args.size](work / args.size)
+        model_dir = CLIP_BUILDERS[args.size](work / args.size)
         res["in_process"] = in_process(model_dir, paths, labels, args.batch, args.device)
+        res["in_process"]["load1"] = round(os.getloadavg()[0], 2)
         ip = res["in_process"]
-        print(f"in-process classify          {ip['images_per_s']:8.1f} images/s (DataLoader workers "
-              f"{ip['workers_default']['images_per_s']:.1f}, main process {ip['workers_0']['images_per_s']:.1f})",
-              flush=True)
-        for name, max_batch in (("batching_on", args.batch), ("batching_off", 1)):
-            proc, url = start_server(model_dir, labels, work, max_batch, args.wait_ms, work / f"{name}.log",
-                                     args.device)
+        print(f"in-process classify (limit)    {ip['images_per_s']:8.1f} images/s  load {ip['load1']}", flush=True)
+        runs = [("serve", lambda log: start_server(model_dir, labels, work, args.batch, args.wait_ms, log,
+                                                   args.device)),
+                ("serve_workers_2", lambda log: start_server(model_dir, labels, work, args.batch, args.wait_ms, log,
+                                                             args.device, workers=2)),
+                ("naive_peer", lambda log: start_naive(model_dir, labels, work, log)),
+                ("serve_batching_off", lambda log: start_server(model_dir, labels, work, 1, args.wait_ms, log,
+                                                                args.device))][: 3 if args.smoke else 4]
+        if ray_serve_installed() and not args.smoke:
+            runs.append(("ray_serve_2_replicas", lambda log: start_server(
+                model_dir, labels, work, args.batch, args.wait_ms, log, args.device,
+                extra=("--engine", "ray", "--replicas", "2"))))
+        for name, start in runs:
+            proc, url = start(work / f"{name}.log")
             try:
                 res[name] = serve_run(url, images, args.n, args.concurrency, args.body)
-                if name == "batching_on":
+                if name == "serve":
                     res["sequential"] = serve_run(url, images, args.overhead_n, 1, args.body)
             finally:
                 proc.terminate()
                 proc.wait(60)
             r = res[name]
-            print(f"serve, {name.replace('_', ' '):<13} c={args.concurrency:<3} {r['images_per_s']:8.1f} images/s  "
-                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch_size']}",
+            print(f"{name:<22} c={args.concurrency:<3} {r['images_per_s']:8.1f} images/s  p50 {r['p50_ms']:7.1f} ms  "
+                  f"p99 {r['p99_ms']:7.1f} ms  mean batch {r.get('mean_batch_size', '-')}  load {r['load1']}",
                   flush=True)
-    base = res["in_process"]["images_per_s"]
-    res["ratio_batching_on_vs_in_process"] = round(res["batching_on"]["images_per_s"] / base, 3)
-    res["ratio_batching_off_vs_in_process"] = round(res["batching_off"]["images_per_s"] / base, 3)
-    res["ratio_on_vs_off"] = round(res["batching_on"]["images_per_s"] / res["batching_off"]["images_per_s"], 3)
+    base, serve = res["in_process"]["images_per_s"], res["serve"]["images_per_s"]
+    res["ratios"] = {"serve_vs_in_process": round(serve / base, 3),
+                     "serve_vs_naive_peer": round(serve / res["naive_peer"]["images_per_s"], 3),
+                     "workers_2_vs_serve": round(res["serve_workers_2"]["images_per_s"] / serve, 3),
+                     "workers_2_vs_in_process": round(res["serve_workers_2"]["images_per_s"] / base, 3),
+                     "batching_on_vs_off": round(serve / res["serve_batching_off"]["images_per_s"], 3)
+                     if "serve_batching_off" in res else None}
+    if "ray_serve_2_replicas" in res:
+        res["ratios"]["ray_serve_vs_workers_2"] = round(res["ray_serve_2_replicas"]["images_per_s"] /
+                                                        res["serve_workers_2"]["images_per_s"], 3)
+    q = res["ratios"]
+    print(f"serve / in-process:        {q['serve_vs_in_process']:.2f}  (goal >= 0.9)")
+    print(f"serve / naive peer:        {q['serve_vs_naive_peer']:.2f}  (goal >= 2)")
+    print(f"--workers 2 / serve:       {q['workers_2_vs_serve']:.2f}")
+    print(f"--workers 2 / in-process:  {q['workers_2_vs_in_process']:.2f}")
+    if "ray_serve_vs_workers_2" in q:
+        print(f"Ray Serve (2 replicas) / --workers 2: {q['ray_serve_vs_workers_2']:.2f}")
+    if q["batching_on_vs_off"] is not None:
+        print(f"batching on / off:         {q['batching_on_vs_off']:.2f}")
     seq = res["sequential"]
-    print(f"ratio serve (batching on) / in-process:  {res['ratio_batching_on_vs_in_process']:.2f}  (goal >= 0.8)")
-    print(f"ratio serve (batching off) / in-process: {res['ratio_batching_off_vs_in_process']:.2f}")
-    print(f"ratio batching on / off:                 {res['ratio_on_vs_off']:.2f}")
-    print(f"server overhead p50 (c=1, latency - decode - forward - head): {seq['server_overhead_p50_ms']:.2f} ms "
-          f"(goal < 5 ms); outside the handler: {seq['outside_handler_p50_ms']:.2f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"server overhead p50 (c=1, latency - decode - forward - head): {seq['server_overhead_p50_ms']:.2f} ms; "
+          f"outside the handler: {seq['outside_handler_p50_ms']:.2f} ms")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
 

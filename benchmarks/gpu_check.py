@@ -25,7 +25,7 @@ def main() -> None:
     from visroute.features import encode_image_files
     from visroute.heads import ZeroShotClassifier
     from visroute.models import load_model
-    from visroute.testing.tiny_models import build_tiny_clip, write_clip_tokenizer
+    from visroute.models.tiny import build_tiny_clip, write_clip_tokenizer
 
     paths = sorted(glob.glob(f"{args.images}/*.JPEG") + glob.glob(f"{args.images}/*.jpg"))[: args.limit]
     if not paths:  # no shared data on this machine: make some

@@ -29,7 +29,7 @@ ARCHS = {  # vision tower sizes of the public checkpoints; text towers as in CLI
 def build(arch: str, root: str) -> str:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from visroute.testing.tiny_models import write_clip_tokenizer
+    from visroute.models.tiny import write_clip_tokenizer
 
     d = f"{root}/{arch.replace('/', '-')}"
     write_clip_tokenizer(d)

@@ -1,4 +1,4 @@
-"""Router quality on records whose structure is known (the constructed records of tests/test_router.py: recognition
+"""Router quality on records whose structure is known (the constructed records of visroute.testing.routing: recognition
 -> CLIP, reading text -> VLM, reasoning -> VLM + LLM, real MiniLM embeddings of real-sounding task texts).
 
 Prints, per router, accuracy at lambda = 0, the performance gap recovered, the oracle gap recovered, and the cost at
@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_router import COSTS, MODELS, make_records  # noqa: E402
-from visroute.router.embed import TextEmbedder  # noqa: E402
-from visroute.router.evaluate import evaluate_router  # noqa: E402
-from visroute.router.routers import KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter  # noqa: E402
+from visroute.router.data.embed import TextEmbedder  # noqa: E402
+from visroute.router.evaluate.curves import evaluate_router  # noqa: E402
+from visroute.router.learn.routers import KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter  # noqa: E402
+from visroute.testing.routing import COSTS, MODELS, make_records  # noqa: E402
 
 
 def main() -> None:

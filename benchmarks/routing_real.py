@@ -42,13 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from visroute.router.embed import TextEmbedder
-from visroute.router.metrics import sweep_metrics, two_model_metrics
-from visroute.router.policies import dataset_prior, share_threshold
-from visroute.router.routellm import read_routellm
-from visroute.router.routers import make_router
-from visroute.router.strategies import calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble
-from visroute.router.table import build_table
+from visroute.router.data.embed import TextEmbedder
+from visroute.router.evaluate.metrics import sweep_metrics, two_model_metrics
+from visroute.router.evaluate.policies import dataset_prior, share_threshold
+from visroute.router.data.routellm import read_routellm
+from visroute.router.learn.routers import make_router
+from visroute.router.decide.strategies import calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble
+from visroute.router.data.table import build_table
 
 ROUTERS = ("knn", "logistic", "mlp", "mf")
 ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
@@ -200,7 +200,7 @@ def _conf_matrix(conf_cheap: np.ndarray, cheap: int) -> np.ndarray:
 
 
 def _curve_at(gain, S, C, cheap, strong, x) -> float:
-    from visroute.router.metrics import threshold_curve
+    from visroute.router.evaluate.metrics import threshold_curve
 
     return threshold_curve(gain, S[:, cheap], S[:, strong], C[:, cheap], C[:, strong]).clipped().at(min(max(x, 0), 1))[0]
 
@@ -279,7 +279,7 @@ def main() -> None:
 
 def add_model(X, S, C) -> dict:
     """Mixtral-only MF router + GPT-4 added from 300 tasks vs MF retrained on both (GSM8K, one random split)."""
-    from visroute.router.hierarchy import add_model_vs_retrain
+    from visroute.router.evaluate.hierarchy import add_model_vs_retrain
 
     fold_of = folds_random(len(X), 5, seed=0)
     tr, te = fold_of != 0, fold_of == 0
@@ -290,7 +290,7 @@ def add_model(X, S, C) -> dict:
 def run_llm_router(table, spec: str, prices) -> dict:
     """The LLM router on every task. Its model cards hold accuracies over all tasks, not out-of-fold ones: an
     advantage the learned routers do not get, stated beside its numbers."""
-    from visroute.router.llm_router import LLMRouter, model_cards
+    from visroute.router.learn.llm_router import LLMRouter, model_cards
 
     table.split[:] = "train"
     router = LLMRouter.from_spec(spec, model_cards(table), prices)

@@ -51,7 +51,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from visroute.testing.tiny_models import tiny_clip_config, write_clip_tokenizer
+    from visroute.models.tiny import tiny_clip_config, write_clip_tokenizer
 
     d = tmp_path_factory.mktemp("tiny-clip")
     write_clip_tokenizer(d, merges=clip_bpe_merges())
@@ -64,7 +64,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
-    from visroute.testing.tiny_models import build_tiny_siglip
+    from visroute.models.tiny import build_tiny_siglip
 
     return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"), seed=2)
 
@@ -75,7 +75,7 @@ def tiny_siglip2_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, SiglipTokenizer
 
-    from visroute.testing.tiny_models import write_sentencepiece_tokenizer
+    from visroute.models.tiny import write_sentencepiece_tokenizer
 
     d = tmp_path_factory.mktemp("tiny-siglip2")
     write_sentencepiece_tokenizer(d)
@@ -126,14 +126,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    from visroute.testing.tiny_models import build_tiny_llama
+    from visroute.models.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory) -> Path:
-    from visroute.testing.tiny_models import build_tiny_llava
+    from visroute.models.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
 

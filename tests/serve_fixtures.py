@@ -111,9 +111,9 @@ def build_router(directory: Path, shared: Path, dead_url: str = "http://127.0.0.
     """An image-aware (text+image) KNN router over 'small' and 'large', trained on real image embeddings; its
     measured pipelines point at a dead URL, so only the serve config's endpoints can make them answer."""
     from visroute.pipeline import PipelineSpec
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.images import encode_paths
-    from visroute.router.routers import KNNRouter
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.data.images import encode_paths
+    from visroute.router.learn.routers import KNNRouter
     from visroute.tasks.model import task_text
 
     texts = [task_text(ROUTER_TEXT)] * len(ROUTER_TASKS)

@@ -400,7 +400,7 @@ GRIDS = [
 
 @pytest.mark.parametrize("name, text, words, more", GRIDS, ids=[g[0] for g in GRIDS])
 def test_malformed_grid_files_name_the_file_and_the_line(tmp_path, name, text, words, more):
-    from visroute.router.grid import GridSpec
+    from visroute.router.data.grid import GridSpec
 
     path = tmp_path / name
     path.write_bytes(text.encode("latin-1"))

@@ -29,7 +29,7 @@ from visroute.data.datasets import DatasetError, load_dataset
 from visroute.data.images import (DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessedItems, find_images, load_image,
                                   resolve_max_pixels)
 from visroute.data.text import load_templates, parse_labels, read_string_list
-from visroute.descriptions.sets import DescriptionError, load_descriptions
+from visroute.heads.description_sets import DescriptionError, load_descriptions
 from visroute.errors import VisrouteError
 from visroute.eval.metrics import classification_metrics, confusion_matrix, topk_accuracy
 from visroute.tasks.costs import PriceTable

@@ -47,7 +47,7 @@ from visroute.heads.descriptions import ClassnameFreeClassifier, DescriptionEnse
 from visroute.heads.selection import DiscriminativeSelectionClassifier
 from visroute.heads.zeroshot import ZeroShotClassifier
 from visroute.models import load_model
-from visroute.router.routers import (KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter,
+from visroute.router.learn.routers import (KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter,
                                      SequenceClassifierRouter, make_router)
 
 NAMES = ["tench", "goldfish", "tabby cat", "garbage truck", "banana", "volcano"]
@@ -479,7 +479,7 @@ def test_sklearn_api_checks_on_the_text_router(check):
 
 
 def test_choose_refuses_probabilities_that_do_not_match_the_costs():
-    from visroute.router.decide import choose
+    from visroute.router.decide.rules import choose
 
     assert choose(np.array([[0.9, 0.8]]), np.array([1.0, 0.1]), lam=0.5).tolist() == [1]
     with pytest.raises(InputError, match="3 model costs"):

@@ -156,8 +156,8 @@ models:
     r = runner.invoke(app, ["route", "build", str(tmp_path / "grid" / "records.parquet"), "--out", str(tmp_path / "t"),
                             "--val-fraction", "0", "--test-fraction", "0"])
     assert r.exit_code == 0, r.output
-    from visroute.router.bundle import train_bundle
-    from visroute.router.table import RoutingTable
+    from visroute.router.decide.bundle import train_bundle
+    from visroute.router.data.table import RoutingTable
 
     table = RoutingTable.load(tmp_path / "t")
     bundle = train_bundle(table, "knn", "text+image", "random-tiny")
@@ -165,7 +165,7 @@ models:
     assert emb.shape == (len(table), 32) and np.all(np.abs(emb).sum(1) > 0)
     assert len(np.unique(emb.round(5), axis=0)) == len(table)  # one real embedding per image, not a filler
     from visroute.models import load_model
-    from visroute.router.images import encode_paths
+    from visroute.router.data.images import encode_paths
 
     direct = encode_paths("random-tiny", [str(tmp_path / "imgs" / i.split("/")[-1]) for i in table.image_id])
     np.testing.assert_allclose(emb, direct, atol=1e-5)  # cache path == direct encoding (same model, same pixels)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from visroute.eval.report import plot_results, results_figure
-from visroute.router.evaluate import plot_report, report_figure
+from visroute.router.evaluate.curves import plot_report, report_figure
 
 
 def _data_boxes(fig):

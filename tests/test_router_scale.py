@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from visroute.router.embed import EmbeddingStore, TextEmbedder
-from visroute.router.neighbours import build_index, query, top_k
-from visroute.router.routers import KNNRouter
-from visroute.router.table import build_table, read_records
+from visroute.router.data.embed import EmbeddingStore, TextEmbedder
+from visroute.router.learn.neighbours import build_index, query, top_k
+from visroute.router.learn.routers import KNNRouter
+from visroute.router.data.table import build_table, read_records
 
 
 class CountingEmbedder(TextEmbedder):

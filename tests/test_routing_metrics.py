@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visroute.router.decide import calibrate, choose
-from visroute.router.metrics import (apgr_dense, apgr_discrete, cpt, quantile_points, sweep_metrics, threshold_curve,
+from visroute.router.decide.rules import calibrate, choose
+from visroute.router.evaluate.metrics import (apgr_dense, apgr_discrete, cpt, quantile_points, sweep_metrics, threshold_curve,
                                      two_model_metrics)
-from visroute.router.policies import dataset_prior, policy_curve, reference, share_threshold
-from visroute.router.strategies import (calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble,
+from visroute.router.evaluate.policies import dataset_prior, policy_curve, reference, share_threshold
+from visroute.router.decide.strategies import (calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble,
                                         pareto_chain)
 
 # 4 tasks: the weak model solves 0 and 3, the strong one 0, 1 and 2 -> A_weak 0.5, A_strong 0.75
@@ -154,7 +154,7 @@ def _planted(n=900, seed=0):
 
 
 def test_hierarchical_routing_is_scored_beside_flat_on_the_same_axis():
-    from visroute.router.hierarchy import hierarchical_vs_flat
+    from visroute.router.evaluate.hierarchy import hierarchical_vs_flat
 
     X, Y = _planted()
     costs = np.array([1.0, 2.0, 3.0, 6.0])
@@ -166,7 +166,7 @@ def test_hierarchical_routing_is_scored_beside_flat_on_the_same_axis():
 
 
 def test_mf_add_model_from_300_tasks_leaves_the_others_untouched():
-    from visroute.router.hierarchy import add_model_vs_retrain
+    from visroute.router.evaluate.hierarchy import add_model_vs_retrain
 
     X, Y = _planted(1200, seed=2)
     res = add_model_vs_retrain(X[:900], Y[:900], X[900:], Y[900:], new=2, n_tasks=300, epochs=20, batch_size=128)
@@ -175,7 +175,7 @@ def test_mf_add_model_from_300_tasks_leaves_the_others_untouched():
 
 
 def test_evaluate_router_reports_routellm_metrics_with_baselines_at_the_routers_share():
-    from visroute.router.evaluate import evaluate_router
+    from visroute.router.evaluate.curves import evaluate_router
 
     X, Y = _planted(600, seed=4)
     costs = np.array([1.0, 2.0, 3.0, 6.0])

@@ -83,7 +83,7 @@ def test_build_reports_data_quality_and_dedup_removes_leaks(records, tmp_path):
     assert rep["label_noise"]["flip_rate"] is None  # RouteLLM has one prompt per item
     assert rep["balance"]["models"][STRONG]["train"] > rep["balance"]["models"][WEAK]["train"]
     assert rep["dedup_removed"] == nd["val"] + nd["test"] and f"removed {rep['dedup_removed']} near-dup" in r.stdout
-    from visroute.router.table import RoutingTable
+    from visroute.router.data.table import RoutingTable
 
     clean = RoutingTable.load(tmp_path / "d")
     train_texts = set(clean.text[clean.split == "train"])
@@ -97,8 +97,8 @@ def pd_concat(a, b):
 
 
 def test_label_noise_counts_outcome_flips_across_prompt_variants():
-    from visroute.router.quality import label_noise
-    from visroute.router.table import RoutingTable
+    from visroute.router.data.quality import label_noise
+    from visroute.router.data.table import RoutingTable
 
     n = 4
     t = RoutingTable(["a", "b"], np.array(["d"] * n), np.array(["p1", "p2", "p1", "p2"]), np.array(["1", "1", "2", "2"]),
@@ -115,10 +115,10 @@ def _answer(prompt: str) -> str:
 
 
 def test_llm_router_answers_are_parsed_cached_and_its_calls_are_paid_for(records, tmp_path):
-    from visroute.router.baselines import evaluate_with_baselines
-    from visroute.router.bundle import train_bundle
-    from visroute.router.llm_router import LLMRouter, model_cards, parse_choice
-    from visroute.router.table import build_table, read_records
+    from visroute.router.evaluate.baselines import evaluate_with_baselines
+    from visroute.router.decide.bundle import train_bundle
+    from visroute.router.learn.llm_router import LLMRouter, model_cards, parse_choice
+    from visroute.router.data.table import build_table, read_records
 
     assert parse_choice("gpt-4-turbo, not gpt-4", ["gpt-4", "gpt-4-turbo"]) == 1
     assert parse_choice(" 2. ", ["a", "b"]) == 1 and parse_choice("Model 1", ["a", "b"]) == 0

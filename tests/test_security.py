@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from visroute.llm.endpoints import EndpointNotAllowed
-from visroute.router.bundle import RouterBundle
-from visroute.router.persist import BundleError
-from visroute.router.routers import KNNRouter
+from visroute.router.decide.bundle import RouterBundle
+from visroute.router.learn.persist import BundleError
+from visroute.router.learn.routers import KNNRouter
 
 
 class _Boom:
@@ -72,7 +72,7 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
 
 
 def test_no_request_leaves_for_a_host_only_the_bundle_names(tmp_path, monkeypatch, shared_data):
-    from visroute.router.run import route_task
+    from visroute.router.decide.run import route_task
 
     evil = "http://198.51.100.7:9/v1"  # TEST-NET-2: named by the bundle only
     spec = {"head": "vlm", "vlm": f"openai-compatible:{evil}#m", "name": "b"}
@@ -83,7 +83,7 @@ def test_no_request_leaves_for_a_host_only_the_bundle_names(tmp_path, monkeypatc
     monkeypatch.delenv("VISROUTE_ALLOW_ENDPOINTS", raising=False)
     monkeypatch.setenv("VISROUTE_ENDPOINTS", str(tmp_path / "none.yaml"))
     (tmp_path / "none.yaml").write_text("{}\n")
-    monkeypatch.setattr("visroute.router.bundle.RouterBundle.featurise", lambda self, texts, images=None: np.eye(1, 4))
+    monkeypatch.setattr("visroute.router.decide.bundle.RouterBundle.featurise", lambda self, texts, images=None: np.eye(1, 4))
     img = shared_data / "imagenet-sample" / "n01440764_tench.JPEG"
     with pytest.raises(EndpointNotAllowed, match="not by your configuration"):
         route_task(RouterBundle.load(d), img, "Which?", ["x", "y"])
@@ -109,7 +109,7 @@ def test_a_key_goes_only_to_its_configured_endpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["knn", "logistic", "mlp", "mf"])
 def test_every_router_kind_round_trips_through_safetensors(tmp_path, kind):
-    from visroute.router.routers import make_router
+    from visroute.router.learn.routers import make_router
 
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(80, 6)).astype(np.float32), rng.random((80, 3)).astype(np.float32)

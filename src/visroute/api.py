@@ -68,7 +68,7 @@ class Router:
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
-        from visroute.router.bundle import RouterBundle
+        from visroute.router.decide.bundle import RouterBundle
 
         return cls(RouterBundle.load(path))
 
@@ -79,6 +79,6 @@ class Router:
     def route(self, image: str | Path | None, task: str, options: Sequence[str], run: bool = True,
               lam: float | None = None) -> dict:
         """Choose (and, with ``run``, call) a model; ``image`` None routes a text-only task."""
-        from visroute.router.run import route_task
+        from visroute.router.decide.run import route_task
 
         return route_task(self.bundle, image, task, list(options), lam=lam, run=run, runtime=self.runtime)

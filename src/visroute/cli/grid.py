@@ -23,7 +23,7 @@ def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (every fi
     import pyarrow.parquet as pq
 
     from visroute.engine import EngineOptions
-    from visroute.router.grid import GridSpec, run_grid
+    from visroute.router.data.grid import GridSpec, run_grid
 
     quiet_libraries()
     grid = GridSpec.load(grid_file)

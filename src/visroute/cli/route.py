@@ -42,8 +42,8 @@ def route_build(
     """Aggregate records into a routing table with train/val/test splits, and report on its quality
     (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance."""
     from visroute.io import atomic_write_json
-    from visroute.router.quality import checked_table, format_report
-    from visroute.router.table import build_table, read_records
+    from visroute.router.data.quality import checked_table, format_report
+    from visroute.router.data.table import build_table, read_records
 
     quiet_libraries()
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
@@ -71,7 +71,7 @@ def route_import(
     """Turn public routing data into visroute records: `routellm` reads RouteLLM's GSM8K responses and MT-Bench
     judgements (its development sets; its MMLU test set is never read)."""
     from visroute.errors import VisrouteError
-    from visroute.router.routellm import import_routellm, parse_prices
+    from visroute.router.data.routellm import import_routellm, parse_prices
 
     if source != "routellm":
         raise VisrouteError(f"unknown routing data source '{source}' (known: routellm)")
@@ -96,8 +96,8 @@ def route_train(
 ) -> None:
     """Train a router on the table's train split; lambda is calibrated on its validation split. The bundle carries
     the exact pipeline spec each model's records were measured with, so `route` calls the same pipelines."""
-    from visroute.router.bundle import train_bundle
-    from visroute.router.table import RoutingTable
+    from visroute.router.decide.bundle import train_bundle
+    from visroute.router.data.table import RoutingTable
 
     quiet_libraries()
     kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
@@ -117,7 +117,7 @@ def route_eval(
 ) -> None:
     """Router vs always-one-model, random, oracle, kNN and dataset prior (and an LLM router), on RouteLLM's
     metrics (APGR, CPT) and at the router's own strong-call share; accuracy-cost curve."""
-    from visroute.router.baselines import evaluate_router_dir
+    from visroute.router.evaluate.baselines import evaluate_router_dir
 
     quiet_libraries()
     report = evaluate_router_dir(table_dir, router_dir, out, part, llm_router, llm_prices)
@@ -169,8 +169,8 @@ def route_ask(
 ) -> None:
     """Pick a model for one task with the router and run it (also: `visroute route IMAGE --task ... --options ...`)."""
     from visroute.errors import VisrouteError
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.run import route_task
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.decide.run import route_task
 
     quiet_libraries()
     opts = [o.strip() for o in options.split(",") if o.strip()]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visroute.descriptions.sets import DescriptionSet
 from visroute.errors import InputError
+from visroute.heads.description_sets import DescriptionSet
 from visroute.llm.client import ChatRequest, Generator
 
 STYLES = ("dclip", "cupl", "contrastive")
@@ -153,7 +153,7 @@ def describe_classes(classes: str, llm: str, output, style: str = "dclip", neigh
     import json
 
     from visroute.data.text import parse_labels
-    from visroute.descriptions.sets import save_descriptions
+    from visroute.heads.description_sets import save_descriptions
     from visroute.errors import VisrouteError
     from visroute.pipeline.build import Runtime, load_contrastive, load_generative, typed_endpoints
     from visroute.pipeline.spec import PipelineSpec

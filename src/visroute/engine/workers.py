@@ -96,6 +96,6 @@ def generate_chunk(item: tuple, concurrency: int) -> list:
 def grid_task_cell(job, concurrency: int) -> dict:
     """A VLM / LLM grid cell on a worker: the same ``run_task_cell`` as the local engine, its own runtime."""
     from visroute.pipeline.build import Runtime
-    from visroute.router.grid import run_task_cell
+    from visroute.router.data.grid import run_task_cell
 
     return run_task_cell(job, Runtime(concurrency=concurrency))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from visroute.descriptions.sets import DescriptionSet
+from visroute.heads.description_sets import DescriptionSet
 from visroute.errors import InputError
 from visroute.heads.zeroshot import ClassScoresMixin, ContrastiveHead
 from visroute.models.contrastive import ContrastiveModel

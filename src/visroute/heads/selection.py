@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from visroute.descriptions.sets import DescriptionSet
+from visroute.heads.description_sets import DescriptionSet
 from visroute.errors import InputError
 from visroute.heads.zeroshot import ContrastiveHead, is_text_list
 from visroute.models.contrastive import ContrastiveModel

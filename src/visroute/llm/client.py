@@ -322,7 +322,7 @@ def load_generator(spec, cache: ResponseCache | None = None, **kw) -> Generator:
         return gen
     location = parsed.location
     if parsed.backend == "random-tiny":
-        from visroute.testing.tiny_models import ensure_random_tiny
+        from visroute.models.tiny import ensure_random_tiny
 
         location = str(ensure_random_tiny(location))
     allowed = {k: v for k, v in kw.items() if k in ("max_tokens", "temperature", "device", "batch_size")}

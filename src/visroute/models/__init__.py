@@ -27,7 +27,7 @@ def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | 
         return load_hf_contrastive(parsed.location, parsed.text, dev, dt, image_backend=image_backend)
     if parsed.backend == "random-tiny":
         from visroute.models.hf import load_hf_contrastive
-        from visroute.testing.tiny_models import ensure_random_tiny
+        from visroute.models.tiny import ensure_random_tiny
 
         return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, dev, dt, is_random=True,
                                    image_backend=image_backend)

@@ -33,7 +33,7 @@ def common_classnames(pools: list[str], k: int) -> list[str]:
     """The first ``k`` classes (in the first pool's order) that every description pool names: a stand-in dataset
     with these classes aligns with all of its pools by name."""
     from visroute.descriptions import load_descriptions
-    from visroute.descriptions.sets import normalise_name
+    from visroute.heads.description_sets import normalise_name
 
     sets = [load_descriptions(p) for p in pools]
     others = [{normalise_name(c) for c in s.classnames} for s in sets[1:]]

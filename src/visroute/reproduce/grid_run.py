@@ -87,10 +87,10 @@ def type_accuracy(stats: dict, datasets: list[dict], pipeline: str, task_type: s
 def run_router(recipe, ctx, records_path: Path) -> dict:
     """Routing table, router (calibrated on validation), its report against the baselines, and the plot."""
     from visroute.eval.results import write_json
-    from visroute.router.baselines import evaluate_with_baselines
-    from visroute.router.bundle import train_bundle
-    from visroute.router.evaluate import plot_report
-    from visroute.router.table import build_table, read_records
+    from visroute.router.evaluate.baselines import evaluate_with_baselines
+    from visroute.router.decide.bundle import train_bundle
+    from visroute.router.evaluate.curves import plot_report
+    from visroute.router.data.table import build_table, read_records
 
     cfg = recipe.extra.get("router") or {}
     d = ctx.out / "router"
@@ -133,8 +133,8 @@ def run_grid_recipe(recipe, ctx) -> list[dict]:
     """Run the grid (and the router when the recipe has one); one cell per figure value."""
     import inspect
 
-    from visroute.router.grid import GridSpec, run_grid
-    from visroute.router.table import read_records
+    from visroute.router.data.grid import GridSpec, run_grid
+    from visroute.router.data.table import read_records
 
     datasets = grid_datasets(recipe, ctx)
     grid = GridSpec.load(write_grid(recipe, ctx, datasets))

@@ -57,8 +57,9 @@ def chat_request(body: dict):
 class LocalServer:
     """``with LocalServer({"random-tiny:llava": "random-tiny:llava"}) as url: ...`` serves each named generator."""
 
-    def __init__(self, models: dict[str, str], max_tokens: int = 64, device: str = "cpu"):
+    def __init__(self, models: dict[str, str], max_tokens: int = 64, device: str = "cpu", port: int = 0):
         self.models = dict(models)
+        self.port = port
         self.max_tokens, self.device = max_tokens, device
         self._gens: dict = {}
         self._lock = threading.Lock()
@@ -130,14 +131,24 @@ class LocalServer:
                     body = json.loads(self.rfile.read(n))
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     return self._send(400, {"error": {"message": "body is not JSON"}})
-                self._send(*server.answer(body if isinstance(body, dict) else {}))
+                body = body if isinstance(body, dict) else {}
+                status, doc = server.answer(body)
+                if status != 200 or not body.get("stream"):
+                    return self._send(status, doc)
+                self.send_response(200)  # stream: true -> the answer as server-sent events, as OpenAI sends it
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for event in stream_events(doc):
+                    self.wfile.write(f"data: {event}\n\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
 
         return Handler
 
     def __enter__(self) -> str:
         for name in self.models:  # load first: a model that cannot load is one error now, not failed requests later
             self._generator(name)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, name="visroute-local-llm", daemon=True).start()
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -146,6 +157,17 @@ class LocalServer:
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
+
+
+def stream_events(doc: dict) -> list[str]:
+    """A chat completion as OpenAI's stream: a role+content chunk, a finish chunk with the usage, then [DONE]."""
+    base = {"id": doc["id"], "object": "chat.completion.chunk", "created": doc["created"], "model": doc["model"]}
+    text = doc["choices"][0]["message"]["content"]
+    return [json.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                             "finish_reason": None}]}),
+            json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": doc["usage"]}),
+            "[DONE]"]
 
 
 @contextlib.contextmanager

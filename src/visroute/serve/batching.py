@@ -65,7 +65,7 @@ class _Item:
 
 class MicroBatcher:
     def __init__(self, name: str, encode: Callable[[list[Any]], Any], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, on_batch: Callable[[int], None] | None = None):
+                 max_wait_ms: float = 5.0, max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None):
         self.name = name
         self.encode = encode                  # list of preprocessed inputs -> (n, d) embeddings
         self.max_batch_size = max(1, int(max_batch_size))
@@ -158,7 +158,7 @@ class MicroBatcher:
                 continue
             forward_ms = (time.perf_counter() - start) * 1000
             if self.on_batch:
-                self.on_batch(len(batch))
+                self.on_batch(len(batch), forward_ms / 1000)  # images, seconds
             for i, it in enumerate(batch):
                 if not it.future.done():
                     info = BatchInfo(len(batch), (start - it.enqueued) * 1000, forward_ms)

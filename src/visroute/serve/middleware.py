@@ -148,7 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VisrouteError)
     async def _visroute(request: Request, exc: VisrouteError):
         status = getattr(exc, "status", None) or (404 if type(exc).__name__ == "NotFound" else 400)
-        return JSONResponse(error_body(status, str(exc), rid(request)), status)
+        return JSONResponse(error_body(status, str(exc), rid(request)), status, headers=getattr(exc, "headers", None))
 
 
 def validation_message(errors) -> str:

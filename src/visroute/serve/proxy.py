@@ -131,7 +131,7 @@ def decide(state, router, text: str, image: bytes | None, lam: float | None) -> 
     images = None
     if bundle.features == "text+image":
         from visroute.pipeline import PipelineSpec, build_pipeline
-        from visroute.router.images import embedding_dim
+        from visroute.router.data.images import embedding_dim
 
         model = build_pipeline(PipelineSpec(model=bundle.image_model, device="cpu"), state.runtime).model
         if image is None:
@@ -211,8 +211,10 @@ async def _chat(state, payload: dict, stream: bool):
     if stream:
         return await _stream(state, url, payload, req_headers, chosen, headers, account)
     try:
+        tu = time.perf_counter()
         r = await state.http.post(url, json=payload, headers=req_headers,
                                   timeout=state.config.limits.upstream_timeout_s)
+        state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise HTTPException(502, f"{chosen}: could not reach {target.base_url} ({type(e).__name__})") from None
@@ -246,7 +248,9 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
     try:
         req = state.http.build_request("POST", url, json=payload, headers=req_headers,
                                        timeout=state.config.limits.upstream_timeout_s)
+        tu = time.perf_counter()
         resp = await state.http.send(req, stream=True)
+        state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise HTTPException(502, f"{chosen}: could not reach the endpoint ({type(e).__name__})") from None

@@ -18,8 +18,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from visroute.errors import VisrouteError
-from visroute.serve.decode import b64_bytes, decode_image, prepare
+from visroute.serve.decode import b64_bytes, decode_image
 from visroute.serve.middleware import validation_message
+from visroute.serve.service import ensure_ready
 from visroute.serve.schemas import (ERRORS, ClassifyRequest, ClassifyResponse, Health, ModelCard, ModelList,
                                     RouteRequest, RouteResponse)
 
@@ -93,64 +94,7 @@ async def classify(request: Request):
     """Zero-shot classification of one image: top-k labels and probabilities, equal to `visroute classify`."""
     t0 = time.perf_counter()
     req, data = await read_body(request, ClassifyRequest, ("labels", "templates"))
-    return await _within(request, _classify(request.app.state.serve, req, data, t0))
-
-
-def ensure_ready(state) -> None:
-    if not state.ready:
-        raise HTTPException(503, state.load_error or "models are still loading", headers={"Retry-After": "2"})
-
-
-async def _classify(state, req: ClassifyRequest, data: bytes | None, t0: float) -> dict:
-    ensure_ready(state)
-    lim = state.config.limits
-    parse_ms = (time.perf_counter() - t0) * 1000
-    if req.labels is not None and req.label_set is not None:
-        raise HTTPException(400, "give either 'labels' or 'label_set', not both")
-    if req.top_k > lim.max_top_k:
-        raise HTTPException(400, f"top_k is over the limit of {lim.max_top_k}")
-    lset = None
-    if req.labels is None:
-        if req.label_set is None and not state.label_sets:
-            raise HTTPException(400, "give 'labels' (no label set is configured)")
-        lset = state.label_set(req.label_set or next(iter(state.label_sets)))
-        if req.model and req.model != lset.model:
-            raise HTTPException(400, f"label set '{lset.name}' belongs to model '{lset.model}', not '{req.model}'")
-        if req.templates:
-            raise HTTPException(400, "templates apply to 'labels'; a label set has its own")
-    elif len(req.labels) > lim.max_labels or len(req.templates or []) > lim.max_templates:
-        raise HTTPException(400, f"at most {lim.max_labels} labels and {lim.max_templates} templates per request")
-    served = state.served(lset.model if lset else req.model)
-    if req.explain and not (lset and lset.explainable):
-        raise HTTPException(400, "explanations need a label set with a description head (see /v1/models)")
-    loop = asyncio.get_running_loop()
-    with served.batcher.admit() as ticket:
-        jobs = [loop.run_in_executor(state.decode_pool, prepare, served.name, data, req.image, lim.max_pixels)]
-        if lset is None:  # request-given labels: the text head is built (or found cached) while the image decodes
-            jobs.append(asyncio.to_thread(state.ad_hoc_head, served.name, req.labels, req.templates))
-        done = await asyncio.gather(*jobs, return_exceptions=True)
-        failed = next((r for r in done if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
-        (x, decode_ms), head = done[0], (lset.head if lset else done[1])
-        emb, info = await served.batcher.submit(x, ticket)
-    t = time.perf_counter()
-    idx, scores = head.predict_topk(emb, req.top_k)
-    labels = [str(head.classes_[j]) for j in idx[0]]
-    explanation = _explain(head, emb, req.top_k) if req.explain else None
-    state.metrics.images.labels(model=served.name).inc()
-    now = time.perf_counter()
-    model = served.pipeline.model
-    return {"model": served.name, "model_spec": model.spec, "is_random": model.is_random,
-            "label_set": lset.name if lset else None, "labels": labels, "scores": [float(s) for s in scores[0]],
-            "batch_size": info.batch_size, "explanation": explanation,
-            "timings": {"parse_ms": parse_ms, "decode_ms": decode_ms, "queue_ms": info.queue_ms,
-                        "forward_ms": info.forward_ms, "head_ms": (now - t) * 1000, "total_ms": (now - t0) * 1000}}
-
-
-def _explain(head, emb, k: int) -> list[dict]:
-    return [{"label": c["class"], "probability": c["probability"], "score": c["score"],
-             "descriptions": c["descriptions"][:8]} for c in head.explain(emb[0], k=min(k, 10))]
+    return await _within(request, request.app.state.classify.classify(req, data, t0))
 
 
 @api.post("/v1/route", response_model=RouteResponse, responses=ERRORS, tags=["route"],

@@ -67,6 +67,7 @@ class ServeState:
     decode_pool: Any = None                                      # threads that decode and preprocess images
     http: Any = None                                             # httpx2.AsyncClient for the backends
     admission: Any = None                                        # bounds /v1/route and the proxy
+    remote_forward: dict | None = None                           # --engine ray: model name -> Forward deployment
     _ad_hoc: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,8 +94,10 @@ class ServeState:
                 spec = self.model_spec(m.name)
                 pipe = build_pipeline(spec, self.runtime)
                 b = self.config.batching
-                batcher = MicroBatcher(m.name, self._encoder(pipe.model), b.max_batch_size, b.max_wait_ms, b.max_queue,
-                                       on_batch=self.metrics.batch_size.labels(model=m.name).observe)
+                encode = self._encoder(pipe.model) if self.remote_forward is None else \
+                    self._remote_encoder(self.remote_forward[m.name])
+                batcher = MicroBatcher(m.name, encode, b.max_batch_size, b.max_wait_ms, b.max_queue,
+                                       on_batch=self._on_batch(m.name))
                 self.models[m.name] = ServedModel(m.name, spec, pipe, batcher)
             for s in self.config.label_sets:
                 self.label_sets[s.name] = self._label_set(s)
@@ -110,6 +113,15 @@ class ServeState:
             self.load_error = str(e)
             raise
 
+    def _on_batch(self, model: str):
+        size, forward = self.metrics.batch_size.labels(model=model), self.metrics.forward_seconds.labels(model=model)
+
+        def observe(n: int, seconds: float) -> None:
+            size.observe(n)
+            forward.observe(seconds)
+
+        return observe
+
     def model_spec(self, name: str) -> PipelineSpec:
         m = self.config.model(name)
         templates = tuple(m.templates) if isinstance(m.templates, list) else m.templates
@@ -123,6 +135,22 @@ class ServeState:
         def encode(items: list) -> Any:
             with torch.inference_mode():
                 return model.encode_images(model.collate(items))
+
+        return encode
+
+    @staticmethod
+    def _remote_encoder(handle):
+        """A micro-batch's forward pass on a Ray Serve model deployment (blocking; runs on the batcher's thread)."""
+        import torch
+
+        def encode(items: list) -> Any:
+            try:
+                return torch.from_numpy(handle.remote(items).result())
+            except Exception as e:  # a replica that died or was stopped: the client may retry
+                from visroute.serve.service import ServiceError
+
+                raise ServiceError(503, f"the model replica failed ({type(e).__name__}); retry shortly",
+                                   {"Retry-After": "1"}) from None
 
         return encode
 
@@ -147,7 +175,7 @@ class ServeState:
 
     def _router(self, r) -> Any:
         from visroute.api import Router
-        from visroute.router.bundle import RouterBundle
+        from visroute.router.decide.bundle import RouterBundle
 
         bundle = RouterBundle.load(r.path)
         if r.lam is not None:

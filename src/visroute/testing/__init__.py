@@ -1,1 +1,1 @@
-"""Helpers for smoke tests and test fixtures (random-weight models); not for real predictions."""
+"""Helpers for tests and benchmarks (fault servers, constructed records); the product never imports it."""

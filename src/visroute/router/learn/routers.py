@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from visroute.errors import InputError, VisrouteError
-from visroute.router.neighbours import build_index, query
+from visroute.router.learn.neighbours import build_index, query
 
 ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
 
@@ -150,7 +150,7 @@ class KNNRouter(_Router):
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_tasks, n_models) float64 success probabilities; up to 256 tasks one by one through the exact pruned
-        index (``visroute.router.neighbours``; saved without one: every row scored), larger batches in blocks."""
+        index (``visroute.router.learn.neighbours``; saved without one: every row scored), larger batches in blocks."""
         X, T = self._predict_inputs(X), np.require(self.X_, np.float32, ["C"])
         index = [getattr(self, f"index_{a}_", None) for a in ("basis", "proj", "resid")]
         k = min(self.k, len(T))

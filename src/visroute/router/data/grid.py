@@ -257,7 +257,7 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     from visroute.features.cache import FeatureCache
     from visroute.io import atomic_write_parquet
     from visroute.pipeline.build import Runtime
-    from visroute.router.records import records_from_result
+    from visroute.router.data.records import records_from_result
 
     out = Path(grid.output)
     (out / "records").mkdir(parents=True, exist_ok=True)

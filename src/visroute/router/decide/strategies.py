@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visroute.router.decide import choose
+from visroute.router.decide.rules import choose
 
 
 def pareto_chain(expected_costs: np.ndarray, accuracy: np.ndarray) -> list[int]:

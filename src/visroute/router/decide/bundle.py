@@ -1,6 +1,6 @@
 """A trained router, saved with everything needed to use it: the exact pipeline specs it routes between
 (as measured), model costs, lambda and its features. Saved as data only (``router.json`` + safetensors, see
-``visroute.router.persist``): loading a bundle runs no code.
+``visroute.router.learn.persist``): loading a bundle runs no code.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide import calibrate, choose
-from visroute.router.persist import BundleError, load_state, save_state
-from visroute.router.routers import ROUTERS, make_router
-from visroute.router.table import RoutingTable
+from visroute.router.decide.rules import calibrate, choose
+from visroute.router.learn.persist import BundleError, load_state, save_state
+from visroute.router.learn.routers import ROUTERS, make_router
+from visroute.router.data.table import RoutingTable
 
 SCHEMA = "visroute.router/2"
 
@@ -36,7 +36,7 @@ class RouterBundle:
 
     # -- features ---------------------------------------------------------------------------------
     def _embedder(self):
-        from visroute.router.embed import TextEmbedder
+        from visroute.router.data.embed import TextEmbedder
 
         return self.__dict__.setdefault("_text_embedder", TextEmbedder())
 
@@ -62,7 +62,7 @@ class RouterBundle:
         """Image embeddings for table rows from the feature cache (None for text-only routers)."""
         if self.features != "text+image":
             return None
-        from visroute.router.images import table_image_embeddings
+        from visroute.router.data.images import table_image_embeddings
 
         return table_image_embeddings(self.image_model, part)
 

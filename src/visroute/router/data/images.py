@@ -60,7 +60,7 @@ def table_image_embeddings(model_spec: str | None, part) -> np.ndarray:
     """(rows, dim) image embeddings for a routing table's rows."""
     from visroute.data.datasets import SubsetDataset, load_dataset
     from visroute.features.cache import FeatureCache
-    from visroute.router.grid import is_task_file
+    from visroute.router.data.grid import is_task_file
 
     if not model_spec:
         raise ImageFeatureError("a text+image router needs an image model (a contrastive model spec)")

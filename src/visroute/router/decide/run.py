@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visroute.errors import VisrouteError
-from visroute.router.bundle import RouterBundle
+from visroute.router.decide.bundle import RouterBundle
 from visroute.tasks.model import Task
 
 
@@ -33,7 +33,7 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
     task = make_query(question, options, image)
     images = None
     if bundle.features == "text+image":
-        from visroute.router.images import encode_paths
+        from visroute.router.data.images import encode_paths
 
         images = encode_paths(bundle.image_model, [task.image or ""])
     picks, proba = bundle.decide([task.text], images, lam)

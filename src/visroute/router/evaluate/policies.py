@@ -3,7 +3,7 @@ beat (random at equal share, oracle, dataset prior), each as a whole curve and a
 
 A policy is given by predicted success probabilities ``proba`` (tasks x models): with two models it ranks tasks
 by ``proba[strong] - proba[cheap]`` (the strong-call share axis); with more it is the lambda sweep of
-``decide.choose`` (the normalised-cost axis). See ``visroute.router.metrics`` for the definitions.
+``decide.choose`` (the normalised-cost axis). See ``visroute.router.evaluate.metrics`` for the definitions.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visroute.router.decide import choose, lambda_grid
-from visroute.router.metrics import (Curve, normalised_cost, points_curve, sweep_metrics, threshold_curve,
+from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.evaluate.metrics import (Curve, normalised_cost, points_curve, sweep_metrics, threshold_curve,
                                      two_model_metrics)
 
 
@@ -101,7 +101,7 @@ def at_share(curve: Curve, x: float, ref: Reference) -> dict:
 def random_policy(ref: Reference) -> tuple[dict, Curve]:
     """Random at equal share, in expectation: the straight line from always-cheapest to always-best (each task
     sent to the best model with probability x). APGR 0.5, CPT(p) = p by construction, with any number of models."""
-    from visroute.router.metrics import summarise
+    from visroute.router.evaluate.metrics import summarise
 
     curve = Curve(np.array([0.0, 1.0]), np.array([ref.a_cheap, ref.a_best]), np.array([ref.c_cheap, ref.c_best]))
     grid = np.linspace(0, 1, 11)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide import choose, lambda_grid
-from visroute.router.metrics import sweep_metrics
-from visroute.router.policies import reference, sweep
+from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.evaluate.metrics import sweep_metrics
+from visroute.router.evaluate.policies import reference, sweep
 
 
 def model_families(table) -> dict[str, str]:
@@ -43,7 +43,7 @@ class HierarchicalRouter:
         self.families, self.kind, self.kw = list(families), kind, kw
 
     def _make(self):
-        from visroute.router.routers import make_router
+        from visroute.router.learn.routers import make_router
 
         return make_router(self.kind, **self.kw)
 
@@ -94,7 +94,7 @@ class HierarchicalRouter:
 def hierarchical_vs_flat(Xtr, Ytr, Xte, success, cost, costs, families: list[str], kind: str = "mlp",
                          wtr=None, wte=None, **kw) -> dict:
     """Metrics of a flat router and a hierarchical one of the same kind, on the normalised-cost axis."""
-    from visroute.router.routers import make_router
+    from visroute.router.learn.routers import make_router
 
     costs = np.asarray(costs, np.float64)
     ref = reference(success, cost, costs, wte)
@@ -116,7 +116,7 @@ def add_model_vs_retrain(Xtr, Ytr, Xte, Yte, new: int, n_tasks: int = 300, seed:
     given ``test_cost`` and ``expected_costs``, both routers' RouteLLM metrics."""
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
-    from visroute.router.routers import MatrixFactorizationRouter
+    from visroute.router.learn.routers import MatrixFactorizationRouter
 
     m = Ytr.shape[1]
     keep = [j for j in range(m) if j != new]
@@ -139,7 +139,7 @@ def add_model_vs_retrain(Xtr, Ytr, Xte, Yte, new: int, n_tasks: int = 300, seed:
     out = {"n_tasks": int(len(few)), "added": score(added[:, -1]), "retrained": score(full[:, new]),
            "others_unchanged_max_abs_diff": float(np.abs(added[:, :-1] - before).max()) if len(before) else 0.0}
     if test_cost is not None and expected_costs is not None:
-        from visroute.router.policies import policy_curve
+        from visroute.router.evaluate.policies import policy_curve
 
         in_order = np.empty_like(added)
         in_order[:, keep], in_order[:, new] = added[:, :-1], added[:, -1]

@@ -138,7 +138,7 @@ def read_routellm(root: str | Path, prices: dict[str, float] | None = None, keep
     """Records (a pyarrow Table in visroute's schema plus a ``quality`` column) and a summary dict."""
     import pyarrow as pa
 
-    from visroute.router.records import records_schema
+    from visroute.router.data.records import records_schema
 
     root = Path(root).expanduser()
     if not root.is_dir():

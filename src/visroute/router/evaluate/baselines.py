@@ -1,10 +1,10 @@
 """A trained router judged against the baselines it must beat, on one split of a routing table, all on the same
-curves (RouteLLM's metrics, ``visroute.router.metrics``) and all read at the router's own strong-call share:
+curves (RouteLLM's metrics, ``visroute.router.evaluate.metrics``) and all read at the router's own strong-call share:
 
 - always cheapest / always the best single model, random at equal share, the oracle (``evaluate_router``);
 - a kNN router on task-text embeddings trained on the same table (the simplest learned alternative);
 - a dataset prior: each task routed by its dataset's (topic's) mean success in training, no text model;
-- optionally an LLM asked to choose (``visroute.router.llm_router``), its own call cost included.
+- optionally an LLM asked to choose (``visroute.router.learn.llm_router``), its own call cost included.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.bundle import RouterBundle
-from visroute.router.evaluate import realised, evaluate_router
-from visroute.router.policies import at_share, dataset_prior, policy_curve, reference
-from visroute.router.table import RoutingTable
+from visroute.router.decide.bundle import RouterBundle
+from visroute.router.evaluate.curves import realised, evaluate_router
+from visroute.router.evaluate.policies import at_share, dataset_prior, policy_curve, reference
+from visroute.router.data.table import RoutingTable
 
 
 def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndarray:
     """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``."""
-    from visroute.router.embed import TextEmbedder
-    from visroute.router.routers import KNNRouter
+    from visroute.router.data.embed import TextEmbedder
+    from visroute.router.learn.routers import KNNRouter
 
     train, test = table.part("train"), table.part(part)
     if len(train) == 0:
@@ -99,12 +99,12 @@ def evaluate_router_dir(table_dir: Path, router_dir: Path, out: Path, part: str 
                         llm_prices: Path | None = None) -> dict:
     """Load a table and a trained router, evaluate on ``part``, write ``out``/report.json and ``out``/curve.png."""
     from visroute.eval.results import write_json
-    from visroute.router.evaluate import plot_report
+    from visroute.router.evaluate.curves import plot_report
 
     table, bundle = RoutingTable.load(table_dir), RouterBundle.load(router_dir)
     llm = None
     if llm_spec:
-        from visroute.router.llm_router import LLMRouter, model_cards
+        from visroute.router.learn.llm_router import LLMRouter, model_cards
 
         llm = LLMRouter.from_spec(llm_spec, model_cards(table), llm_prices)
     report = evaluate_with_baselines(table, bundle, part, llm)

@@ -84,7 +84,7 @@ def quality_report(table, threshold: float = 0.95, embedder=None) -> tuple[dict,
     report = {"threshold": threshold, "label_noise": label_noise(table), "balance": balance(table)}
     try:
         if embedder is None:
-            from visroute.router.embed import TextEmbedder
+            from visroute.router.data.embed import TextEmbedder
 
             embedder = TextEmbedder()
         emb = embedder.embed(list(table.text))

@@ -1,5 +1,5 @@
 """Router evaluation against always-one-model, random, cheapest and the oracle: the accuracy-cost curve and
-RouteLLM's metrics (PGR, APGR, CPT; see ``visroute.router.metrics``), with every baseline also read at the
+RouteLLM's metrics (PGR, APGR, CPT; see ``visroute.router.evaluate.metrics``), with every baseline also read at the
 router's own strong-call share (or normalised cost), so a comparison is never between different budgets."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visroute.router.decide import choose, lambda_grid
-from visroute.router.policies import at_share, policy_curve, random_policy, reference
+from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.evaluate.policies import at_share, policy_curve, random_policy, reference
 
 
 def realised(success: np.ndarray, cost: np.ndarray, picks: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
