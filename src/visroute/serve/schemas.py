@@ -59,7 +59,7 @@ class ExplainedClass(_Model):
 class ClassifyResponse(_Model):
     model: str = Field(..., description="The served model's name.")
     model_spec: str = Field(..., description="Its canonical model spec.")
-    is_random: bool = Field(..., description="True for random-weight smoke-test models (chance-level predictions).")
+    random_weights: bool = Field(..., description="True for random-weight smoke-test models (chance-level predictions); the same name as in result files and `visroute classify --json`.")
     label_set: str | None
     labels: list[str] = Field(..., description="Top-k class names, best first.")
     scores: list[float] = Field(..., description="Their probabilities.")
