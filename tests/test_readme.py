@@ -127,3 +127,13 @@ def test_readme_and_docs_shell_blocks_run(tmp_path, shared_data):
         assert proc.returncode == b["exit"], f"{where}: exit {proc.returncode}\n{code}\n{proc.stderr[-3000:]}"
         ran += 1
     assert ran >= 8
+
+
+def test_readme_pictures_exist_and_are_made_by_a_committed_script():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    pictures = set(re.findall(r"\((docs/img/[\w.-]+\.png)\)", text))
+    assert {"docs/img/web-page.png", "docs/img/route-curve.png", "docs/img/reproduce-accuracy-cost.png"} <= pictures
+    script = (ROOT / "scripts" / "docs_figures.sh").read_text(encoding="utf-8")
+    for p in pictures:
+        assert (ROOT / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
+        assert p in script, f"{p} is not made by scripts/docs_figures.sh"

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from visroute.cli import app
+from visroute.reproduce.report import _cell
 from visroute.reproduce import EXIT_MISSING, RecipeError, load_recipe, recipe_names
 
 RECIPES = ["disclip-classname-free", "seed000-vlm-vs-llm", "seed000-router"]
@@ -68,6 +69,12 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     rows = doc["rows"]
     table = (out / "table.md").read_text()
     assert doc["arxiv"] == recipe.arxiv and f"arXiv:{recipe.arxiv}" in table
+    # the table says what was measured: the stand-in for each model, and how many items each dataset had
+    assert "## What was measured" in table and "random-weight stand-in" in table and "(stand-in: " in table
+    assert "images / tasks evaluated" in table
+    for why in {r["note"] for r in rows if r["status"] == "not reproducible"}:   # one line per reason
+        assert table.count(_cell(why)) == 1, why
+    assert "cf-dclip" not in table.split("## w_cls sweeps")[-1] or recipe.kind != "descriptions"
     for r in rows:  # every cell filled, nothing failed
         assert all(str(r[k]).strip() for k in ("table", "row", "model", "column", "measured", "published", "delta",
                                                "note")), r

@@ -139,11 +139,12 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
                              for k, v in run["generation"].items()}
     n_failed = sum(r["status"] == "failed" for r in rows)
     run["n_rows"], run["n_failed"] = len(rows), n_failed
+    run["n_items"] = report.count_items(out)   # what was measured: items per dataset, read back from the results
     (out / "cells.json").write_text(json.dumps(cells, indent=1, default=str), encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps({"recipe": recipe.name, "scale": scale, "arxiv": recipe.arxiv,
                                                      "rows": rows}, indent=1), encoding="utf-8")
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
-    sweeps = report.sweep_lines(cells) if recipe.kind == "descriptions" else None
+    sweeps = report.sweep_lines(cells, recipe.extra.get("methods")) if recipe.kind == "descriptions" else None
     report.write(out / "table.md", report.markdown(recipe, rows, run, sweeps))
     return RunResult(out, rows, n_failed)
 
