@@ -42,7 +42,8 @@ def test_readme_python_blocks_run(tmp_path, shared_data):
 # a block that is meant to end with another exit code by `<!-- ci: exit N -->`.
 MARKER = re.compile(r"<!--\s*ci:\s*(skip|exit\s+(\d+))(.*?)-->")
 #: sections whose examples another test runs against a server it starts
-ELSEWHERE = {"HTTP service": "tests/test_serve_readme.py"}
+ELSEWHERE = {"HTTP service": "tests/test_serve_readme.py",
+             "Serving quick-start": "tests/test_serve_quickstart.py"}
 #: files whose examples need a Ray cluster or someone else's server; the engines are tested in tests/test_ray.py
 OTHER_DOCS = {"scaling.md"}
 #: lines that CI runs itself (.ci/run)
