@@ -115,7 +115,7 @@ def compare(a: Path, b: Path) -> tuple[bool, float]:
 
 
 def run_once(name: str, engine, model, ds, args, work: Path) -> dict:
-    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.eval.run import RunOptions, evaluate
 
     cache_dir, out = work / f"features-{name}-{len(ds)}", work / f"out-{name}"
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -123,8 +123,8 @@ def run_once(name: str, engine, model, ds, args, work: Path) -> dict:
     load, busy0, t0 = os.getloadavg()[0], busy_seconds(), time.perf_counter()
     cpu = TreeCPU()
     cpu.start()
-    doc = evaluate(model, ds, EvalOptions(output=out, batch_size=args.batch_size, shard_size=args.shard_size,
-                                          progress=False), cache=engine.feature_cache(cache_dir))
+    doc = evaluate(model, ds, RunOptions(output=out, batch_size=args.batch_size, shard_size=args.shard_size,
+                                         progress=False, cache=engine.feature_cache(cache_dir)))
     wall = time.perf_counter() - t0
     cpu_s = cpu.stop()
     v = doc["visroute"]

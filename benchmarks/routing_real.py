@@ -46,7 +46,7 @@ from visroute.router.data.embed import TextEmbedder
 from visroute.router.evaluate.metrics import sweep_metrics, two_model_metrics
 from visroute.router.evaluate.policies import dataset_prior, share_threshold
 from visroute.router.data.routellm import read_routellm
-from visroute.router.learn.routers import make_router
+from visroute.router.learn.kinds import make_router
 from visroute.router.decide.strategies import calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble
 from visroute.router.data.table import build_table
 

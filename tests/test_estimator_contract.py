@@ -47,8 +47,9 @@ from visroute.heads.descriptions import ClassnameFreeClassifier, DescriptionEnse
 from visroute.heads.selection import DiscriminativeSelectionClassifier
 from visroute.heads.zeroshot import ZeroShotClassifier
 from visroute.models import load_model
+from visroute.router.learn.kinds import make_router
 from visroute.router.learn.routers import (KNNRouter, LogisticRouter, MatrixFactorizationRouter, MLPRouter,
-                                     SequenceClassifierRouter, make_router)
+                                           SequenceClassifierRouter)
 
 NAMES = ["tench", "goldfish", "tabby cat", "garbage truck", "banana", "volcano"]
 DESCRIPTIONS = [["olive green scales", "a freshwater fish", "a barbel at the mouth"],

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from visroute.eval.metrics import classification_metrics
-from visroute.eval.run import EvalOptions, evaluate
+from visroute.eval.run import RunOptions, evaluate
 from visroute.features.cache import FeatureCache
 from visroute.models import load_model
+from visroute.pipeline.spec import PipelineSpec
 
 
 @pytest.fixture(scope="module")
@@ -78,25 +79,26 @@ def test_second_eval_with_other_templates_encodes_no_image(tmp_path, tiny_model,
     cache = FeatureCache(tmp_path / "cache")
     counter = CountingModel(tiny_model)
     try:
-        a = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "out", shard_size=50), cache)
+        a = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path / "out", shard_size=50, cache=cache))
         assert counter.images == 120 and a["visroute"]["feature_cache"]["images_encoded"] == 120
         tpl = tmp_path / "t.txt"
         tpl.write_text("a blurry photo of a {c}.\nart of the {c}.\n")
-        b = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "out", shard_size=50, templates=str(tpl)), cache)
+        b = evaluate(PipelineSpec(model=tiny_model.spec, templates=str(tpl)), str(cifar_subset),
+                     RunOptions(output=tmp_path / "out", shard_size=50, cache=cache), model=tiny_model)
     finally:
         counter.restore()
     assert counter.images == 120  # no new forward
     assert b["visroute"]["feature_cache"] == {**a["visroute"]["feature_cache"], "images_encoded": 0, "shards_reused": 3}
     assert b["visroute"]["n_templates"] == 2 and a["_file"] != b["_file"]
     # a cached re-run gives the identical result
-    c = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "out2", shard_size=50), cache)
+    c = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path / "out2", shard_size=50, cache=cache))
     assert c["metrics"] == a["metrics"]
 
 
 def test_result_files_have_clip_benchmark_keys_and_predictions(tmp_path, tiny_model, cifar_subset):
     import pyarrow.parquet as pq
 
-    doc = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path), FeatureCache(tmp_path / "c"))
+    doc = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path, cache=FeatureCache(tmp_path / "c")))
     on_disk = json.loads(Path(doc["_file"]).read_text())
     assert {"dataset", "model", "pretrained", "task", "metrics"} <= set(on_disk)
     assert on_disk["task"] == "zeroshot_classification"
@@ -114,16 +116,15 @@ def test_corrupt_files_are_counted_listed_and_skipped(tmp_path, tiny_model, cifa
     shutil.copytree(cifar_subset, d)
     (d / "cat" / "0003.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (d / "dog" / "broken.png").write_text("not a png")
-    doc = evaluate(tiny_model, str(d), EvalOptions(output=tmp_path / "out", shard_size=40), FeatureCache(tmp_path / "c"))
+    doc = evaluate(tiny_model, str(d), RunOptions(output=tmp_path / "out", shard_size=40, cache=FeatureCache(tmp_path / "c")))
     v = doc["visroute"]
     assert v["n_images"] == 121 and v["n_evaluated"] == 119 and v["n_skipped"] == 2
     assert sorted(s["id"] for s in v["skipped"]) == ["cat/0003.jpg", "dog/broken.png"]
 
 
 def test_skip_existing(tmp_path, tiny_model, cifar_subset):
-    opts = EvalOptions(output=tmp_path, skip_existing=True)
-    first = evaluate(tiny_model, str(cifar_subset), opts, FeatureCache(tmp_path / "c"))
-    second = evaluate(tiny_model, str(cifar_subset), opts, FeatureCache(tmp_path / "c2"))
+    first = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path, skip_existing=True, cache=FeatureCache(tmp_path / "c")))
+    second = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path, skip_existing=True, cache=FeatureCache(tmp_path / "c2")))
     assert second.get("_skipped_existing") and second["metrics"] == json.loads(Path(first["_file"]).read_text())["metrics"]
     assert not (tmp_path / "c2").exists()
 
@@ -146,7 +147,7 @@ def test_hf_datasets_and_manifests_give_the_same_features(tmp_path, tiny_model, 
     jsonl.write_text("".join(json.dumps({"path": str(f), "label": classes.index(f.parent.name)}) + "\n" for f in files))
 
     cache = FeatureCache(tmp_path / "c")
-    docs = [evaluate(tiny_model, spec, EvalOptions(output=tmp_path / "o" / str(k), classnames=None), cache)
+    docs = [evaluate(tiny_model, spec, RunOptions(output=tmp_path / "o" / str(k), classnames=None, cache=cache))
             for k, spec in enumerate([f"hf:{tmp_path / 'hfds'}#image=img&label=lbl", str(csv)])]
     assert docs[0]["visroute"]["classnames"] == classes == docs[1]["visroute"]["classnames"]
     assert docs[0]["metrics"] == pytest.approx(docs[1]["metrics"])
@@ -162,7 +163,7 @@ def test_hf_datasets_and_manifests_give_the_same_features(tmp_path, tiny_model, 
     # jsonl with integer labels needs class names: supplied from a file
     names = tmp_path / "names.txt"
     names.write_text("\n".join(classes))
-    doc = evaluate(tiny_model, str(jsonl), EvalOptions(output=tmp_path / "o" / "j", classnames=str(names)), cache)
+    doc = evaluate(tiny_model, str(jsonl), RunOptions(output=tmp_path / "o" / "j", classnames=str(names), cache=cache))
     assert doc["metrics"] == pytest.approx(docs[1]["metrics"]) and doc["visroute"]["classnames"] == classes
 
 
@@ -233,11 +234,11 @@ def test_cache_write_failure_keeps_finished_shards(tmp_path, tiny_model, cifar_s
     monkeypatch.setattr(cache_mod, "atomic_write_bytes", flaky)
     cache = FeatureCache(tmp_path / "c")
     with pytest.raises(VisrouteError, match="No space left"):
-        evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "o", shard_size=30), cache)
+        evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path / "o", shard_size=30, cache=cache))
     assert len(list((tmp_path / "c").glob("*/shard-*"))) == 2
     assert not list((tmp_path / "c").glob("*/.tmp-*"))
     monkeypatch.setattr(cache_mod, "atomic_write_bytes", real)
-    doc = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "o", shard_size=30), cache)
+    doc = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path / "o", shard_size=30, cache=cache))
     assert doc["visroute"]["feature_cache"]["shards_reused"] == 2 and doc["visroute"]["n_evaluated"] == 120
 
 
@@ -265,8 +266,8 @@ def test_cli_eval_report_and_cache(tmp_path, cifar_subset, tiny_clip_dir, monkey
 
 def test_torchvision_builtin_spec(tmp_path, tiny_model, cifar_subset):
     """torchvision:<Name>:<root> uses the already-downloaded dataset and never downloads."""
-    doc = evaluate(tiny_model, f"torchvision:ImageFolder:{cifar_subset}", EvalOptions(output=tmp_path), FeatureCache(tmp_path / "c"))
-    ref = evaluate(tiny_model, str(cifar_subset), EvalOptions(output=tmp_path / "r"), FeatureCache(tmp_path / "c"))
+    doc = evaluate(tiny_model, f"torchvision:ImageFolder:{cifar_subset}", RunOptions(output=tmp_path, cache=FeatureCache(tmp_path / "c")))
+    ref = evaluate(tiny_model, str(cifar_subset), RunOptions(output=tmp_path / "r", cache=FeatureCache(tmp_path / "c")))
     assert doc["metrics"] == pytest.approx(ref["metrics"]) and doc["visroute"]["n_evaluated"] == 120
     from visroute.data.datasets import DatasetError, load_dataset
 
@@ -294,8 +295,8 @@ def test_metrics_equal_clip_benchmark_on_the_same_checkpoint(tmp_path, tiny_open
         for f in sorted((shared_data / "cifar10-test" / cls).iterdir())[:100]:
             (subset / cls / f.name).symlink_to(f)
     templates = f"{shared_data / 'classnames' / 'en_zeroshot_classification_templates.json'}:cifar10"
-    doc = evaluate(f"openclip:local-dir:{tiny_openclip_dir}", str(subset),
-                   EvalOptions(output=tmp_path / "o", templates=templates, device="cpu"), FeatureCache(tmp_path / "c"))
+    doc = evaluate(PipelineSpec(model=f"openclip:local-dir:{tiny_openclip_dir}", templates=templates, device="cpu"),
+                   str(subset), RunOptions(output=tmp_path / "o", cache=FeatureCache(tmp_path / "c")))
     assert doc["visroute"]["n_templates"] == 18 and doc["visroute"]["n_evaluated"] == 1000
     for key in ("acc1", "acc5", "mean_per_class_recall"):
         assert doc["metrics"][key] == pytest.approx(ref["metrics"][key], abs=1e-9), key

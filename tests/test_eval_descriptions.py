@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from visroute.cli import app
 from visroute.descriptions import DescriptionError, load_descriptions, save_descriptions
-from visroute.eval.run import EvalOptions, evaluate
+from visroute.eval.run import RunOptions, evaluate
+from visroute.pipeline.spec import PipelineSpec
 from visroute.features.cache import FeatureCache
 from visroute.models import load_model
 
@@ -36,15 +37,16 @@ def model(tiny_clip_dir):
 def test_every_description_head_runs_on_cached_features(tmp_path, model, splits, shared_data):
     cupl = shared_data / "descriptions" / "cupl" / "cifar10_prompts_full.json"
     cache = FeatureCache(tmp_path / "c")
-    base = dict(output=tmp_path / "out", descriptions=str(cupl), shard_size=100)
-    zs = evaluate(model, str(splits / "test"), EvalOptions(**base), cache)
+    run = RunOptions(output=tmp_path / "out", shard_size=100, cache=cache)
+    zs = evaluate(model, str(splits / "test"), run)
     encoded_before = zs["visroute"]["feature_cache"]["images_encoded"]
     assert encoded_before == 200
     docs = {}
     for head, extra in [("descriptions", {}), ("cupl", {}), ("random-words", {"repeats": 3}),
                         ("random-chars", {"repeats": 2}), ("classname-free", {"w_cls_sweep": [0.0, 1.0, 5.0]}),
                         ("disclip", {"selection_dataset": str(splits / "select"), "w_cls": 1.0})]:
-        docs[head] = evaluate(model, str(splits / "test"), EvalOptions(head=head, **base, **extra), cache)
+        spec = PipelineSpec(head=head, model=model.spec, descriptions=str(cupl), params=extra)
+        docs[head] = evaluate(spec, str(splits / "test"), run, model=model)
         fc = docs[head]["visroute"]["feature_cache"]
         assert fc["images_encoded"] == 0 and fc["shards_reused"] == 2, head  # no test image re-encoded
         assert 0.0 <= docs[head]["metrics"]["acc1"] <= 1.0
@@ -62,8 +64,8 @@ def test_every_description_head_runs_on_cached_features(tmp_path, model, splits,
 def test_description_files_are_checked_against_dataset_classes(tmp_path, model, splits, shared_data):
     pets = shared_data / "descriptions" / "dclip" / "descriptors_pets.json"
     with pytest.raises(DescriptionError) as e:
-        evaluate(model, str(splits / "test"), EvalOptions(head="descriptions", descriptions=str(pets), output=tmp_path),
-                 FeatureCache(tmp_path / "c"))
+        evaluate(PipelineSpec(head="descriptions", model=model.spec, descriptions=str(pets)), str(splits / "test"),
+                 RunOptions(output=tmp_path, cache=FeatureCache(tmp_path / "c")), model=model)
     assert "10 dataset class(es) have no descriptions: 'airplane'" in str(e.value) and "match no dataset class" in str(e.value)
     bad = tmp_path / "bad.json"
     bad.write_text('{"airplane": ["has wings"], "cat": "not a list"}')

@@ -109,7 +109,7 @@ def test_a_key_goes_only_to_its_configured_endpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["knn", "logistic", "mlp", "mf"])
 def test_every_router_kind_round_trips_through_safetensors(tmp_path, kind):
-    from visroute.router.learn.routers import make_router
+    from visroute.router.learn.kinds import make_router
 
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(80, 6)).astype(np.float32), rng.random((80, 3)).astype(np.float32)

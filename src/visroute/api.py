@@ -47,13 +47,13 @@ def evaluate(model: str | PipelineSpec, dataset: str, head: str = "zeroshot", ou
     """Evaluate a model (or a full pipeline spec) on a dataset; returns the result document, whose
     ``metrics`` hold acc1 / acc5 / mean per-class recall. ``spec`` keys are PipelineSpec fields
     (``templates``, ``descriptions``, ``params``, ``device``, ...)."""
-    from visroute.eval.run import EvalOptions
+    from visroute.eval.run import RunOptions
     from visroute.eval.run import evaluate as run_eval
 
     ps = model if isinstance(model, PipelineSpec) else PipelineSpec.from_dict({"head": head, "model": model, **spec})
-    if ps.head not in ("zeroshot", "descriptions", "cupl", "random-words", "random-chars", "classname-free", "disclip"):
+    if ps.entry.kind != "classify":
         raise VisrouteError(f"evaluate() takes contrastive heads; for '{ps.head}' use visroute.eval.task_eval")
-    doc = run_eval(ps, dataset, EvalOptions(output=Path(output), progress=progress, workers=0))
+    doc = run_eval(ps, dataset, RunOptions(output=Path(output), progress=progress, workers=0))
     doc.pop("_file", None)
     return doc
 

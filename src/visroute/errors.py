@@ -31,3 +31,11 @@ class TemplateError(VisrouteError):
 
 class InputError(VisrouteError, ValueError):
     """Arrays given to an estimator have the wrong shape, type or values (a ValueError, as scikit-learn expects)."""
+
+
+class CallsFailed(VisrouteError):
+    """Every model call of a run failed (HTTP errors, null or unparsable answers): nothing was measured, so nothing
+    is stored as a result or a record, and a re-run measures it again. The CLI exits 1 (a failure, not a usage error)."""
+
+    exit_code = 1
+    marker = "nothing stored, a re-run measures it again"

@@ -28,11 +28,31 @@ class LockTimeout(VisrouteError):
     """Another process held a cache lock for longer than the caller was willing to wait."""
 
 
+class WriteError(VisrouteError, OSError):
+    """A file could not be written (disk full, read-only, a file where a folder should be): one line; the target
+    is left as it was. Still an ``OSError``, so callers that tolerate failed writes keep doing so."""
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    import errno
+
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.ENOTDIR: "a file stands where a folder is needed", errno.EEXIST: "a file stands where a folder "
+           "is needed"}.get(e.errno, e.strerror or str(e))
+    err = WriteError(f"cannot write {path}: {why}; earlier files are intact")
+    err.errno = e.errno
+    return err
+
+
 def cache_root() -> Path:
     """visroute's cache directory: ``$VISROUTE_CACHE``, else ``$XDG_CACHE_HOME/visroute``, else ``~/.cache/visroute``."""
     env = os.environ.get("VISROUTE_CACHE")
     if env:
-        return Path(env).expanduser()
+        root = Path(env).expanduser()
+        if root.exists() and not root.is_dir():
+            raise VisrouteError(f"VISROUTE_CACHE={env} is not a folder")
+        return root
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return base / "visroute"
@@ -76,8 +96,15 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name[:60]}-", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "a folder stands where the file goes")
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name[:60]}-", dir=path.parent)
+    except WriteError:
+        raise
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         f = os.fdopen(fd, mode, **({"encoding": encoding or "utf-8"} if mode == "w" else {}))
@@ -91,6 +118,16 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except WriteError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EISDIR, errno.ENOTDIR):
+            raise _write_error(path, e) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -101,6 +101,7 @@ class VisrouteGroup(TyperGroup):
             what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             _fail(ctx, " ".join(what.split())[:300])
 
+<<<<<<< HEAD
 
 def _fail(ctx: Any, message: str) -> None:
     if ctx.params.get("debug"):
@@ -109,6 +110,11 @@ def _fail(ctx: Any, message: str) -> None:
         typer.echo(traceback.format_exc().rstrip(), err=True)
     error(message)
     raise typer.Exit(EXIT_USAGE) from None
+=======
+                typer.echo(traceback.format_exc().rstrip(), err=True)
+            error(str(e))
+            raise typer.Exit(getattr(e, "exit_code", EXIT_USAGE)) from None
+>>>>>>> main
 
 
 def options_from(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:

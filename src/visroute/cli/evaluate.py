@@ -10,6 +10,7 @@ import typer
 
 from visroute.cli._common import (Actors, BatchSize, Device, Dtype, EndpointConcurrency, EngineName, NumGpus, RayAddress,
                                   Workers, error, exit_code, make_engine, options_from, quiet_libraries, warn)
+from visroute.pipeline.heads import classify_heads, task_heads
 
 Opt = typer.Option
 
@@ -21,8 +22,7 @@ class EvalArgs:
 
     dataset: Annotated[list[str], Opt("--dataset", "-d", help="Dataset or task-file spec; repeat for several.")]
     model: Annotated[Optional[list[str]], Opt("--model", "-m", help="Contrastive model spec; repeat for several.")] = None
-    head: Annotated[str, Opt(help="zeroshot, descriptions, cupl, random-words, random-chars, classname-free, disclip; "
-                                  "task pipelines: vlm, vlm+llm, clip-options.")] = "zeroshot"
+    head: Annotated[str, Opt(help=f"{', '.join(classify_heads())}; task pipelines: {', '.join(task_heads())}.")] = "zeroshot"
     # task pipelines
     vlm: Annotated[Optional[str], Opt(help="Generative VLM spec (hf:<dir> or openai-compatible:<url>#<model>).")] = None
     llm: Annotated[Optional[str], Opt(help="LLM spec for vlm+llm (hf:<dir> or openai-compatible:<url>#<model>).")] = None
@@ -67,24 +67,39 @@ class EvalArgs:
     num_gpus: NumGpus = None
     endpoint_concurrency: EndpointConcurrency = None
 
-    def eval_options(self):
-        """The library's ``EvalOptions`` for a contrastive-head run; flag combinations that cannot work are usage
-        errors here, named by their flags, before any model loads."""
+    def pipeline_specs(self) -> list:
+        """One ``PipelineSpec`` per --model for a contrastive-head run: the head's parameters come from the flags of
+        the same name; flag combinations that cannot work are usage errors here, named by their flags, before any
+        model loads."""
         from visroute.errors import VisrouteError
-        from visroute.eval.run import EvalOptions
+        from visroute.pipeline.heads import HEADS
+        from visroute.pipeline.spec import PipelineSpec
 
         try:
             sweep = [float(x) for x in self.w_cls_sweep.split(",") if x.strip()] if self.w_cls_sweep else []
         except ValueError:
             raise VisrouteError(f"--w-cls-sweep must be comma-separated numbers, got {self.w_cls_sweep!r}") from None
-        if sweep and self.head == "disclip" and self.disclip_mode != "classname-free":
+        entry = HEADS[self.head]
+        if sweep and "mode" in entry.params and self.disclip_mode != "classname-free":
             raise VisrouteError("--w-cls-sweep needs --disclip-mode classname-free (the other mode has no class-name weight)")
-        if self.head == "disclip" and not self.selection_dataset:
-            raise VisrouteError("head 'disclip' needs --selection-dataset (a labelled split, e.g. a train folder)")
-        keep = ("head", "templates", "classnames", "descriptions", "fallback_descriptions", "description_style",
-                "repeats", "seed", "w_cls", "selection_dataset", "n_per_class", "k", "m", "disclip_mode", "output",
-                "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress", "device", "dtype")
-        return EvalOptions(w_cls_sweep=sweep, **{name: getattr(self, name) for name in keep})
+        if entry.selection and not self.selection_dataset:
+            raise VisrouteError(f"head '{self.head}' needs --selection-dataset (a labelled split, e.g. a train folder)")
+        if not self.model:
+            raise VisrouteError(f"head '{self.head}' needs --model")
+        flags = {"mode": "disclip_mode", "w_cls_sweep": None}  # head parameter -> flag, where the names differ
+        params = {p: sweep if p == "w_cls_sweep" else getattr(self, flags.get(p, p), default.default)
+                  for p, default in entry.params.items()}
+        return [PipelineSpec(head=self.head, model=m, templates=self.templates if entry.templates else None,
+                             descriptions=self.descriptions, fallback_descriptions=self.fallback_descriptions,
+                             device=self.device, dtype=self.dtype, params={k: v for k, v in params.items() if v != []})
+                for m in self.model]
+
+    def run_options(self, cache=None):
+        """Where results go and how images are read (``visroute.eval.run.RunOptions``)."""
+        from visroute.eval.run import RunOptions
+
+        keep = ("output", "classnames", "batch_size", "workers", "shard_size", "fast_decode", "skip_existing", "progress")
+        return RunOptions(cache=cache, **{name: getattr(self, name) for name in keep})
 
     def task_arguments(self) -> dict:
         """Keyword arguments of ``evaluate_task_datasets``."""
@@ -96,12 +111,12 @@ class EvalArgs:
 @options_from(EvalArgs)
 def eval_cmd(args: EvalArgs) -> None:
     """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
-    from visroute.errors import VisrouteError
+    from visroute.errors import CallsFailed, VisrouteError
     from visroute.eval.report import summary_table, task_table
-    from visroute.eval.task_eval import TASK_HEADS
+    from visroute.pipeline.heads import HEADS
 
     quiet_libraries()
-    if args.head in TASK_HEADS:
+    if HEADS[args.head].kind == "tasks":
         from visroute.eval.task_eval import evaluate_task_datasets
 
         if (args.engine or "local") != "local":
@@ -113,7 +128,7 @@ def eval_cmd(args: EvalArgs) -> None:
 
         engine = make_engine(args.engine, args.ray_address, args.actors, args.num_gpus, args.endpoint_concurrency)
         try:
-            rows, errors = evaluate_models(args.model or [], args.dataset, args.eval_options(), engine.feature_cache())
+            rows, errors = evaluate_models(args.pipeline_specs(), args.dataset, args.run_options(engine.feature_cache()))
         finally:
             engine.shutdown()
         table = summary_table
@@ -124,11 +139,17 @@ def eval_cmd(args: EvalArgs) -> None:
             warn(f"skipped task row {s['row']}: {s['reason']}")
     for message in errors:
         error(message)
+    v = [d.get("visroute", {}) for d in rows]
+    for doc, x in zip(rows, v):
+        if x.get("n_errors"):  # partial failure: counted, and those tasks are errors in the result, not samples
+            warn(f"{doc['dataset']}: {x['n_errors']} of {x.get('n_tasks')} call(s) failed")
     if rows:
         typer.echo(table(rows))
-    v = [d.get("visroute", {}) for d in rows]
-    n_skipped = sum(len(x.get("skipped", [])) + len(x.get("skipped_rows", [])) for x in v)
-    raise typer.Exit(exit_code(len(rows), len(errors) + n_skipped))
+    n_skipped = sum(len(x.get("skipped", [])) + len(x.get("skipped_rows", [])) + int(x.get("n_errors") or 0) for x in v)
+    code = exit_code(len(rows), len(errors) + n_skipped)
+    if code == 2 and errors and all(CallsFailed.marker in m for m in errors):
+        code = 1  # every call failed: a failure of the run, not of how it was asked for
+    raise typer.Exit(code)
 
 
 def report(

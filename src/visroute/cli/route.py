@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from visroute.cli._common import RouterDir, TableDir, quiet_libraries
+from visroute.cli._common import RouterDir, TableDir, quiet_libraries, warn
+from visroute.router.learn.kinds import ROUTER_KINDS
 
 
 class RouteGroup(TyperGroup):
@@ -48,6 +49,8 @@ def route_build(
     quiet_libraries()
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if table.meta.get("n_failed_dropped"):
+        warn(f"dropped {table.meta['n_failed_dropped']} record(s) of failed calls (errors are not samples)")
     report = None
     if quality or dedup:
         table, report = checked_table(table, dedup, dup_threshold)
@@ -85,7 +88,7 @@ def route_import(
 @app.command("train")
 def route_train(
     table_dir: TableDir,
-    router: Annotated[str, typer.Option(help="knn, logistic, mlp, mf or slm.")] = "knn",
+    router: Annotated[str, typer.Option(help=f"Router kind: {', '.join(ROUTER_KINDS)}.")] = "knn",
     out: Annotated[Path, typer.Option(help="Directory for the trained router.")] = Path("router"),
     features: Annotated[str, typer.Option(help="text or text+image.")] = "text",
     image_model: Annotated[Optional[str], typer.Option(help="Contrastive model for image features (text+image).")] = None,
@@ -100,7 +103,8 @@ def route_train(
     from visroute.router.data.table import RoutingTable
 
     quiet_libraries()
-    kw = {"checkpoint": checkpoint} if router == "slm" and checkpoint else {}
+    given = {"checkpoint": checkpoint}  # kind-specific options; each kind names those it takes
+    kw = {k: given[k] for k in ROUTER_KINDS[router].options if given.get(k) is not None}
     bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw)
     bundle.save(out)
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
@@ -152,7 +156,8 @@ def _metric_lines(report: dict) -> list[str]:
     if "llm_router" in report:
         llm = report["llm_router"]
         lines.append(f"LLM router {llm['spec']}: accuracy {llm['accuracy']:.4f}, cost {llm['cost']:.3g} "
-                     f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}")
+                     f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}"
+                     + (f"; {llm['failed']} call(s) FAILED (routed to the cheapest model)" if llm.get("failed") else ""))
     return lines
 
 
@@ -173,6 +178,10 @@ def route_ask(
     from visroute.router.decide.run import route_task
 
     quiet_libraries()
+    if lam is not None:
+        from visroute.router.bundle import check_lambda
+
+        lam = check_lambda(lam, "--lambda")
     opts = [o.strip() for o in options.split(",") if o.strip()]
     if not task.strip() or len(opts) < 2:
         raise VisrouteError("give --task and at least two comma-separated --options")

@@ -298,6 +298,19 @@ def _open_manifest(path: Path, spec: str, opts: dict[str, str], classnames: list
 
     labels, names = labels_to_indices([r.get(lcol) for r in rows], where, classnames)
     paths = [_manifest_path(path.parent, r.get(pcol), where(i), pcol) for i, r in enumerate(rows)]
+    first: dict = {}
+    clash = []
+    for i, (p, y) in enumerate(zip(paths, labels)):  # one image with two labels: at most one of them is right
+        j = first.setdefault(p, i)
+        if labels[j] != y:
+            clash.append((i, j, p, y))
+    if clash:
+        import logging
+
+        i, j, p, y = clash[0]
+        logging.getLogger("visroute").warning(
+            f"{path}: {len(clash)} row(s) give an image a second, different label (first: {where(i)}: {p.name} is "
+            f"'{names[y]}' here but '{names[labels[j]]}' at {where(j)}); each row is scored against its own label")
     extra = {c: [r.get(c) for r in rows] for c in rows[0] if c not in (pcol, lcol)}
     return FileDataset(path.stem, spec, path.parent.resolve(), paths, labels, names, extra)
 

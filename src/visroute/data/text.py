@@ -7,7 +7,6 @@ file (one entry per line), a JSON list, or a JSON object keyed by dataset name (
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -70,12 +69,12 @@ def read_string_list(spec: str, what: str, error: type[Exception]) -> list[str]:
     if path.suffix.lower() == ".csv":
         return _read_csv_column(path, text, key or "classname", what, error)
     if path.suffix.lower() == ".json":
+        from visroute.safe_load import SafeLoadError, parse_json
+
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise error(f"{what} file '{path}' is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except RecursionError:
-            raise error(f"{what} file '{path}' is not usable JSON: nested too deeply") from None
+            data = parse_json(text, f"{what} file '{path}'")
+        except SafeLoadError as e:
+            raise error(str(e)) from None
         if isinstance(data, dict):
             if key is None:
                 raise error(

@@ -11,24 +11,21 @@ from collections.abc import Sequence
 from visroute.errors import VisrouteError
 
 
-def evaluate_models(models: Sequence[str], datasets: Sequence[str], opts, cache=None) -> tuple[list[dict], list[str]]:
-    """Run ``visroute.eval.run.evaluate`` for every model x dataset: (result documents, one message per failed run).
-
-    ``opts`` is an ``EvalOptions``; ``cache`` a feature cache (an engine's, e.g. Ray's; default: the local one).
-    """
-    from visroute.eval.run import evaluate
+def evaluate_models(specs: Sequence, datasets: Sequence[str], run=None) -> tuple[list[dict], list[str]]:
+    """Run ``visroute.eval.run.evaluate`` for every pipeline spec x dataset: (result documents, one message per
+    failed run). ``run``: the ``RunOptions`` every run shares."""
+    from visroute.eval.run import RunOptions, evaluate
     from visroute.models import load_model
 
-    if not models:
-        raise VisrouteError(f"head '{opts.head}' needs --model")
+    run = run or RunOptions()
     rows, errors = [], []
-    for spec in models:
+    for spec in specs:
         loaded = None
         for ds in datasets:
             try:
-                if loaded is None and not opts.skip_existing:
-                    loaded = load_model(spec, device=opts.device, dtype=opts.dtype)
-                rows.append(evaluate(loaded or spec, ds, opts, cache=cache))
+                if loaded is None and not run.skip_existing:
+                    loaded = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+                rows.append(evaluate(spec, ds, run, model=loaded))
             except VisrouteError as e:
-                errors.append(f"{spec} on {ds}: {e}")
+                errors.append(f"{spec.model} on {ds}: {e}")
     return rows, errors

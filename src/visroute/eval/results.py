@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from visroute.errors import VisrouteError
 from visroute.io import atomic_write_json, atomic_write_parquet
+from visroute.safe_load import read_json
 
 
 def slug(text: str) -> str:
@@ -68,8 +70,8 @@ def read_results(directory: Path) -> list[dict]:
     out = []
     for f in sorted(Path(directory).rglob("*.json")):
         try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError):
+            doc = read_json(f, "result")
+        except VisrouteError:
             continue
         if isinstance(doc, dict) and "metrics" in doc and "dataset" in doc and "model" in doc:
             doc["_file"] = str(f)

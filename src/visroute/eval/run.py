@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,97 +17,32 @@ from visroute.features.cache import FeatureCache, FeatureSet
 from visroute.models import ContrastiveModel, load_model, parse_model_spec
 from visroute.pipeline.spec import PipelineSpec
 
-#: head name -> what it is (``visroute eval --head``)
-HEADS = {
-    "zeroshot": "class names x prompt templates (CLIP)",
-    "descriptions": "class name + descriptions, mean of per-sentence scores (DCLIP; --description-style)",
-    "cupl": "description sentences as prompts, embeddings averaged (CuPL)",
-    "random-words": "control: same number of random-word descriptors per class (WaffleCLIP), --repeats",
-    "random-chars": "control: random-character descriptors, --repeats",
-    "classname-free": "descriptions without the class name, + w_cls x class-name prompt; --w-cls-sweep",
-    "disclip": "discriminative selection per test image's top-k neighbourhood (needs --selection-dataset); --w-cls-sweep",
-}
-
-
 @dataclass
-class EvalOptions:
-    head: str = "zeroshot"
-    templates: str | None = None
-    classnames: str | None = None
-    descriptions: str | None = None
-    fallback_descriptions: str | None = None
-    description_style: str = "dclip"
-    repeats: int = 5
-    seed: int = 0
-    w_cls: float = 0.0
-    w_cls_sweep: list[float] = field(default_factory=list)
-    selection_dataset: str | None = None
-    n_per_class: int | None = None
-    k: int = 3
-    m: int = 5
-    disclip_mode: str = "classname-free"
+class RunOptions:
+    """How an evaluation runs (what runs is the ``PipelineSpec``): where results go, how images are read, and the
+    feature cache (an engine's, e.g. Ray's; None: the local one)."""
+
     output: Path = Path("results")
+    classnames: str | None = None   # class names overriding the dataset's (FILE or FILE.json:KEY)
     batch_size: int = 64
     workers: int | None = None
     shard_size: int = 2048
     fast_decode: bool = True  # large images: reduced-size decode + fast resize (visroute.data.pixels)
     skip_existing: bool = False
     progress: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    prices: dict | None = None
-
-    def to_spec(self, model_spec: str) -> PipelineSpec:
-        """The pipeline spec these options describe for one contrastive model."""
-        if self.head not in HEADS:
-            raise VisrouteError(f"unknown head '{self.head}' (available: {', '.join(HEADS)})")
-        p: dict = {}
-        if self.head in ("descriptions", "random-words", "random-chars"):
-            p["description_style"] = self.description_style
-        if self.head.startswith("random"):
-            p.update(repeats=self.repeats, seed=self.seed)
-        if self.head in ("classname-free", "disclip"):
-            p["w_cls"] = self.w_cls
-        if self.head in ("classname-free", "disclip") and self.w_cls_sweep:
-            p["w_cls_sweep"] = list(self.w_cls_sweep)
-        if self.head == "disclip":
-            p.update(k=self.k, m=self.m, n_per_class=self.n_per_class, mode=self.disclip_mode,
-                     selection_dataset=self.selection_dataset)
-        return PipelineSpec(head=self.head, model=model_spec, templates=self.templates if self.head == "zeroshot" else None,
-                            descriptions=self.descriptions, fallback_descriptions=self.fallback_descriptions,
-                            prices=self.prices, device=self.device, dtype=self.dtype, params=p)
-
-    @classmethod
-    def from_spec(cls, spec: PipelineSpec, **run) -> "EvalOptions":
-        p = spec.params
-        templates = list(spec.templates) if isinstance(spec.templates, tuple) else spec.templates
-        return cls(head=spec.head, templates=templates, descriptions=spec.descriptions,
-                   fallback_descriptions=spec.fallback_descriptions,
-                   description_style=p.get("description_style", "dclip"), repeats=int(p.get("repeats", 5)),
-                   seed=int(p.get("seed", 0)), w_cls=float(p.get("w_cls", 0.0)), w_cls_sweep=list(p.get("w_cls_sweep", [])),
-                   selection_dataset=p.get("selection_dataset"), n_per_class=p.get("n_per_class"), k=int(p.get("k", 3)),
-                   m=int(p.get("m", 5)), disclip_mode=p.get("mode", "classname-free"), device=spec.device,
-                   dtype=spec.dtype, prices=spec.prices, **run)
+    cache: FeatureCache | None = None
 
 
-def make_heads(opts: EvalOptions, model: ContrastiveModel, classnames: list[str], templates: list[str] | None = None,
-               selection: tuple | None = None) -> list:
-    """Fitted head(s) for ``opts.head`` (see ``visroute.pipeline.heads.make_heads``)."""
-    from visroute.pipeline.heads import make_heads as spec_heads
-
-    return spec_heads(opts.to_spec(model.spec), model, classnames, selection)
-
-
-def prompts_label(opts: EvalOptions) -> str:
-    if opts.head == "zeroshot":
-        if isinstance(opts.templates, (list, tuple)):
+def prompts_label(spec: PipelineSpec) -> str:
+    if spec.entry.templates:
+        if isinstance(spec.templates, (list, tuple)):
             return "inline-templates"
-        return Path(opts.templates).name if opts.templates else "default-templates"
-    return Path(opts.descriptions).name if opts.descriptions else "none"
+        return Path(spec.templates).name if spec.templates else "default-templates"
+    return Path(spec.descriptions).name if spec.descriptions else "none"
 
 
-def result_paths(output: Path, dataset_name: str, model_spec: str, opts: EvalOptions) -> tuple[Path, Path]:
-    stem = result_stem(dataset_name, model_spec, opts.head, prompts_label(opts))
+def result_paths(output: Path, dataset_name: str, model_spec: str, spec: PipelineSpec) -> tuple[Path, Path]:
+    stem = result_stem(dataset_name, model_spec, spec.head, prompts_label(spec))
     return output / f"{stem}.json", output / f"{stem}.parquet"
 
 
@@ -127,38 +61,42 @@ def predict_features(head, features: FeatureSet, k: int) -> tuple[np.ndarray, np
     return np.concatenate(idx_parts), np.concatenate(top_parts), np.concatenate(score_parts)
 
 
-def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageDataset, opts: EvalOptions | None = None,
-             cache: FeatureCache | None = None) -> dict:
-    """Evaluate one model (or pipeline spec) on one dataset; returns the result document (also written to
-    ``opts.output``). A spec's head settings replace those of ``opts``; ``opts`` keeps the run settings."""
-    opts = opts or EvalOptions()
-    if isinstance(model, PipelineSpec):
-        run = {k: getattr(opts, k) for k in ("output", "batch_size", "workers", "shard_size", "fast_decode",
-                                             "skip_existing", "progress", "classnames")}
-        opts, model = EvalOptions.from_spec(model, **run), model.model
-    cache = cache or FeatureCache()
+def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDataset, run: RunOptions | None = None,
+             model: ContrastiveModel | None = None) -> dict:
+    """Evaluate one pipeline spec (or a model, zero-shot) on one dataset; returns the result document (also written
+    to ``run.output``). ``model``: the spec's contrastive model, already loaded."""
+    run = run or RunOptions()
+    if isinstance(spec, ContrastiveModel):
+        spec, model = PipelineSpec(model=spec.spec), spec
+    elif isinstance(spec, str):
+        spec = PipelineSpec(model=spec)
+    if spec.entry.kind != "classify":
+        raise VisrouteError(f"head '{spec.head}' answers tasks; evaluate it with visroute.eval.task_eval")
+    cache = run.cache or FeatureCache()
     t0 = time.perf_counter()
-    classnames = read_string_list(opts.classnames, "classnames", VisrouteError) if opts.classnames else None
+    classnames = read_string_list(run.classnames, "classnames", VisrouteError) if run.classnames else None
     ds = load_dataset(dataset, classnames) if isinstance(dataset, str) else dataset
-    spec_text = model.spec if isinstance(model, ContrastiveModel) else parse_model_spec(model).text
-    json_path, parquet_path = result_paths(Path(opts.output), ds.name, spec_text, opts)
+    spec_text = model.spec if model is not None else parse_model_spec(spec.model).text
+    json_path, parquet_path = result_paths(Path(run.output), ds.name, spec_text, spec)
     json_path.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad output path fails at once
-    if opts.skip_existing and json_path.is_file():
-        doc = json.loads(json_path.read_text())
-        doc["_skipped_existing"] = True
-        return doc
-    m = model if isinstance(model, ContrastiveModel) else load_model(model, device=opts.device, dtype=opts.dtype)
-    spec = opts.to_spec(m.spec)
+    if run.skip_existing and json_path.is_file():
+        doc = _existing_result(json_path)
+        if doc is not None:
+            return doc
+    m = model if model is not None else load_model(spec.model, device=spec.device, dtype=spec.dtype)
+    params = spec.head_params  # recorded whole: every parameter the head read, defaults included
+    spec = spec.replace(model=m.spec, params={k: v for k, v in params.items() if v != []},
+                        templates=spec.templates if spec.entry.templates else None)
     from visroute.pipeline.build import build_pipeline
 
     pipeline = build_pipeline(spec, model=m)
-    templates = load_templates(opts.templates) if not isinstance(opts.templates, (list, tuple)) else list(opts.templates)
-    encode = dict(shard_size=opts.shard_size, batch_size=opts.batch_size, num_workers=opts.workers,
-                  draft_size=224 if opts.fast_decode else None, progress=opts.progress)
+    templates = load_templates(spec.templates) if not isinstance(spec.templates, (list, tuple)) else list(spec.templates)
+    encode = dict(shard_size=run.shard_size, batch_size=run.batch_size, num_workers=run.workers,
+                  draft_size=224 if run.fast_decode else None, progress=run.progress)
 
     selection = None
-    if opts.head == "disclip" and opts.selection_dataset:
-        sel_ds = load_dataset(opts.selection_dataset, ds.classnames)
+    if params.get("selection_dataset"):
+        sel_ds = load_dataset(params["selection_dataset"], ds.classnames)
         sel_idx, sel_X = cache.encode(m, sel_ds, **encode).load()
         selection = (sel_X, sel_ds.labels[sel_idx])
     heads = pipeline.classifiers(list(ds.classnames), selection)
@@ -182,9 +120,9 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
             metrics[key] = float(vals.mean())
             extra_metrics[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
             extra_metrics[f"{key}_repeats"] = vals.tolist()
-    if opts.head in ("classname-free", "disclip") and opts.w_cls_sweep:  # disclip: selection computed once
+    if params.get("w_cls_sweep"):  # disclip: selection computed once
         sweep_idx, X = features.load()
-        extra_metrics["w_cls_sweep"] = heads[0].sweep(X, ds.labels[sweep_idx], opts.w_cls_sweep)
+        extra_metrics["w_cls_sweep"] = heads[0].sweep(X, ds.labels[sweep_idx], params["w_cls_sweep"])
     wall = time.perf_counter() - t0
 
     parsed = parse_model_spec(spec_text)
@@ -199,12 +137,12 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
         "visroute": {
             "model_spec": spec_text,
             "dataset_spec": getattr(ds, "spec", ds.name),
-            "head": opts.head,
-            "templates": ((list(opts.templates) if isinstance(opts.templates, (list, tuple)) else opts.templates)
-                          or "default") if opts.head == "zeroshot" else None,
-            "n_templates": len(templates) if opts.head == "zeroshot" else None,
-            "descriptions": opts.descriptions,
-            "fallback_descriptions": opts.fallback_descriptions,
+            "head": spec.head,
+            "templates": ((list(spec.templates) if isinstance(spec.templates, (list, tuple)) else spec.templates)
+                          or "default") if spec.entry.templates else None,
+            "n_templates": len(templates) if spec.entry.templates else None,
+            "descriptions": spec.descriptions,
+            "fallback_descriptions": spec.fallback_descriptions,
             "head_params": dict(spec.params),
             "pipeline": spec.to_dict(),
             "metrics_extra": extra_metrics,
@@ -240,4 +178,28 @@ def evaluate(model: str | ContrastiveModel | PipelineSpec, dataset: str | ImageD
     write_predictions_parquet(parquet_path, ids, y, ds.classnames, topk, scores, extra)
     write_json(json_path, doc)
     doc["_file"] = str(json_path)
+    return doc
+
+
+def _existing_result(json_path: Path) -> dict | None:
+    """The result ``--skip-existing`` may keep, or None (with a warning) when it is damaged or its predictions
+    Parquet is gone: such a run is measured again, never trusted and never a traceback."""
+    import logging
+
+    from visroute.safe_load import SafeLoadError, read_json
+
+    log = logging.getLogger("visroute")
+    try:
+        doc = read_json(json_path, "result")
+    except SafeLoadError as e:
+        log.warning(f"{e}; running it again")
+        return None
+    if not isinstance(doc, dict):
+        log.warning(f"{json_path} is not a result; running it again")
+        return None
+    pq_name = (doc.get("visroute") or {}).get("predictions_file")
+    if pq_name and not (json_path.parent / str(pq_name)).is_file():
+        log.warning(f"{json_path}: its predictions file {pq_name} is missing; running it again")
+        return None
+    doc["_skipped_existing"] = True
     return doc

@@ -12,29 +12,25 @@ from pathlib import Path
 
 from visroute.errors import VisrouteError
 
-TASK_HEADS = ("vlm", "vlm+llm", "clip-options")
-
-
 def task_pipeline_spec(head: str, models: Sequence[str], vlm: str | None, llm: str | None, prompt: str | None,
                        prices: Path | None, max_tokens: int, device: str, dtype: str):
     """The pipeline spec ``visroute eval --head vlm|vlm+llm|clip-options`` describes (``prompt``: the VLM's
     question prompt for vlm, the LLM's reason prompt for vlm+llm)."""
+    from visroute.pipeline.heads import HEADS, task_heads
     from visroute.pipeline.spec import PipelineSpec
     from visroute.tasks.costs import PriceTable
 
-    if head not in TASK_HEADS:
-        raise VisrouteError(f"unknown task head '{head}' (one of {', '.join(TASK_HEADS)})")
-    if head == "clip-options" and not models:
-        raise VisrouteError("head 'clip-options' needs --model (a contrastive model)")
-    if head != "clip-options" and not vlm:
-        raise VisrouteError(f"head '{head}' needs --vlm" + (" and --llm" if head == "vlm+llm" else ""))
-    if head == "vlm+llm" and not llm:
-        raise VisrouteError("head 'vlm+llm' needs --vlm and --llm")
-    kw = {"prompt": prompt} if head == "vlm" and prompt else {"reason_prompt": prompt} if head == "vlm+llm" and prompt else {}
-    return PipelineSpec(head=head, model=models[0] if head == "clip-options" else None,
-                        vlm=vlm if head != "clip-options" else None, llm=llm if head == "vlm+llm" else None,
-                        max_tokens=max_tokens, prices=PriceTable.load(prices).table if prices else None,
-                        device=device, dtype=dtype, **kw)
+    if head not in task_heads():
+        raise VisrouteError(f"unknown task head '{head}' (one of {', '.join(task_heads())})")
+    entry = HEADS[head]
+    given = {"model": models[0] if models else None, "vlm": vlm, "llm": llm}
+    missing = [f"--{f}" for f in entry.models if not given[f]]
+    if missing:
+        raise VisrouteError(f"head '{head}' needs {' and '.join(f'--{f}' for f in entry.models)}"
+                            + (" (a contrastive model)" if entry.family == "contrastive" else ""))
+    kw = {entry.prompts[-1]: prompt} if prompt and entry.prompts else {}  # the last prompt asks the question
+    return PipelineSpec(head=head, max_tokens=max_tokens, prices=PriceTable.load(prices).table if prices else None,
+                        device=device, dtype=dtype, **{f: given[f] for f in entry.models}, **kw)
 
 
 def has_question_column(path: str) -> bool:
@@ -95,7 +91,7 @@ def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[
         runtime = Runtime(typed_endpoints(vlm, llm), timeout=timeout, retries=retries, concurrency=concurrency)
         spec = task_pipeline_spec(head, models, vlm, llm, prompt, prices, max_tokens, device, dtype)
         clip = load_contrastive(PipelineSpec(model=models[0], device=device, dtype=dtype), runtime) if models else None
-        pipeline = build_pipeline(spec, runtime, model=clip if head == "clip-options" else None)
+        pipeline = build_pipeline(spec, runtime, model=clip if spec.entry.family == "contrastive" else None)
     except VisrouteError as e:
         return [], [str(e)]
     random = bool(clip is not None and clip.is_random) or any("random-tiny" in m for m in pipeline.models)

@@ -16,7 +16,10 @@ from visroute.tasks.model import Task
 def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path, prompt_label: str,
                    skipped_rows: list[dict] | None = None, random_weights: bool = False,
                    dataset_spec: str | None = None) -> dict:
-    """Run a task pipeline over tasks; write the result JSON (with the pipeline's spec) and per-task Parquet."""
+    """Run a task pipeline over tasks; write the result JSON (with the pipeline's spec) and per-task Parquet.
+
+    A task whose call failed is kept with its ``error`` (its record is marked so, never a sample); when every call
+    failed, ``CallsFailed`` is raised and nothing is written."""
     t0 = time.perf_counter()
     preds = pipeline.predict(tasks)
     wall = time.perf_counter() - t0
@@ -24,6 +27,12 @@ def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path,
     rules = Counter(p.parse_rule for p in preds)
     unparsable = [p for p in preds if p.predicted is None and p.error is None]
     errors = [p for p in preds if p.error is not None]
+    if preds and len(errors) == len(preds):  # nothing was measured: no result a re-run would take for one
+        from visroute.errors import CallsFailed
+
+        raise CallsFailed(f"{dataset_name}: all {len(preds)} call(s) of {' + '.join(pipeline.models)} failed "
+                          f"({' '.join(str(errors[0].error).split())[:160]}); nothing stored, a re-run measures it again")
+    measured = np.array([p.error is None for p in preds], dtype=bool)
     lat = np.array([p.latency_s for p in preds]) if preds else np.zeros(0)
     cost = np.array([p.cost for p in preds]) if preds else np.zeros(0)
     n_options = np.array([len(t.options) for t in tasks]) if tasks else np.zeros(0)
@@ -31,7 +40,8 @@ def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path,
     stem = result_stem(dataset_name, models, pipeline.name, prompt_label)
     json_path, parquet_path = Path(output) / f"{stem}.json", Path(output) / f"{stem}.parquet"
     metrics = {
-        "acc1": float(correct.mean()) if len(correct) else float("nan"),
+        # over the tasks measured: a failed call is an error (counted in n_errors), not a wrong answer
+        "acc1": float(correct[measured].mean()) if measured.any() else float("nan"),
         "chance_acc1": float(np.mean(1.0 / n_options)) if len(n_options) else float("nan"),
     }
     doc = {

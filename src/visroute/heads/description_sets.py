@@ -15,7 +15,6 @@ or guessed from the text (sentences start with a capital letter and end with a f
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +121,12 @@ def _read_json(path: Path) -> object:
     why = not_a_regular_file(path)
     if why:
         raise DescriptionError(f"description file '{path}' " + ("does not exist" if why == "no such file" else f"is {why}"))
+    from visroute.safe_load import SafeLoadError, read_json
+
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise DescriptionError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise DescriptionError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
-    except RecursionError:
-        raise DescriptionError(f"{path} is not usable JSON: nested too deeply") from None
+        return read_json(path, "description file")
+    except SafeLoadError as e:
+        raise DescriptionError(str(e)) from None
     except OSError as e:
         raise DescriptionError(f"cannot read description file '{path}': {e.strerror or e}") from None
 
@@ -171,7 +168,16 @@ def _disclip_format(data: dict, path: Path, kind: str | None, prov: dict) -> Des
 
 
 def load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
-    """Read any supported description file; malformed files raise DescriptionError naming the problem."""
+    """Read any supported description file; malformed files raise DescriptionError naming the problem, and so does
+    a file whose every class has no description (it would silently evaluate as plain class names)."""
+    dset = _load_descriptions(path, kind)
+    if len(dset) and all(not d for d in dset.descriptions):
+        raise DescriptionError(f"{Path(path).expanduser()}: every class's description list is empty; there is "
+                               "nothing to evaluate (generate descriptions first, or drop --descriptions)")
+    return dset
+
+
+def _load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
     path = Path(path).expanduser()
     data = _read_json(path)
     if not isinstance(data, dict):

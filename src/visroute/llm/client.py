@@ -22,9 +22,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit
 
@@ -34,9 +35,10 @@ from visroute.llm.cache import ResponseCache
 from visroute.llm.endpoints import OPENAI_URL
 from visroute.llm.http import (ERROR_EXCERPT_BYTES, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
+from visroute.registry import Registry
 
-__all__ = ["ChatRequest", "GenerationResult", "Generator", "HFCausalLMGenerator", "OpenAICompatibleGenerator",
-           "load_generator"]
+__all__ = ["ChatRequest", "GENERATORS", "GenerationResult", "Generator", "HFCausalLMGenerator", "OpenAICompatibleGenerator",
+           "load_generator", "register_generator"]
 
 _RETRY_STATUS = {408, 409, 425, 429}
 
@@ -257,7 +259,7 @@ class HFCausalLMGenerator(Generator):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
             self.model = AutoModelForCausalLM.from_pretrained(location).to(device).eval()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, pickle.UnpicklingError) as e:  # a refused pickle too: one line
             raise ModelLoadError(f"could not load causal LM '{location}' ({str(e).splitlines()[0]})") from e
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -294,6 +296,14 @@ class HFCausalLMGenerator(Generator):
         return out
 
 
+#: spec backend -> generator loader ``(parsed, cache, kw) -> Generator``; keyed like ``visroute.models.BACKENDS``
+GENERATORS: Registry[Callable[..., Generator]] = Registry("generator backend", error=ModelLoadError)
+
+
+def register_generator(backend: str, loader: Callable[..., Generator], replace: bool = False):
+    return GENERATORS.register(backend, loader, replace)
+
+
 def load_generator(spec, cache: ResponseCache | None = None, **kw) -> Generator:
     """A generator for a model spec (``visroute.models.spec``): an OpenAI-compatible server
     (``openai-compatible:<base_url>#<model>``, ``openai:<model>``), a local transformers causal LM or
@@ -305,40 +315,51 @@ def load_generator(spec, cache: ResponseCache | None = None, **kw) -> Generator:
     if parsed.kind == "contrastive":
         raise ModelLoadError(f"'{parsed.text}' is a contrastive image-text encoder, not a generative model; "
                              "use it as a classification model, or give a vlm/llm such as openai:<model> or hf:<dir>")
-    if parsed.backend == "openai-compatible":
-        from visroute.llm.endpoints import resolve_endpoint
+    return GENERATORS[parsed.backend](parsed, cache, kw)
 
-        # the URL and its key come from the user's configuration. ``trusted_endpoints``: URLs the user typed; None
-        # (a direct call from the user's own code) vouches for the spec's own URL. build_pipeline always passes a
-        # tuple, so specs read from grids, records and router bundles are checked against the configuration.
-        trusted = kw.get("trusted_endpoints")
-        if trusted is None:
-            trusted = () if parsed.location.startswith("@") else (parsed.location,)
-        base_url, key = resolve_endpoint(parsed.location, tuple(trusted))
-        http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
-                                                       "max_tokens", "temperature", "max_response_bytes")}
-        gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)
-        gen.spec = parsed.text  # prices, caches and records name the endpoint as the spec did
-        return gen
-    location = parsed.location
-    if parsed.backend == "random-tiny":
-        from visroute.models.tiny import ensure_random_tiny
 
-        location = str(ensure_random_tiny(location))
+def _load_openai_compatible(parsed, cache, kw) -> Generator:
+    from visroute.llm.endpoints import resolve_endpoint
+
+    # the URL and its key come from the user's configuration. ``trusted_endpoints``: URLs the user typed; None
+    # (a direct call from the user's own code) vouches for the spec's own URL. build_pipeline always passes a
+    # tuple, so specs read from grids, records and router bundles are checked against the configuration.
+    trusted = kw.get("trusted_endpoints")
+    if trusted is None:
+        trusted = () if parsed.location.startswith("@") else (parsed.location,)
+    base_url, key = resolve_endpoint(parsed.location, tuple(trusted))
+    http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
+                                                   "max_tokens", "temperature", "max_response_bytes")}
+    gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)
+    gen.spec = parsed.text  # prices, caches and records name the endpoint as the spec did
+    return gen
+
+
+def _load_hf(parsed, cache, kw, location: str | None = None) -> Generator:
+    location = location or parsed.location
     allowed = {k: v for k, v in kw.items() if k in ("max_tokens", "temperature", "device", "batch_size")}
-    if allowed.get("device") == "auto":
-        import torch
+    if "device" in allowed:
+        from visroute.models.contrastive import resolve_device
 
-        allowed["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        allowed["device"] = str(resolve_device(allowed["device"]))  # one "auto" rule for every model
     if _is_vision_language(location):
         from visroute.llm.hf_vlm import HFVisionLanguageGenerator
 
-        gen = HFVisionLanguageGenerator(location, cache=cache, **allowed)
-    else:
-        gen = HFCausalLMGenerator(location, cache=cache, **allowed)
-    if parsed.backend == "random-tiny":
-        gen.spec = parsed.text  # results name the smoke-test model, not its cache directory
+        return HFVisionLanguageGenerator(location, cache=cache, **allowed)
+    return HFCausalLMGenerator(location, cache=cache, **allowed)
+
+
+def _load_random_tiny(parsed, cache, kw) -> Generator:
+    from visroute.models.tiny import ensure_random_tiny
+
+    gen = _load_hf(parsed, cache, kw, str(ensure_random_tiny(parsed.location)))
+    gen.spec = parsed.text  # results name the smoke-test model, not its cache directory
     return gen
+
+
+register_generator("openai-compatible", _load_openai_compatible)
+register_generator("hf", _load_hf)
+register_generator("random-tiny", _load_random_tiny)
 
 
 def _is_vision_language(location: str) -> bool:

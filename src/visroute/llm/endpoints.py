@@ -65,12 +65,12 @@ def load_endpoints(path: Path | None = None) -> dict[str, Endpoint]:
         if os.environ.get(FILE_ENV):
             raise ModelLoadError(f"{FILE_ENV}={path}: no such file")
         return {}
-    import yaml
+    from visroute.safe_load import SafeLoadError, read_yaml
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ModelLoadError(f"cannot read endpoints file {path}: {str(e).splitlines()[0]}") from None
+        raw = read_yaml(path, "endpoints file") or {}
+    except SafeLoadError as e:
+        raise ModelLoadError(str(e)) from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: expected a mapping of endpoint names to {{base_url, api_key_env}}")
     out = {}

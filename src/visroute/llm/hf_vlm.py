@@ -17,6 +17,7 @@ the work is kept.
 
 from __future__ import annotations
 
+import pickle
 import os
 import time
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ class HFVisionLanguageGenerator(Generator):
                 break
             except ValueError as e:  # checkpoint not registered for this auto class: try the next one
                 errors.append(f"{auto.__name__}: {_first_line(e)}")
-            except OSError as e:
+            except (OSError, pickle.UnpicklingError) as e:  # a refused pickle too: one line
                 raise ModelLoadError(f"could not load vision-language model '{self.location}' ({_first_line(e)})") from e
         if self.model is None:
             raise ModelLoadError(f"could not load vision-language model '{self.location}' ({'; '.join(errors)})")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from visroute.models.contrastive import ContrastiveModel, resolve_device, resolve_dtype
-from visroute.models.spec import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, parse_model_spec
+from visroute.models.spec import (BACKENDS, DEFAULT_MODEL, KNOWN_MODELS, Backend, ModelSpec, parse_model_spec,
+                                  register_backend)
 from visroute.errors import ModelLoadError
 
 
@@ -19,26 +20,14 @@ def load_model(spec: str | ModelSpec, device: str | None = "auto", dtype: str | 
     if parsed.kind == "generator":
         raise ModelLoadError(f"'{parsed.text}' is a generative model, not a contrastive image-text encoder; "
                              "it cannot be used for zero-shot classification (use it as a vlm/llm instead)")
+    loader = BACKENDS[parsed.backend].load
+    if loader is None:
+        raise ModelLoadError(f"'{parsed.text}': the {parsed.backend} backend loads no contrastive image-text encoder")
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if parsed.backend == "hf":
-        from visroute.models.hf import load_hf_contrastive
-
-        return load_hf_contrastive(parsed.location, parsed.text, dev, dt, image_backend=image_backend)
-    if parsed.backend == "random-tiny":
-        from visroute.models.hf import load_hf_contrastive
-        from visroute.models.tiny import ensure_random_tiny
-
-        return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, dev, dt, is_random=True,
-                                   image_backend=image_backend)
-    from visroute.models.openclip import load_openclip
-
-    model = load_openclip(parsed.location, parsed.pretrained, parsed.text, dev, dt)
-    model.is_random = parsed.pretrained is None and not parsed.location.startswith(("local-dir:", "hf-hub:"))
-    return model
+    return loader(parsed, dev, resolve_dtype(dtype, dev), image_backend)
 
 
 __all__ = [
-    "ContrastiveModel", "DEFAULT_MODEL", "KNOWN_MODELS", "ModelSpec", "ModelLoadError",
-    "load_model", "parse_model_spec",
+    "BACKENDS", "Backend", "ContrastiveModel", "DEFAULT_MODEL", "KNOWN_MODELS", "ModelSpec", "ModelLoadError",
+    "load_model", "parse_model_spec", "register_backend",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,7 +177,7 @@ def load_hf_contrastive(location: str, spec: str, device: torch.device, dtype: t
         model = AutoModel.from_pretrained(location, dtype=dtype)
         image_processor = _load_image_processor(AutoImageProcessor, location, image_backend)
         tokenizer = AutoTokenizer.from_pretrained(location)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError, EnvironmentError, pickle.UnpicklingError) as e:  # a refused pickle too: one line
         where = f"local directory '{location}'" if is_dir else f"Hugging Face hub id '{location}'"
         hint = (
             "Point at local weights with --model hf:/path/to/model_dir (a directory saved with "

@@ -20,10 +20,12 @@ each loader refuses, with one line, a spec of the other kind.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from visroute.errors import ModelLoadError
+from visroute.registry import Registry
 
 #: Named specs a user can type instead of the full string (``visroute models`` lists them).
 KNOWN_MODELS: dict[str, str] = {
@@ -48,8 +50,6 @@ DEFAULT_MODEL = "hf:openai/clip-vit-base-patch32"
 #: Where ``openai:<model>`` points.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-BACKENDS = ("hf", "openclip", "random-tiny", "openai-compatible")
-
 #: random-tiny variant -> what it is ("contrastive" encoder or "generator")
 RANDOM_TINY = {"clip": "contrastive", "siglip": "contrastive", "llama": "generator", "llava": "generator"}
 
@@ -70,25 +70,38 @@ class ModelSpec:
 
     @property
     def text(self) -> str:
-        if self.backend == "openclip" and self.pretrained:
-            return f"openclip:{self.location}/{self.pretrained}"
-        if self.backend == "openai-compatible":
-            return f"openai-compatible:{self.location}#{self.model}"
-        return f"{self.backend}:{self.location}"
+        entry = BACKENDS.get(self.backend)
+        return entry.text(self) if entry is not None and entry.text else f"{self.backend}:{self.location}"
 
     @property
     def kind(self) -> str:
         """"contrastive", "generator", or "any" (an hf model: its config decides at load time)."""
-        if self.backend == "openclip":
-            return "contrastive"
-        if self.backend == "openai-compatible":
-            return "generator"
-        if self.backend == "random-tiny":
-            return RANDOM_TINY[self.location]
-        return "any"
+        entry = BACKENDS.get(self.backend)
+        kind = entry.kind if entry is not None else "any"
+        return kind(self) if callable(kind) else kind
 
     def __str__(self) -> str:
         return self.text
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Everything about one spec backend (``<name>:<rest>``): its grammar and its contrastive loader. Generator
+    loaders are keyed by the same name in ``visroute.llm.client.GENERATORS``."""
+
+    name: str
+    form: str                                            # the accepted form(s), listed in every spec error
+    kind: str | Callable[[ModelSpec], str] = "any"       # contrastive | generator | any
+    parse: Callable[[str, str], ModelSpec] | None = None  # (rest, whole spec) -> ModelSpec; default (name, rest)
+    text: Callable[[ModelSpec], str] | None = None       # canonical text; default "<name>:<location>"
+    load: Callable | None = None                         # (parsed, device, dtype, image_backend) -> ContrastiveModel
+
+
+BACKENDS: Registry[Backend] = Registry("model backend", error=ModelLoadError)
+
+
+def register_backend(entry: Backend, replace: bool = False) -> Backend:
+    return BACKENDS.register(entry.name, entry, replace)
 
 
 def parse_model_spec(spec: str | ModelSpec) -> ModelSpec:
@@ -102,23 +115,26 @@ def parse_model_spec(spec: str | ModelSpec) -> ModelSpec:
     if spec == "random-tiny":
         spec = "random-tiny:clip"
     backend, sep, rest = spec.partition(":")
-    if sep and backend == "openai":
-        return _parse_remote(OPENAI_BASE_URL, rest, spec)
     if sep and backend in BACKENDS:
-        if not rest:
+        entry = BACKENDS[backend]
+        if not rest and backend != "openai":
             raise ModelLoadError(f"model spec '{spec}' names no model after '{backend}:'; " + spec_forms())
-        if backend == "openclip":
-            return _parse_openclip(rest)
-        if backend == "openai-compatible":
-            url, _, model = rest.partition("#")
-            return _parse_remote(url, model, spec)
-        if backend == "random-tiny" and rest not in RANDOM_TINY:
-            raise ModelLoadError(f"unknown random-tiny variant '{rest}' in '{spec}'; " + spec_forms())
-        return ModelSpec(backend, rest)
+        return entry.parse(rest, spec) if entry.parse else ModelSpec(backend, rest)
     return _parse_local(spec)
 
 
-def _parse_openclip(rest: str) -> ModelSpec:
+def _parse_random_tiny(rest: str, spec: str) -> ModelSpec:
+    if rest not in RANDOM_TINY:
+        raise ModelLoadError(f"unknown random-tiny variant '{rest}' in '{spec}'; " + spec_forms())
+    return ModelSpec("random-tiny", rest)
+
+
+def _parse_openai_compatible(rest: str, spec: str) -> ModelSpec:
+    url, _, model = rest.partition("#")
+    return _parse_remote(url, model, spec)
+
+
+def _parse_openclip(rest: str, spec: str = "") -> ModelSpec:
     if rest.startswith(("local-dir:", "hf-hub:")):
         return ModelSpec("openclip", rest)
     arch, _, pretrained = rest.partition("/")
@@ -149,9 +165,45 @@ def _parse_local(spec: str) -> ModelSpec:
 
 def spec_forms() -> str:
     """The one list of accepted forms, appended to every spec error."""
-    return (
-        "use hf:<hub id or directory>, openclip:<arch>/<pretrained tag or checkpoint>, "
-        "openclip:local-dir:<directory>, openclip:hf-hub:<hub id>, openai-compatible:<base_url>#<model>, "
-        "openai:<model>, random-tiny[:clip|:siglip|:llama|:llava], a local model directory, or an alias: "
-        + ", ".join(sorted(KNOWN_MODELS))
-    )
+    return ("use " + ", ".join(e.form for _, e in BACKENDS.items()) + ", a local model directory, or an alias: "
+            + ", ".join(sorted(KNOWN_MODELS)))
+
+
+# -- the built-in backends: grammar and contrastive loaders (generator loaders: visroute.llm.client) ----------
+def _load_hf(parsed: ModelSpec, device, dtype, image_backend):
+    from visroute.models.hf import load_hf_contrastive
+
+    return load_hf_contrastive(parsed.location, parsed.text, device, dtype, image_backend=image_backend)
+
+
+def _load_random_tiny(parsed: ModelSpec, device, dtype, image_backend):
+    from visroute.models.hf import load_hf_contrastive
+    from visroute.models.tiny import ensure_random_tiny
+
+    return load_hf_contrastive(str(ensure_random_tiny(parsed.location)), parsed.text, device, dtype, is_random=True,
+                               image_backend=image_backend)
+
+
+def _load_openclip(parsed: ModelSpec, device, dtype, image_backend):
+    from visroute.models.openclip import load_openclip
+
+    model = load_openclip(parsed.location, parsed.pretrained, parsed.text, device, dtype)
+    model.is_random = parsed.pretrained is None and not parsed.location.startswith(("local-dir:", "hf-hub:"))
+    return model
+
+
+def _openclip_text(s: ModelSpec) -> str:
+    return f"openclip:{s.location}/{s.pretrained}" if s.pretrained else f"openclip:{s.location}"
+
+
+for _entry in (
+    Backend("hf", "hf:<hub id or directory>", load=_load_hf),
+    Backend("openclip", "openclip:<arch>/<pretrained tag or checkpoint>, openclip:local-dir:<directory>, "
+            "openclip:hf-hub:<hub id>", "contrastive", _parse_openclip, _openclip_text, _load_openclip),
+    Backend("openai-compatible", "openai-compatible:<base_url>#<model>", "generator", _parse_openai_compatible,
+            lambda s: f"openai-compatible:{s.location}#{s.model}"),
+    Backend("openai", "openai:<model>", "generator", lambda rest, spec: _parse_remote(OPENAI_BASE_URL, rest, spec)),
+    Backend("random-tiny", "random-tiny[:" + "|:".join(RANDOM_TINY) + "]", lambda s: RANDOM_TINY[s.location],
+            _parse_random_tiny, load=_load_random_tiny),
+):
+    register_backend(_entry)

@@ -82,16 +82,11 @@ def load_generative(model_spec: str, spec: PipelineSpec, runtime: Runtime):
 
 def build_pipeline(spec: PipelineSpec | dict, runtime: Runtime | None = None, model: Any = None):
     """The pipeline a spec describes. ``model``: an already loaded contrastive model to use instead of loading."""
-    from visroute.heads.vlm import VLMDirectPipeline, VLMThenLLMPipeline
-
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
     runtime = runtime or Runtime()
     prices = price_table(spec)
-    if spec.head == "vlm":
-        return VLMDirectPipeline(load_generative(spec.vlm, spec, runtime), spec.prompt, prices, spec=spec)
-    if spec.head == "vlm+llm":
-        return VLMThenLLMPipeline(load_generative(spec.vlm, spec, runtime), load_generative(spec.llm, spec, runtime),
-                                  spec.describe_prompt, spec.reason_prompt, prices, spec=spec)
+    if spec.entry.answer is not None:
+        return spec.entry.answer(spec, runtime, prices)
     return ContrastivePipeline(spec, model if model is not None else load_contrastive(spec, runtime), prices)
 
 
@@ -109,8 +104,7 @@ class ContrastivePipeline:
 
     def __init__(self, spec: PipelineSpec, model, prices):
         self.spec, self.model, self.prices = spec, model, prices
-        templates = spec_templates(spec) if spec.head in ("zeroshot", "clip-options") and spec.templates else \
-            ["a photo of a {c}."]
+        templates = spec_templates(spec) if spec.entry.templates and spec.templates else ["a photo of a {c}."]
         self._options = _clip_options_class()(model, templates, prices=prices)
         self._options.spec = spec
 
@@ -127,9 +121,10 @@ class ContrastivePipeline:
 
     def classifiers(self, classnames: list[str], selection: tuple | None = None) -> list:
         """Fitted head(s) for the spec: several for the random controls (one per repeat)."""
-        from visroute.pipeline.heads import make_heads
-
-        return make_heads(self.spec, self.model, list(classnames), selection)
+        entry = self.spec.entry
+        if entry.classify is None:
+            raise VisrouteError(f"head '{self.spec.head}' answers tasks; it does not classify against class names")
+        return entry.classify(self.spec, self.model, list(classnames), selection, self.spec.head_params)
 
     def classifier(self, classnames: list[str], selection: tuple | None = None):
         return self.classifiers(classnames, selection)[0]
@@ -142,12 +137,9 @@ def check_buildable(spec: PipelineSpec) -> None:
 
     for s in spec.model_specs:
         parse_model_spec(s)
-    if spec.head == "vlm":
-        load_prompt(spec.prompt)
-    if spec.head == "vlm+llm":
-        load_prompt(spec.describe_prompt)
-        load_prompt(spec.reason_prompt)
-    if spec.head not in ("vlm", "vlm+llm") and spec.templates is not None and not isinstance(spec.templates, tuple):
+    for field_name in spec.entry.prompts:
+        load_prompt(getattr(spec, field_name))
+    if spec.entry.family == "contrastive" and spec.templates is not None and not isinstance(spec.templates, tuple):
         spec_templates(spec)
 
 

@@ -13,7 +13,6 @@ JSON / YAML form (unknown keys are an error that names the key and the nearest v
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -21,20 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from visroute.errors import VisrouteError
-
-#: heads that classify images against class names with a contrastive model (eval / classify)
-CONTRASTIVE_HEADS = ("zeroshot", "descriptions", "cupl", "random-words", "random-chars", "classname-free", "disclip")
-#: heads that answer multiple-choice tasks (eval --head, grid, route)
-TASK_HEADS = ("clip-options", "vlm", "vlm+llm")
-HEADS = CONTRASTIVE_HEADS + TASK_HEADS
-#: keys of ``params`` per head (head hyper-parameters that are not file references)
-HEAD_PARAMS = {
-    "descriptions": ("description_style",),
-    "random-words": ("description_style", "repeats", "seed"),
-    "random-chars": ("description_style", "repeats", "seed"),
-    "classname-free": ("w_cls", "w_cls_sweep"),
-    "disclip": ("w_cls", "w_cls_sweep", "k", "m", "n_per_class", "mode", "selection_dataset"),
-}
+from visroute.pipeline.heads import HEADS, HeadSpecError
+from visroute.registry import nearest_key
 
 
 class SpecError(VisrouteError):
@@ -64,18 +51,20 @@ class PipelineSpec:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise SpecError(f"unknown head '{self.head}'{nearest_key(self.head, HEADS)} (heads: {', '.join(HEADS)})")
-        needs = {"vlm": ("vlm",), "vlm+llm": ("vlm", "llm")}.get(self.head, ("model",))
-        missing = [k for k in needs if not getattr(self, k)]
+        entry = HEADS[self.head]
+        missing = [k for k in entry.models if not getattr(self, k)]
         if missing:
             raise SpecError(f"head '{self.head}' needs {' and '.join(repr(k) for k in missing)}")
-        if self.head in ("descriptions", "cupl", "random-words", "random-chars", "classname-free", "disclip") \
-                and not self.descriptions:
-            raise SpecError(f"head '{self.head}' needs 'descriptions' (a description file)")
-        allowed = HEAD_PARAMS.get(self.head, ())
-        for k in self.params:
-            if k not in allowed:
-                raise SpecError(f"params key '{k}' does not apply to head '{self.head}'{nearest_key(k, allowed)}"
-                                f" (valid: {', '.join(allowed) or 'none'})")
+        for k in entry.needs:
+            if not getattr(self, k):
+                raise SpecError(f"head '{self.head}' needs '{k}'" + (" (a description file)" if k == "descriptions" else ""))
+        if not isinstance(self.params, dict):
+            raise SpecError("'params' must be a mapping")
+        try:
+            checked = entry.resolve(self.params)
+        except HeadSpecError as e:
+            raise SpecError(str(e)) from None
+        object.__setattr__(self, "params", {k: checked[k] for k in self.params})
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise SpecError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if isinstance(self.templates, list):
@@ -115,10 +104,12 @@ class PipelineSpec:
 
     @classmethod
     def from_json(cls, text: str, where: str = "pipeline spec") -> "PipelineSpec":
+        from visroute.safe_load import SafeLoadError, parse_json
+
         try:
-            return cls.from_dict(json.loads(text), where)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"{where}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            return cls.from_dict(parse_json(text, where), where)
+        except SafeLoadError as e:
+            raise SpecError(str(e)) from None
 
     # -- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -144,31 +135,30 @@ class PipelineSpec:
         return self.name or " + ".join(self.model_specs)
 
     @property
+    def entry(self):
+        """The head's registry entry (``visroute.pipeline.heads.HEADS``)."""
+        return HEADS[self.head]
+
+    @property
     def model_specs(self) -> list[str]:
-        return [s for s in ((self.vlm, self.llm) if self.head in ("vlm", "vlm+llm") else (self.model,)) if s]
+        return [s for s in (getattr(self, f) for f in self.entry.models) if s]
+
+    @property
+    def head_params(self) -> dict:
+        """The head's parameters: those given, checked, and the defaults of the rest."""
+        return self.entry.resolve(self.params)
 
     @property
     def prompt_variant(self) -> str:
         """The prompt the task records are labelled with; "*" for pipelines that do not read a question prompt
         variant (contrastive heads and vlm+llm, whose prompts are fixed in the spec)."""
-        return self.prompt if self.head == "vlm" else "*"
-
-
-def nearest_key(key: str, valid) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+        return self.prompt if "prompt" in self.entry.prompts else "*"
 
 
 def _parse_text(text: str, path: Path) -> Any:
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    import yaml
+    from visroute.safe_load import SafeLoadError, parse_json, parse_yaml
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        return (parse_json if path.suffix.lower() == ".json" else parse_yaml)(text, str(path))
+    except SafeLoadError as e:
+        raise SpecError(str(e)) from None

@@ -79,12 +79,14 @@ def generate_pools(recipe, ctx, datasets: dict) -> None:
 
 def method_spec(method: dict, model_spec: str, d: dict, settings: dict):
     """The pipeline spec one recipe method describes on one dataset (w_cls filled in by the caller)."""
+    from visroute.pipeline.heads import HEADS
     from visroute.pipeline.spec import PipelineSpec
 
     head, params = method["head"], dict(method.get("params") or {})
-    if head == "random-words":
+    entry = HEADS[head]
+    if "repeats" in entry.params:
         params.update(repeats=int(settings.get("repeats", 5)), seed=0)
-    if head == "disclip":
+    if entry.selection:
         params["selection_dataset"] = d["selection"]
     if method.get("w_cls") == "sweep":
         params["w_cls_sweep"] = [float(w) for w in settings["w_cls_sweep"]]
@@ -102,15 +104,15 @@ def method_spec(method: dict, model_spec: str, d: dict, settings: dict):
 
 def measure_cell(model, spec, d: dict, out: Path, w_grid: list[float] | None, ctx) -> dict:
     """Top-1 accuracy (percent) of one spec on one dataset; with ``w_grid`` the best over class-name weights."""
-    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.eval.run import RunOptions, evaluate
 
     cache = ctx.engine.feature_cache() if ctx.engine is not None else None
     runs = []
     for w in (w_grid or [None]):
         s = spec if w is None else spec.replace(params={**spec.params, "w_cls": float(w)})
         target = out if w is None else out / f"w_cls-{w:g}"
-        opts = EvalOptions.from_spec(s, output=target, workers=0, classnames=d["classnames"])
-        doc = evaluate(model, d["test"], opts, cache)
+        doc = evaluate(s, d["test"], RunOptions(output=target, workers=0, classnames=d["classnames"], cache=cache),
+                       model=model)
         runs.append((w, doc))
     detail: dict = {"n_images": runs[0][1]["visroute"]["n_evaluated"], "results": [doc["_file"] for _, doc in runs]}
     if w_grid:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from visroute.errors import VisrouteError
+from visroute.pipeline.heads import classify_heads
 from visroute.pipeline.spec import nearest_key
 
 SCALES = ("tiny", "full")
@@ -21,7 +22,6 @@ KINDS = ("descriptions", "grid")
 _COMMON = ("name", "kind", "title", "paper", "notes", "scales", "models", "datasets", "figures", "unreproducible")
 _KIND_KEYS = {"descriptions": ("generator", "methods"), "grid": ("pipelines", "prompts", "router")}
 _METHOD_KEYS = ("head", "pool", "fallback", "templates", "params", "w_cls", "table", "row")
-_DESC_HEADS = ("zeroshot", "descriptions", "cupl", "random-words", "classname-free", "disclip")
 _FIGURE_KEYS = {"descriptions": ("method", "model", "published", "substitute_for"),
                 "grid": ("table", "row", "measure", "pipeline", "better", "worse", "task_types", "of", "published",
                          "published_is", "substitute_for")}
@@ -80,12 +80,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             names = recipe_names()
             raise RecipeError(f"no recipe '{name_or_path}'{nearest_key(str(name_or_path), names)} "
                               f"(recipes: {', '.join(names)}; `visroute reproduce list` describes them)")
-    import yaml
+    from visroute.safe_load import SafeLoadError, read_yaml
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RecipeError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from None
+        raw = read_yaml(path, "recipe")
+    except SafeLoadError as e:
+        raise RecipeError(str(e)) from None
     return validate(raw, path)
 
 
@@ -142,8 +142,8 @@ def _validate_descriptions(r: Recipe, where: str) -> None:
     for mid, m in methods.items():
         at = f"{where} methods.{mid}"
         _need(_check_keys(m, _METHOD_KEYS, at), ("head", "table", "row"), at)
-        if m["head"] not in _DESC_HEADS:
-            raise RecipeError(f"{at}: head '{m['head']}'{nearest_key(m['head'], _DESC_HEADS)} "
+        if m["head"] not in classify_heads():
+            raise RecipeError(f"{at}: head '{m['head']}'{nearest_key(m['head'], classify_heads())} "
                               "is not a description head")
         for k in ("pool", "fallback"):
             if m.get(k) and m[k] not in pools:

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from visroute.errors import VisrouteError
-from visroute.pipeline.spec import CONTRASTIVE_HEADS, nearest_key
+from visroute.pipeline.heads import HEADS, classify_heads
+from visroute.pipeline.spec import nearest_key
 
 #: the model and label set served when no config is given (the README's first minute)
 DEFAULT_MODEL_NAME = "random-tiny"
@@ -194,9 +195,10 @@ def _check(cfg: ServeConfig) -> ServeConfig:
         if s.model and s.model not in names:
             raise ServeConfigError(f"{cfg.source}: label_sets[{i}] names model '{s.model}'{nearest_key(s.model, names)}"
                                    f" (served models: {', '.join(sorted(names))})")
-        if s.head not in CONTRASTIVE_HEADS or s.head == "disclip":
-            raise ServeConfigError(f"{cfg.source}: label_sets[{i}].head must be one of "
-                                   f"{', '.join(h for h in CONTRASTIVE_HEADS if h != 'disclip')}, got {s.head!r}")
+        servable = [h for h in classify_heads() if not HEADS[h].selection]  # no labelled split at serve time
+        if s.head not in servable:
+            raise ServeConfigError(f"{cfg.source}: label_sets[{i}].head must be one of {', '.join(servable)}, "
+                                   f"got {s.head!r}")
     for i, e in enumerate(cfg.endpoints):
         _check_endpoint(e, f"{cfg.source}: endpoints[{i}]")
     for i, u in enumerate(cfg.allow_image_urls):
@@ -241,16 +243,13 @@ def load_config(path: str | Path | None) -> ServeConfig:
     """The config at ``path`` (YAML or JSON), or the built-in default: random-tiny on the shipped ImageNet names."""
     if path is None:
         return default_config()
-    import yaml
+    from visroute.safe_load import SafeLoadError, read_yaml
 
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ServeConfigError(f"cannot read the serve config {p}: {e.strerror or e}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ServeConfigError(f"{p}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        raw = read_yaml(p, "serve config")
+    except SafeLoadError as e:
+        raise ServeConfigError(str(e)) from None
     return parse_config(raw, str(p), p.resolve().parent)
 
 

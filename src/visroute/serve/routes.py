@@ -4,7 +4,6 @@ routing) runs off the event loop; classification forward passes go through the m
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import tempfile
@@ -43,10 +42,12 @@ async def read_body(request: Request, model: type[BaseModel], list_fields: tuple
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     upload = None
     if ctype == "application/json":
+        from visroute.safe_load import SafeLoadError, parse_json
+
         try:
-            raw = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPException(400, f"the body is not valid JSON ({getattr(e, 'msg', e)})") from None
+            raw = parse_json(await request.body(), "the body")
+        except SafeLoadError:  # invalid, too deep (a nesting bomb), not UTF-8: one generic line
+            raise HTTPException(400, "the body is not valid JSON (or is nested too deeply)") from None
         if not isinstance(raw, dict):
             raise HTTPException(400, "the body must be a JSON object")
     elif ctype == "multipart/form-data":

@@ -15,7 +15,6 @@ In the shipped table the ``"*"`` fallback (a GPU price) covers local models only
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -92,12 +91,9 @@ class PriceTable:
     def load(cls, path: str | Path | None) -> "PriceTable":
         if path is None:
             return cls()
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise VisrouteError(f"cannot read price table {path}: {getattr(e, 'strerror', None) or e}") from None
-        except json.JSONDecodeError as e:
-            raise VisrouteError(f"{path}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        from visroute.safe_load import read_json
+
+        data = read_json(path, "price table")
         if not isinstance(data, dict):
             raise VisrouteError(f"{path}: expected a JSON object mapping model patterns to prices, "
                                 f"found {type(data).__name__}")

@@ -25,7 +25,6 @@ feature and response caches make repeated work free, so an interrupted grid resu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.pipeline.spec import CONTRASTIVE_HEADS, PipelineSpec
+from visroute.pipeline.spec import PipelineSpec
 
 GRID_KEYS = ("output", "limit", "prices", "max_tokens", "device", "dtype", "datasets", "models", "prompts",
              "options_top_k", "prefilter", "engine")
@@ -61,20 +60,10 @@ class GridSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "GridSpec":
-        import yaml
+        from visroute.safe_load import read_yaml
 
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-        except OSError as e:
-            raise VisrouteError(f"cannot read grid file {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise VisrouteError(f"grid file {path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
-        except yaml.YAMLError as e:  # one line: where, and what the parser expected
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            what = " ".join(str(getattr(e, "problem", None) or e).split())
-            raise VisrouteError(f"grid file {path} is not valid YAML{where}: {what}") from None
+        raw = read_yaml(path, "grid file")
         if not isinstance(raw, dict) or not raw.get("datasets") or not raw.get("models"):
             raise VisrouteError(f"{path}: a grid needs 'datasets' and 'models' lists")
         for key in ("datasets", "models"):
@@ -90,6 +79,13 @@ class GridSpec:
         for k in raw:
             if k not in GRID_KEYS:
                 raise VisrouteError(f"{path}: unknown key '{k}'{nearest_key(str(k), GRID_KEYS)} (valid: {', '.join(GRID_KEYS)})")
+        limit, top_k = _positive_int(raw, "limit", path), _positive_int(raw, "options_top_k", path)
+        if "prompts" in raw and not (isinstance(raw["prompts"], list) and all(isinstance(p, str) for p in raw["prompts"])):
+            raise VisrouteError(f"{path}: 'prompts' must be a list of prompt names or files, found {raw['prompts']!r:.60}")
+        for i, d in enumerate(raw["datasets"]):
+            extra = sorted(set(d) - {"spec", "name"}) if isinstance(d, dict) else []
+            if extra:  # a misspelled key would be ignored silently
+                raise VisrouteError(f"{path}: datasets[{i}] has unknown key(s) {extra} (valid: spec, name)")
         base = path.parent
         rel = lambda p: str((base / p).resolve()) if isinstance(p, str) and p and not Path(p).is_absolute() \
             and (base / p).exists() else p  # noqa: E731
@@ -106,7 +102,13 @@ class GridSpec:
                 raise VisrouteError(f"{path}: each model needs 'name' and 'head': {m!r}")
             m = dict(m)
             variants = m.pop("prompts", None)
+<<<<<<< HEAD
             if m.get("prices") is not None:
+=======
+            if variants is not None and not (isinstance(variants, list) and all(isinstance(p, str) for p in variants)):
+                raise VisrouteError(f"{path}: models[{i}] 'prompts' must be a list of prompt names or files")
+            if isinstance(m.get("prices"), str):
+>>>>>>> main
                 m["prices"] = _read_prices(rel(m["prices"]), path)
             entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
             spec = PipelineSpec.from_dict(entry, f"{path} models[{i}] ({m['name']})")
@@ -116,9 +118,13 @@ class GridSpec:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise VisrouteError(f"{path}: model names must be unique ({names})")
+        if not isinstance(raw.get("output", ""), str):
+            raise VisrouteError(f"{path}: 'output' must be a folder path")
         out = Path(raw.get("output", "runs/grid"))
-        return cls(out if out.is_absolute() else base / out, datasets, models, prompts, raw.get("limit"),
-                   raw.get("options_top_k"), raw.get("prefilter"), raw.get("device", "auto"), raw.get("engine"))
+        out = out if out.is_absolute() else base / out
+        if out.exists() and not out.is_dir():
+            raise VisrouteError(f"{path}: output {out} exists and is not a folder")
+        return cls(out, datasets, models, prompts, limit, top_k, raw.get("prefilter"), raw.get("device", "auto"), raw.get("engine"))
 
     def cells(self) -> list[GridCell]:
         """Every (pipeline spec, prompt variant) the grid measures, in order."""
@@ -132,7 +138,18 @@ class GridSpec:
         return out
 
 
+def _positive_int(raw: dict, key: str, path: Path) -> int | None:
+    """An optional count >= 1 (``limit: 0`` would silently mean no limit; a string or -1 must not pass)."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise VisrouteError(f"{path}: '{key}' must be a whole number >= 1 (leave it out for no limit), found {v!r:.40}")
+    return v
+
+
 def _read_prices(path, where: Path) -> dict | None:
+<<<<<<< HEAD
     """A price table given inline (a mapping) or as a JSON file path."""
     if path is None or isinstance(path, dict):
         return path
@@ -143,6 +160,13 @@ def _read_prices(path, where: Path) -> dict | None:
         table = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise VisrouteError(f"{where}: cannot read price table {path}: {e}") from None
+=======
+    if path is None:
+        return None
+    from visroute.safe_load import read_json
+
+    table = read_json(path, f"{where}: price table")
+>>>>>>> main
     if not isinstance(table, dict):
         raise VisrouteError(f"{where}: price table {path} must be a JSON object")
     return table
@@ -216,11 +240,11 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print, done=lambda: None):
                 continue
             log(f"grid: cell {k}/{n_cells}: {pipe_spec.name} on {ds_name} ({cell.variant})")
             job = CellJob(cell_id, pipe_spec.to_json(), cell.variant, ds_name, spec, out / "results" / cell_id, rec_path)
-            if pipe_spec.head in CONTRASTIVE_HEADS and not task_file:
+            if pipe_spec.entry.kind == "classify" and not task_file:
                 job.dataset = ds
             else:
                 top = None
-                if not task_file and grid.options_top_k and pipe_spec.head in ("vlm", "vlm+llm"):
+                if not task_file and grid.options_top_k and pipe_spec.entry.family == "generative":
                     if not grid.prefilter:
                         raise VisrouteError("options_top_k needs a 'prefilter' contrastive model in the grid")
                     top = _prefilter(load_contrastive(PipelineSpec(model=grid.prefilter, device=grid.device), runtime),
@@ -230,27 +254,34 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print, done=lambda: None):
 
 
 def run_contrastive_cell(job: CellJob, runtime, cache, progress: bool = True) -> dict:
-    from visroute.eval.run import EvalOptions, evaluate
+    from visroute.eval.run import RunOptions, evaluate
     from visroute.pipeline.build import load_contrastive
 
     spec = job.spec
-    return evaluate(load_contrastive(spec, runtime), job.dataset,
-                    EvalOptions.from_spec(spec, output=job.res_dir, progress=progress), cache=cache)
+    return evaluate(spec, job.dataset, RunOptions(output=job.res_dir, progress=progress, cache=cache),
+                    model=load_contrastive(spec, runtime))
 
 
 def run_task_cell(job: CellJob, runtime) -> dict:
+    """The cell's result document, or ``{"_failed": reason}`` when every call failed (nothing was written)."""
+    from visroute.errors import CallsFailed
     from visroute.eval.tasks_run import evaluate_tasks
     from visroute.pipeline.build import build_pipeline
 
-    return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
-                          job.skipped, dataset_spec=job.dataset_spec)
+    try:
+        return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
+                              job.skipped, dataset_spec=job.dataset_spec)
+    except CallsFailed as e:
+        return {"_failed": str(e)}
 
 
 def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> Path:
     """Run every (model, dataset, prompt) cell not yet done; return the combined records file.
 
     ``engine`` (``visroute.engine``): where the cells run; without one they run here, one after the other. Each
-    cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done."""
+    cell's records are written as soon as it finishes, so a stopped run resumes from the cells that are done.
+    A cell whose calls all failed stores nothing (it is re-measured next run); after the other cells are written,
+    ``CallsFailed`` says which."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -278,12 +309,35 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
         ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
+<<<<<<< HEAD
     with bar:
         for job, doc in cells:
             spec = job.spec
             atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
             bar.update(1)
+=======
+    failed = []
+    for job, doc in cells:
+        if "_failed" in doc:  # no records: the cell is measured again on the next run
+            failed.append(job.cell_id)
+            log(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
+            continue
+        n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
+        if n_err:
+            log(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their records "
+                "are marked as errors and left out of routing tables")
+        spec = job.spec
+        atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
+>>>>>>> main
     parts = sorted((out / "records").glob("*.parquet"))
+    if failed:
+        from visroute.errors import CallsFailed
+
+        if parts:
+            atomic_write_parquet(out / "records.parquet", pa.concat_tables([pq.read_table(p) for p in parts],
+                                                                           promote_options="default"))
+        raise CallsFailed(f"{len(failed)} grid cell(s) failed, every call in error ({', '.join(failed[:5])}"
+                          f"{', ...' if len(failed) > 5 else ''}); they stored nothing and run again next time")
     combined = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
     target = out / "records.parquet"
     atomic_write_parquet(target, combined)

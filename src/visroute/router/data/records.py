@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ def records_schema():
     return pa.schema([("task_id", pa.string()), ("dataset", pa.string()), ("prompt_variant", pa.string()),
                       ("task_text", pa.string()), ("image_id", pa.string()), ("image_path", pa.string()),
                       ("model", pa.string()), ("correct", pa.bool_()), ("score", pa.float32()), ("cost", pa.float64()),
-                      ("latency_s", pa.float64()), ("dataset_spec", pa.string()), ("pipeline", pa.string())])
+                      ("latency_s", pa.float64()), ("dataset_spec", pa.string()), ("pipeline", pa.string()),
+                      ("status", pa.string()), ("error", pa.string())])
 
 
 def _table(cols: dict) -> "pa.Table":  # noqa: F821
@@ -32,7 +32,8 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
                         dataset_spec: str | None = None) -> "pa.Table":  # noqa: F821
     """Turn a result JSON + its predictions Parquet into records for ``model_name``.
 
-    Every record carries the exact pipeline spec that produced it (canonical JSON) and the dataset spec, so a
+    A task whose call failed gets ``status`` "error" (and its reason in ``error``): it is no sample of the model's
+    accuracy or cost, and ``build_table`` drops it. Every record carries the exact pipeline spec that produced it (canonical JSON) and the dataset spec, so a
     router trained on the records can rebuild the same pipeline and find the same image features. Costs and
     latencies are the per-sample values the pipeline reported; nothing is recomputed here. Classification
     results (CLIP heads) are prompt-agnostic (``prompt_variant`` "*").
@@ -42,7 +43,11 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
     from visroute.pipeline.spec import PipelineSpec
 
     path = Path(result_json)
-    doc = json.loads(path.read_text())
+    from visroute.safe_load import read_json
+
+    doc = read_json(path, "result")
+    if not isinstance(doc, dict):
+        raise VisrouteError(f"{path}: a result file holds a JSON object")
     v = doc.get("visroute", {})
     pq_path = path.parent / v.get("predictions_file", path.with_suffix(".parquet").name)
     if not pq_path.is_file():
@@ -55,7 +60,9 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
     n = len(t)
     dataset_spec = dataset_spec or str(v.get("dataset_spec") or "")
     dataset = doc["dataset"]
-    common = {"dataset": [dataset] * n, "model": [model_name] * n, "pipeline": [spec.to_json()] * n,
+    errors = [None if e is None or e != e else str(e) for e in t["error"]] if "error" in t else [None] * n
+    common = {"status": ["ok" if e is None else "error" for e in errors], "error": errors,
+              "dataset": [dataset] * n, "model": [model_name] * n, "pipeline": [spec.to_json()] * n,
               "dataset_spec": [dataset_spec] * n, "correct": t["correct"].astype(bool)}
     if doc.get("task") == "multiple_choice":
         scores = [float(max(s)) if len(s) else np.nan for s in t["option_scores"]]

@@ -36,13 +36,13 @@ def read_records(paths) -> "pa.Table":  # noqa: F821
         # strings as dictionaries: a task text shared by thousands of records is held once (memory follows the
         # distinct values; to_pylist/to_numpy still give plain strings)
         try:
-            schema = pq.read_schema(p)
-            strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            strings = [f.name for f in pq.read_schema(p)
+                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             t = pq.read_table(p, read_dictionary=strings)
         except FileNotFoundError:
             raise VisrouteError(f"records file {p} not found (write one with `visroute grid run GRID.yaml`)") from None
         except (OSError, pa.ArrowException) as e:
-            raise VisrouteError(f"cannot read records file {p}: {' '.join(str(e).split())[:200]}") from None
+            raise VisrouteError(f"{p} is not a readable records file (Parquet): {' '.join(str(e).split())[:160]}") from None
         missing = [c for c in ("task_id", "dataset", "model", "correct") if c not in t.column_names]
         if missing:
             raise VisrouteError(f"{p} is not a records file: missing column(s) {missing}")
@@ -50,6 +50,45 @@ def read_records(paths) -> "pa.Table":  # noqa: F821
     if not tables:
         raise VisrouteError("no records files given")
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def failed_mask(records) -> np.ndarray:
+    """Records of failed calls (``status`` other than "ok"; older records without the column: none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "status" not in records.column_names:
+        return np.zeros(records.num_rows, bool)
+    col = records.column("status")
+    col = col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+    ok = pc.fill_null(pc.equal(col.cast(pa.string()), "ok"), True)
+    return ~ok.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def check_record_values(records) -> None:
+    """Range checks at the boundary: cost finite and >= 0 (NaN or null: no price, counted as 0), correct in {0, 1},
+    quality in [0, 1] (nulls allowed)."""
+    import pyarrow as pa
+
+    checks = (("cost", lambda v: np.isnan(v) | (np.isfinite(v) & (v >= 0)), "finite and >= 0 (NaN: not priced)"),
+              ("correct", lambda v: (v == 0) | (v == 1), "0/1 (false/true)"),
+              ("quality", lambda v: (v >= 0) & (v <= 1), "in [0, 1]"))
+    for name, good, what in checks:
+        if name not in records.column_names:
+            continue
+        col = records.column(name)
+        if pa.types.is_boolean(col.type):
+            continue
+        try:
+            arr = col.cast(pa.float64())
+        except pa.ArrowException:
+            raise VisrouteError(f"records column '{name}' holds {col.type} values; it must be numeric") from None
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+        v = arr.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(valid & ~good(np.nan_to_num(v, nan=-np.inf) if name != "cost" else v))
+        if len(bad):
+            raise VisrouteError(f"records: {len(bad)} value(s) of '{name}' are not {what} (first: row {int(bad[0])}, "
+                                f"{v[bad[0]]!r}); fix or drop those records")
 
 
 @dataclass
@@ -108,7 +147,11 @@ class RoutingTable:
         d = Path(directory)
         if not (d / "table.parquet").is_file():
             raise VisrouteError(f"{d} holds no routing table (run `visroute route build` first)")
-        meta = json.loads((d / "table.json").read_text())
+        from visroute.safe_load import read_json
+
+        meta = read_json(d / "table.json", "routing table")
+        if not isinstance(meta, dict) or not isinstance(meta.get("models"), list):
+            raise VisrouteError(f"{d / 'table.json'}: not a routing table description (no 'models' list)")
         t = pq.read_table(d / "table.parquet")
         models = meta.pop("models")
         col = lambda c: t.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
@@ -217,7 +260,8 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     ``granularity``: "sample" (one row per task) or "dataset-prompt" (one row per dataset x prompt variant,
     success = mean accuracy). ``split_by``: "dataset" (whole datasets held out: generalisation to unseen
     datasets; ``holdout`` names the test datasets, else a seeded choice) or "sample" (random rows).
-    Columnar throughout: string columns become sorted integer codes (Arrow hashing), aggregation is a bincount
+    Records of failed calls (``status`` "error") are dropped and counted (``meta["n_failed_dropped"]``); costs,
+    successes and qualities out of range are refused. Columnar throughout: string columns become sorted integer codes (Arrow hashing), aggregation is a bincount
     over (row, model) codes, and only the kept rows' strings are materialised.
     """
     import pyarrow as pa
@@ -225,6 +269,14 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
 
     if granularity not in ("sample", "dataset-prompt"):
         raise VisrouteError("granularity must be 'sample' or 'dataset-prompt'")
+    failed = failed_mask(records)
+    n_failed = int(failed.sum())
+    if n_failed:  # a failed call is an error, never a sample: it says nothing of the model's accuracy or cost
+        records = records.filter(pa.array(~failed))
+    if not records.num_rows:
+        raise VisrouteError(f"no usable records: all {n_failed} record(s) are failed calls" if n_failed
+                            else "no records to build a table from")
+    check_record_values(records)
     n = records.num_rows
     d, d_vals = _codes(records, "dataset", "")
     p, p_vals = _codes(records, "prompt_variant", "*")
@@ -271,6 +323,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     r_image_path = take("image_path", "") if sample else np.full(R, "")
     split = assign_splits(r_dataset, split_by, holdout, val_fraction, test_fraction, seed)
     meta = {"granularity": granularity, "split_by": split_by, "holdout": holdout, "seed": seed, "n_records": int(n),
+            "n_failed_dropped": n_failed,
             "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
     return RoutingTable([str(m) for m in models.to_pylist()], r_dataset, r_prompt, r_task, r_text, r_image,
                         r_image_path, success, mean_cost, weight, split, meta)

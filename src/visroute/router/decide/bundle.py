@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,21 @@ import numpy as np
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import calibrate, choose
 from visroute.router.learn.persist import BundleError, load_state, save_state
-from visroute.router.learn.routers import ROUTERS, make_router
+from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
 
 SCHEMA = "visroute.router/2"
+
+
+def check_lambda(value, where: str = "lambda", error=VisrouteError) -> float:
+    """λ (the price of one unit of cost in accuracy) must be a finite number >= 0: a negative or NaN λ rewards cost."""
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{where} must be a number, found {value!r:.40}") from None
+    if not np.isfinite(lam) or lam < 0:
+        raise error(f"{where} must be finite and >= 0, found {value!r:.40}")
+    return lam
 
 
 @dataclass
@@ -96,27 +106,59 @@ class RouterBundle:
         path = d / "router.json"
         if not path.is_file():
             raise VisrouteError(f"{d} holds no trained router (run `visroute route train` first)")
+        from visroute.safe_load import SafeLoadError, read_json
+
         try:
-            info = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{path}: not a valid router file ({e})") from None
+            info = read_json(path, "router file")
+        except SafeLoadError as e:
+            raise BundleError(str(e)) from None
         if not isinstance(info, dict) or info.get("schema") != SCHEMA:
             found = info.get("schema") if isinstance(info, dict) else None
             raise BundleError(f"{path}: expected a router of schema {SCHEMA}, found {found!r} (retrain it with "
                               "`visroute route train`; older bundles held pickles and are not loaded)")
         kind = info.get("kind")
-        if kind not in ROUTERS:
-            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTERS)})")
+        if kind not in ROUTER_KINDS:
+            raise BundleError(f"{path}: unknown router kind {kind!r} ({', '.join(ROUTER_KINDS)})")
         try:
             models, costs = [str(m) for m in info["models"]], np.asarray(info["costs"], dtype=np.float64)
             features = info["features"]
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{path}: missing or malformed key {e}") from None
-        if features not in ("text", "text+image") or len(costs) != len(models):
+        if features not in ("text", "text+image") or len(costs) != len(models) or not models:
             raise BundleError(f"{path}: 'features' must be text or text+image and 'costs' match 'models'")
-        router = load_state(type(make_router(kind)), info.get("router") or {}, d / "state")
-        return cls(router, kind, models, costs, float(info.get("lambda", 0.0)), features, info.get("image_model"),
-                   dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
+        if costs.ndim != 1 or not np.all(np.isfinite(costs)) or np.any(costs < 0):
+            raise BundleError(f"{path}: 'costs' must be finite numbers >= 0, found {costs.tolist()!r:.80}")
+        lam = check_lambda(info.get("lambda", 0.0), f"{path}: 'lambda'", BundleError)
+        for key in ("pipelines", "default_variant", "meta", "router"):
+            if not isinstance(info.get(key) or {}, dict):
+                raise BundleError(f"{path}: '{key}' must be a JSON object")
+        try:
+            router = load_state(ROUTER_KINDS[kind].cls, info.get("router") or {}, d / "state")
+        except BundleError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # wrong state types: one line, not a traceback
+            raise BundleError(f"{path}: router state does not fit a {kind} router ({' '.join(str(e).split())[:120]})") \
+                from None
+        bundle = cls(router, kind, models, costs, lam, features, info.get("image_model"),
+                     dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
+        bundle.validate(path)
+        return bundle
+
+    def validate(self, where) -> None:
+        """Refuse a bundle whose router cannot answer: one probe through ``predict_proba`` on a zero input of the
+        fitted width must give one finite probability in [0, 1] per model (a bundle with wrong state types would
+        otherwise load, report ready, and fail every request)."""
+        width = getattr(self.router, "n_features_in_", None)
+        if getattr(self.router, "takes_text", False) or width is None:
+            return
+        try:
+            p = np.asarray(self.router.predict_proba(np.zeros((1, int(width)), np.float32)), dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - any failure here means the state is unusable
+            raise BundleError(f"{where}: the router cannot predict with its saved state "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        if p.shape != (1, len(self.models)) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+            raise BundleError(f"{where}: the router's probe answer has shape {p.shape} or values outside [0, 1]; "
+                              f"expected one probability per model ({len(self.models)})")
 
 
 def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
@@ -145,11 +187,17 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         raise VisrouteError("features must be 'text' or 'text+image'")
     if features == "text+image" and not image_model:
         raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
+    from visroute.router.decide import check_targets
+
+    check_targets(target_cost, target_share)
+    if heavy is not None and heavy not in table.models:
+        raise VisrouteError(f"--heavy '{heavy}' is not a model of the table ({', '.join(table.models)})")
     pipelines = dict(table.meta.get("pipelines") or {})
-    bundle = RouterBundle(make_router(kind, **(router_kw or {})), kind, list(table.models), train.model_costs(),
+    entry = ROUTER_KINDS[kind]
+    bundle = RouterBundle(entry.make(**(router_kw or {})), kind, list(table.models), train.model_costs(),
                           0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
-    bundle.router.fit(Xtr, train.success, sample_weight=train.weight) if kind != "slm" else bundle.router.fit(Xtr, train.success)
+    entry.fit(bundle.router, Xtr, train.success, train.weight)
     if target_cost is not None or target_share is not None:
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))

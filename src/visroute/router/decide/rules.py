@@ -13,6 +13,10 @@ def choose(proba: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != len(costs):
         raise InputError(f"choose: probabilities of shape {proba.shape} do not match {len(costs)} model costs")
+    if not np.all(np.isfinite(costs)) or np.any(costs < 0):
+        raise InputError(f"choose: model costs must be finite and >= 0, found {costs.tolist()!r:.80}")
+    if not np.isfinite(lam) or lam < 0:
+        raise InputError(f"choose: lambda must be finite and >= 0, found {lam!r}")
     utility = proba - lam * costs[None, :]
     order = np.argsort(costs, kind="stable")
     # argmax over models visited from cheapest to dearest: the first maximum is the cheapest
@@ -46,6 +50,14 @@ def _share_lambda(proba: np.ndarray, costs: np.ndarray, target: float, h: int) -
     return float(max(lam + 1e-9 * abs(lam) + 1e-12, 0.0))
 
 
+def check_targets(target_cost: float | None, target_share: float | None) -> None:
+    """A target share is a fraction of tasks, in [0, 1]; a target cost is a finite price > 0."""
+    if target_share is not None and not (np.isfinite(target_share) and 0.0 <= target_share <= 1.0):
+        raise InputError(f"target share must be in [0, 1], found {target_share!r}")
+    if target_cost is not None and not (np.isfinite(target_cost) and target_cost > 0):
+        raise InputError(f"target cost must be finite and > 0, found {target_cost!r}")
+
+
 def calibrate(proba: np.ndarray, costs: np.ndarray, target_cost: float | None = None,
               target_share: float | None = None, model_index: int | None = None) -> float:
     """The lambda whose choices on this (validation) set cost at most ``target_cost`` per task, or send at most
@@ -55,6 +67,7 @@ def calibrate(proba: np.ndarray, costs: np.ndarray, target_cost: float | None = 
     cost on validation sits at the target rather than a grid step below it."""
     costs = np.asarray(costs, dtype=np.float64).reshape(-1)
     proba = np.asarray(proba, dtype=np.float64)
+    check_targets(target_cost, target_share)
     if target_share is not None and model_index is not None and costs[model_index] >= costs.max() and len(proba):
         return _share_lambda(proba, costs, target_share, model_index)
 

@@ -21,7 +21,7 @@ from visroute.router.evaluate.policies import reference, sweep
 
 def model_families(table) -> dict[str, str]:
     """Model -> "contrastive" | "generative" from the table's pipeline specs ("unknown" where none is recorded)."""
-    from visroute.pipeline.spec import CONTRASTIVE_HEADS
+    from visroute.pipeline.heads import HEADS
 
     out = {}
     for m in table.models:
@@ -29,7 +29,7 @@ def model_families(table) -> dict[str, str]:
         heads = {str(s.get("head", "zeroshot")) for s in specs.values() if isinstance(s, dict)}
         if not heads:
             out[m] = "unknown"
-        elif heads <= set(CONTRASTIVE_HEADS) | {"clip-options"}:
+        elif all(h in HEADS and HEADS[h].family == "contrastive" for h in heads):
             out[m] = "contrastive"
         else:
             out[m] = "generative"
@@ -43,7 +43,7 @@ class HierarchicalRouter:
         self.families, self.kind, self.kw = list(families), kind, kw
 
     def _make(self):
-        from visroute.router.learn.routers import make_router
+        from visroute.router.learn.kinds import make_router
 
         return make_router(self.kind, **self.kw)
 
@@ -94,7 +94,7 @@ class HierarchicalRouter:
 def hierarchical_vs_flat(Xtr, Ytr, Xte, success, cost, costs, families: list[str], kind: str = "mlp",
                          wtr=None, wte=None, **kw) -> dict:
     """Metrics of a flat router and a hierarchical one of the same kind, on the normalised-cost axis."""
-    from visroute.router.learn.routers import make_router
+    from visroute.router.learn.kinds import make_router
 
     costs = np.asarray(costs, np.float64)
     ref = reference(success, cost, costs, wte)

@@ -100,6 +100,13 @@ class LLMRouter:
         cheapest = int(np.argmin([c.price for c in self.cards]))
         reqs = [ChatRequest(routing_prompt(self.cards, t, str(d)), system=SYSTEM) for t, d in zip(texts, datasets)]
         results = self.generator.generate(reqs)
+        n_failed = sum(not r.ok for r in results)
+        if results and n_failed == len(results):  # no routing was measured: no accuracy to report
+            from visroute.errors import CallsFailed
+
+            first = next(r.error for r in results if not r.ok)
+            raise CallsFailed(f"LLM router {getattr(self.generator, 'spec', 'model')}: all {n_failed} call(s) failed "
+                              f"({' '.join(str(first).split())[:160]}); {CallsFailed.marker}")
         picks, call_cost, unparsed = [], [], 0
         for r in results:
             j = parse_choice(r.text, names) if r.ok else None

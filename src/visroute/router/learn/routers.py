@@ -28,9 +28,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from visroute.errors import InputError, VisrouteError
 from visroute.router.learn.neighbours import build_index, query
 
-ROUTERS = ("knn", "logistic", "mlp", "mf", "slm")
-
-
 def check_success_matrix(Y, n_samples: int, owner: str) -> np.ndarray:
     """Y as float32 (n_tasks, n_models), values in [0, 1] or NaN (not run); a one-line InputError otherwise."""
     if Y is None:
@@ -384,17 +381,3 @@ class SequenceClassifierRouter(_Router):
                 out.append(torch.sigmoid(self.model_(**enc).logits).numpy())
         n_models = self.model_.config.num_labels
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, n_models), np.float64)
-
-
-def make_router(name: str, **kw):
-    if name == "knn":
-        return KNNRouter(**kw)
-    if name == "logistic":
-        return LogisticRouter(**kw)
-    if name == "mlp":
-        return MLPRouter(**kw)
-    if name == "mf":
-        return MatrixFactorizationRouter(**kw)
-    if name == "slm":
-        return SequenceClassifierRouter(**kw)
-    raise VisrouteError(f"unknown router '{name}' ({', '.join(ROUTERS)})")
