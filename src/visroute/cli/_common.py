@@ -95,26 +95,20 @@ class VisrouteGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except VisrouteError as e:
-            _fail(ctx, str(e))
+            _fail(ctx, str(e), getattr(e, "exit_code", EXIT_USAGE))
         except (OSError, UnicodeDecodeError) as e:
             # a file a user named that cannot be read (missing, a folder, no permission, not text): still one line
             what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             _fail(ctx, " ".join(what.split())[:300])
 
-<<<<<<< HEAD
 
-def _fail(ctx: Any, message: str) -> None:
+def _fail(ctx: Any, message: str, code: int = EXIT_USAGE) -> None:
     if ctx.params.get("debug"):
         import traceback
 
         typer.echo(traceback.format_exc().rstrip(), err=True)
     error(message)
-    raise typer.Exit(EXIT_USAGE) from None
-=======
-                typer.echo(traceback.format_exc().rstrip(), err=True)
-            error(str(e))
-            raise typer.Exit(getattr(e, "exit_code", EXIT_USAGE)) from None
->>>>>>> main
+    raise typer.Exit(code) from None
 
 
 def options_from(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:

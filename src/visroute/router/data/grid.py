@@ -102,13 +102,9 @@ class GridSpec:
                 raise VisrouteError(f"{path}: each model needs 'name' and 'head': {m!r}")
             m = dict(m)
             variants = m.pop("prompts", None)
-<<<<<<< HEAD
-            if m.get("prices") is not None:
-=======
             if variants is not None and not (isinstance(variants, list) and all(isinstance(p, str) for p in variants)):
                 raise VisrouteError(f"{path}: models[{i}] 'prompts' must be a list of prompt names or files")
-            if isinstance(m.get("prices"), str):
->>>>>>> main
+            if m.get("prices") is not None:
                 m["prices"] = _read_prices(rel(m["prices"]), path)
             entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
             spec = PipelineSpec.from_dict(entry, f"{path} models[{i}] ({m['name']})")
@@ -149,24 +145,15 @@ def _positive_int(raw: dict, key: str, path: Path) -> int | None:
 
 
 def _read_prices(path, where: Path) -> dict | None:
-<<<<<<< HEAD
     """A price table given inline (a mapping) or as a JSON file path."""
     if path is None or isinstance(path, dict):
         return path
     if not isinstance(path, str):
         raise VisrouteError(f"{where}: 'prices' must be a price table (mapping) or a JSON file path, "
                             f"found {type(path).__name__}")
-    try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise VisrouteError(f"{where}: cannot read price table {path}: {e}") from None
-=======
-    if path is None:
-        return None
     from visroute.safe_load import read_json
 
     table = read_json(path, f"{where}: price table")
->>>>>>> main
     if not isinstance(table, dict):
         raise VisrouteError(f"{where}: price table {path} must be a JSON object")
     return table
@@ -309,26 +296,20 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_t) if engine is not None else \
         ((job, run_c(job) if job.contrastive else run_t(job)) for job in jobs)
-<<<<<<< HEAD
+    failed = []
     with bar:
         for job, doc in cells:
+            bar.update(1)
+            if "_failed" in doc:  # no records: the cell is measured again on the next run
+                failed.append(job.cell_id)
+                say(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
+                continue
+            n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
+            if n_err:
+                say(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their "
+                    "records are marked as errors and left out of routing tables")
             spec = job.spec
             atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
-            bar.update(1)
-=======
-    failed = []
-    for job, doc in cells:
-        if "_failed" in doc:  # no records: the cell is measured again on the next run
-            failed.append(job.cell_id)
-            log(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
-            continue
-        n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
-        if n_err:
-            log(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their records "
-                "are marked as errors and left out of routing tables")
-        spec = job.spec
-        atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
->>>>>>> main
     parts = sorted((out / "records").glob("*.parquet"))
     if failed:
         from visroute.errors import CallsFailed
