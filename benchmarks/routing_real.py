@@ -1,6 +1,7 @@
 """Routing on public data nobody here made: RouteLLM's GSM8K and MT-Bench development sets (GPT-4 vs Mixtral).
 
     python benchmarks/routing_real.py [--routellm PATH] [--folds 5] [--repeats 3] [--llm-router SPEC]
+        [--routerbench PATH] [--skip-routellm] [--smoke]
 
 PATH is a RouteLLM checkout (or a bare git mirror of it: the two development folders are extracted from its
 HEAD into a temporary folder). Without --routellm the script looks at $VISROUTE_ROUTELLM and a RouteLLM checkout
@@ -158,7 +159,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
         casc["escalated"][te], casc["conf"][te] = res["model"] == strong, fold_rank(pt[:, cheap])
         # ensemble: the MF router at its 50% cut; both models when its two predictions are within a margin
         cut = share_threshold(pv[:, strong] - pv[:, cheap], 0.5)
-        lam = cut / (costs[strong] - costs[cheap])
+        lam = max(cut, 0.0) / (costs[strong] - costs[cheap])  # a negative cut: lambda 0 already sends more
         base_cost = ensemble(pv, S[va], C[va], costs, lam, -1.0)["cost"].mean()
         margin = calibrate_margin(pv, S[va], C[va], costs, lam, 1.1 * base_cost)
         res = ensemble(pt, S[te], C[te], costs, lam, margin)
@@ -233,8 +234,38 @@ def main() -> None:
     ap.add_argument("--llm-router", help="model spec of a chat model to route with (e.g. openai-compatible:URL#m)")
     ap.add_argument("--llm-prices", help="price table (JSON) for the LLM router's own calls")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "routing_real.json"))
+    ap.add_argument("--routerbench", help="RouterDC's routerbench_zs folder or a bare git mirror of RouterDC: also "
+                    "run the 11-model ARC-Challenge/MBPP benchmark (benchmarks/routing_multi.py)")
+    ap.add_argument("--skip-routellm", action="store_true", help="only the RouterBench part")
+    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for AIQ intervals")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the committed fixtures, 2 folds, 1 repeat; "
+                    "results go to a temporary folder")
     a = ap.parse_args()
+    if a.smoke:
+        a.folds, a.repeats, a.bootstrap = 2, 1, 20
+        a.routellm = str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "routellm")
+        a.out = str(Path(tempfile.mkdtemp(prefix="routing-real-smoke-")) / "routing_real.json")
     t0 = time.time()
+    result = {} if a.skip_routellm else run_routellm(a, t0)
+    if a.routerbench or a.smoke:
+        import routing_multi as rm
+
+        routers = ("knn", "logistic") if a.smoke else rm.ROUTERS
+        result["routerbench"] = rm.run(rm.find_files(a.routerbench, a.smoke), a.folds, a.repeats, a.bootstrap, routers)
+        print("\n".join(rm.table_lines(result["routerbench"])))
+        print(f"routerbench done in {time.time() - t0:.0f}s", file=sys.stderr)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float))
+    lines = print_table(result) if "settings" in result else []
+    if "routerbench" in result:
+        lines += ["", *rm.table_lines(result["routerbench"])]
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} ({time.time() - t0:.0f}s)", file=sys.stderr)
+
+
+def run_routellm(a, t0: float) -> dict:
+    """The RouteLLM two-model part (GSM8K, MT-Bench)."""
     root = find_checkout(a.routellm)
     records, summary = read_routellm(root)
     table = build_table(records, split_by="sample")
@@ -261,20 +292,16 @@ def main() -> None:
                        for n in ROUTERS}
             full = {n: two_model_metrics(res["policies"][n]["gain"], S, C, 1, 0)["apgr"] for n in ROUTERS}
             result["settings"][f"{bench}/random"]["leakage"].update(apgr_all=full, apgr_without_near_duplicates=deduped)
-        if bench == "mt-bench":
+        if bench == "mt-bench" and not a.smoke:
             result["settings"][f"{bench}/topic"] = summarise(run_setting(X, S, C, groups, folds_topic(groups)), S, C)
-        if bench == "gsm8k":
+        if bench == "gsm8k" and not a.smoke:
             result["add_model"] = add_model(X, S, C)
         print(f"{bench} done in {time.time() - t0:.0f}s", file=sys.stderr)
     if a.llm_router:
         result["llm_router"] = run_llm_router(table, a.llm_router, a.llm_prices)
     else:
         result["llm_router"] = "not run: no --llm-router endpoint was given (no OpenAI-compatible server is reachable here)"
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    out.with_suffix(".txt").write_text("\n".join(print_table(result)) + "\n")
-    print(f"wrote {out} ({time.time() - t0:.0f}s)", file=sys.stderr)
+    return result
 
 
 def add_model(X, S, C) -> dict:

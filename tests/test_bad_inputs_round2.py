@@ -58,7 +58,7 @@ def test_grid_cell_whose_calls_all_fail_stores_nothing_and_is_measured_again(tmp
                                                                              monkeypatch):
     from visroute.errors import CallsFailed
     from visroute.llm.http import EndpointLimiter
-    from visroute.router.grid import GridSpec, run_grid
+    from visroute.router.data.grid import GridSpec, run_grid
 
     monkeypatch.setenv("VISROUTE_CACHE", str(tmp_path / "cache"))
     with FaultServer(mode) as srv:
@@ -104,7 +104,7 @@ def test_grid_partial_failure_is_counted_marked_and_dropped_by_route_build(tmp_p
 @pytest.mark.parametrize("mode", ["500", "malformed"])
 def test_llm_router_whose_calls_all_fail_raises_and_partial_failure_is_counted(tmp_path, mode):
     from visroute.errors import CallsFailed
-    from visroute.router.llm_router import LLMRouter, ModelCard
+    from visroute.router.learn.llm_router import LLMRouter, ModelCard
 
     cards = [ModelCard("small", 0.1), ModelCard("large", 1.0)]
     with FaultServer(mode, answer=lambda p: "large") as srv:
@@ -150,7 +150,7 @@ def records_table(**cols) -> pa.Table:
 ], ids=["cost-inf", "cost-negative", "correct-7", "quality-3", "quality-nan"])
 def test_records_out_of_range_are_refused_in_one_line(col, values, words):
     from visroute.errors import VisrouteError
-    from visroute.router.table import build_table
+    from visroute.router.data.table import build_table
 
     with pytest.raises(VisrouteError, match=None) as e:
         build_table(records_table(**{col: values}))
@@ -158,15 +158,15 @@ def test_records_out_of_range_are_refused_in_one_line(col, values, words):
 
 
 def test_unpriced_records_keep_working():
-    from visroute.router.table import build_table
+    from visroute.router.data.table import build_table
 
     t = build_table(records_table(cost=[math.nan, None, 0.2, 0.0]))
     assert np.isfinite(t.cost).any() and (np.nan_to_num(t.cost) >= 0).all()
 
 
 def make_bundle(d: Path, costs=(0.1, 1.0), lam: float = 0.0) -> Path:
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.routers import make_router
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.learn.kinds import make_router
 
     rng = np.random.default_rng(0)
     router = make_router("knn", k=3).fit(rng.normal(size=(12, 8)).astype(np.float32),
@@ -196,8 +196,8 @@ BUNDLES = [
 
 @pytest.mark.parametrize("name, fn, words", BUNDLES, ids=[b[0] for b in BUNDLES])
 def test_bundles_out_of_range_or_of_wrong_types_are_refused_at_load(tmp_path, name, fn, words):
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.persist import BundleError
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.learn.persist import BundleError
 
     d = make_bundle(tmp_path / "router")
     assert RouterBundle.load(d).models == ["small", "large"]  # the untouched bundle loads
@@ -210,7 +210,7 @@ def test_bundles_out_of_range_or_of_wrong_types_are_refused_at_load(tmp_path, na
 @pytest.mark.parametrize("lam", [-1.0, math.nan, math.inf])
 def test_choose_refuses_a_lambda_that_rewards_cost(lam):
     from visroute.errors import InputError
-    from visroute.router.decide import choose
+    from visroute.router.decide.rules import choose
 
     with pytest.raises(InputError, match="lambda must be finite"):
         choose(np.full((1, 2), 0.5), np.array([0.1, 1.0]), lam)
@@ -226,7 +226,7 @@ def test_choose_refuses_a_lambda_that_rewards_cost(lam):
     (["route", "train", "table", "--heavy", "nosuch"], "--heavy 'nosuch' is not a model"),
 ], ids=["lambda-negative", "lambda-nan", "target-share", "target-cost", "heavy-nosuch"])
 def test_cli_options_out_of_range_are_one_line_exit_2(tmp_path, args, words):
-    from visroute.router.table import build_table
+    from visroute.router.data.table import build_table
 
     make_bundle(tmp_path / "router")
     build_table(records_table(cost=[0.1, 1.0, 0.1, 1.0] * 3, task_id=[f"t{i}" for i in range(12)],
@@ -247,7 +247,7 @@ def test_yaml_alias_bomb_in_inline_prices_is_refused_at_once(tmp_path):
     import time
 
     from visroute.errors import VisrouteError
-    from visroute.router.grid import GridSpec
+    from visroute.router.data.grid import GridSpec
 
     g = tmp_path / "grid.yaml"
     inline = "\n".join("    " + line for line in BOMB.splitlines())
@@ -274,8 +274,8 @@ def test_safe_loader_refusals_are_one_line(kind):
 
 
 def test_deeply_nested_router_json_is_one_line(tmp_path):
-    from visroute.router.bundle import RouterBundle
-    from visroute.router.persist import BundleError
+    from visroute.router.decide.bundle import RouterBundle
+    from visroute.router.learn.persist import BundleError
 
     d = make_bundle(tmp_path / "router")
     (d / "router.json").write_text('{"schema": "visroute.router/2", "meta": ' + "[" * 200000 + "]" * 200000 + "}")
@@ -307,7 +307,7 @@ GRID_VALUES = [
 @pytest.mark.parametrize("name, extra, words", GRID_VALUES, ids=[g[0] for g in GRID_VALUES])
 def test_grid_values_out_of_range_are_one_line(tmp_path, name, extra, words):
     from visroute.errors import VisrouteError
-    from visroute.router.grid import GridSpec
+    from visroute.router.data.grid import GridSpec
 
     (tmp_path / "afile").write_text("I am a file")
     g = tmp_path / "grid.yaml"
@@ -329,7 +329,7 @@ def test_cli_grid_limit_lots_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("kind", ["not-parquet", "empty"])
 def test_records_file_not_parquet_or_empty_is_one_line(tmp_path, kind):
     from visroute.errors import VisrouteError
-    from visroute.router.table import read_records
+    from visroute.router.data.table import read_records
 
     p = tmp_path / "records.parquet"
     p.write_bytes(b"" if kind == "empty" else b"task_id,model\n1,a\n")
@@ -413,7 +413,7 @@ def test_a_pickle_in_a_model_folder_is_one_line_and_never_runs(tmp_path, tiny_cl
 
 
 def test_description_file_of_only_empty_lists_is_an_error(tmp_path):
-    from visroute.descriptions.sets import DescriptionError, load_descriptions
+    from visroute.heads.description_sets import DescriptionError, load_descriptions
 
     p = tmp_path / "d.json"
     p.write_text('{"cat": [], "dog": []}')

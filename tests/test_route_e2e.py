@@ -70,3 +70,25 @@ prompts: [mcq, mcq-text]
     out = json.loads(r.stdout)
     assert out["chosen"] in rep["single_models"] and set(out["predicted_accuracy"]) == set(rep["single_models"])
     assert out["answer"] in (None, "dog", "cat", "horse") and "parse_rule" in out
+
+    # the same table as a cascade: trained, evaluated on the same curves, and routed call by call
+    r = runner.invoke(app, ["route", "train", str(tmp_path / "table"), "--router", "knn", "--strategy", "cascade",
+                            "--out", str(tmp_path / "cascade")])
+    assert r.exit_code == 0, r.output
+    assert "strategy cascade: chain" in r.stdout
+    r = runner.invoke(app, ["route", "eval", str(tmp_path / "table"), "--router", str(tmp_path / "cascade"),
+                            "--out", str(tmp_path / "report-c"), "--part", "train"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "report-c" / "report.json").read_text())
+    assert rep["strategy"]["kind"] == "cascade" and {"cascade", "ensemble", "zero_router"} <= set(rep["aiq"])
+    chain = [rep["models"][j] for j in rep["strategy"]["chain"]]
+    r = runner.invoke(app, ["route", str(img), "--task", "Which animal is this?", "--options", "dog,cat,horse",
+                            "--router", str(tmp_path / "cascade"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    calls = out["calls"]
+    assert [c["model"] for c in calls] == chain[: len(calls)] and out["chosen"] == calls[-1]["model"]
+    assert out["cost"] == sum(c["cost"] for c in calls)  # every call paid for, nothing else
+    t = rep["strategy"]["threshold"]
+    assert all(c["confidence"] < t for c in calls[:-1])
+    assert calls[-1]["confidence"] >= t or len(calls) == len(chain)

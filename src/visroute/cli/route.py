@@ -39,21 +39,28 @@ def route_build(
     dedup: Annotated[bool, typer.Option(help="Drop val/test rows that nearly repeat a training row.")] = False,
     dup_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine similarity of a near-duplicate.")] = 0.95,
     quality: Annotated[bool, typer.Option(help="Data-quality report (leakage, label noise, balance).")] = True,
+    strip_shared: Annotated[bool, typer.Option(help="Embed task texts without the prefix/suffix a dataset's texts all share.")] = True,
 ) -> None:
     """Aggregate records into a routing table with train/val/test splits, and report on its quality
-    (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance."""
+    (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance, and each
+    dataset's shared prefix/suffix and text beyond the embedder's window (the router embeds what differs)."""
     from visroute.io import atomic_write_json
     from visroute.router.data.quality import checked_table, format_report
     from visroute.router.data.table import build_table, read_records
 
     quiet_libraries()
+    from visroute.router.data.texts import detect_rule, format_text_report
+
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     if table.meta.get("n_failed_dropped"):
         warn(f"dropped {table.meta['n_failed_dropped']} record(s) of failed calls (errors are not samples)")
+    rule = detect_rule(table.text, table.dataset) if strip_shared else None
+    if rule is not None:
+        table.meta["text_rule"] = rule.to_dict()
     report = None
     if quality or dedup:
-        table, report = checked_table(table, dedup, dup_threshold)
+        table, report = checked_table(table, dedup, dup_threshold, rule=rule)
     table.save(out)
     counts = {k: int((table.split == k).sum()) for k in ("train", "val", "test")}
     typer.echo(f"wrote {out}: {len(table)} rows x {len(table.models)} models ({', '.join(table.models)}); splits {counts}")
@@ -61,24 +68,40 @@ def route_build(
         atomic_write_json(out / "quality.json", report, indent=1)
         for line in format_report(report) + ([f"removed {report['dedup_removed']} near-duplicate row(s)"] if dedup else []):
             typer.echo(line)
+        for line in format_text_report(report.get("texts") or {}):
+            typer.echo(line, err=line.startswith("warning"))
 
 
 @app.command("import")
 def route_import(
-    source: Annotated[str, typer.Argument(help="Data source: routellm.")],
-    directory: Annotated[Path, typer.Argument(help="A checkout of the source's repository.")],
+    source: Annotated[str, typer.Argument(help="Data source: routellm or routerbench.")],
+    paths: Annotated[list[Path], typer.Argument(help="routellm: a checkout of RouteLLM; routerbench: CSV/Parquet file(s).")],
     out: Annotated[Path, typer.Option(help="Records Parquet file to write.")] = Path("records.parquet"),
-    price: Annotated[Optional[list[str]], typer.Option(help="MODEL=USD per million tokens (repeatable).")] = None,
-    keep_contaminated: Annotated[bool, typer.Option(help="Keep prompts the source marks as contaminated.")] = False,
+    price: Annotated[Optional[list[str]], typer.Option(help="routellm: MODEL=USD per million tokens (repeatable).")] = None,
+    keep_contaminated: Annotated[bool, typer.Option(help="routellm: keep prompts it marks as contaminated.")] = False,
 ) -> None:
-    """Turn public routing data into visroute records: `routellm` reads RouteLLM's GSM8K responses and MT-Bench
-    judgements (its development sets; its MMLU test set is never read)."""
+    """Turn public routing data into visroute records. `routellm` reads RouteLLM's GSM8K responses and MT-Bench
+    judgements (its development sets; its MMLU test set is never read). `routerbench` reads RouterBench's
+    CSV/Parquet layout (a column per model with its outcome, MODEL|total_cost, prompt, eval_name, sample_id) with
+    the real cost of every call; pickles are refused (loading one runs code)."""
     from visroute.errors import VisrouteError
+
+    if source == "routerbench":
+        from visroute.router.data.routerbench import import_routerbench
+
+        s = import_routerbench(paths, out)
+        typer.echo(f"{s['tasks']} tasks x {len(s['models'])} models from {len(s['files'])} file(s) "
+                   f"({', '.join(s['datasets'])}): {s['records']} records; skipped {s['skipped_cells']} missing or "
+                   f"out-of-range outcomes, {s['duplicate_prompts']} repeated prompts")
+        typer.echo(f"wrote {out}")
+        return
+    if source != "routellm":
+        raise VisrouteError(f"unknown routing data source '{source}' (known: routellm, routerbench)")
+    if len(paths) != 1:
+        raise VisrouteError("routellm takes one folder: a checkout of github.com/lm-sys/RouteLLM")
     from visroute.router.data.routellm import import_routellm, parse_prices
 
-    if source != "routellm":
-        raise VisrouteError(f"unknown routing data source '{source}' (known: routellm)")
-    summary = import_routellm(directory, out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
+    summary = import_routellm(paths[0], out, prices=parse_prices(price or []), keep_contaminated=keep_contaminated)
     for bench in ("gsm8k", "mt-bench"):
         b = summary[bench]
         typer.echo(f"{bench}: {b['tasks']} tasks, {b['records']} records ({b['dropped_contaminated']} contaminated dropped)")
@@ -96,6 +119,8 @@ def route_train(
     target_share: Annotated[Optional[float], typer.Option(help="Calibrate lambda to this share of --heavy calls.")] = None,
     heavy: Annotated[Optional[str], typer.Option(help="Model whose share --target-share bounds (default: dearest).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="slm router: local transformers checkpoint (default: MiniLM).")] = None,
+    strategy: Annotated[str, typer.Option(help="router (one call), cascade (cheap first, escalate while unsure) or "
+                                          "ensemble (two calls when the top two are close).")] = "router",
 ) -> None:
     """Train a router on the table's train split; lambda is calibrated on its validation split. The bundle carries
     the exact pipeline spec each model's records were measured with, so `route` calls the same pipelines."""
@@ -105,9 +130,25 @@ def route_train(
     quiet_libraries()
     given = {"checkpoint": checkpoint}  # kind-specific options; each kind names those it takes
     kw = {k: given[k] for k in ROUTER_KINDS[router].options if given.get(k) is not None}
-    bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw)
+    bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw,
+                          strategy)
     bundle.save(out)
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
+    cal = bundle.meta.get("calibration") or {}
+    if cal:
+        typer.echo(f"on validation: share of {cal['heavy']} {cal['realised_share']:.3f}, cost per task "
+                   f"{cal['realised_cost']:.4g}")
+    if cal.get("unreachable"):
+        typer.echo(f"warning: {cal['unreachable']}", err=True)
+    st, sc = bundle.strategy, bundle.meta.get("strategy_calibration") or {}
+    if st["kind"] != "router":
+        detail = (f"chain {' -> '.join(bundle.models[j] for j in st['chain'])}, threshold {st['threshold']:.3g} on the "
+                  f"{'models own scores' if st['confidence'] == 'score' else 'router predicted success'}"
+                  if st["kind"] == "cascade" else f"margin {st['margin']:.3g}")
+        typer.echo(f"strategy {st['kind']}: {detail}; on validation accuracy {sc['realised_accuracy']:.3f}, cost per "
+                   f"task {sc['realised_cost']:.4g} (every call counted)")
+        if sc.get("unreachable"):
+            typer.echo(f"warning: {sc['unreachable']}", err=True)
 
 
 @app.command("eval")
@@ -131,6 +172,9 @@ def route_eval(
         typer.echo(f"{'always ' + name:<28} {s['accuracy']:>9.4f} {s['cost']:>12.3g}")
     typer.echo(f"{'oracle':<28} {report['oracle']['accuracy']:>9.4f} {report['oracle']['cost']:>12.3g}")
     typer.echo(f"{'router (' + kind + ')':<28} {op['accuracy']:>9.4f} {op['cost']:>12.3g}")
+    if report.get("strategy"):
+        st = report["strategy"]
+        typer.echo(f"{st['kind'] + ' (calibrated)':<28} {st['accuracy']:>9.4f} {st['cost']:>12.3g}  (every call counted)")
     kb = report["knn_baseline"]["operating_point"]
     typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}  (at the router's share)")
     for line in _metric_lines(report):
@@ -143,7 +187,12 @@ def _metric_lines(report: dict) -> list[str]:
     ref, op = report["reference"], report["operating_point"]
     axis = "strong-call share" if ref["axis"] == "strong_share" else "normalised cost"
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"PGR between {ref['cheap']} and {ref['best']}; axis: {axis}; router at {op['x']:.3f}",
+    lines = aiq_lines(report.get("aiq"))
+    if ref["cheap"] == ref["best"] or not ref["accuracy_best"] > ref["accuracy_cheap"]:
+        lines.append(f"APGR and CPT are undefined here: the most accurate single model ({ref['best']}) is also the "
+                     "cheapest, so there is no accuracy gap between cheap and best for a router to recover; "
+                     "AIQ above compares every policy on the whole cost range instead")
+    lines += [f"PGR between {ref['cheap']} and {ref['best']}; axis: {axis}; router at {op['x']:.3f}",
              f"{'policy':<16} {'APGR':>6} {'APGR-10':>8} {'CPT50':>6} {'CPT80':>6} {'acc@router':>11}"]
     for name, m in report["routing_metrics"].items():
         eq = op["at_equal_share"].get(name, {"accuracy": op["accuracy"]} if name == "router" else {})
@@ -158,6 +207,25 @@ def _metric_lines(report: dict) -> list[str]:
         lines.append(f"LLM router {llm['spec']}: accuracy {llm['accuracy']:.4f}, cost {llm['cost']:.3g} "
                      f"(its own calls {llm['cost_router_calls']:.3g}) at {llm['x']:.3f}; unparsed {llm['unparsed']}"
                      + (f"; {llm['failed']} call(s) FAILED (routed to the cheapest model)" if llm.get("failed") else ""))
+    return lines
+
+
+def aiq_lines(aiq: dict | None) -> list[str]:
+    """RouterBench's AIQ per policy with bootstrap intervals, beside the zero router (single-model hull)."""
+    if not aiq:
+        return []
+    ci = lambda v: "" if not v else f" [{v[0]:.3f}, {v[1]:.3f}]"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'policy':<16} {'AIQ [95% CI]':>22} {'gain vs hull':>24} {'acc@best cost':>14} {'cost to best acc':>17}"]
+    for name, r in aiq.items():
+        if not isinstance(r, dict) or "aiq" not in r:
+            continue
+        gain = "" if name == "zero_router" else f"{r['gain']:+.3f}{ci(r.get('gain_ci'))}"
+        cost = "never" if r["cost_to_best_accuracy"] is None else f"{r['cost_to_best_accuracy']:.0%} of best"
+        lines.append(f"{name:<16} {r['aiq']:>7.3f}{ci(r.get('aiq_ci')):>15} {gain:>24} "
+                     f"{num(r['accuracy_at_best_cost']):>14} {cost:>17}")
+    lines.append(f"(AIQ: area under the accuracy/normalised-cost hull; zero_router = the single models' hull; "
+                 f"{aiq.get('n_boot', 0)} bootstrap resamples of {aiq.get('tasks', 0)} tasks)")
     return lines
 
 
@@ -179,17 +247,20 @@ def route_ask(
 
     quiet_libraries()
     if lam is not None:
-        from visroute.router.bundle import check_lambda
+        from visroute.router.decide.bundle import check_lambda
 
         lam = check_lambda(lam, "--lambda")
     opts = [o.strip() for o in options.split(",") if o.strip()]
-    if not task.strip() or len(opts) < 2:
-        raise VisrouteError("give --task and at least two comma-separated --options")
+    if not task.strip() or len(opts) == 1 or (len(opts) < 2 and not dry_run):
+        raise VisrouteError("give --task and at least two comma-separated --options (--dry-run only chooses: "
+                            "options may be left out)")
     result = route_task(RouterBundle.load(router_dir), image, task, opts, lam, run=not dry_run, variant=prompt_variant)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(f"chosen model: {result['chosen']}  (lambda={result['lambda']:.4g})")
+    if result.get("strategy", "router") != "router":
+        typer.echo(f"{result['strategy']}: calls {' -> '.join(result['plan'])}")
     for name, p in result["predicted_accuracy"].items():
         typer.echo(f"  {name:<20} predicted accuracy {p:.3f}   expected cost {result['expected_cost'][name]:.3g}")
     if "answer" in result:

@@ -46,14 +46,16 @@ def serve(
     if open_mode and host not in LOOPBACK:
         raise VisrouteError(f"--open serves without authentication, so it binds only to loopback, not {host}; "
                             "give API keys instead ($VISROUTE_SERVE_API_KEYS or --api-keys-file)")
+    if engine not in ("local", "ray"):
+        raise VisrouteError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray" and workers > 1:
+        raise VisrouteError("--workers is for the local engine; with --engine ray give --replicas")
     quiet_libraries()
     cfg = load_config(config)
     app = create_app(cfg, serve_api_keys(api_keys_file), open_mode)
     app.state.serve.check()
     typer.echo(f"visroute serve: http://{host}:{port}/ ({'open, no API key' if open_mode else 'API key required'}; "
                f"config: {cfg.source})", err=True)
-    if engine not in ("local", "ray"):
-        raise VisrouteError(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         from visroute.serve.ray_app import run_ray
 

@@ -150,7 +150,9 @@ class MicroBatcher:
                 continue
             start = time.perf_counter()
             try:
-                emb = await loop.run_in_executor(self._executor, self.encode, [it.inputs for it in batch])
+                items = [it.inputs for it in batch]
+                emb = await (self.encode(items) if asyncio.iscoroutinefunction(self.encode) else  # a remote model
+                             loop.run_in_executor(self._executor, self.encode, items))
             except Exception as e:  # one failed pass fails its requests, not the service
                 for it in batch:
                     if not it.future.done():

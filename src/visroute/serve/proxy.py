@@ -124,27 +124,14 @@ async def _fetch(state, url: str) -> bytes:
 
 
 def decide(state, router, text: str, image: bytes | None, lam: float | None) -> tuple[str, dict]:
-    """The routed model for one chat request (blocking: text and image embeddings)."""
-    import numpy as np
+    """The routed model for one chat request: the bundle's one decision, on the service's runtime (blocking).
+    A chat answer carries no confidence of its own, so for a cascade or ensemble the model whose answer would be
+    kept is known before any call, and only that one is called."""
+    pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
+    from visroute.router.decide.plan import answer_without_signal
 
-    bundle = router.bundle
-    images = None
-    if bundle.features == "text+image":
-        from visroute.pipeline import PipelineSpec, build_pipeline
-        from visroute.router.data.images import embedding_dim
-
-        model = build_pipeline(PipelineSpec(model=bundle.image_model, device="cpu"), state.runtime).model
-        if image is None:
-            images = np.zeros((1, embedding_dim(model)), np.float32)
-        else:
-            import torch
-
-            pil = decode_image(image, state.config.limits.max_pixels)
-            with torch.inference_mode():
-                images = model.encode_images(model.collate([model.preprocess(pil)])).float().cpu().numpy()
-    picks, proba = bundle.decide([text], images, lam)
-    chosen = bundle.models[int(picks[0])]
-    return chosen, {m: float(p) for m, p in zip(bundle.models, proba[0])}
+    d = router.bundle.choose(text, pil, lam, state.runtime)
+    return answer_without_signal(d), d.predicted_accuracy
 
 
 def _cost(state, router, chosen: str, target, usage: dict | None, n_images: int, seconds: float) -> float | None:

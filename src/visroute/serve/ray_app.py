@@ -88,13 +88,15 @@ def build_application(config_path: str | None, api_keys_file: str | None, open_m
     scale: dict = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": autoscale_max}} if autoscale_max
                    else {"num_replicas": replicas})
     state = ServeState(cfg)
+    b = cfg.batching  # Ray Serve admits 5 requests per replica by default: too few to form a batch
     forward = {m.name: Forward.options(name=f"Forward-{m.name}", ray_actor_options={"num_cpus": 1,
                                                                                     "num_gpus": num_gpus},
-                                       **scale).bind(state.model_spec(m.name).to_dict(),
+                                       max_ongoing_requests=4 * b.max_batch_size, **scale).bind(state.model_spec(m.name).to_dict(),
                                                      cfg.batching.max_batch_size, cfg.batching.max_wait_ms / 1000)
                for m in cfg.models}
     options = {"config": config_path, "api_keys_file": api_keys_file, "open": open_mode}
-    return Ingress.options(num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0}).bind(options, forward)
+    return Ingress.options(num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0},
+                           max_ongoing_requests=b.max_queue + 1).bind(options, forward)
 
 
 def app_from_env(args: dict | None = None):

@@ -132,10 +132,15 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
         if path:
             os.unlink(path)
     state.metrics.routed.labels(router=name, model=out["chosen"], endpoint="route").inc()
-    if _finite(out.get("cost")) is not None:
-        state.metrics.cost.labels(model=out["chosen"]).inc(out["cost"])
-    keep = ("chosen", "predicted_accuracy", "task_text", "answer", "raw_answer", "parse_rule", "latency_s", "pipeline")
+    for c in out.get("calls") or []:  # a cascade or ensemble pays each model it called
+        if _finite(c.get("cost")) is not None:
+            state.metrics.cost.labels(model=c["model"]).inc(c["cost"])
+    keep = ("chosen", "predicted_accuracy", "task_text", "answer", "raw_answer", "parse_rule", "latency_s", "pipeline",
+            "strategy")
     doc = {k: out.get(k) for k in keep}
+    if out.get("calls"):
+        doc["calls"] = [{"model": c["model"], "cost": _finite(c.get("cost")), "confidence": _finite(c.get("confidence"))}
+                        for c in out["calls"]]
     doc.update(router=name, expected_cost={m: _finite(c) for m, c in out["expected_cost"].items()},
                cost=_finite(out.get("cost")), total_ms=(time.perf_counter() - t0) * 1000)
     doc["lambda"] = out["lambda"]

@@ -140,12 +140,12 @@ class ServeState:
 
     @staticmethod
     def _remote_encoder(handle):
-        """A micro-batch's forward pass on a Ray Serve model deployment (blocking; runs on the batcher's thread)."""
+        """A micro-batch's forward pass on a Ray Serve model deployment (awaited on the event loop)."""
         import torch
 
-        def encode(items: list) -> Any:
+        async def encode(items: list) -> Any:
             try:
-                return torch.from_numpy(handle.remote(items).result())
+                return torch.from_numpy(await handle.remote(items))
             except Exception as e:  # a replica that died or was stopped: the client may retry
                 from visroute.serve.service import ServiceError
 

@@ -156,3 +156,8 @@ class TextEmbedder:
             for t in missing:
                 self._memo[t] = found[keys[t]]
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+
+def text_embedder(runtime) -> TextEmbedder:
+    """The task-text encoder held in ``runtime``'s model memo: one copy per service or ``Router``."""
+    return runtime.models.setdefault(("text-embedder", EMBEDDER), TextEmbedder())

@@ -17,26 +17,35 @@ class ImageFeatureError(VisrouteError):
     """Image embeddings for routing could not be produced."""
 
 
-_RUNTIME = None
-
-
-def _model(spec: str):
-    """The image model, loaded once per process (through the pipeline factory's memo): a service or a loop of
-    route calls must not reload it per request."""
-    global _RUNTIME
+def image_model(spec: str, runtime=None):
+    """The image model through the caller's ``Runtime`` memo: whoever holds the runtime (a service, a ``Router``,
+    a loop of route calls) holds one copy of each model; no process-wide copy is kept here."""
     from visroute.pipeline.build import Runtime, load_contrastive
     from visroute.pipeline.spec import PipelineSpec
 
-    if _RUNTIME is None:
-        _RUNTIME = Runtime()
-    return load_contrastive(PipelineSpec(model=spec, device="cpu"), _RUNTIME)
+    return load_contrastive(PipelineSpec(model=spec, device="cpu"), runtime if runtime is not None else Runtime())
 
 
-def encode_paths(model_spec: str, paths: list[str]) -> np.ndarray:
+def encode_pils(model_spec: str, images: list, runtime=None) -> np.ndarray:
+    """Embeddings of decoded PIL images (None = no image: zeros), e.g. a service's uploads."""
+    import torch
+
+    model = image_model(model_spec, runtime)
+    present = [im for im in images if im is not None]
+    dim = embedding_dim(model)
+    out = np.zeros((len(images), dim), np.float32)
+    if present:
+        with torch.inference_mode():
+            emb = model.encode_images(model.collate([model.preprocess(im) for im in present])).float().cpu().numpy()
+        out[[i for i, im in enumerate(images) if im is not None]] = emb
+    return out
+
+
+def encode_paths(model_spec: str, paths: list[str], runtime=None) -> np.ndarray:
     """Embeddings of image files ("" = no image: zeros); any unreadable file is an error naming it."""
     from visroute.features import encode_image_files
 
-    model = _model(model_spec)
+    model = image_model(model_spec, runtime)
     unique = [p for p in dict.fromkeys(paths) if p]
     enc = encode_image_files(model, unique, num_workers=0)
     if enc.skipped:
@@ -56,7 +65,7 @@ def embedding_dim(model) -> int:
         return int(model.encode_texts(["x"]).shape[1])
 
 
-def table_image_embeddings(model_spec: str | None, part) -> np.ndarray:
+def table_image_embeddings(model_spec: str | None, part, runtime=None) -> np.ndarray:
     """(rows, dim) image embeddings for a routing table's rows."""
     from visroute.data.datasets import SubsetDataset, load_dataset
     from visroute.features.cache import FeatureCache
@@ -65,7 +74,7 @@ def table_image_embeddings(model_spec: str | None, part) -> np.ndarray:
     if not model_spec:
         raise ImageFeatureError("a text+image router needs an image model (a contrastive model spec)")
     specs = part.meta.get("dataset_specs") or {}
-    model = _model(model_spec)
+    model = image_model(model_spec, runtime)
     out: np.ndarray | None = None
     for name in sorted(set(part.dataset)):
         rows = np.flatnonzero(part.dataset == name)
@@ -74,7 +83,7 @@ def table_image_embeddings(model_spec: str | None, part) -> np.ndarray:
             raise ImageFeatureError(f"the records name no dataset spec for '{name}', so its images cannot be found; "
                                     "re-run the grid with this version of visroute")
         if is_task_file(spec):
-            emb = encode_paths(model_spec, [str(p) for p in part.image_path[rows]])
+            emb = encode_paths(model_spec, [str(p) for p in part.image_path[rows]], runtime)
         else:
             ds = load_dataset(spec)
             index = {ds.item_id(i): i for i in range(len(ds))}

@@ -79,17 +79,23 @@ def balance(table) -> dict:
     return out
 
 
-def quality_report(table, threshold: float = 0.95, embedder=None) -> tuple[dict, np.ndarray]:
-    """The report, and per row the index of the training (or validation) row it nearly repeats (-1: none)."""
+def quality_report(table, threshold: float = 0.95, embedder=None, rule=None) -> tuple[dict, np.ndarray]:
+    """The report, and per row the index of the training (or validation) row it nearly repeats (-1: none).
+    ``rule`` (a ``TextRule``): texts are compared as the router embeds them, without shared affixes."""
+    from visroute.router.data.texts import TextRule, text_report
+
+    rule = rule or TextRule()
     report = {"threshold": threshold, "label_noise": label_noise(table), "balance": balance(table)}
     try:
         if embedder is None:
             from visroute.router.data.embed import TextEmbedder
 
             embedder = TextEmbedder()
-        emb = embedder.embed(list(table.text))
+        report["texts"] = text_report(table.text, table.dataset, rule, embedder)
+        emb = embedder.embed(rule.apply_all(table.text))
     except Exception as e:  # the embedder is an optional extra: report without leakage rather than fail the build
         log.warning("near-duplicate check skipped: %s", e)
+        report.setdefault("texts", text_report(table.text, table.dataset, rule))
         report["near_duplicates"] = {"checked": False, "reason": str(e).splitlines()[0]}
         return report, np.full(len(table), -1, np.int64)
     match = _near_duplicates(table, np.asarray(emb, np.float32), threshold)
@@ -122,9 +128,9 @@ def format_report(report: dict) -> list[str]:
     return lines
 
 
-def checked_table(table, remove_duplicates: bool = False, threshold: float = 0.95, embedder=None):
+def checked_table(table, remove_duplicates: bool = False, threshold: float = 0.95, embedder=None, rule=None):
     """`route build`'s check: the quality report, and the table with near-duplicates removed when asked."""
-    report, match = quality_report(table, threshold, embedder)
+    report, match = quality_report(table, threshold, embedder, rule)
     if remove_duplicates:
         table = dedup(table, match)
         report["dedup_removed"] = int((match >= 0).sum())

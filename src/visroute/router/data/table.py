@@ -107,6 +107,11 @@ class RoutingTable:
     weight: np.ndarray           # (n,) number of samples a row stands for (dataset-prompt granularity)
     split: np.ndarray            # (n,) "train" | "val" | "test"
     meta: dict = field(default_factory=dict)
+    score: np.ndarray | None = None  # (n, m) the model's own confidence (record ``score``), NaN where none
+
+    def __post_init__(self):
+        if self.score is None:
+            self.score = np.full(self.success.shape, np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.task_id)
@@ -115,7 +120,7 @@ class RoutingTable:
         f = lambda a: a[mask]  # noqa: E731
         return RoutingTable(list(self.models), f(self.dataset), f(self.prompt), f(self.task_id), f(self.text),
                             f(self.image_id), f(self.image_path), f(self.success), f(self.cost), f(self.weight),
-                            f(self.split), dict(self.meta))
+                            f(self.split), dict(self.meta), f(self.score))
 
     def part(self, name: str) -> "RoutingTable":
         return self.subset(self.split == name)
@@ -136,6 +141,8 @@ class RoutingTable:
         for j, m in enumerate(self.models):
             cols[f"success::{m}"] = self.success[:, j]
             cols[f"cost::{m}"] = self.cost[:, j]
+            if np.isfinite(self.score[:, j]).any():
+                cols[f"score::{m}"] = self.score[:, j]
         atomic_write_parquet(d / "table.parquet", pa.table(cols))
         atomic_write_json(d / "table.json", {"models": self.models, **self.meta}, indent=1)
         return d
@@ -157,9 +164,12 @@ class RoutingTable:
         col = lambda c: t.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
         success = np.stack([col(f"success::{m}") for m in models], axis=1).astype(np.float32)
         cost = np.stack([col(f"cost::{m}") for m in models], axis=1).astype(np.float32)
+        names = set(t.column_names)
+        score = np.stack([col(f"score::{m}") if f"score::{m}" in names else np.full(len(t), np.nan)
+                          for m in models], axis=1).astype(np.float32)
         return cls(models, col("dataset").astype(str), col("prompt_variant").astype(str), col("task_id").astype(str),
                    col("task_text").astype(str), col("image_id").astype(str), col("image_path").astype(str), success, cost,
-                   col("weight").astype(np.float32), col("split").astype(str), meta)
+                   col("weight").astype(np.float32), col("split").astype(str), meta, score)
 
 
 def record_provenance(records) -> dict:
@@ -287,9 +297,10 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
         quality = _floats(records, "quality", np.nan)
         correct = np.where(np.isnan(quality), correct, quality)
     cost = np.nan_to_num(_floats(records, "cost", 0.0), nan=0.0)
+    score = _floats(records, "score", np.nan)
     stars = np.flatnonzero(p_vals.to_numpy(zero_copy_only=False) == "*")
     sel, p = _broadcast_star(d, p, int(stars[0]) if len(stars) else None)
-    d, t, mc, correct, cost = d[sel], t[sel], mc[sel], correct[sel], cost[sel]
+    d, t, mc, correct, cost, score = d[sel], t[sel], mc[sel], correct[sel], cost[sel], score[sel]
 
     row, R = _row_keys([d, p, t] if granularity == "sample" else [d, p])
     M = len(models)
@@ -297,9 +308,13 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     sums = np.bincount(flat, weights=correct, minlength=R * M).reshape(R, M)
     counts = np.bincount(flat, minlength=R * M).reshape(R, M).astype(np.float64)
     csum = np.bincount(flat, weights=cost, minlength=R * M).reshape(R, M)
+    has = np.isfinite(score)
+    ssum = np.bincount(flat[has], weights=score[has], minlength=R * M).reshape(R, M)
+    scount = np.bincount(flat[has], minlength=R * M).reshape(R, M)
     with np.errstate(invalid="ignore", divide="ignore"):
         success = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
         mean_cost = np.where(counts > 0, csum / counts, np.nan).astype(np.float32)
+        mean_score = np.where(scount > 0, ssum / scount, np.nan).astype(np.float32)
     order = np.argsort(row, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(row[order])) + 1] if len(row) else np.zeros(0, np.int64)
     first = np.full(R, -1, np.int64)
@@ -326,7 +341,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
             "n_failed_dropped": n_failed,
             "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
     return RoutingTable([str(m) for m in models.to_pylist()], r_dataset, r_prompt, r_task, r_text, r_image,
-                        r_image_path, success, mean_cost, weight, split, meta)
+                        r_image_path, success, mean_cost, weight, split, meta, mean_score)
 
 
 def assign_splits(r_dataset: np.ndarray, split_by: str, holdout: list[str] | None, val_fraction: float,

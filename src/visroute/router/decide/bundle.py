@@ -16,6 +16,7 @@ from visroute.router.decide.rules import calibrate, choose
 from visroute.router.learn.persist import BundleError, load_state, save_state
 from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
+from visroute.router.data.texts import TextRule
 
 SCHEMA = "visroute.router/2"
 
@@ -32,6 +33,17 @@ def check_lambda(value, where: str = "lambda", error=VisrouteError) -> float:
 
 
 @dataclass
+class Decision:
+    """Which model a task goes to, and what the router expected of each."""
+
+    chosen: str
+    lam: float
+    predicted_accuracy: dict[str, float]
+    expected_cost: dict[str, float]
+    plan: dict = field(default_factory=dict)   # models to call in order (``visroute.router.decide.plan``); chosen = first
+
+
+@dataclass
 class RouterBundle:
     router: Any
     kind: str
@@ -43,30 +55,67 @@ class RouterBundle:
     pipelines: dict[str, dict[str, dict]] = field(default_factory=dict)   # model -> prompt variant -> spec dict
     default_variant: dict[str, str] = field(default_factory=dict)         # model -> variant used at route time
     meta: dict = field(default_factory=dict)
+    text_rule: TextRule = field(default_factory=TextRule)                 # shared affixes the features strip
+    strategy: dict = field(default_factory=lambda: {"kind": "router"})    # router, cascade or ensemble (router.plan)
 
     # -- features ---------------------------------------------------------------------------------
-    def _embedder(self):
-        from visroute.router.data.embed import TextEmbedder
+    def _runtime(self, runtime=None):
+        """The caller's runtime (a service's, a ``Router``'s) or, for training and evaluation, this bundle's own."""
+        if runtime is not None:
+            return runtime
+        from visroute.pipeline.build import Runtime
 
-        return self.__dict__.setdefault("_text_embedder", TextEmbedder())
+        return self.__dict__.setdefault("_own_runtime", Runtime())
 
-    def featurise(self, texts, images: np.ndarray | None = None) -> Any:
-        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image)."""
+    def _embedder(self, runtime=None):
+        from visroute.router.data.embed import text_embedder
+
+        return text_embedder(self._runtime(runtime))
+
+    def featurise(self, texts, images: np.ndarray | None = None, *, runtime=None) -> Any:
+        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image). The
+        bundle's text rule removes the shared affixes first, exactly as in training."""
+        texts = self.text_rule.apply_all(texts)
         if getattr(self.router, "takes_text", False):
             return list(texts)
-        X = self._embedder().embed(list(texts))
+        X = self._embedder(runtime).embed(list(texts))
         if self.features == "text+image":
             if images is None:
                 raise VisrouteError("this router also looks at the image: give image embeddings")
             X = np.hstack([X, np.asarray(images, np.float32)])
         return X
 
-    def predict_proba(self, texts, images: np.ndarray | None = None) -> np.ndarray:
-        return np.asarray(self.router.predict_proba(self.featurise(texts, images)))
+    def predict_proba(self, texts, images: np.ndarray | None = None, runtime=None) -> np.ndarray:
+        X = self.featurise(texts, images) if runtime is None else self.featurise(texts, images, runtime=runtime)
+        return np.asarray(self.router.predict_proba(X))
 
-    def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        proba = self.predict_proba(texts, images)
+    def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None,
+               runtime=None) -> tuple[np.ndarray, np.ndarray]:
+        """Batch decision on precomputed image embeddings: (model index per task, predicted success)."""
+        proba = self.predict_proba(texts, images, runtime)
         return choose(proba, self.costs, self.lam if lam is None else lam), proba
+
+    def choose(self, text: str, image=None, lam: float | None = None, runtime=None) -> "Decision":
+        """The one routing decision every entry point makes (``visroute route``, ``Router.route``, ``/v1/route``,
+        the chat proxy): ``image`` is a file path, a decoded PIL image or None (text-only). Models load through
+        ``runtime``'s memo, so a service that passes its runtime holds one copy of each."""
+        images = None
+        if self.features == "text+image":
+            from visroute.router.data.images import encode_paths, encode_pils
+
+            rt = self._runtime(runtime)
+            if image is None or isinstance(image, (str, Path)):
+                images = encode_paths(self.image_model, [str(image) if image is not None else ""], rt)
+            else:
+                images = encode_pils(self.image_model, [image], rt)
+        from visroute.router.decide.plan import plan
+
+        lam = self.lam if lam is None else float(lam)
+        proba = self.predict_proba([text], images, runtime)
+        p = plan(self.strategy, proba[0], self.costs, lam)
+        p["calls"] = [self.models[j] for j in p["calls"]]
+        return Decision(p["calls"][0], lam, {m: float(v) for m, v in zip(self.models, proba[0])},
+                        {m: float(c) for m, c in zip(self.models, self.costs)}, p)
 
     def table_images(self, part: RoutingTable) -> np.ndarray | None:
         """Image embeddings for table rows from the feature cache (None for text-only routers)."""
@@ -74,7 +123,7 @@ class RouterBundle:
             return None
         from visroute.router.data.images import table_image_embeddings
 
-        return table_image_embeddings(self.image_model, part)
+        return table_image_embeddings(self.image_model, part, self._runtime())
 
     def pipeline_spec(self, model: str, variant: str | None = None):
         """The exact pipeline spec that was measured for ``model`` (and prompt variant)."""
@@ -96,7 +145,8 @@ class RouterBundle:
         state = save_state(self.router, d / "state")
         info = {"schema": SCHEMA, "kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs],
                 "lambda": self.lam, "features": self.features, "image_model": self.image_model,
-                "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state}
+                "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state,
+                "text_rule": self.text_rule.to_dict(), "strategy": self.strategy}
         atomic_write_json(d / "router.json", info, indent=1)
         return d
 
@@ -140,7 +190,8 @@ class RouterBundle:
             raise BundleError(f"{path}: router state does not fit a {kind} router ({' '.join(str(e).split())[:120]})") \
                 from None
         bundle = cls(router, kind, models, costs, lam, features, info.get("image_model"),
-                     dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}))
+                     dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}),
+                     TextRule.from_dict(info.get("text_rule")), _strategy(info.get("strategy"), len(models), path))
         bundle.validate(path)
         return bundle
 
@@ -161,6 +212,23 @@ class RouterBundle:
                               f"expected one probability per model ({len(self.models)})")
 
 
+def _strategy(d, n_models: int, path) -> dict:
+    """A saved strategy, range-checked (it decides which models are called)."""
+    from visroute.router.decide.plan import STRATEGIES
+
+    d = d if d is not None else {"kind": "router"}
+    ok = isinstance(d, dict) and d.get("kind") in STRATEGIES
+    if ok and d["kind"] == "cascade":
+        ch = d.get("chain")
+        ok = isinstance(ch, list) and bool(ch) and all(isinstance(j, int) and 0 <= j < n_models for j in ch) \
+            and isinstance(d.get("threshold"), (int, float))
+    if ok and d["kind"] == "ensemble":
+        ok = isinstance(d.get("margin"), (int, float)) and 0 <= d["margin"] <= 1
+    if not ok:
+        raise BundleError(f"{path}: malformed 'strategy' {str(d)[:120]}")
+    return dict(d)
+
+
 def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
     """Per model, the measured prompt variant with the best training accuracy: the one used at route time."""
     train = table.part("train")
@@ -178,7 +246,7 @@ def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
 
 def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text", image_model: str | None = None,
                  target_cost: float | None = None, target_share: float | None = None, heavy: str | None = None,
-                 router_kw: dict | None = None) -> RouterBundle:
+                 router_kw: dict | None = None, strategy: str = "router") -> RouterBundle:
     """Fit a router on the table's train split and calibrate lambda on its validation split."""
     train, val = table.part("train"), table.part("val")
     if len(train) == 0:
@@ -187,7 +255,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         raise VisrouteError("features must be 'text' or 'text+image'")
     if features == "text+image" and not image_model:
         raise VisrouteError("a text+image router needs --image-model (a contrastive model spec)")
-    from visroute.router.decide import check_targets
+    from visroute.router.decide.rules import check_targets
 
     check_targets(target_cost, target_share)
     if heavy is not None and heavy not in table.models:
@@ -195,7 +263,8 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
     pipelines = dict(table.meta.get("pipelines") or {})
     entry = ROUTER_KINDS[kind]
     bundle = RouterBundle(entry.make(**(router_kw or {})), kind, list(table.models), train.model_costs(),
-                          0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta})
+                          0.0, features, image_model, pipelines, _default_variants(table, pipelines), {"table": table.meta},
+                          TextRule.from_dict(table.meta.get("text_rule")))
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
     entry.fit(bundle.router, Xtr, train.success, train.weight)
     if target_cost is not None or target_share is not None:
@@ -203,6 +272,38 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         idx = table.models.index(heavy) if heavy else int(np.argmax(bundle.costs))
         bundle.lam = calibrate(proba, bundle.costs, target_cost=target_cost, target_share=target_share, model_index=idx)
+        picks = choose(proba, bundle.costs, bundle.lam)
+        realised_share = float(np.mean(picks == idx))
+        realised_cost = float(np.nanmean(np.nan_to_num(cal.cost[np.arange(len(cal)), picks]))) if len(cal) else 0.0
         bundle.meta["calibration"] = {"target_cost": target_cost, "target_share": target_share, "heavy": table.models[idx],
-                                      "rows": len(cal)}
+                                      "rows": len(cal), "realised_share": realised_share, "realised_cost": realised_cost,
+                                      "unreachable": unreachable(target_cost, target_share, realised_cost,
+                                                                 realised_share, table.models[idx], len(cal))}
+    if strategy != "router":
+        from visroute.router.decide.plan import fit_strategy, outcomes
+
+        cal = val if len(val) else train
+        proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
+        bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
+                                       target_cost, cal.score)
+        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score)
+        realised = float(out["cost"].mean()) if len(cal) else 0.0
+        bundle.meta["strategy_calibration"] = {
+            "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
+            "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
+            "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}
     return bundle
+
+
+def unreachable(target_cost, target_share, realised_cost: float, realised_share: float, heavy: str, rows: int) -> str | None:
+    """Why a calibration target could not be met on validation data (None when it was, within one task)."""
+    slack = 1.0 / max(rows, 1) + 1e-9
+    if target_share is not None and abs(realised_share - target_share) > slack + 0.02:
+        why = ("even at lambda 0 the router sends no more tasks there" if realised_share < target_share
+               else "no lambda sends fewer")
+        return (f"target share {target_share:.3f} of {heavy} cannot be reached on validation data: realised "
+                f"{realised_share:.3f} ({why})")
+    if target_cost is not None and realised_cost > target_cost * (1 + 1e-6) + 1e-12:
+        return (f"target cost {target_cost:.4g} per task cannot be reached on validation data: the cheapest operating "
+                f"point costs {realised_cost:.4g}")
+    return None

@@ -17,8 +17,8 @@ def make_query(question: str, options: list[str], image: str | Path | None = Non
     """A user's task: text-only when ``image`` is None."""
     if not question or not question.strip():
         raise VisrouteError("the task needs a question or instruction")
-    if len(options) < 2:
-        raise VisrouteError("give at least two options")
+    if len(options) == 1:
+        raise VisrouteError("give at least two options (or none, to only choose a model for a free-form task)")
     if image is not None:
         p = Path(image)
         if not p.is_file():
@@ -31,25 +31,45 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
                lam: float | None = None, run: bool = True, variant: str | None = None, runtime=None) -> dict:
     """Choose a model for one task and (``run``) answer it with that model's measured pipeline."""
     task = make_query(question, options, image)
-    images = None
-    if bundle.features == "text+image":
-        from visroute.router.data.images import encode_paths
-
-        images = encode_paths(bundle.image_model, [task.image or ""])
-    picks, proba = bundle.decide([task.text], images, lam)
-    chosen = bundle.models[int(picks[0])]
-    out = {"chosen": chosen, "lambda": bundle.lam if lam is None else lam, "task_text": task.text,
-           "predicted_accuracy": {m: float(p) for m, p in zip(bundle.models, proba[0])},
-           "expected_cost": {m: float(c) for m, c in zip(bundle.models, bundle.costs)}}
+    d = bundle.choose(task.text, task.image, lam, runtime)
+    out = {"chosen": d.chosen, "lambda": d.lam, "task_text": task.text, "predicted_accuracy": d.predicted_accuracy,
+           "expected_cost": d.expected_cost, "strategy": bundle.strategy.get("kind", "router"), "plan": d.plan["calls"]}
     if not run:
         return out
+    if len(options) < 2:
+        raise VisrouteError("answering runs the chosen pipeline on a multiple-choice task: give at least two options "
+                            "(or only choose, with run=False / --dry-run)")
     from visroute.pipeline.build import build_pipeline
+    from visroute.router.decide.plan import run_plan
 
-    spec = bundle.pipeline_spec(chosen, variant)
-    pred = build_pipeline(spec, runtime).predict([task])[0]
-    if pred.error:
-        raise VisrouteError(f"{chosen} failed to answer: {pred.error}")
-    out.update(pipeline=spec.to_dict(), answer=options[pred.predicted] if pred.predicted is not None else None,
-               raw_answer=pred.raw_answer, parse_rule=pred.parse_rule, latency_s=pred.latency_s, cost=pred.call_cost,
-               cached=pred.cached)
+    specs = {}
+
+    def call(j: int):
+        m = bundle.models[j]
+        specs[m] = bundle.pipeline_spec(m, variant)
+        pred = build_pipeline(specs[m], runtime).predict([task])[0]
+        if pred.error:
+            raise VisrouteError(f"{m} failed to answer: {pred.error}")
+        return pred, own_confidence(pred)
+
+    proba = [d.predicted_accuracy[m] for m in bundle.models]
+    plan = {**d.plan, "calls": [bundle.models.index(m) for m in d.plan["calls"]]}
+    res = run_plan(plan, proba, call)
+    pred, answered = res["prediction"], bundle.models[res["model"]]
+    out.update(chosen=answered, pipeline=specs[answered].to_dict(),
+               answer=options[pred.predicted] if pred.predicted is not None else None,
+               raw_answer=pred.raw_answer, parse_rule=pred.parse_rule, latency_s=sum(c["prediction"].latency_s or 0.0
+                                                                                     for c in res["calls"]),
+               cost=sum(c["prediction"].call_cost or 0.0 for c in res["calls"]), cached=pred.cached,
+               calls=[{"model": bundle.models[c["model"]], "cost": c["prediction"].call_cost,
+                       "confidence": c["confidence"]} for c in res["calls"]])
     return out
+
+
+def own_confidence(pred) -> float | None:
+    """The answering model's own confidence: its top option probability where the head reports one."""
+    scores = getattr(pred, "option_scores", None)
+    try:
+        return float(max(scores)) if scores is not None and len(scores) else None
+    except (TypeError, ValueError):
+        return None

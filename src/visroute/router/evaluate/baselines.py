@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from visroute.errors import VisrouteError
+from visroute.router.evaluate.aiq import aiq_report, sweep_outcomes
 from visroute.router.decide.bundle import RouterBundle
+from visroute.router.decide.rules import choose, lambda_grid
 from visroute.router.evaluate.curves import realised, evaluate_router
 from visroute.router.evaluate.policies import at_share, dataset_prior, policy_curve, reference
 from visroute.router.data.table import RoutingTable
 
 
-def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndarray:
-    """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``."""
+def knn_proba(table: RoutingTable, part: str = "test", embedder=None, rule=None) -> np.ndarray:
+    """Predictions of a kNN router on MiniLM text embeddings fitted on ``table``'s train split, for ``part``
+    (texts as the router sees them: ``rule`` strips each dataset's shared affixes)."""
     from visroute.router.data.embed import TextEmbedder
     from visroute.router.learn.routers import KNNRouter
 
@@ -29,8 +32,9 @@ def knn_proba(table: RoutingTable, part: str = "test", embedder=None) -> np.ndar
     if len(train) == 0:
         raise VisrouteError("the routing table has no training rows for the kNN baseline")
     emb = embedder or TextEmbedder()
-    knn = KNNRouter().fit(emb.embed(train.text), train.success, train.weight)
-    return knn.predict_proba(emb.embed(test.text))
+    f = rule.apply_all if rule is not None else list
+    knn = KNNRouter().fit(emb.embed(f(train.text)), train.success, train.weight)
+    return knn.predict_proba(emb.embed(f(test.text)))
 
 
 def prior_proba(table: RoutingTable, part: str = "test") -> np.ndarray:
@@ -68,7 +72,8 @@ def llm_router_report(table: RoutingTable, test: RoutingTable, bundle: RouterBun
             "unparsed": out["unparsed"], "cached": out["cached"], "failed": out["failed"], "at_equal_share": others}
 
 
-def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test", llm_router=None) -> dict:
+def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str = "test", llm_router=None,
+                            n_boot: int = 200) -> dict:
     """The router's report on ``part`` (see ``evaluate_router``) with kNN and dataset-prior baselines, the
     calibration target beside the realised share, and the LLM router when one is given."""
     if bundle.models != table.models:
@@ -78,7 +83,8 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
         raise VisrouteError(f"the table has no '{part}' rows")
     proba = bundle.predict_proba(test.text, bundle.table_images(test))
     report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
-    baselines = {"knn": knn_proba(table, part, bundle._embedder()), "dataset_prior": prior_proba(table, part)}
+    baselines = {"knn": knn_proba(table, part, bundle._embedder(), bundle.text_rule),
+                 "dataset_prior": prior_proba(table, part)}
     for name, p in baselines.items():
         add_baseline(report, name, p, test, bundle.costs)
     op = report["operating_point"]
@@ -92,7 +98,45 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     if llm_router is not None:
         report["llm_router"] = llm_router_report(table, test, bundle, llm_router, {"router": proba, **baselines})
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
+    policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
+                for name, p in {"router": proba, **baselines}.items()}
+    policies.update(strategy_policies(table, bundle, proba, test))
+    if bundle.strategy.get("kind", "router") != "router":
+        from visroute.router.decide.plan import outcomes
+
+        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score)
+        w = test.weight / test.weight.sum()
+        report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
+                              "cost": float((out["cost"] * w).sum()), "calls_per_task": _calls(bundle.strategy, out),
+                              "calibration": bundle.meta.get("strategy_calibration")}
+    report["aiq"] = aiq_report(policies, test.success, test.cost, test.weight, n_boot=n_boot)
     return report
+
+
+def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarray, test: RoutingTable) -> dict:
+    """The router's predictions run as a cascade (along the training chain) and as an ensemble, each swept over
+    its own parameter: (points, tasks) success and the cost of every call, for the same AIQ curves."""
+    from visroute.router.decide.plan import sweep
+    from visroute.router.decide.strategies import pareto_chain
+
+    train = table.part("train")
+    chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
+    out = {"cascade": sweep({"kind": "cascade", "chain": chain}, proba, test.success, test.cost, bundle.costs,
+                            test.score)}  # a one-model chain (the cheapest is also the best) is that model
+    ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
+    out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
+    return out
+
+
+def _calls(strategy: dict, out: dict) -> float | None:
+    if strategy["kind"] == "ensemble":
+        return float(1 + np.mean(out["both"]))
+    return None
+
+
+def sweep_picks(proba: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Model picks (lambdas x tasks) of ``choose`` over the lambda sweep: a router's operating points."""
+    return np.stack([choose(proba, costs, lam) for lam in lambda_grid(proba, costs)])
 
 
 def evaluate_router_dir(table_dir: Path, router_dir: Path, out: Path, part: str = "test", llm_spec: str | None = None,

@@ -128,7 +128,16 @@ def report_figure(report: dict, title: str = "visroute router: accuracy vs cost"
     import numpy as np
     from matplotlib.transforms import offset_copy
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    aiq = report.get("aiq") or {}
+    hulls = {"router": ("-", "tab:red", "router hull"), "zero_router": ("--", "grey", "single-model hull (zero router)"),
+             "knn": (":", "tab:blue", "kNN hull"), "oracle": ("-.", "goldenrod", "oracle hull")}
+    for name, (ls, col, label) in hulls.items():
+        h = (aiq.get(name) or {}).get("hull")
+        if h and h["cost"]:
+            xs, ys = list(h["cost"]), list(h["accuracy"])
+            ax.plot(xs + [max(s["cost"] for s in report["single_models"].values())], ys + [ys[-1]], ls, c=col, lw=1.5,
+                    label=f"{label} (AIQ {aiq[name]['aiq']:.3f})")
     curve = report["pareto"]
     cx, cy = [p["cost"] for p in curve], [p["accuracy"] for p in curve]
     ax.plot(cx, cy, "-o", ms=4 if len(curve) > 1 else 9, lw=1.5, color="tab:red", alpha=0.8, zorder=3,
@@ -139,7 +148,7 @@ def report_figure(report: dict, title: str = "visroute router: accuracy vs cost"
         if s["accuracy"] > best:
             hull.append((s["cost"], s["accuracy"]))
             best = s["accuracy"]
-    if len(hull) > 1:
+    if len(hull) > 1 and not aiq:   # with AIQ hulls in the report, the zero-router hull above is this line
         ax.step(*zip(*hull), where="post", ls="--", lw=1, color="grey", zorder=2, label="single models' hull")
     points = [(f"always {name}", s["cost"], s["accuracy"], "s", None) for name, s in singles]
     points += [("random (uniform pick)", report["random"]["cost"], report["random"]["accuracy"], "x", "grey"),

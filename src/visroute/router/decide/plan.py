@@ -1,0 +1,140 @@
+"""Strategies a trained bundle can carry: ``router`` (one call), ``cascade`` (cheap first, escalate while unsure)
+and ``ensemble`` (two calls when the router cannot tell the top two apart). One plan per task says which models
+to call in which order and when to stop; evaluation, ``visroute route``, ``Router.route``, ``/v1/route`` and the
+proxy all follow it, and cost counts every call made.
+
+**Confidence.** A cascade stops at the first stage whose confidence reaches the threshold. Where a stage's answer
+carries the model's own signal (a contrastive head's top probability, the record ``score``), that is the
+confidence; otherwise it is the router's predicted success of that stage's model, which is known before the
+call. The threshold (cascade) or margin (ensemble) is calibrated on validation data: for ``target_cost`` the
+most escalation whose validation cost per task stays within it, otherwise the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visroute.errors import VisrouteError
+from visroute.router.decide.rules import choose
+from visroute.router.decide.strategies import cascade, ensemble, pareto_chain
+
+STRATEGIES = ("router", "cascade", "ensemble")
+DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
+
+
+def _pick(values: np.ndarray, acc: np.ndarray, cost: np.ndarray, target_cost: float | None) -> float:
+    """Among candidate parameter values with validation (accuracy, cost), the most accurate within the target
+    (ties: the cheaper); without a target, the most accurate overall."""
+    ok = np.ones(len(values), bool) if target_cost is None else cost <= target_cost + 1e-12
+    if not ok.any():
+        ok = cost <= cost.min() + 1e-12  # none fits: the cheapest, reported as unreachable by the caller
+    idx = np.flatnonzero(ok)
+    best = idx[np.lexsort((cost[idx], -acc[idx]))[0]]
+    return float(values[best])
+
+
+def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
+                 train_success: np.ndarray, lam: float, target_cost: float | None = None,
+                 score: np.ndarray | None = None) -> dict:
+    """The strategy's parameters, calibrated on validation rows (``proba``: the router's predictions there)."""
+    if kind not in STRATEGIES:
+        raise VisrouteError(f"unknown strategy '{kind}' ({', '.join(STRATEGIES)})")
+    if kind == "router":
+        return {"kind": "router"}
+    conf = confidence(proba, score)
+    if kind == "cascade":
+        chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
+        ts = thresholds(conf, chain)
+        res = [cascade(success, cost, conf, chain, t) for t in ts]
+        t = _pick(ts, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
+        return {"kind": "cascade", "chain": [int(j) for j in chain], "threshold": t,
+                "confidence": "score" if score is not None and np.isfinite(score).any() else "router"}
+    margins = np.unique(np.r_[0.0, np.quantile(np.abs(proba - proba.max(1, keepdims=True)), np.linspace(0, 1, 40))])
+    res = [ensemble(proba, success, cost, expected_costs, lam, m, conf) for m in margins]
+    m = _pick(margins, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
+    return {"kind": "ensemble", "margin": m, "lambda": lam}
+
+
+def confidence(proba: np.ndarray, score: np.ndarray | None) -> np.ndarray:
+    """Per task and model: the model's own score where the records have one, else the router's predicted success."""
+    if score is None:
+        return np.asarray(proba, np.float64)
+    return np.where(np.isfinite(score), score, proba)
+
+
+def thresholds(conf: np.ndarray, chain: list[int], n: int = 60) -> np.ndarray:
+    vals = conf[:, chain[:-1]].ravel() if len(chain) > 1 else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    return np.r_[-np.inf, np.unique(np.quantile(vals, np.linspace(0, 1, n))) if len(vals) else [], np.inf]
+
+
+def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
+             lam: float, score: np.ndarray | None = None) -> dict:
+    """Per task: answering model, success and the cost of every call, at the strategy's calibrated point."""
+    kind = strategy.get("kind", "router")
+    if kind == "cascade":
+        return cascade(success, cost, confidence(proba, score), strategy["chain"], strategy["threshold"])
+    if kind == "ensemble":
+        return ensemble(proba, success, cost, expected_costs, strategy.get("lambda", lam), strategy["margin"],
+                        confidence(proba, score))
+    rows = np.arange(len(proba))
+    picks = choose(proba, expected_costs, lam)
+    return {"model": picks, "success": np.nan_to_num(success[rows, picks]), "cost": np.nan_to_num(cost[rows, picks])}
+
+
+def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's lambda."""
+    kind = strategy.get("kind")
+    conf = confidence(proba, score)
+    if kind == "cascade":
+        res = [cascade(success, cost, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
+    elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
+        from visroute.router.decide.rules import lambda_grid
+
+        m = float(strategy.get("margin", DEFAULT_MARGIN))
+        res = [ensemble(proba, success, cost, expected_costs, lam, m, conf)
+               for lam in lambda_grid(proba, expected_costs, 100)]
+    else:
+        raise VisrouteError(f"no sweep for strategy {kind!r}")
+    return np.stack([r["success"] for r in res]), np.stack([r["cost"] for r in res])
+
+
+def plan(strategy: dict, proba_row: np.ndarray, expected_costs: np.ndarray, lam: float) -> dict:
+    """What to call for one task: ``calls`` in order, and how to stop or pick (see ``run_plan``)."""
+    kind = strategy.get("kind", "router")
+    p = np.asarray(proba_row, np.float64)[None, :]
+    if kind == "cascade":
+        return {"kind": "cascade", "calls": list(strategy["chain"]), "threshold": strategy["threshold"]}
+    first = int(choose(p, expected_costs, strategy.get("lambda", lam) if kind == "ensemble" else lam)[0])
+    if kind == "ensemble":
+        others = p[0].copy()
+        others[first] = -np.inf
+        second = int(np.argmax(others))
+        both = abs(p[0, first] - p[0, second]) <= strategy["margin"]
+        return {"kind": "ensemble", "calls": [first, second] if both else [first]}
+    return {"kind": "router", "calls": [first]}
+
+
+def run_plan(p: dict, proba_row: np.ndarray, call) -> dict:
+    """Execute a plan: ``call(j)`` answers with model ``j`` and returns (prediction, own confidence or None).
+    Returns the answering model index, its prediction and every call made (model, prediction, confidence)."""
+    calls = []
+    for pos, j in enumerate(p["calls"]):
+        pred, own = call(j)
+        conf = float(own) if own is not None and np.isfinite(own) else float(proba_row[j])
+        calls.append({"model": j, "prediction": pred, "confidence": conf})
+        if p["kind"] == "cascade" and conf >= p["threshold"]:
+            break
+    answer = max(calls, key=lambda c: c["confidence"]) if p["kind"] == "ensemble" else calls[-1]
+    return {"model": answer["model"], "prediction": answer["prediction"], "calls": calls}
+
+
+def answer_without_signal(decision) -> str:
+    """The model whose answer a plan keeps when no call reports its own confidence (an OpenAI-compatible chat
+    answer): the router's predicted success decides, so the other calls need not be made."""
+    p, proba = decision.plan, decision.predicted_accuracy
+    if p.get("kind") == "cascade":
+        return next((m for m in p["calls"][:-1] if proba[m] >= p["threshold"]), p["calls"][-1])
+    if p.get("kind") == "ensemble":
+        return max(p["calls"], key=lambda m: proba[m])  # ties: the first (the router's own choice)
+    return decision.chosen
