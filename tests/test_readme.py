@@ -97,12 +97,13 @@ def test_skipped_examples_say_why_and_have_a_runnable_twin():
 
 
 def _layout(tmp_path: Path) -> Path:
-    """tmp/repo with examples/ copied and tmp/shared -> the shared data, so every relative path resolves as in a
+    """tmp/repo with examples/ and tests/fixtures/ copied and tmp/shared -> the shared data, so every relative path resolves as in a
     checkout, but nothing is written into the repository."""
     import shutil
 
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "examples", repo / "examples")
+    shutil.copytree(ROOT / "tests" / "fixtures", repo / "tests" / "fixtures")   # shipped data the routing examples read
     (repo / ".venv").mkdir()
     (repo / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
     shared = (ROOT / ".." / "shared").resolve()
