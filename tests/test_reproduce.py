@@ -63,8 +63,11 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     out = tmp_path / name
     res = CliRunner().invoke(app, ["reproduce", name, "--scale", "tiny", "--out", str(out),
                                    "--data-root", str(shared_data)])
-    assert res.exit_code == 0, res.output[-3000:]
     recipe = load_recipe(name)
+    # the random tiny LLM writes no parsable descriptions: the rows built on them fail (exit 1), saying why, and are
+    # never evaluated as bare class names; every other row is measured
+    llm_pool = {m["row"] for m in recipe.extra.get("methods", {}).values() if m.get("pool") == "generated"}
+    assert res.exit_code == (1 if llm_pool else 0) and (out / "comparison.json").is_file(), res.output[-3000:]
     doc = json.loads((out / "comparison.json").read_text())
     rows = doc["rows"]
     table = (out / "table.md").read_text()
@@ -79,7 +82,7 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     for r in rows:  # every cell filled, nothing failed
         assert all(str(r[k]).strip() for k in ("table", "row", "model", "column", "measured", "published", "delta",
                                                "note")), r
-        assert r["status"] != "failed", r
+        assert r["status"] != "failed" or (r["row"] in llm_pool and "no usable description" in r["note"]), r
         assert r["measured"] in table or r["status"] != "measured"
     # the published column is the recipe's data, row by row
     expected = _expected_published(recipe)
@@ -90,7 +93,7 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     assert again.exit_code == 2 and "already holds a finished run" in again.output
     if recipe.kind == "descriptions":
         n = len(recipe.extra["methods"]) * len(recipe.models) * len(recipe.datasets)
-        measured = [r for r in rows if r["status"] in ("measured", "not run")]
+        measured = [r for r in rows if r["status"] in ("measured", "not run", "failed")]
         assert len(measured) == n
         # CuPL published prompts exist for ImageNet, DTD and Flowers only: the other datasets say so
         cupl = {r["column"]: r for r in rows if r["row"].startswith("CuPL")}

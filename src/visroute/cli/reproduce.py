@@ -40,7 +40,7 @@ def reproduce(recipe: Annotated[str, typer.Argument(help="A recipe name, or 'lis
     quiet_libraries()
     log = (lambda m: None) if verbosity() < 0 else (lambda m: typer.echo(m, err=True))
     try:
-        result = run_recipe(recipe, scale, engine, out, data_root, log=log, progress=progress and state["verbosity"] >= 0)
+        result = run_recipe(recipe, scale, engine, out, data_root, log=log, progress=progress and verbosity() >= 0)
     except MissingPrerequisites as e:
         error(str(e))
         raise typer.Exit(EXIT_MISSING) from None

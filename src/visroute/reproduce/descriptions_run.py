@@ -71,6 +71,9 @@ def generate_pools(recipe, ctx, datasets: dict) -> None:
             d["generation"] = report.as_dict()
             ctx.log(f"descriptions for {name}: {report.requests} requests, {len(report.unparsable)} unparsable, "
                     f"{len(report.empty_classes)} classes without a description")
+            if names and len(report.empty_classes) >= len(names):  # nothing usable: the rows fail, saying why
+                d["generation_error"] = (f"the LLM gave no usable description for any of the {len(names)} classes "
+                                         f"({len(report.unparsable)} of {report.requests} answers unparsable)")
         except VisrouteError as e:
             d["generation_error"] = str(e)
             ctx.log(f"descriptions for {name} failed: {e}")
