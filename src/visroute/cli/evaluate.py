@@ -111,7 +111,7 @@ class EvalArgs:
 @options_from(EvalArgs)
 def eval_cmd(args: EvalArgs) -> None:
     """Evaluate models x datasets; image features are cached, so other heads/templates re-encode nothing."""
-    from visroute.errors import CallsFailed, VisrouteError
+    from visroute.errors import VisrouteError
     from visroute.eval.report import summary_table, task_table
     from visroute.pipeline.heads import HEADS
 
@@ -132,14 +132,22 @@ def eval_cmd(args: EvalArgs) -> None:
         finally:
             engine.shutdown()
         table = summary_table
-    for doc in rows:
-        for s in doc.get("visroute", {}).get("skipped", []):
+    code = _report_rows(rows, errors, table)
+    raise typer.Exit(code)
+
+
+def _report_rows(rows: list[dict], errors: list[str], table) -> int:
+    """Print skips, errors, partial failures and the table; the exit code they add up to."""
+    from visroute.errors import CallsFailed
+
+    v = [d.get("visroute", {}) for d in rows]
+    for x in v:
+        for s in x.get("skipped", []):
             warn(f"skipped: {s['id']}: {s['reason']}")
-        for s in doc.get("visroute", {}).get("skipped_rows", []):
+        for s in x.get("skipped_rows", []):
             warn(f"skipped task row {s['row']}: {s['reason']}")
     for message in errors:
         error(message)
-    v = [d.get("visroute", {}) for d in rows]
     for doc, x in zip(rows, v):
         if x.get("n_errors"):  # partial failure: counted, and those tasks are errors in the result, not samples
             warn(f"{doc['dataset']}: {x['n_errors']} of {x.get('n_tasks')} call(s) failed")
@@ -149,7 +157,7 @@ def eval_cmd(args: EvalArgs) -> None:
     code = exit_code(len(rows), len(errors) + n_skipped)
     if code == 2 and errors and all(CallsFailed.marker in m for m in errors):
         code = 1  # every call failed: a failure of the run, not of how it was asked for
-    raise typer.Exit(code)
+    return code
 
 
 def report(

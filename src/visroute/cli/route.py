@@ -44,12 +44,11 @@ def route_build(
     """Aggregate records into a routing table with train/val/test splits, and report on its quality
     (out/quality.json): near-duplicate texts across splits, label noise across prompt variants, balance, and each
     dataset's shared prefix/suffix and text beyond the embedder's window (the router embeds what differs)."""
-    from visroute.io import atomic_write_json
-    from visroute.router.data.quality import checked_table, format_report
+    from visroute.router.data.quality import checked_table
     from visroute.router.data.table import build_table, read_records
+    from visroute.router.data.texts import detect_rule
 
     quiet_libraries()
-    from visroute.router.data.texts import detect_rule, format_text_report
 
     table = build_table(read_records(records), granularity, split, holdout.split(",") if holdout else None,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
@@ -62,6 +61,15 @@ def route_build(
     if quality or dedup:
         table, report = checked_table(table, dedup, dup_threshold, rule=rule)
     table.save(out)
+    _echo_table(table, out, report, dedup)
+
+
+def _echo_table(table, out: Path, report: dict | None, dedup: bool) -> None:
+    """The built table's summary, and its quality report (also written to out/quality.json)."""
+    from visroute.io import atomic_write_json
+    from visroute.router.data.quality import format_report
+    from visroute.router.data.texts import format_text_report
+
     counts = {k: int((table.split == k).sum()) for k in ("train", "val", "test")}
     typer.echo(f"wrote {out}: {len(table)} rows x {len(table.models)} models ({', '.join(table.models)}); splits {counts}")
     if report is not None:
@@ -133,6 +141,11 @@ def route_train(
     bundle = train_bundle(RoutingTable.load(table_dir), router, features, image_model, target_cost, target_share, heavy, kw,
                           strategy)
     bundle.save(out)
+    _echo_training(bundle, router, out)
+
+
+def _echo_training(bundle, router: str, out: Path) -> None:
+    """What training chose: lambda, the calibration it reached on validation, and the strategy's settings."""
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
     cal = bundle.meta.get("calibration") or {}
     if cal:
