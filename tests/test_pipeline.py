@@ -35,7 +35,7 @@ def test_spec_rejects_unknown_keys_with_the_nearest_valid_one(tmp_path):
         PipelineSpec(head="classname-free", model="random-tiny", descriptions="d.json", params={"wcls": 1})
     bad = tmp_path / "bad.yaml"
     bad.write_text("head: zeroshot\nmodel: [unclosed\n")
-    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(SpecError, match="bad.yaml is not valid YAML"):
         PipelineSpec.load(bad)
 
 
@@ -110,7 +110,10 @@ models:
         img, q, opts = SQA_ROWS[0][0], SQA_ROWS[0][1], SQA_ROWS[0][2]
         from visroute import Router
 
-        out = Router.load(tmp_path / "router").route(shared_data / "imagenet-sample" / f"{img}.JPEG", q, opts, lam=-1e6)
+        router = Router.load(tmp_path / "router")
+        # lambda must be >= 0, so make the pipeline the cheapest in the router's eyes and let cost decide
+        router.bundle.costs = np.where(np.array(router.bundle.models) == "pipe", 0.0, 1.0)
+        out = router.route(shared_data / "imagenet-sample" / f"{img}.JPEG", q, opts, lam=1e6)
         assert out["chosen"] == "pipe" and out["answer"] == opts[0]
         row = records[(records.model == "pipe") & (records.task_id == "q0")].iloc[0]
         assert out["task_text"] == row["task_text"]

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from visroute.cli import app
+from visroute.reproduce.report import _cell
 from visroute.reproduce import EXIT_MISSING, RecipeError, load_recipe, recipe_names
 
 RECIPES = ["disclip-classname-free", "seed000-vlm-vs-llm", "seed000-router"]
@@ -68,6 +69,13 @@ def test_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path, shared_data):
     rows = doc["rows"]
     table = (out / "table.md").read_text()
     assert doc["arxiv"] == recipe.arxiv and f"arXiv:{recipe.arxiv}" in table
+    # the table says what was measured: the stand-in for each model, and how many items each dataset had
+    assert "## What was measured" in table and "random-weight stand-in" in table
+    assert "(stand-in: " in table or recipe.kind != "descriptions"    # rows name the paper's model and its stand-in
+    assert "images / tasks evaluated" in table
+    for why in {r["note"] for r in rows if r["status"] == "not reproducible"}:   # one line per reason
+        assert table.count(_cell(why)) == 1, why
+    assert "cf-dclip" not in table.split("## w_cls sweeps")[-1] or recipe.kind != "descriptions"
     for r in rows:  # every cell filled, nothing failed
         assert all(str(r[k]).strip() for k in ("table", "row", "model", "column", "measured", "published", "delta",
                                                "note")), r
@@ -143,7 +151,7 @@ def test_dry_run_full_lists_everything_missing_offline(tmp_path, shared_data):
     assert "15 prerequisite(s) missing" in text
     for item in ("hf:openai/clip-vit-base-patch32", "hf:openai/clip-vit-large-patch14", "hf:Qwen/Qwen2.5-7B-Instruct",
                  "ImageNet (test)", "ImageNetV2 (test)", "CUB200 (test)", "EuroSAT (test)", "Places365 (test)",
-                 "DTD (test)", "Flowers102 (test)", "huggingface-cli download openai/clip-vit-base-patch32",
+                 "DTD (test)", "Flowers102 (test)", "hf download openai/clip-vit-base-patch32",
                  "HF_HUB_OFFLINE is set"):
         assert item in text, item
     assert "[descriptions]" not in text  # the published description files are all here

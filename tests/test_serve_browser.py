@@ -67,6 +67,14 @@ def test_page_upload_classify_explain_and_route(served, browser, shared_data):
     key.send_keys(API_KEY + Keys.TAB)  # leaving the field fires 'change': the page lists models with the key
     wait.until(lambda d: len(Select(d.find_element(By.ID, "label-set")).options) == 2)
     browser.get_log("browser")  # drop the 401 of the first listing, made before the key was typed
+    # the key field shows its whole placeholder; a label set without descriptions says why explain is off
+    assert browser.execute_script("const k = document.getElementById('api-key'); k.value = '';"
+                                  "const fits = k.scrollWidth <= k.clientWidth; k.value = arguments[0]; return fits;",
+                                  API_KEY)
+    plain = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "label-set")).options
+             if o.get_attribute("value") != "explained"][0]
+    Select(browser.find_element(By.ID, "label-set")).select_by_value(plain)
+    assert "explain is off" in browser.find_element(By.ID, "explain-why").text
     Select(browser.find_element(By.ID, "label-set")).select_by_value("explained")
     wait.until(EC.element_to_be_clickable((By.ID, "explain"))).click()
     browser.find_element(By.ID, "file").send_keys(str(shared_data / "imagenet-sample" / "n02123045_tabby.JPEG"))
@@ -85,7 +93,9 @@ def test_page_upload_classify_explain_and_route(served, browser, shared_data):
     answer = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#route-result .answer")))
     assert answer.text == "large answered: cat"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#route-result .bar")) == 2
-    assert "cost" in browser.find_element(By.ID, "route-result").text
+    route_text = browser.find_element(By.ID, "route-result").text
+    assert "predicted probability of success per model" in route_text and "expected cost" in route_text
+    assert route_text.count("expected") >= 3 and "0.00 s" not in route_text and "round trip" in route_text
     assert browser.find_element(By.ID, "status").text == ""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"

@@ -55,7 +55,7 @@ def test_classify_equals_the_cli_for_uploads_and_base64(served, shared_data):
             doc = r.json()
             assert doc["labels"] == expected[p.name]["labels"]
             np.testing.assert_allclose(doc["scores"], expected[p.name]["scores"], atol=1e-5)
-            assert doc["model"] == "tiny" and doc["is_random"] and doc["timings"]["total_ms"] > 0
+            assert doc["model"] == "tiny" and doc["random_weights"] and doc["timings"]["total_ms"] > 0
 
 
 def test_request_labels_and_templates_equal_the_cli(served, shared_data, tmp_path):

@@ -52,17 +52,26 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
-def parse_json(data: str | bytes, where: str = "JSON", max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> Any:
-    """``json.loads`` with a size and depth limit; errors are one ``SafeLoadError`` line naming ``where``."""
+
+def _bounded_bytes(data: str | bytes, where: str, max_bytes: int) -> bytes:
     raw = _bytes(data)
     if len(raw) > max_bytes:
         raise SafeLoadError(f"{where}: {len(raw) / 2**20:.1f} MiB is over the {max_bytes / 2**20:g} MiB limit")
-    if json_depth(raw) > max_depth:
-        raise SafeLoadError(f"{where}: nested deeper than {max_depth} levels")
+    return raw
+
+
+def _utf8(raw: bytes, where: str) -> str:
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise SafeLoadError(f"{where} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+
+def parse_json(data: str | bytes, where: str = "JSON", max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> Any:
+    """``json.loads`` with a size and depth limit; errors are one ``SafeLoadError`` line naming ``where``."""
+    raw = _bounded_bytes(data, where, max_bytes)
+    if json_depth(raw) > max_depth:
+        raise SafeLoadError(f"{where}: nested deeper than {max_depth} levels")
+    text = _utf8(raw, where)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -100,13 +109,7 @@ def parse_yaml(data: str | bytes, where: str = "YAML", max_depth: int = MAX_DEPT
     """``yaml.safe_load`` refusing aliases, deep nesting and large texts; errors are one line naming ``where``."""
     import yaml
 
-    raw = _bytes(data)
-    if len(raw) > max_bytes:
-        raise SafeLoadError(f"{where}: {len(raw) / 2**20:.1f} MiB is over the {max_bytes / 2**20:g} MiB limit")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SafeLoadError(f"{where} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    text = _utf8(_bounded_bytes(data, where, max_bytes), where)
     loader = _loader(max_depth)(text)
     try:
         return loader.get_single_data()

@@ -16,7 +16,7 @@ from visroute.cli._common import EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, Visrout
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_SOME_SKIPPED", "EXIT_USAGE"]
 
-app = typer.Typer(cls=VisrouteGroup, add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=VisrouteGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False, help="Image classification with vision-language models.")
 
 

@@ -105,16 +105,31 @@ class VisrouteGroup(TyperGroup):
     """Root command group: a ``VisrouteError`` from any command is printed as one line (exit 2), not a traceback;
     with ``--debug`` the traceback is printed above that line."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # one vocabulary: every command writes to --out; --output stays accepted (hidden) for old scripts
+        end = args.index("--") if "--" in args else len(args)
+        args = [("--out" + a[len("--output"):]) if i < end and (a == "--output" or a.startswith("--output="))
+                else a for i, a in enumerate(args)]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except VisrouteError as e:
-            if ctx.params.get("debug"):
-                import traceback
+            _fail(ctx, str(e), getattr(e, "exit_code", EXIT_USAGE))
+        except (OSError, UnicodeDecodeError) as e:
+            # a file a user named that cannot be read (missing, a folder, no permission, not text): still one line
+            what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+            _fail(ctx, " ".join(what.split())[:300])
 
-                typer.echo(traceback.format_exc().rstrip(), err=True)
-            error(str(e))
-            raise typer.Exit(getattr(e, "exit_code", EXIT_USAGE)) from None
+
+def _fail(ctx: Any, message: str, code: int = EXIT_USAGE) -> None:
+    if ctx.params.get("debug"):
+        import traceback
+
+        typer.echo(traceback.format_exc().rstrip(), err=True)
+    error(message)
+    raise typer.Exit(code) from None
 
 
 def options_from(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:

@@ -9,7 +9,7 @@ import typer
 
 from visroute.cli._common import Json
 
-app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True)
+app = typer.Typer(help="Inspect and free the feature cache.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def models(as_json: Json = False) -> None:
@@ -22,9 +22,10 @@ def models(as_json: Json = False) -> None:
         return
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        typer.echo(f"{r['name']:<{width}}  {'cached' if r['cached'] else '      '}  {r['spec']}")
-    typer.echo("\nAlso accepted: hf:<hub id or dir>, openclip:<arch>/<tag or checkpoint>, "
-               "openclip:local-dir:<dir>, a local model directory.")
+        typer.echo(f"{r['name']:<{width}}  {r['kind']:<11}  {'cached' if r['cached'] else '      '}  {r['spec']}")
+    typer.echo("\ncached: on this machine (random-tiny models are built locally). Also accepted: hf:<hub id or dir>,\n"
+               "openclip:<arch>/<tag or checkpoint>, openclip:local-dir:<dir>, a local model directory;\n"
+               "generators: openai-compatible:<base_url>#<model>, openai:<model>, hf:<dir>.")
 
 
 @app.command("ls")

@@ -49,7 +49,9 @@ def classify(args: ClassifyArgs) -> None:
         job = prepare_classify(args.paths, args.labels, args.labels_file, args.templates, args.model, args.device,
                                args.dtype, args.decode)
         if job.repeated_labels:
-            warn(f"warning: repeated label(s) merged: {', '.join(job.repeated_labels)}")
+            warn(f"warning: repeated label(s) merged: {'; '.join(job.repeated_labels)} (entries counted from 1). "
+                 "Each is scored once, under its first entry; to tell them apart, give each entry a distinct name "
+                 "in the labels file.")
         if job.head.model.is_random and not args.as_json:
             warn(f"note: {job.head.model.spec} has random weights (smoke test); predictions are at chance level.")
         run = ClassifyRun(skipped=list(job.skipped))

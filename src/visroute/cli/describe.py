@@ -21,7 +21,7 @@ class DescribeArgs:
 
     classes: Annotated[str, Opt(help="Class names: .txt, JSON list, FILE.json:KEY or CSV column.")]
     llm: Annotated[str, Opt(help="openai-compatible:<base_url>#<model> or hf:<local causal LM dir>.")]
-    output: Annotated[Path, Opt(help="Where to write the description set (visroute JSON).")]
+    output: Annotated[Path, Opt("--out", help="Where to write the description set (visroute JSON).")]
     style: Annotated[str, Opt(help="dclip (descriptor lists), cupl (sentences) or contrastive.")] = "dclip"
     neighbours: Annotated[int, Opt(min=1, help="Confusable classes per class (contrastive style).")] = 3
     confusion: Annotated[Optional[Path], Opt(help="Result JSON of a zero-shot eval: neighbours from its confusion matrix.")] = None

@@ -50,7 +50,7 @@ class EvalArgs:
     m: Annotated[int, Opt("-M", "--m-descriptions", help="disclip descriptions kept per candidate.")] = 5
     disclip_mode: Annotated[str, Opt(help="classname-free or classname-containing.")] = "classname-free"
     # output and execution
-    output: Annotated[Path, Opt(help="Directory for result JSON + Parquet files.")] = Path("results")
+    output: Annotated[Path, Opt("--out", help="Directory for result JSON + Parquet files.")] = Path("results")
     skip_existing: Annotated[bool, Opt(help="Skip runs whose result JSON already exists.")] = False
     batch_size: BatchSize = 64
     workers: Workers = None

@@ -9,11 +9,11 @@ import typer
 
 from visroute.cli._common import Actors, EndpointConcurrency, EngineName, NumGpus, RayAddress, make_engine, quiet_libraries
 
-app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> routing records.", no_args_is_help=True)
+app = typer.Typer(help="Benchmark grids: models x datasets x prompt variants -> routing records.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("run")
-def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (see visroute.router.data.grid).")],
+def grid_run(grid_file: Annotated[Path, typer.Argument(help="GRID.yaml (every field: docs/grid.md).")],
              progress: Annotated[bool, typer.Option()] = True, engine: EngineName = None, ray_address: RayAddress = None,
              actors: Actors = None, num_gpus: NumGpus = None, endpoint_concurrency: EndpointConcurrency = None) -> None:
     """Run every cell not yet done (resumable) and write <output>/records.parquet.

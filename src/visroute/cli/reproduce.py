@@ -22,13 +22,14 @@ Engine = Annotated[str, typer.Option(help="local (this process) or ray (visroute
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Only check that every model, dataset and file is here; "
                                                          "list what is missing and how to get it (exit 3).")]
 Out = Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/reproduce/RECIPE-SCALE-TIME).")]
+Progress = Annotated[bool, typer.Option(help="Progress bars (i/N, ETA); off when stderr is not a terminal.")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Shared data folder (default: $VISROUTE_SHARED_DATA, else "
                                                        "../shared/data).")]
 
 
 def reproduce(recipe: Annotated[str, typer.Argument(help="A recipe name, or 'list' to describe them.")],
               scale: Scale = "tiny", engine: Engine = "local", dry_run: DryRun = False, out: Out = None,
-              data_root: DataRoot = None, as_json: Json = False) -> None:
+              data_root: DataRoot = None, as_json: Json = False, progress: Progress = True) -> None:
     """Reproduce a paper's table: run RECIPE, write the result JSONs and measured-vs-published table."""
     from visroute.reproduce import MissingPrerequisites, run_recipe
 
@@ -39,16 +40,27 @@ def reproduce(recipe: Annotated[str, typer.Argument(help="A recipe name, or 'lis
     quiet_libraries()
     log = (lambda m: None) if verbosity() < 0 else (lambda m: typer.echo(m, err=True))
     try:
-        result = run_recipe(recipe, scale, engine, out, data_root, log=log)
+        result = run_recipe(recipe, scale, engine, out, data_root, log=log, progress=progress and state["verbosity"] >= 0)
     except MissingPrerequisites as e:
         error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
     if as_json:
         typer.echo(json.dumps({"out": str(result.out), "n_failed": result.n_failed, "rows": result.rows}, indent=1))
     else:
-        typer.echo(result.table.read_text(encoding="utf-8"))
-        typer.echo(f"wrote {result.out} ({len(result.rows)} rows, {result.n_failed} failed)")
+        typer.echo(_summary(result))
     raise typer.Exit(EXIT_SOME_SKIPPED if result.n_failed else EXIT_OK)
+
+
+def _summary(result) -> str:
+    """A few lines: rows by status, failures by reason, where the full table is (the table is in its file)."""
+    from collections import Counter
+
+    status = Counter(r["status"] for r in result.rows)
+    lines = [f"{len(result.rows)} rows: " + ", ".join(f"{n} {s}" for s, n in status.most_common())]
+    failed = Counter((r.get("note") or "-")[:100] for r in result.rows if r["status"] == "failed")
+    lines += [f"  failed ({n}): {why}" for why, n in failed.most_common(5)]
+    lines.append(f"full table: {result.table}   (and comparison.json, run.json in {result.out})")
+    return "\n".join(lines)
 
 
 def _list(as_json: bool) -> None:

@@ -22,7 +22,7 @@ class RouteGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(cls=RouteGroup, no_args_is_help=True,
+app = typer.Typer(cls=RouteGroup, no_args_is_help=True, rich_markup_mode=None,
                   help="Routing: build a table from records, train a router, evaluate it, route a task.")
 
 

@@ -127,7 +127,10 @@ def parse_labels(labels: str | None = None, labels_file: str | None = None) -> t
         raise LabelError("no class labels given; use --labels 'cat,dog' or --labels-file FILE")
     validate_classnames(names, allow_duplicates=True)
     unique = list(dict.fromkeys(names))
-    repeated = [n for n, k in Counter(names).items() if k > 1]
+    rows: dict[str, list[int]] = {}
+    for i, n in enumerate(names, 1):
+        rows.setdefault(n, []).append(i)
+    repeated = [f"{n} (entries {', '.join(map(str, r))})" for n, r in rows.items() if len(r) > 1]
     return unique, repeated
 
 

@@ -28,6 +28,8 @@ def render_html(items: list[dict], title: str = "visroute explain") -> str:
              ".bar{background:#4a7bd0;height:10px;display:inline-block}h3{margin:.6em 0 .2em}"
              ".note{color:#a60}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for it in items:
+        # one bar scale for all classes of an image: bar lengths compare across classes, not only within one
+        top = max((abs(d["contribution"]) for c in it["classes"] for d in c["descriptions"]), default=1.0) or 1.0
         parts.append("<div class='img'>")
         parts.append(f"<div><img src='{it['image']}' alt=''><br><small>{html.escape(str(it['path']))}</small></div><div>")
         parts.append(f"<p>model <code>{html.escape(it['model'])}</code>, head <code>{html.escape(it['head'])}</code></p>")
@@ -36,8 +38,8 @@ def render_html(items: list[dict], title: str = "visroute explain") -> str:
         for rank, c in enumerate(it["classes"], 1):
             prob = f", p = {c['probability']:.3f}" if "probability" in c else ""
             parts.append(f"<h3>{rank}. {html.escape(c['class'])} <small>(score {c['score']:.4f}{prob})</small></h3><table>"
-                         "<tr><th>description</th><th>similarity</th><th>contribution</th><th></th></tr>")
-            top = max((abs(d["contribution"]) for d in c["descriptions"]), default=1.0) or 1.0
+                         "<tr><th>description</th><th>similarity</th><th>contribution</th>"
+                         f"<th><small>bar: contribution, one scale for all classes (full = {top:.4f})</small></th></tr>")
             for d in c["descriptions"]:
                 width = int(120 * abs(d["contribution"]) / top)
                 parts.append(f"<tr><td>{html.escape(d['text'])}</td><td>{d['similarity']:.4f}</td>"

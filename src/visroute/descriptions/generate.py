@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from visroute.errors import InputError
 from visroute.heads.description_sets import DescriptionSet
 from visroute.llm.client import ChatRequest, Generator
 
@@ -92,7 +93,7 @@ def build_requests(classnames: Sequence[str], style: str, neighbours: Sequence[S
                    ) -> list[tuple[int, ChatRequest]]:
     """(class index, request) pairs for a style."""
     if style not in STYLES:
-        raise ValueError(f"unknown style '{style}' ({', '.join(STYLES)})")
+        raise InputError(f"unknown style '{style}' ({', '.join(STYLES)})")
     out = []
     for k, c in enumerate(classnames):
         if style == "dclip":

@@ -8,7 +8,20 @@ from visroute.errors import VisrouteError
 
 
 def plot_results(rows: list[dict], path: Path, metric: str = "acc1") -> Path:
-    """Grouped bar chart: one group per dataset, one bar per (model, head, templates)."""
+    """Grouped bar chart: one group per dataset, one bar per (model, head, templates); saved as PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = results_figure(rows, metric)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def results_figure(rows: list[dict], metric: str = "acc1"):
+    """The figure ``plot_results`` saves. Readable by construction: the legend sits outside the axes, every bar
+    carries its value (so a 0.001 bar still shows), and a dashed line per dataset marks chance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,24 +33,43 @@ def plot_results(rows: list[dict], path: Path, metric: str = "acc1") -> Path:
     datasets = sorted({r["dataset"] for r in rows})
     series = sorted({_series(r) for r in rows})
     values = np.full((len(series), len(datasets)), np.nan)
+    chance = np.full(len(datasets), np.nan)
     for r in rows:
-        values[series.index(_series(r)), datasets.index(r["dataset"])] = r["metrics"].get(metric) or np.nan
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(datasets) * max(1, len(series)) ** 0.5), 4.5))
+        j = datasets.index(r["dataset"])
+        values[series.index(_series(r)), j] = r["metrics"].get(metric) or np.nan
+        c = _chance(r, metric)
+        if c is not None:
+            chance[j] = c
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(datasets) * max(1, len(series)) ** 0.5), 4.5))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(datasets))
     for k, name in enumerate(series):
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, values[k], width, label=name)
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values[k], width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1, rotation=90 if len(series) > 3 else 0)
+    for j, c in enumerate(chance):
+        if np.isfinite(c):
+            ax.hlines(c, j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1,
+                      label="chance" if j == int(np.nanargmax(np.isfinite(chance))) else None)
     ax.set_xticks(x, datasets, rotation=20, ha="right")
     ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylim(0, 1.08)          # room above 1.0 for the value labels; the 1.0 tick stays visible
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="model | head | prompts",
+              title_fontsize=7)
     ax.set_title(f"visroute: {metric} per dataset")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _chance(r: dict, metric: str) -> float | None:
+    """Accuracy of guessing: 1/classes (k/classes for top-k), or the task runs' own mean chance."""
+    v = r.get("visroute", {})
+    if r.get("metrics", {}).get("chance_acc1") is not None:          # task runs: the mean of 1 / options
+        return float(r["metrics"]["chance_acc1"]) if metric == "acc1" else None
+    n = len(v.get("classnames") or v.get("per_class_accuracy") or []) or None
+    if n is None:
+        return None
+    return min(1.0, (5 if metric == "acc5" else 1) / n)
 
 
 def _series(r: dict) -> str:

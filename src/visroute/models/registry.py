@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from visroute.log import get_logger
-from visroute.models.spec import KNOWN_MODELS, parse_model_spec
+from visroute.models.spec import KNOWN_MODELS, RANDOM_TINY, parse_model_spec
 
 log = get_logger(__name__)
 
@@ -86,9 +86,14 @@ def cached_hub_models() -> list[str]:
 
 
 def list_models() -> list[dict]:
-    rows = [{"name": name, "spec": spec, "cached": is_available_locally(spec)} for name, spec in KNOWN_MODELS.items()]
+    """Every built-in spec (aliases, then the random-tiny smoke-test models of both kinds), then cached hub models."""
+    rows = [{"name": name, "spec": spec, "kind": "contrastive", "cached": is_available_locally(spec)}
+            for name, spec in KNOWN_MODELS.items()]
     known = {r["spec"] for r in rows}
+    for arch, kind in RANDOM_TINY.items():
+        if f"random-tiny:{arch}" not in known:   # generators (VLM / LLM) have no alias: listed by their spec
+            rows.append({"name": f"random-tiny:{arch}", "spec": f"random-tiny:{arch}", "kind": kind, "cached": True})
     for repo_id in cached_hub_models():
         if f"hf:{repo_id}" not in known:
-            rows.append({"name": repo_id, "spec": f"hf:{repo_id}", "cached": True})
+            rows.append({"name": repo_id, "spec": f"hf:{repo_id}", "kind": "contrastive", "cached": True})
     return rows

@@ -139,7 +139,11 @@ def run_descriptions(recipe, ctx) -> list[dict]:
 
     datasets = prepare_datasets(recipe, ctx)
     generate_pools(recipe, ctx, datasets)
+    from tqdm import tqdm
+
     methods, cells = recipe.extra["methods"], []
+    bar = tqdm(total=len(recipe.models) * len(datasets) * len(methods), desc=recipe.name, unit="cell",
+               dynamic_ncols=True, disable=None if ctx.progress else True)
     for alias in recipe.models:
         spec_text = ctx.models[alias]
         try:
@@ -147,10 +151,11 @@ def run_descriptions(recipe, ctx) -> list[dict]:
         except VisrouteError as e:
             cells += [{"method": m, "model": alias, "dataset": n, "error": f"model: {e}"}
                       for m in methods for n in datasets]
+            bar.update(len(methods) * len(datasets))
             continue
         for name, d in datasets.items():
             for mid, method in methods.items():
-                ctx.log(f"{alias} / {name} / {mid}")
+                bar.set_postfix_str(f"{alias} / {name} / {mid}", refresh=False)
                 cell = {"method": mid, "model": alias, "dataset": name}
                 try:
                     spec = method_spec(method, spec_text, d, ctx.settings)
@@ -162,6 +167,8 @@ def run_descriptions(recipe, ctx) -> list[dict]:
                 except VisrouteError as e:
                     cell["error"] = str(e)
                 cells.append(cell)
+                bar.update(1)
+    bar.close()
     ctx.extra["generation"] = {n: d.get("generation") or {"error": d.get("generation_error")}
                                for n, d in datasets.items() if "generated" in d["pools"] or d.get("generation_error")}
     return cells

@@ -137,7 +137,7 @@ def run_grid_recipe(recipe, ctx) -> list[dict]:
 
     datasets = grid_datasets(recipe, ctx)
     grid = GridSpec.load(write_grid(recipe, ctx, datasets))
-    records_path = run_grid(grid, progress=False, log=ctx.log, engine=ctx.engine)
+    records_path = run_grid(grid, progress=ctx.progress, log=ctx.log, engine=ctx.engine)
     records = read_records(records_path)
     stats = per_dataset(records)
     ctx.extra["per_dataset"] = [{"pipeline": p, "dataset": n, **v} for (p, n), v in stats.items()]

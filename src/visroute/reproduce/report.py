@@ -123,19 +123,25 @@ def markdown(recipe, rows: list[dict], run: dict, sweeps: list[str] | None = Non
            f"Recipe `{recipe.name}`, scale `{run['scale']}`, engine `{run['engine']}`, data root `{run['data_root']}`, "
            f"{run['finished']}.", "", f"Scale: {' '.join(str(scale.get('about', '')).split())}", "",
            "Δ is measured − published; accuracies are percent where the paper gives percent.", ""]
+    out += measured_lines(run)
+    models = run.get("models") or {}
+    stand_in = run["scale"] != "full"
+    name = (lambda a: f"{a} (stand-in: {models[a]})" if stand_in and models.get(a) and models[a] != a else a)  # noqa: E731
     tables = list(dict.fromkeys(r["table"] for r in rows if r["status"] != "not reproducible"))
     for t in tables:
         out += [f"## {t}", "", "| " + " | ".join(HEADERS) + " |", "|---|---|---|---:|---:|---:|---|"]
-        out += ["| " + " | ".join(_cell(r[k]) for k in COLUMNS[1:]) + " |"
+        out += ["| " + " | ".join(_cell(name(r[k]) if k == "model" else r[k]) for k in COLUMNS[1:]) + " |"
                 for r in rows if r["table"] == t and r["status"] != "not reproducible"]
         out.append("")
     gone = [r for r in rows if r["status"] == "not reproducible"]
-    if gone:
+    if gone:   # one line per reason, listing the figures it applies to
         out += ["## Not reproducible here (with the open substitute)", "",
-                "| Table | Row | Model | Column | Published | Why, and the open substitute |",
-                "|---|---|---|---|---:|---|"]
-        out += [f"| {_cell(r['table'])} | {_cell(r['row'])} | {_cell(r['model'])} | {_cell(r['column'])} | "
-                f"{_cell(r['published'])} | {_cell(r['note'])} |" for r in gone]
+                "| Why, and the open substitute | Figures (table / row / model / column: published) |", "|---|---|"]
+        by_reason: dict[str, list[str]] = {}
+        for r in gone:
+            by_reason.setdefault(r["note"], []).append(
+                f"{r['table']} / {r['row']} / {r['model']} / {r['column']}: {r['published']}")
+        out += [f"| {_cell(why)} | {_cell('; '.join(figs))} |" for why, figs in by_reason.items()]
         out.append("")
     if sweeps:
         out += ["## w_cls sweeps (measured, top-1 %)", ""] + sweeps + [""]
@@ -145,13 +151,46 @@ def markdown(recipe, rows: list[dict], run: dict, sweeps: list[str] | None = Non
     return "\n".join(out) + "\n"
 
 
-def sweep_lines(cells: list[dict]) -> list[str]:
-    """One line per classname-free cell: accuracy at each class-name weight."""
+def measured_lines(run: dict) -> list[str]:
+    """What was measured: each model name with the spec that stood in for it, and each dataset's item count."""
+    out = ["## What was measured", ""]
+    for alias, spec in (run.get("models") or {}).items():
+        out.append(f"- model {alias}: `{spec}`" + (" (random-weight stand-in: accuracies at chance)"
+                                                  if "random-tiny" in str(spec) else ""))
+    if run.get("generator"):
+        out.append(f"- description generator: `{run['generator']}`")
+    for ds, n in (run.get("n_items") or {}).items():
+        out.append(f"- dataset {ds}: {n} images / tasks evaluated")
+    return out + [""]
+
+
+def count_items(out: Path) -> dict[str, int]:
+    """Items evaluated per dataset, read back from the run's result JSONs (the most any run of it evaluated)."""
+    import json
+
+    counts: dict[str, int] = {}
+    for f in sorted(Path(out).rglob("*.json")):
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        v = doc.get("visroute") if isinstance(doc, dict) else None
+        if not isinstance(v, dict) or "dataset" not in doc:
+            continue
+        n = v.get("n_evaluated", v.get("n_tasks"))
+        if isinstance(n, int):
+            counts[str(doc["dataset"])] = max(n, counts.get(str(doc["dataset"]), 0))
+    return counts
+
+
+def sweep_lines(cells: list[dict], methods: dict | None = None) -> list[str]:
+    """One line per classname-free cell: accuracy at each class-name weight (methods named as in the tables)."""
     lines = []
     for c in cells:
         if c.get("w_cls"):
             pts = ", ".join(f"{r['w_cls']:g}: {100 * r['acc1']:.2f}" for r in c["w_cls"])
-            lines.append(f"- {c['method']} / {c['model']} / {c['dataset']}: {pts}")
+            label = (methods or {}).get(c["method"], {}).get("row", c["method"])
+            lines.append(f"- {label} / {c['model']} / {c['dataset']}: {pts}")
     return lines
 
 

@@ -79,7 +79,7 @@ def _model_ok(spec: str, name: str) -> Requirement:
         return Requirement("model", name, spec, False, str(e))
     how = ""
     if not ok and parsed.backend == "hf":
-        how = f"huggingface-cli download {parsed.location}  (or point the recipe's model at a local directory)"
+        how = f"hf download {parsed.location}  (or point the recipe's model at a local directory)"
     elif not ok:
         how = "download the weights, or run with --scale tiny"
     return Requirement("model", name, spec, ok, how)

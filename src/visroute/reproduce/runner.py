@@ -36,6 +36,7 @@ class RunContext:
     engine: Any = None              # a visroute.engine engine, or None (this process)
     log: Callable[[str], None] = print
     extra: dict = field(default_factory=dict)
+    progress: bool = True           # tqdm bars (i/N, ETA) over cells; also off when stderr is not a terminal
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _default_out(recipe: Recipe, scale: str) -> Path:
 
 
 def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path | None = None,
-               data_root: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
+               data_root: Path | None = None, log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
     """Run every stage of a recipe and write the comparison; raises MissingPrerequisites listing what is missing."""
     from visroute.reproduce import report
     from visroute.reproduce.server import allow_endpoint
@@ -104,7 +105,8 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
             log(f"loopback OpenAI-compatible server at {url} serving {', '.join(served)}")
         gen = (recipe.extra.get("generator") or {}).get(scale)
         models = {a: model_spec(m[scale], url) for a, m in recipe.models.items()}
-        ctx = RunContext(recipe, scale, root, out, settings, models, model_spec(gen, url) if gen else None, eng, log)
+        ctx = RunContext(recipe, scale, root, out, settings, models, model_spec(gen, url) if gen else None, eng, log,
+                         progress=progress)
         try:
             if recipe.kind == "descriptions":
                 from visroute.reproduce.descriptions_run import run_descriptions
@@ -130,11 +132,12 @@ def run_recipe(name: str, scale: str = "tiny", engine: str = "local", out: Path 
                              for k, v in run["generation"].items()}
     n_failed = sum(r["status"] == "failed" for r in rows)
     run["n_rows"], run["n_failed"] = len(rows), n_failed
+    run["n_items"] = report.count_items(out)   # what was measured: items per dataset, read back from the results
     (out / "cells.json").write_text(json.dumps(cells, indent=1, default=str), encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps({"recipe": recipe.name, "scale": scale, "arxiv": recipe.arxiv,
                                                      "rows": rows}, indent=1), encoding="utf-8")
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
-    sweeps = report.sweep_lines(cells) if recipe.kind == "descriptions" else None
+    sweeps = report.sweep_lines(cells, recipe.extra.get("methods")) if recipe.kind == "descriptions" else None
     report.write(out / "table.md", report.markdown(recipe, rows, run, sweeps))
     return RunResult(out, rows, n_failed)
 

@@ -61,7 +61,7 @@ class ClassifyResponse(_Model):
     model_spec: str = Field(..., description="Its canonical model spec.")
     decode: str = Field("exact", description="How the image became the model's input: exact (the model's own "
                                              "preprocessing), fast or gpu.")
-    is_random: bool = Field(..., description="True for random-weight smoke-test models (chance-level predictions).")
+    random_weights: bool = Field(..., description="True for random-weight smoke-test models (chance-level predictions); the same name as in result files and `visroute classify --json`.")
     label_set: str | None
     labels: list[str] = Field(..., description="Top-k class names, best first.")
     scores: list[float] = Field(..., description="Their probabilities.")

@@ -85,7 +85,8 @@ class ClassifyService:
         m.queue_seconds.labels(model=served.name).observe(info.queue_ms / 1000)
         now = time.perf_counter()
         model = served.pipeline.model
-        return {"model": served.name, "model_spec": model.spec, "decode": served.spec.decode, "is_random": model.is_random,
+        return {"model": served.name, "model_spec": model.spec, "decode": served.spec.decode,
+                "random_weights": model.is_random,
                 "label_set": lset.name if lset else None, "labels": labels, "scores": [float(s) for s in scores[0]],
                 "batch_size": info.batch_size, "explanation": explanation,
                 "timings": {"parse_ms": parse_ms, "decode_ms": decode_ms, "queue_ms": info.queue_ms,

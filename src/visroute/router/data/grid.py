@@ -104,7 +104,7 @@ class GridSpec:
             variants = m.pop("prompts", None)
             if variants is not None and not (isinstance(variants, list) and all(isinstance(p, str) for p in variants)):
                 raise VisrouteError(f"{path}: models[{i}] 'prompts' must be a list of prompt names or files")
-            if isinstance(m.get("prices"), str):
+            if m.get("prices") is not None:
                 m["prices"] = _read_prices(rel(m["prices"]), path)
             entry = {**defaults, **{k: rel(v) if k in _PATH_KEYS else v for k, v in m.items()}}
             spec = PipelineSpec.from_dict(entry, f"{path} models[{i}] ({m['name']})")
@@ -145,8 +145,12 @@ def _positive_int(raw: dict, key: str, path: Path) -> int | None:
 
 
 def _read_prices(path, where: Path) -> dict | None:
-    if path is None:
-        return None
+    """A price table given inline (a mapping) or as a JSON file path."""
+    if path is None or isinstance(path, dict):
+        return path
+    if not isinstance(path, str):
+        raise VisrouteError(f"{where}: 'prices' must be a price table (mapping) or a JSON file path, "
+                            f"found {type(path).__name__}")
     from visroute.safe_load import read_json
 
     table = read_json(path, f"{where}: price table")
@@ -191,14 +195,16 @@ class CellJob:
         return self.dataset is not None
 
 
-def plan_cells(grid: GridSpec, runtime, cache, log=print):
-    """The cells not yet done (no records file), in grid order: dataset by dataset, then ``grid.cells()``."""
+def plan_cells(grid: GridSpec, runtime, cache, log=print, done=lambda: None):
+    """The cells not yet done (no records file), in grid order: dataset by dataset, then ``grid.cells()``;
+    ``done()`` is called for each cell already done (a resumed run's progress starts there)."""
     from visroute.data.datasets import load_dataset, spread_subset
     from visroute.eval.results import slug
     from visroute.pipeline.build import load_contrastive
     from visroute.tasks.model import load_tasks, tasks_from_classification
 
     out = Path(grid.output)
+    n_cells, k = len(grid.datasets) * len(grid.cells()), 0
     for d in grid.datasets:
         spec = d["spec"]
         task_file = is_task_file(spec)
@@ -215,9 +221,11 @@ def plan_cells(grid: GridSpec, runtime, cache, log=print):
             pipe_spec = cell.spec
             cell_id = f"{slug(ds_name)}__{slug(pipe_spec.name)}__{slug(cell.variant)}"
             rec_path = out / "records" / f"{cell_id}.parquet"
+            k += 1
             if rec_path.is_file():
+                done()
                 continue
-            log(f"grid: {pipe_spec.name} on {ds_name} ({cell.variant})")
+            log(f"grid: cell {k}/{n_cells}: {pipe_spec.name} on {ds_name} ({cell.variant})")
             job = CellJob(cell_id, pipe_spec.to_json(), cell.variant, ds_name, spec, out / "results" / cell_id, rec_path)
             if pipe_spec.entry.kind == "classify" and not task_file:
                 job.dataset = ds
@@ -274,22 +282,34 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
     runtime = Runtime()
     engine = engine if engine is not None else default_engine()
     cache = engine.feature_cache()
-    jobs = plan_cells(grid, runtime, cache, log)
+    from tqdm import tqdm
+
+    # i/N and ETA over cells (VLM / LLM cells are the slow ones); off with progress=False or when not a terminal
+    bar = tqdm(total=len(grid.datasets) * len(grid.cells()), desc="grid", unit="cell", dynamic_ncols=True,
+               disable=None if progress else True)
+
+    def say(message: str) -> None:
+        with tqdm.external_write_mode():
+            log(message)
+
+    jobs = plan_cells(grid, runtime, cache, say, done=lambda: bar.update(1))
     run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
     run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_t)
     failed = []
-    for job, doc in cells:
-        if "_failed" in doc:  # no records: the cell is measured again on the next run
-            failed.append(job.cell_id)
-            log(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
-            continue
-        n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
-        if n_err:
-            log(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their records "
-                "are marked as errors and left out of routing tables")
-        spec = job.spec
-        atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
+    with bar:
+        for job, doc in cells:
+            bar.update(1)
+            if "_failed" in doc:  # no records: the cell is measured again on the next run
+                failed.append(job.cell_id)
+                say(f"grid: cell {job.cell_id} FAILED: {doc['_failed']}")
+                continue
+            n_err = int(doc.get("visroute", {}).get("n_errors") or 0)
+            if n_err:
+                say(f"grid: cell {job.cell_id}: {n_err} of {doc['visroute'].get('n_tasks')} call(s) failed; their "
+                    "records are marked as errors and left out of routing tables")
+            spec = job.spec
+            atomic_write_parquet(job.rec_path, records_from_result(doc["_file"], spec.name, spec, job.dataset_spec))
     parts = sorted((out / "records").glob("*.parquet"))
     if failed:
         from visroute.errors import CallsFailed

@@ -39,6 +39,8 @@ def read_records(paths) -> "pa.Table":  # noqa: F821
             strings = [f.name for f in pq.read_schema(p)
                        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             t = pq.read_table(p, read_dictionary=strings)
+        except FileNotFoundError:
+            raise VisrouteError(f"records file {p} not found (write one with `visroute grid run GRID.yaml`)") from None
         except (OSError, pa.ArrowException) as e:
             raise VisrouteError(f"{p} is not a readable records file (Parquet): {' '.join(str(e).split())[:160]}") from None
         missing = [c for c in ("task_id", "dataset", "model", "correct") if c not in t.column_names]

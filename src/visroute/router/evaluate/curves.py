@@ -105,10 +105,28 @@ def _pareto(curve: list[dict]) -> list[dict]:
 
 
 def plot_report(report: dict, path: str | Path, title: str = "visroute router: accuracy vs cost") -> Path:
+    """Accuracy-cost plot of a router report, saved as PNG (``report_figure`` builds it)."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def report_figure(report: dict, title: str = "visroute router: accuracy vs cost"):
+    """Readable by construction: the legend sits outside the axes; the cost axis is logarithmic when costs span
+    more than a factor of 20 and says its unit; markers that land on one spot are fanned out a few points
+    around it (and say so), so none hides another; a one-point router sweep is drawn as a large marker; the
+    single models' hull (the best accuracy any one model reaches at each cost) is a dashed step line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.transforms import offset_copy
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
     aiq = report.get("aiq") or {}
@@ -121,30 +139,66 @@ def plot_report(report: dict, path: str | Path, title: str = "visroute router: a
             ax.plot(xs + [max(s["cost"] for s in report["single_models"].values())], ys + [ys[-1]], ls, c=col, lw=1.5,
                     label=f"{label} (AIQ {aiq[name]['aiq']:.3f})")
     curve = report["pareto"]
-    ax.plot([p["cost"] for p in curve], [p["accuracy"] for p in curve], "o", ms=2.5, c="tab:red", alpha=0.5,
-            label="router (lambda sweep)")
-    for name, s in report["single_models"].items():
-        ax.scatter([s["cost"]], [s["accuracy"]], marker="s", s=40, label=f"always {name}")
-    ax.scatter([report["random"]["cost"]], [report["random"]["accuracy"]], marker="x", s=50, c="grey", label="random (uniform pick)")
+    cx, cy = [p["cost"] for p in curve], [p["accuracy"] for p in curve]
+    ax.plot(cx, cy, "-o", ms=4 if len(curve) > 1 else 9, lw=1.5, color="tab:red", alpha=0.8, zorder=3,
+            label="router (lambda sweep)" + (", one point" if len(curve) == 1 else ""))
+    singles = sorted(report["single_models"].items(), key=lambda kv: kv[1]["cost"])
+    hull, best = [], -1.0
+    for _, s in singles:
+        if s["accuracy"] > best:
+            hull.append((s["cost"], s["accuracy"]))
+            best = s["accuracy"]
+    if len(hull) > 1 and not aiq:   # with AIQ hulls in the report, the zero-router hull above is this line
+        ax.step(*zip(*hull), where="post", ls="--", lw=1, color="grey", zorder=2, label="single models' hull")
+    points = [(f"always {name}", s["cost"], s["accuracy"], "s", None) for name, s in singles]
+    points += [("random (uniform pick)", report["random"]["cost"], report["random"]["accuracy"], "x", "grey"),
+               ("oracle", report["oracle"]["cost"], report["oracle"]["accuracy"], "*", "gold")]
     if "operating_point" in report:
         op = report["operating_point"]
-        ax.scatter([op["cost"]], [op["accuracy"]], marker="D", s=70, c="red", label="router (calibrated)")
+        points.append(("router (calibrated)", op["cost"], op["accuracy"], "D", "red"))
         markers = {"random": ("x", "black"), "knn": ("v", "tab:blue"), "dataset_prior": ("^", "tab:green")}
-        for name, pt in op.get("at_equal_share", {}).items():
-            if name in markers:
-                ax.scatter([pt["cost"]], [pt["accuracy"]], marker=markers[name][0], s=55, c=markers[name][1],
-                           label=f"{name} at the router's share")
-    costs = [s["cost"] for s in report["single_models"].values()]
-    if min(costs) > 0 and max(costs) / min(costs) > 3:
-        ax.set_xscale("log")  # per-call prices span orders of magnitude
-    ax.set_xlabel("mean cost per task" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        points += [(f"{name} at the router's share", pt["cost"], pt["accuracy"], *markers[name])
+                   for name, pt in op.get("at_equal_share", {}).items() if name in markers]
+    costs = np.array([p[1] for p in points] + cx, dtype=float)
+    positive = costs[np.isfinite(costs) & (costs > 0)]
+    log_x = positive.size == costs[np.isfinite(costs)].size and positive.size > 0 and positive.max() > 20 * positive.min()
+    if log_x:
+        ax.set_xscale("log")
+    # fan out markers that coincide (same spot to 1% of the axis span): a ring of a few points' radius
+    xs = np.log10(costs[: len(points)]) if log_x else costs[: len(points)]
+    ys = np.array([p[2] for p in points], dtype=float)
+    span_x = max(np.nanmax(xs) - np.nanmin(xs), 1e-12) if len(xs) else 1.0
+    span_y = max(np.nanmax(ys) - np.nanmin(ys), 1e-12) if len(ys) else 1.0
+    groups: list[list[int]] = []
+    for i in range(len(points)):
+        for g in groups:
+            j = g[0]
+            if abs(xs[i] - xs[j]) <= 0.01 * span_x and abs(ys[i] - ys[j]) <= 0.01 * max(span_y, 0.05):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    shared = 0
+    for g in groups:
+        for k, i in enumerate(g):
+            label, x, y, marker, color = points[i]
+            dx, dy = ((7 * np.cos(2 * np.pi * k / len(g)), 7 * np.sin(2 * np.pi * k / len(g))) if len(g) > 1
+                      else (0.0, 0.0))
+            ax.scatter([x], [y], marker=marker, s=120 if marker == "*" else 50, c=color, zorder=4,
+                       edgecolors="k" if marker not in ("x",) else None, linewidths=0.5,
+                       transform=offset_copy(ax.transData, fig=fig, x=dx, y=dy, units="points"), label=label)
+        shared += len(g) > 1
+    if shared:
+        ax.annotate(f"markers fanned out around the spot where {shared} group(s) of points coincide", (0.0, -0.18),
+                    xycoords="axes fraction", fontsize=7, color="0.35", annotation_clip=False)
+    # offset transforms keep the scatter out of autoscaling: take every point into the data limits by hand
+    ax.update_datalim([(p[1], p[2]) for p in points if np.isfinite(p[1]) and np.isfinite(p[2])])
+    ax.margins(x=0.08, y=0.1)
+    ax.autoscale_view()
+    ax.set_xlabel("mean cost per task ($ per task" + (", log scale)" if log_x else ")"))
     ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

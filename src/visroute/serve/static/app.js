@@ -32,17 +32,23 @@ async function call(path, form) {
   return doc;
 }
 
-function bars(target, rows, chosen) {
-  for (const [name, value] of rows) {
+// rows: [name, value in 0..1, extra text]; the caption says what the bars measure
+function bars(target, rows, chosen, caption) {
+  if (caption) target.append(el("div", "caption", caption));
+  for (const [name, value, extra] of rows) {
     const row = el("div", "bar" + (name === chosen ? " chosen" : ""));
     row.append(el("span", "name", name));
     const track = el("div", "track");
     const fill = el("div", "fill");
     fill.style.width = Math.max(0, Math.min(100, value * 100)).toFixed(1) + "%";
     track.append(fill);
-    row.append(track, el("span", "value", value.toFixed(3)));
+    row.append(track, el("span", "value", value.toFixed(3)), el("span", "extra", extra || ""));
     target.append(row);
   }
+}
+
+function ms(seconds) {
+  return seconds >= 1 ? seconds.toFixed(2) + " s" : (seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1) + " ms";
 }
 
 function option(select, value, text) {
@@ -74,9 +80,16 @@ async function loadModels() {
 }
 
 function updateExplain() {
-  const ok = explainable.has($("label-set").value) && !$("labels").value.trim();
+  const typed = $("labels").value.trim();
+  const ok = explainable.has($("label-set").value) && !typed;
   $("explain").disabled = !ok;
   if (!ok) $("explain").checked = false;
+  // say why explain is off: it needs a label set that the server configured with descriptions
+  $("explain-why").textContent = ok ? "" : typed
+    ? "explain is off: typed labels have no descriptions; pick a label set configured with descriptions"
+    : (explainable.size
+      ? "explain is off for this label set (no descriptions); try " + [...explainable].join(", ")
+      : "explain is off: no label set on this server has descriptions (serve.yaml: head: descriptions)");
 }
 $("label-set").addEventListener("change", updateExplain);
 $("labels").addEventListener("input", updateExplain);
@@ -107,11 +120,13 @@ $("classify-btn").addEventListener("click", async () => {
   form.append("top_k", $("top-k").value || "5");
   if ($("explain").checked) form.append("explain", "true");
   status("Classifying…");
+  const t0 = performance.now();
   try {
     const doc = await call("/v1/classify", form);
-    bars(out, doc.labels.map((l, i) => [l, doc.scores[i]]), doc.labels[0]);
-    out.append(el("div", "meta", `${doc.model} · batch of ${doc.batch_size} · ${doc.timings.total_ms.toFixed(1)} ms`));
-    if (doc.is_random) out.append(el("div", "note", "This model has random weights (smoke test): predictions are at chance."));
+    const trip = (performance.now() - t0) / 1000;
+    bars(out, doc.labels.map((l, i) => [l, doc.scores[i]]), doc.labels[0], "probability per class (top " + doc.labels.length + ")");
+    out.append(el("div", "meta", `${doc.model} · batch of ${doc.batch_size} · server ${ms(doc.timings.total_ms / 1000)} · round trip ${ms(trip)}`));
+    if (doc.random_weights) out.append(el("div", "note", "This model has random weights (smoke test): predictions are at chance."));
     if (doc.explanation) showExplanation(doc.explanation);
     status("");
   } catch (err) { status(err.message, true); }
@@ -139,12 +154,18 @@ $("route-btn").addEventListener("click", async () => {
   form.append("options", $("options").value);
   if ($("router").value) form.append("router", $("router").value);
   status("Routing…");
+  const t0 = performance.now();
   try {
     const doc = await call("/v1/route", form);
+    const trip = (performance.now() - t0) / 1000;
     out.append(el("div", "answer", `${doc.chosen} answered: ${doc.answer === null ? "(no option parsed)" : doc.answer}`));
-    bars(out, Object.entries(doc.predicted_accuracy), doc.chosen);
-    const cost = doc.cost === null ? "unknown" : doc.cost.toPrecision(3);
-    out.append(el("div", "meta", `cost ${cost} · latency ${(doc.latency_s || 0).toFixed(2)} s · λ ${doc.lambda}`));
+    const expected = doc.expected_cost || {};
+    const price = (v) => (v === null || v === undefined ? "cost unknown" : "$" + v.toPrecision(3) + " expected");
+    bars(out, Object.entries(doc.predicted_accuracy).map(([m, p]) => [m, p, price(expected[m])]), doc.chosen,
+      "predicted probability of success per model (the router's estimate) · expected cost per task");
+    const cost = doc.cost === null ? "unknown" : "$" + doc.cost.toPrecision(3);
+    const model = doc.latency_s === null || doc.latency_s === undefined ? "not run" : ms(doc.latency_s);
+    out.append(el("div", "meta", `cost of this call ${cost} · model latency ${model} · round trip ${ms(trip)} · λ ${doc.lambda} (cost weight)`));
     status("");
   } catch (err) { status(err.message, true); }
 });
