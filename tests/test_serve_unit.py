@@ -177,16 +177,17 @@ def test_a_request_past_its_deadline_gets_504():
 
     from starlette.exceptions import HTTPException
 
-    from visroute.serve.routes import _within
+    from visroute.serve.cancel import until_answered
 
-    limits = SimpleNamespace(request_timeout_s=0.05)
-    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(serve=SimpleNamespace(
-        config=SimpleNamespace(limits=limits)))))
+    async def receive():  # a client that stays
+        await asyncio.sleep(3600)
+
+    request = SimpleNamespace(receive=receive)
 
     async def main():
-        assert await _within(request, asyncio.sleep(0, result="fast")) == "fast"
+        assert await until_answered(request, asyncio.sleep(0, result="fast"), 0.05) == "fast"
         with pytest.raises(HTTPException) as e:
-            await _within(request, asyncio.sleep(5))
+            await until_answered(request, asyncio.sleep(5), 0.05)
         return e.value
 
     err = asyncio.run(main())

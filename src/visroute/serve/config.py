@@ -91,6 +91,10 @@ class Limits:
     max_labels: int = 2000
     max_templates: int = 64
     max_top_k: int = 100
+    #: seconds an idle keep-alive connection is held open (uvicorn's ``timeout_keep_alive``)
+    keep_alive_s: float = 5.0
+    #: largest request head (request line + headers) in bytes (uvicorn's ``h11_max_incomplete_event_size``)
+    max_header_bytes: int = 16384
 
 
 @dataclass(frozen=True)

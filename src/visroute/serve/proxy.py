@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from visroute.errors import ModelLoadError
+from visroute.serve.cancel import until_answered
 from visroute.serve.decode import BadImageInput, data_url_bytes, decode_image
 from visroute.serve.schemas import ERRORS, ChatCompletionRequest, ChatCompletionResponse
 
@@ -232,8 +233,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest):
     if not state.ready:
         raise HTTPException(503, "models are still loading", headers={"Retry-After": "2"})
     payload = body.model_dump(mode="json", exclude_unset=True)
-    with state.admission.admit():
-        return await _chat(state, payload, body.stream)
+    with state.admission.admit():  # the client leaving cancels the call (and frees the slot) at once
+        return await until_answered(request, _chat(state, payload, body.stream), None)
 
 
 async def _chat(state, payload: dict, stream: bool):

@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -17,7 +18,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from visroute.errors import VisrouteError
-from visroute.serve.decode import b64_bytes, decode_image
+from visroute.serve.cancel import until_answered
+from visroute.serve.decode import BadImageInput, b64_bytes, decode_image
 from visroute.serve.middleware import validation_message
 from visroute.serve.service import ensure_ready
 from visroute.serve.schemas import (ERRORS, ClassifyRequest, ClassifyResponse, Health, ModelCard, ModelList,
@@ -82,20 +84,13 @@ def _deadline(request: Request) -> float:
     return request.app.state.serve.config.limits.request_timeout_s
 
 
-async def _within(request: Request, coro):
-    try:
-        return await asyncio.wait_for(coro, timeout=_deadline(request))
-    except (asyncio.TimeoutError, TimeoutError):
-        raise HTTPException(504, f"the request took longer than its deadline of {_deadline(request):g} s") from None
-
-
 @api.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"],
           openapi_extra=_body_doc(ClassifyRequest, "image", ["image"]))
 async def classify(request: Request):
     """Zero-shot classification of one image: top-k labels and probabilities, equal to `visroute classify`."""
     t0 = time.perf_counter()
     req, data = await read_body(request, ClassifyRequest, ("labels", "templates"))
-    return await _within(request, request.app.state.classify.classify(req, data, t0))
+    return await until_answered(request, request.app.state.classify.classify(req, data, t0), _deadline(request))
 
 
 @api.post("/v1/route", response_model=RouteResponse, responses=ERRORS, tags=["route"],
@@ -105,7 +100,7 @@ async def route(request: Request):
     req, data = await read_body(request, RouteRequest, ("options",))
     state = request.app.state.serve
     with state.admission.admit():
-        return await _within(request, _route(state, req, data))
+        return await until_answered(request, _route(state, req, data), _deadline(request))
 
 
 def _finite(x) -> float | None:
@@ -117,20 +112,21 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
     t0 = time.perf_counter()
     router = state.router(req.router)
     name = req.router or next(iter(state.routers))
-    path = None
-    if data is not None or req.image:
-        raw = data if data is not None else b64_bytes(req.image)
-        await asyncio.to_thread(decode_image, raw, state.config.limits.max_pixels)  # refuse bad images with a 400
-        fd, path = tempfile.mkstemp(prefix="visroute-route-", suffix=".img")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+    raw = data if data is not None else (b64_bytes(req.image) if req.image else None)
+    stop = threading.Event()  # set when the request is answered early (504, client gone): later stages are skipped
     try:
-        out = await asyncio.to_thread(router.route, path, req.task, list(req.options), req.run, req.lam)
-    except VisrouteError as e:
-        raise HTTPException(502 if "failed to answer" in str(e) else 400, str(e)) from None
-    finally:
-        if path:
-            os.unlink(path)
+        out = await asyncio.to_thread(_route_job, state, router, req, raw, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
+    except BadImageInput:
+        raise
+    except VisrouteError as e:  # the details go to the log with the request id; the client gets a generic line
+        from visroute.serve.proxy import _fail
+
+        if "failed to answer" in str(e):
+            raise _fail(502, "the routed model failed to answer", str(e)) from None
+        raise _fail(400, "the request could not be routed (check task, options, lambda and image)", str(e)) from None
     state.metrics.routed.labels(router=name, model=out["chosen"], endpoint="route").inc()
     for c in out.get("calls") or []:  # a cascade or ensemble pays each model it called
         if _finite(c.get("cost")) is not None:
@@ -145,6 +141,26 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
                cost=_finite(out.get("cost")), total_ms=(time.perf_counter() - t0) * 1000)
     doc["lambda"] = out["lambda"]
     return doc
+
+
+def _route_job(state, router, req: RouteRequest, raw: bytes | None, stop: threading.Event) -> dict:
+    """The blocking part of /v1/route, in one worker thread: decode check, temp file, route; each stage is skipped
+    once ``stop`` is set, and the file lives exactly as long as the stage that reads it."""
+    path = None
+    if raw is not None:
+        decode_image(raw, state.config.limits.max_pixels)  # refuse bad images with a 400
+        if stop.is_set():
+            raise asyncio.CancelledError
+        fd, path = tempfile.mkstemp(prefix="visroute-route-", suffix=".img")
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+    try:
+        if stop.is_set():
+            raise asyncio.CancelledError
+        return router.route(path, req.task, list(req.options), req.run, req.lam)
+    finally:
+        if path:
+            os.unlink(path)
 
 
 @api.get("/v1/models", response_model=ModelList, responses=ERRORS, tags=["models"])
