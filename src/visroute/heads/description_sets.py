@@ -167,11 +167,12 @@ def _disclip_format(data: dict, path: Path, kind: str | None, prov: dict) -> Des
                           {**prov, "format": "disclip", "indexed": True})
 
 
-def load_descriptions(path: str | Path, kind: str | None = None) -> DescriptionSet:
+def load_descriptions(path: str | Path, kind: str | None = None, allow_empty: bool = False) -> DescriptionSet:
     """Read any supported description file; malformed files raise DescriptionError naming the problem, and so does
-    a file whose every class has no description (it would silently evaluate as plain class names)."""
+    a file whose every class has no description (it would silently evaluate as plain class names) unless
+    ``allow_empty`` (reading a generation report, not evaluating)."""
     dset = _load_descriptions(path, kind)
-    if len(dset) and all(not d for d in dset.descriptions):
+    if not allow_empty and len(dset) and all(not d for d in dset.descriptions):
         raise DescriptionError(f"{Path(path).expanduser()}: every class's description list is empty; there is "
                                "nothing to evaluate (generate descriptions first, or drop --descriptions)")
     return dset
