@@ -327,6 +327,8 @@ def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_pro
         "latency_s": pa.array(latency, pa.float64()),
         "dataset_spec": dict_col(dcode, [f"synthetic:{n}" for n in ds_names]),
         "pipeline": pa.nulls(n, pa.string()),
+        "status": dict_col(np.zeros(n, np.int32), ["ok"]),  # every synthetic call answered
+        "error": pa.nulls(n, pa.string()),
     }
     table = pa.table(cols, schema=records_schema())
     pq.write_table(table, path)
