@@ -223,9 +223,12 @@ class _TorchRouter(_Router):
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_tasks, n_models) float64 success probabilities."""
-        X = torch.from_numpy(self._predict_inputs(X))
+        X = torch.from_numpy(self._predict_inputs(X)).double()
+        # float64 through a float64 view of the weights: a row's answer does not depend on its batch or position
+        # (float32 kernels block by batch shape, so reordered rows differed by ~1e-7)
+        params = {k: v.double() for k, v in self.net_.state_dict().items()}
         with torch.no_grad():
-            return torch.sigmoid(self.net_(X)).numpy().astype(np.float64)
+            return torch.sigmoid(torch.func.functional_call(self.net_, params, (X,))).numpy()
 
 
 class MLPRouter(_TorchRouter):
