@@ -46,7 +46,8 @@ def _log_detail(status: int, public: str, detail: str) -> None:
                                                             "detail": detail}))
 
 
-def _fail(status: int, public: str, detail: str) -> HTTPException:
+def public_failure(status: int, public: str, detail: str) -> HTTPException:
+    """An HTTP error whose text is generic for the client; the detail goes to the server log with the request id."""
     _log_detail(status, public, detail)
     return HTTPException(status, public)
 
@@ -262,7 +263,7 @@ async def _chat(state, payload: dict, stream: bool):
     try:
         target = state.target(chosen)
     except ModelLoadError as e:  # the routed model's endpoint is not one the user's configuration allows
-        raise _fail(502, f"{chosen}: the model's endpoint is not available", str(e)) from None
+        raise public_failure(502, f"{chosen}: the model's endpoint is not available", str(e)) from None
     state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
     payload["model"] = target.model
     req_headers = {"content-type": "application/json"}
@@ -281,7 +282,7 @@ async def _chat(state, payload: dict, stream: bool):
         raise
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
-        raise _fail(502, f"{chosen}: could not reach the model's endpoint", f"{target.base_url}: {e!r}") from None
+        raise public_failure(502, f"{chosen}: could not reach the model's endpoint", f"{target.base_url}: {e!r}") from None
     doc = _upstream_json(state, status, body, chosen)
     doc["model"] = chosen
     account(doc.get("usage"))
@@ -303,19 +304,19 @@ async def upstream_post(state, url: str, payload: dict, headers: dict) -> tuple[
         async with state.http.stream("POST", url, json=payload, headers=headers, timeout=limit) as r:
             declared = r.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > UPSTREAM_MAX_BYTES:
-                raise _fail(502, "the model's answer is too large", f"{url}: Content-Length {declared}")
+                raise public_failure(502, "the model's answer is too large", f"{url}: Content-Length {declared}")
             chunks, n = [], 0
             async for chunk in r.aiter_bytes():
                 n += len(chunk)
                 if n > UPSTREAM_MAX_BYTES:
-                    raise _fail(502, "the model's answer is too large", f"{url}: over {UPSTREAM_MAX_BYTES} bytes")
+                    raise public_failure(502, "the model's answer is too large", f"{url}: over {UPSTREAM_MAX_BYTES} bytes")
                 chunks.append(chunk)
             return r.status_code, b"".join(chunks)
 
     try:
         return await asyncio.wait_for(go(), timeout=limit)
     except asyncio.TimeoutError:
-        raise _fail(504, f"the model did not answer within {limit:g} s", url) from None
+        raise public_failure(504, f"the model did not answer within {limit:g} s", url) from None
 
 
 def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
@@ -330,7 +331,7 @@ def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
         msg = doc.get("error", {}).get("message") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) \
             else body[:300].decode("utf-8", "replace")
         code = status if 400 <= status < 500 and status not in (401, 403) else 502
-        raise _fail(code, f"{chosen} answered HTTP {status}" if status >= 400 else f"{chosen} gave no valid answer",
+        raise public_failure(code, f"{chosen} answered HTTP {status}" if status >= 400 else f"{chosen} gave no valid answer",
                     str(msg))
     return doc
 
@@ -344,7 +345,7 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
-        raise _fail(502, f"{chosen}: could not reach the model's endpoint", f"{url}: {e!r}") from None
+        raise public_failure(502, f"{chosen}: could not reach the model's endpoint", f"{url}: {e!r}") from None
     if resp.status_code >= 400:
         await resp.aread()
         await resp.aclose()

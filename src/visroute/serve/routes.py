@@ -122,11 +122,11 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
     except BadImageInput:
         raise
     except VisrouteError as e:  # the details go to the log with the request id; the client gets a generic line
-        from visroute.serve.proxy import _fail
+        from visroute.serve.proxy import public_failure
 
         if "failed to answer" in str(e):
-            raise _fail(502, "the routed model failed to answer", str(e)) from None
-        raise _fail(400, "the request could not be routed (check task, options, lambda and image)", str(e)) from None
+            raise public_failure(502, "the routed model failed to answer", str(e)) from None
+        raise public_failure(400, "the request could not be routed (check task, options, lambda and image)", str(e)) from None
     state.metrics.routed.labels(router=name, model=out["chosen"], endpoint="route").inc()
     for c in out.get("calls") or []:  # a cascade or ensemble pays each model it called
         if _finite(c.get("cost")) is not None:
