@@ -5,16 +5,12 @@ without Ray Serve (``ray[serve]``)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import threading
-import time
 
 import pytest
 
-from tests.test_serve_scale import ENV, HEADERS, _answers, config  # noqa: F401  (the shared module fixture)
+from tests.test_serve_scale import ENV, _answers, classify_load_while_signalling, config  # noqa: F401  (the shared module fixture)
 from tests.serve_fixtures import start_server
-from visroute.serve.loadtest import run_load
 
 pytest.importorskip("ray.serve", reason="Ray Serve (pip install 'ray[serve]') is not installed")
 pytest_plugins = ["tests.serve_fixtures"]
@@ -53,25 +49,8 @@ def test_ray_serve_answers_as_plain_serve(ray_served, imagenet_images):
 
 
 def test_a_model_replica_killed_under_load_loses_no_request(ray_served, imagenet_images):
-    import base64
-
     ray = ray_served[1]
-    bodies = [{"image": base64.b64encode(p.read_bytes()).decode(), "label_set": "animals", "top_k": 3}
-              for p in imagenet_images]
     victim = _replicas("tiny")[0]
-
-    def kill():
-        time.sleep(1.0)
-        os.kill(victim, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill)
-    killer.start()
-    r = run_load(ray.url, lambda i: {"path": "/v1/classify", "json": bodies[i % len(bodies)]}, 120, 8, HEADERS,
-                 time_limit_s=180)
-    killer.join()
-    assert not any("time limit" in e for e in r.errors), r.errors[:3]
-    assert sum(r.statuses.values()) == 120, r.summary()
-    assert set(r.statuses) <= {200, 503}, (r.summary(), r.errors[:3])
-    assert r.statuses[200] > 0
+    r = classify_load_while_signalling(ray.url, imagenet_images, victim, signal.SIGKILL, 120, time_limit_s=180)
     assert victim not in _replicas("tiny")
     print(f"\nRay Serve, a model replica killed under load: {dict(r.statuses)}")

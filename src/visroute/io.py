@@ -220,3 +220,14 @@ def _wait_for_lock(fd: int, path: Path, timeout: float | None, poll_s: float) ->
                 raise LockTimeout(f"another process has held {path} for over {timeout:g} s; wait for it to "
                                   "finish, or delete the lock file if no visroute process is running") from None
             time.sleep(poll_s)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG (parents made, tight bounding box) and close it, so plots never pile up."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

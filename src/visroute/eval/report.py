@@ -9,14 +9,9 @@ from visroute.errors import VisrouteError
 
 def plot_results(rows: list[dict], path: Path, metric: str = "acc1") -> Path:
     """Grouped bar chart: one group per dataset, one bar per (model, head, templates); saved as PNG."""
-    import matplotlib.pyplot as plt
+    from visroute.io import save_figure
 
-    fig = results_figure(rows, metric)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(results_figure(rows, metric), path)
 
 
 def results_figure(rows: list[dict], metric: str = "acc1"):

@@ -52,7 +52,7 @@ def evaluate_router(proba: np.ndarray, success: np.ndarray, cost: np.ndarray, mo
         curve.append({"lambda": float(lam_i), "accuracy": acc, "cost": c,
                       "share": {models[j]: float(np.mean(picks == j)) for j in range(m)}})
     pareto = _pareto(curve)
-    best_acc, cheap_acc = singles[best_name]["accuracy"], singles[cheap_name]["accuracy"]
+    best_acc = singles[best_name]["accuracy"]
     best_cost = singles[best_name]["cost"]
     matching = [p for p in pareto if p["accuracy"] >= best_acc - 1e-12]
     match_cost = min((p["cost"] for p in matching), default=None)
@@ -106,14 +106,9 @@ def _pareto(curve: list[dict]) -> list[dict]:
 
 def plot_report(report: dict, path: str | Path, title: str = "visroute router: accuracy vs cost") -> Path:
     """Accuracy-cost plot of a router report, saved as PNG (``report_figure`` builds it)."""
-    import matplotlib.pyplot as plt
+    from visroute.io import save_figure
 
-    fig = report_figure(report, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(report_figure(report, title), path)
 
 
 def report_figure(report: dict, title: str = "visroute router: accuracy vs cost"):
