@@ -33,9 +33,9 @@ def serve(
     from visroute.errors import MissingExtraError
 
     try:
-        from visroute.serve.run import RunOptions, run_service
+        from visroute.serve.run import ServeOptions, run_service
     except ImportError as e:
         raise MissingExtraError("serve", e.name or "fastapi", "visroute serve") from e
     quiet_libraries()
-    run_service(RunOptions(config, host, port, api_keys_file, open_mode, graceful_s, workers, engine, replicas,
+    run_service(ServeOptions(config, host, port, api_keys_file, open_mode, graceful_s, workers, engine, replicas,
                            num_gpus, ray_address), echo=lambda line: typer.echo(line, err=True))

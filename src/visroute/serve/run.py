@@ -18,7 +18,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class ServeOptions:
+    """How `visroute serve` runs (where and how many processes); what it serves is the config."""
     config: Optional[Path]
     host: str = "127.0.0.1"
     port: int = 8000
@@ -32,7 +33,7 @@ class RunOptions:
     ray_address: Optional[str] = None
 
 
-def check_options(o: RunOptions) -> None:
+def check_options(o: ServeOptions) -> None:
     """Option combinations refused before anything loads (one line each)."""
     if o.open_mode and o.host not in LOOPBACK:
         raise VisrouteError(f"--open serves without authentication, so it binds only to loopback, not {o.host}; "
@@ -49,7 +50,7 @@ def uvicorn_options(limits: Limits, graceful_s: float) -> dict:
             "timeout_keep_alive": limits.keep_alive_s, "h11_max_incomplete_event_size": limits.max_header_bytes}
 
 
-def run_service(o: RunOptions, echo: Callable[[str], None]) -> None:
+def run_service(o: ServeOptions, echo: Callable[[str], None]) -> None:
     """Check, build the app (which checks the config without loading models), announce, and serve until a signal.
     A model, label set or router that fails to load (e.g. a bundle that fails validation) stops the service with
     one line; /readyz never turns green for it."""
@@ -72,7 +73,7 @@ def run_service(o: RunOptions, echo: Callable[[str], None]) -> None:
         raise VisrouteError(f"the service stopped: {app.state.serve.load_error}")
 
 
-def serve_workers(o: RunOptions, limits: Limits) -> None:
+def serve_workers(o: ServeOptions, limits: Limits) -> None:
     """N uvicorn worker processes on one socket (uvicorn's supervisor restarts one that dies); metrics in
     prometheus-client's multiprocess mode, summed over the workers by /metrics."""
     import json
