@@ -5,6 +5,8 @@ a request's head is complete are counted, and past the limit the client gets 431
 
 from __future__ import annotations
 
+import re
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -12,6 +14,7 @@ TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: tex
 
 
 LINGER_S = 2.0
+HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -23,16 +26,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_limit = self.config.h11_max_incomplete_event_size
         self.head_bytes = 0          # bytes received since the current request began, while its head is incomplete
         self.in_head = True
+        self.head_tail = b""         # the last bytes of the previous read, to find a head end split across reads
         self.lingering = False
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # what the client still sends after the 431 is read and dropped until the close
-        if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_limit is not None and self.head_bytes > self.head_limit:
+        if self.in_head and self.head_limit is not None:
+            window = self.head_tail + data       # the end of the head may straddle two reads
+            end = HEAD_END.search(window)
+            self.head_bytes += end.end() - len(self.head_tail) if end else len(data)   # the body is not the head
+            if self.head_bytes > self.head_limit:
                 self.refuse_head()
                 return
+            self.head_tail = window[-3:]
         super().data_received(data)
 
     def refuse_head(self) -> None:
@@ -49,9 +56,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_S, self.transport.close)
 
     def on_headers_complete(self) -> None:
-        self.in_head, self.head_bytes = False, 0
+        self.in_head, self.head_bytes, self.head_tail = False, 0, b""
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self.in_head, self.head_bytes = True, 0
+        self.in_head, self.head_bytes, self.head_tail = True, 0, b""
         super().on_message_complete()
