@@ -8,10 +8,13 @@ Both engines have the same interface, so eval, classify, describe and the grid n
   (``visroute.features.encode.encode_batches`` runs under it, locally or on a Ray actor);
 - ``map_calls(fn, items, endpoints)``: ``fn(item)`` for every item, in completion order, with at most
   ``endpoint_concurrency`` requests in flight to any one endpoint (VLM/LLM grid cells, describe);
-- ``run_cells(jobs, run_contrastive, run_task)``: a grid's cells; records are written as each one finishes.
+- ``run_cells(jobs, run_contrastive, run_task, runtime)``: a grid's cells, handed back as each one finishes;
+  ``run_task(job, runtime)`` is a module-level function (Ray ships it by reference to a worker, which gives it a
+  runtime of its own), so the engine runs grid cells without knowing the grid.
 
 Workers build every model through ``visroute.pipeline.build`` from a ``PipelineSpec`` sent as JSON, so a Ray
-actor runs exactly the model the driver would have run.
+actor runs exactly the model the driver would have run. The engine sits above ``pipeline`` and ``features`` and
+below what runs work on it (the grid, describe, the commands): those hand it down, nothing below reaches up for it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class EngineOptions:
         """From the grid YAML: ``engine: ray`` or ``engine: {name: ray, address: ..., actors: 4, num_gpus: 0.5}``."""
         import dataclasses
 
-        from visroute.pipeline.spec import nearest_key
+        from visroute.registry import nearest_key
 
         if isinstance(raw, str):
             raw = {"name": raw}
