@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from visroute.engine import EngineOptions
+from visroute.engine.options import EngineOptions
 from visroute.features.encode import LocalEncoder
 
 

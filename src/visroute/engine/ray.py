@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from visroute.engine import EngineOptions
-from visroute.engine.workers import EncodeWorker, apply_env, call, driver_env, generate_chunk, with_own_runtime  # noqa: F401
+from visroute.engine.options import EngineOptions
+from visroute.engine.workers import EncodeWorker, call, driver_env, generate_chunk, with_own_runtime
 from visroute.errors import MissingExtraError, VisrouteError
 
 #: tasks retried after their worker died (kill -9, node lost); exceptions raised by visroute are not retried
