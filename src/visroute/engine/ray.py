@@ -256,7 +256,7 @@ class RayEngine:
         as they finish (``finished()`` without waiting, iteration waiting)."""
         return RayCalls(self, fn, list(items), endpoints)
 
-    def run_cells(self, jobs, run_contrastive, run_task, runtime=None):
+    def run_cells(self, jobs, run_contrastive, run_task, runtime):
         """Grid cells: VLM/LLM cells go out as Ray tasks first (``run_task``, a module-level function, is shipped by
         reference and called with the worker's own runtime, not ``runtime``); contrastive cells then run here, their
         features encoded on the actor pool; every finished cell is handed back at once, so its records get written."""
