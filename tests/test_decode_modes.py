@@ -132,11 +132,10 @@ def test_gpu_decoder_falls_back_to_the_cpu_and_counts(clip64, imagenet_images, t
     assert pixels is None and len(failed) == 1 and failed[0][0] == 0 and "truncated" in failed[0][1]
 
 
-def test_gpu_mode_batches_report_cpu_decodes(clip64, imagenet_images, monkeypatch, tmp_path):
-    """The whole batched road in ``gpu`` mode, nvJPEG replaced by the stand-in: skips and CPU decodes counted."""
+@pytest.fixture
+def gpu_stand_in(monkeypatch):
+    """``decode: gpu`` on this CPU-only machine: CUDA's check passes and nvJPEG is the PIL stand-in."""
     import visroute.data.gpu_decode as gd
-    from visroute.data.batches import iter_preprocessed_batches
-    from visroute.models import load_model
 
     fake, _ = _pil_decode_jpeg(set())
     monkeypatch.setattr(gd, "require_gpu", lambda: None)
@@ -146,6 +145,12 @@ def test_gpu_mode_batches_report_cpu_decodes(clip64, imagenet_images, monkeypatc
             super().__init__(plan, "cpu", fake)
 
     monkeypatch.setattr(gd, "GpuDecoder", StandIn)
+
+
+def test_gpu_mode_batches_report_cpu_decodes(clip64, imagenet_images, gpu_stand_in, tmp_path):
+    """The whole batched road in ``gpu`` mode, nvJPEG replaced by the stand-in: skips and CPU decodes counted."""
+    from visroute.data.batches import iter_preprocessed_batches
+    from visroute.models import load_model
     from PIL import Image
 
     png = tmp_path / "a.png"
@@ -162,6 +167,56 @@ def test_gpu_mode_batches_report_cpu_decodes(clip64, imagenet_images, monkeypatc
         if idx:
             assert batch["pixel_values"].shape == (len(idx), 3, 64, 64)
     assert seen == [0, 1, 3] and skipped == [2] and stats == {"decoded_on_cpu": 1}
+
+
+def test_cpu_decodes_reach_the_result_json(clip64, imagenet_images, gpu_stand_in, tmp_path):
+    """A PNG among JPEGs in ``gpu`` mode: the eval result JSON and ``classify --json`` say 1 image was decoded on the
+    CPU; a re-run served from the feature cache decoded nothing (0); ``exact`` has no such count (null)."""
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for cls, files in {"fish": imagenet_images[:2], "other": imagenet_images[2:3]}.items():
+        (root / cls).mkdir(parents=True)
+        for f in files:
+            (root / cls / f.name).write_bytes(f.read_bytes())
+    Image.open(imagenet_images[3]).convert("RGB").save(root / "other" / "tabby.png")
+
+    def run(decode: str, out: str) -> dict:
+        r = CliRunner().invoke(app, ["eval", "-m", f"hf:{clip64}", "-d", str(root), "--decode", decode, "--workers",
+                                     "0", "--device", "cpu", "--no-progress", "--output", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output
+        return json.loads(next((tmp_path / out).glob("*.json")).read_text())["visroute"]
+
+    first = run("gpu", "o1")
+    assert first["decode"] == "gpu" and first["decoded_on_cpu"] == 1 and first["feature_cache"]["images_encoded"] == 4
+    again = run("gpu", "o2")  # every feature cached: no image decoded in this run
+    assert again["decoded_on_cpu"] == 0 and again["feature_cache"]["images_encoded"] == 0
+    assert run("exact", "o3")["decoded_on_cpu"] is None
+
+    r = CliRunner().invoke(app, ["classify", str(root), "--labels", ",".join(LABELS), "--model", f"hf:{clip64}",
+                                 "--json", "--device", "cpu", "--workers", "0", "--decode", "gpu"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["decode"] == "gpu" and doc["n_classified"] == 4 and doc["decoded_on_cpu"] == 1
+
+
+def test_ray_encode_worker_counts_cpu_decodes(clip64, imagenet_images, gpu_stand_in, tmp_path):
+    """The Ray actor's chunk carries its CPU-decode count once (on its first row), for the driver to sum."""
+    from PIL import Image
+
+    from visroute.data.images import FileSource
+    from visroute.engine.workers import EncodeWorker
+    from visroute.models import load_model
+    from visroute.pipeline.spec import PipelineSpec
+
+    png = tmp_path / "a.png"
+    Image.open(imagenet_images[1]).save(png)
+    model = load_model(f"hf:{clip64}", device="cpu")
+    expect = {"weights": model.weights_fingerprint, "preprocess": model.preprocess_fingerprint}
+    worker = EncodeWorker(PipelineSpec(model=f"hf:{clip64}", device="cpu").to_json(),
+                          FileSource([imagenet_images[0], png, imagenet_images[2]]), "gpu", 32, expect)
+    out = worker({"chunk": np.array([0, 1]), "indices": [np.array([0, 1]), np.array([2])]})
+    assert out["decoded_on_cpu"].tolist() == [1, 0, 0] and list(out["error"]) == ["", "", ""]
 
 
 def _cli_scores(model: str, image, decode: str) -> tuple[list[str], list[float], dict]:

@@ -22,6 +22,7 @@ class ImagePrediction:
 class ClassifyRun:
     predictions: list[ImagePrediction] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)  # ``gpu`` decode: ``decoded_on_cpu`` (``visroute.features.encode``)
 
 
 def iter_classify(
@@ -33,10 +34,12 @@ def iter_classify(
     decode: str = "exact",
     progress: bool = False,
     engine=None,
+    stats: dict | None = None,
 ) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
     """Classify already-expanded image paths batch by batch with a fitted head; ``engine`` (``visroute.engine``,
-    default local): where the images are encoded, batches still in input order; ``decode``: exact | fast | gpu."""
-    for batch in iter_encoded_batches(head.model, paths, batch_size, num_workers, decode, progress, engine):
+    default local): where the images are encoded, batches still in input order; ``decode``: exact | fast | gpu
+    (``stats`` receives the ``gpu`` mode's ``decoded_on_cpu``)."""
+    for batch in iter_encoded_batches(head.model, paths, batch_size, num_workers, decode, progress, engine, stats):
         preds = []
         if batch.paths:
             idx, scores = head.predict_topk(batch.embeddings, top_k)
@@ -50,7 +53,7 @@ def classify_images(head: ZeroShotClassifier, inputs: Sequence[str | Path], top_
     (keyword) defaults to ``exact``: the model's own preprocessing."""
     paths, missing = find_images(inputs)
     run = ClassifyRun(skipped=list(missing))
-    for preds, skipped in iter_classify(head, paths, top_k, **kw):
+    for preds, skipped in iter_classify(head, paths, top_k, stats=run.stats, **kw):
         run.predictions += preds
         run.skipped += skipped
     return run
@@ -69,17 +72,20 @@ class ClassifyJob:
     decode: str = "exact"
 
     def batches(self, top_k: int = 5, batch_size: int = 64, num_workers: int | None = None,
-                progress: bool | None = None, engine=None) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
+                progress: bool | None = None, engine=None, stats: dict | None = None
+                ) -> Iterator[tuple[list[ImagePrediction], list[SkippedFile]]]:
         """Predictions batch by batch, decoded in the job's ``decode`` mode; the progress bar defaults to on for
-        more than 8 images."""
+        more than 8 images; ``stats`` (``ClassifyRun.stats``) receives the ``gpu`` mode's CPU-decode count."""
         show = progress if progress is not None else len(self.paths) > 8
-        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, self.decode, show, engine)
+        return iter_classify(self.head, self.paths, top_k, batch_size, num_workers, self.decode, show, engine, stats)
 
     def document(self, top_k: int, run: ClassifyRun) -> dict:
         """The JSON document ``visroute classify --json`` prints."""
         return {
             **self.head.model.describe(),
             "decode": self.decode,
+            # gpu mode: the images nvJPEG did not decode (the CPU did); null in exact / fast (all on the CPU)
+            "decoded_on_cpu": int(run.stats.get("decoded_on_cpu", 0)) if self.decode == "gpu" else None,
             "labels": self.classnames,
             "templates": self.templates,
             "top_k": top_k,

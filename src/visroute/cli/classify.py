@@ -60,7 +60,8 @@ def classify(args: ClassifyArgs) -> None:
         if job.head.model.is_random and not args.as_json:
             warn(f"note: {job.head.model.spec} has random weights (smoke test); predictions are at chance level.")
         run = ClassifyRun(skipped=list(job.skipped))
-        for preds, bad in job.batches(args.top_k, args.batch_size, args.workers, args.progress, engine):
+        for preds, bad in job.batches(args.top_k, args.batch_size, args.workers, args.progress, engine,
+                                      run.stats):
             run.predictions += preds
             run.skipped += bad
             if not args.as_json:

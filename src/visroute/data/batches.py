@@ -183,7 +183,8 @@ def iter_preprocessed_batches(
     Decoding runs in the worker processes ``choose_decoding`` picks while the caller runs the model in this one.
     Where the preprocessing splits exactly (``visroute.data.pixels``) the workers stop at uint8 pixels and
     stack them, and the exact normalisation table is applied on ``device`` in ``dtype`` (the model's, when
-    given; else float32 on the CPU). ``stats`` (a dict) receives ``decoded_on_cpu`` in ``gpu`` mode.
+    given; else float32 on the CPU). ``stats`` (a dict), in ``gpu`` mode only: ``decoded_on_cpu`` grows by the
+    images of this call that nvJPEG did not decode (kept up to date batch by batch, so a stopped run counts too).
     """
     from torch.utils.data import DataLoader
 
@@ -202,6 +203,7 @@ def iter_preprocessed_batches(
         from visroute.data.gpu_decode import GpuDecoder
 
         gpu = GpuDecoder(plan, device if device is not None and str(device) != "cpu" else "cuda")
+        base = stats.setdefault("decoded_on_cpu", 0) if stats is not None else 0
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     dataset = PixelBatches(source, plan, chunks, how.draft_size, how.mode)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=how.num_workers, collate_fn=_unchanged,
@@ -214,14 +216,14 @@ def iter_preprocessed_batches(
             bad = bad + [(ok[r], why) for r, why in failed]
             keep = set(range(len(ok))) - {r for r, _ in failed}
             ok = [i for r, i in enumerate(ok) if r in keep]
+            if stats is not None:
+                stats["decoded_on_cpu"] = base + gpu.on_cpu
         skipped = [SkippedFile(source.item_id(i), err, i) for i, err in bad]
         tally.add(skipped)
         yield ok, (plan.finish(pixels, device, dtype) if pixels is not None else None), skipped
     tally.report()
     if gpu is not None:
         gpu.report(len(order))
-        if stats is not None:
-            stats["decoded_on_cpu"] = stats.get("decoded_on_cpu", 0) + gpu.on_cpu
 
 
 class _SkipTally:

@@ -3,9 +3,10 @@
 Both engines have the same interface, so eval, classify, describe and the grid never ask which one they got:
 
 - ``feature_cache(root)``: the feature cache whose ``encode`` encodes missing shards on this engine;
-- ``map_images(model, source, batch_size, decode=, num_workers=, indices=)``: (item indices, embeddings,
+- ``map_images(model, source, batch_size, decode=, num_workers=, indices=, stats=)``: (item indices, embeddings,
   skipped) per batch, in input order: the one entry point every caller's images take to features
-  (``visroute.features.encode.encode_batches`` runs under it, locally or on a Ray actor);
+  (``visroute.features.encode.encode_batches`` runs under it, locally or on a Ray actor); ``stats`` receives the
+  ``gpu`` decode mode's ``decoded_on_cpu`` count;
 - ``map_calls(fn, items, endpoints)``: ``fn(item)`` for every item, in completion order, with at most
   ``endpoint_concurrency`` requests in flight to any one endpoint (VLM/LLM grid cells, describe);
 - ``run_cells(jobs, run_contrastive, run_task, runtime)``: a grid's cells, handed back as each one finishes;

@@ -188,8 +188,10 @@ class RayEngine:
         return FeatureCache(root, engine=self)
 
     def map_images(self, model, source, batch_size: int = 64, decode: str = "exact",
-                   num_workers: int | None = None, indices=None) -> Iterator[tuple[list[int], Any, list]]:
-        """(decoded item indices, embeddings or None, skipped) per chunk of ``batch_size`` items, in input order."""
+                   num_workers: int | None = None, indices=None,
+                   stats: dict | None = None) -> Iterator[tuple[list[int], Any, list]]:
+        """(decoded item indices, embeddings or None, skipped) per chunk of ``batch_size`` items, in input order;
+        ``stats`` (``gpu`` mode): ``decoded_on_cpu`` summed over the actors' chunks."""
         import torch
 
         from visroute.data.images import FileSource, SkippedFile
@@ -201,14 +203,18 @@ class RayEngine:
         chunks = [indices[j : j + bs] for j in range(0, len(indices), bs)]
         if not chunks:
             return
-        for c, (index, emb, error) in self._run_chunks(model, source, decode, chunks):
+        if stats is not None and decode == "gpu":
+            stats.setdefault("decoded_on_cpu", 0)
+        for c, (index, emb, error, on_cpu) in self._run_chunks(model, source, decode, chunks):
+            if stats is not None and decode == "gpu":
+                stats["decoded_on_cpu"] += int(on_cpu.sum())
             ok = [r for r, e in enumerate(error) if not e]
             skipped = [SkippedFile(source.item_id(int(index[r])), str(error[r]), int(index[r]))
                        for r, e in enumerate(error) if e]
             yield [int(index[r]) for r in ok], (torch.from_numpy(emb[ok]) if ok else None), skipped
 
     def _run_chunks(self, model, source, decode: str, chunks: list[list[int]]):
-        """(chunk number, indices, embeddings, errors) for every chunk, in chunk order."""
+        """(chunk number, (indices, embeddings, errors, CPU-decode counts)) for every chunk, in chunk order."""
         import numpy as np
 
         from visroute.pipeline.spec import PipelineSpec
@@ -231,14 +237,15 @@ class RayEngine:
             for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 for c in np.unique(b["chunk"]):
                     m = b["chunk"] == c
-                    parts.setdefault(int(c), []).append((b["index"][m], b["embedding"][m], b["error"][m]))
+                    parts.setdefault(int(c), []).append((b["index"][m], b["embedding"][m], b["error"][m],
+                                                         b["decoded_on_cpu"][m]))
                     seen[int(c)] += int(m.sum())
                 while nxt < len(chunks) and seen[nxt] == len(chunks[nxt]):
                     got = parts.pop(nxt)
-                    idx, emb, err = (np.concatenate([g[k] for g in got]) for k in range(3))
+                    idx, emb, err, on_cpu = (np.concatenate([g[k] for g in got]) for k in range(4))
                     pos = {i: k for k, i in enumerate(chunks[nxt])}
                     order = np.argsort([pos[int(i)] for i in idx], kind="stable")
-                    yield nxt, (idx[order], emb[order], err[order])
+                    yield nxt, (idx[order], emb[order], err[order], on_cpu)
                     nxt += 1
         except VisrouteError:
             raise

@@ -61,22 +61,26 @@ class EncodeWorker:
     def __call__(self, batch: dict) -> dict:
         from visroute.features.encode import encode_batches
 
-        chunk_ids, index, emb, error = [], [], [], []
+        chunk_ids, index, emb, error, on_cpu = [], [], [], [], []
         for c, chunk in zip(batch["chunk"], batch["indices"]):
             chunk = [int(i) for i in chunk]
             rows: dict[int, tuple] = {}
-            for idx, out, skipped in encode_batches(self.model, self.source, chunk, max(1, len(chunk)), 0, self.decode):
+            stats: dict = {}
+            for idx, out, skipped in encode_batches(self.model, self.source, chunk, max(1, len(chunk)), 0, self.decode,
+                                                    stats):
                 for r, i in enumerate(idx):
                     rows[i] = (out[r].numpy(), "")
                 for s in skipped:
                     rows[s.index] = (np.zeros(self.dim, np.float32), s.reason)
-            for i in chunk:
+            for n, i in enumerate(chunk):
                 chunk_ids.append(int(c))
                 index.append(i)
                 emb.append(rows[i][0])
                 error.append(rows[i][1])
+                on_cpu.append(int(stats.get("decoded_on_cpu", 0)) if n == 0 else 0)  # the chunk's count, once
         return {"chunk": np.asarray(chunk_ids, np.int64), "index": np.asarray(index, np.int64),
-                "embedding": np.stack(emb).astype(np.float32), "error": np.asarray(error, dtype=object)}
+                "embedding": np.stack(emb).astype(np.float32), "error": np.asarray(error, dtype=object),
+                "decoded_on_cpu": np.asarray(on_cpu, np.int64)}
 
 
 def call(fn, item, concurrency: int, env: dict[str, str] | None):

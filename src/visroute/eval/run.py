@@ -93,11 +93,12 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
     encode = dict(shard_size=run.shard_size, batch_size=run.batch_size, num_workers=run.workers,
                   decode=spec.decode, progress=run.progress)
 
-    selection = None
+    selection, sel_on_cpu = None, None
     if params.get("selection_dataset"):
         sel_ds = load_dataset(params["selection_dataset"], ds.classnames)
-        sel_idx, sel_X = cache.encode(m, sel_ds, **encode).load()
-        selection = (sel_X, sel_ds.labels[sel_idx])
+        sel_features = cache.encode(m, sel_ds, **encode)
+        sel_idx, sel_X = sel_features.load()
+        selection, sel_on_cpu = (sel_X, sel_ds.labels[sel_idx]), sel_features.decoded_on_cpu
     heads = pipeline.classifiers(list(ds.classnames), selection)
 
     t_feat = time.perf_counter()
@@ -138,6 +139,9 @@ def evaluate(spec: PipelineSpec | str | ContrastiveModel, dataset: str | ImageDa
             "dataset_spec": getattr(ds, "spec", ds.name),
             "head": spec.head,
             "decode": spec.decode,
+            # gpu mode: images of this run (cached features are not decoded again) decoded on the CPU, not by nvJPEG
+            "decoded_on_cpu": (None if features.decoded_on_cpu is None
+                               else features.decoded_on_cpu + (sel_on_cpu or 0)),
             "templates": ((list(spec.templates) if isinstance(spec.templates, (list, tuple)) else spec.templates)
                           or "default") if spec.entry.templates else None,
             "n_templates": len(templates) if spec.entry.templates else None,

@@ -95,6 +95,9 @@ class FeatureSet:
     seconds_per_image: float | None = None  # measured when the features were encoded (kept in meta.json)
     skipped: list[SkippedFile] = field(default_factory=list)
     shards_damaged: int = 0  # shards found truncated, corrupted or swapped, and recomputed
+    # ``gpu`` mode only (None otherwise): of the images encoded by this call (``images_encoded``; cached shards are
+    # not decoded again), how many nvJPEG did not decode and the CPU did (not a JPEG it reads, or refused by it)
+    decoded_on_cpu: int | None = None
     records: dict = field(default_factory=dict)  # shard number (str) -> {"bytes", "sha256"}
 
     @property
@@ -225,6 +228,7 @@ class FeatureCache:
             stale.unlink(missing_ok=True)
         missing = self._check_shards(fs, meta_file)
         fs.shards_reused = fs.n_shards - len(missing)
+        fs.decoded_on_cpu = 0 if decode == "gpu" else None
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -257,9 +261,12 @@ class FeatureCache:
         indices = [i for k in missing for i in range(k * size, min((k + 1) * size, n))]
         expected = {k: min((k + 1) * size, n) - k * size for k in missing}
         buf: dict[int, dict] = {}
+        stats: dict = {}
         for idx, emb, skipped in self.engine.map_images(model, dataset, batch_size, decode=decode,
-                                                        num_workers=num_workers, indices=indices):
+                                                        num_workers=num_workers, indices=indices, stats=stats):
             fs.images_encoded += len(idx)
+            if decode == "gpu":
+                fs.decoded_on_cpu = int(stats.get("decoded_on_cpu", 0))
             for row, i in enumerate(idx):
                 b = buf.setdefault(i // size, {"idx": [], "emb": [], "fail": [], "seen": 0})
                 b["idx"].append(i)

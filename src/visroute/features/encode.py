@@ -39,7 +39,11 @@ def encode_inputs(model: Any, items: list) -> torch.Tensor:
 def encode_batches(model: Any, source: Any, indices: Sequence[int] | None = None, batch_size: int = 64,
                    num_workers: int | None = None, decode: str = DEFAULT_DECODE,
                    stats: dict | None = None) -> Iterator[tuple[list[int], torch.Tensor | None, list[SkippedFile]]]:
-    """(decoded item indices, their embeddings or None, skipped items) per batch of ``source``, in input order."""
+    """(decoded item indices, their embeddings or None, skipped items) per batch of ``source``, in input order.
+
+    ``stats`` (a dict): in ``gpu`` mode, ``decoded_on_cpu`` counts the images nvJPEG did not decode (the CPU
+    fallback); other modes leave it alone (every image is decoded on the CPU there).
+    """
     for idx, batch, skipped in iter_preprocessed_batches(source, model.preprocess, model.collate, batch_size,
                                                          num_workers, decode, indices,
                                                          device=getattr(model, "device", None),
@@ -52,10 +56,11 @@ class LocalEncoder:
     ``visroute.engine``'s local engine (which is this class plus calls and grid cells)."""
 
     def map_images(self, model: Any, source: Any, batch_size: int = 64, decode: str = DEFAULT_DECODE,
-                   num_workers: int | None = None, indices: Sequence[int] | None = None
+                   num_workers: int | None = None, indices: Sequence[int] | None = None, stats: dict | None = None
                    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[SkippedFile]]]:
-        """(decoded item indices, embeddings or None, skipped) per batch, in input order."""
-        return encode_batches(model, source, indices, batch_size, num_workers, decode)
+        """(decoded item indices, embeddings or None, skipped) per batch, in input order; ``stats``: see
+        ``encode_batches``."""
+        return encode_batches(model, source, indices, batch_size, num_workers, decode, stats)
 
 
 def iter_encoded_batches(
@@ -66,11 +71,12 @@ def iter_encoded_batches(
     decode: str = DEFAULT_DECODE,
     progress: bool = False,
     engine: Any = None,
+    stats: dict | None = None,
 ) -> Iterator[EncodedBatch]:
     """Image files -> EncodedBatch per batch, in input order, on ``engine`` (default: this process, ``LocalEncoder``).
 
     ``decode``: ``exact`` (the model's own preprocessing, bit for bit), ``fast`` or ``gpu``
-    (``visroute.data.batches``).
+    (``visroute.data.batches``); ``stats``: the ``gpu`` mode's CPU-fallback count (``encode_batches``).
     """
     engine = engine if engine is not None else LocalEncoder()
     paths = [str(p) for p in paths]
@@ -81,7 +87,7 @@ def iter_encoded_batches(
         bar = tqdm(total=len(paths), unit="img", desc="encoding", dynamic_ncols=True)
     try:
         for indices, emb, skipped in engine.map_images(model, paths, batch_size, decode=decode,
-                                                       num_workers=num_workers):
+                                                       num_workers=num_workers, stats=stats):
             if bar is not None:
                 bar.update(len(indices) + len(skipped))
             yield EncodedBatch([paths[i] for i in indices], emb if emb is not None else torch.empty(0, 0), skipped)
