@@ -71,3 +71,38 @@ def configure_logging(verbosity: int = 0) -> logging.Logger:
     logger.setLevel(level_for(verbosity))
     logger.propagate = False  # a root handler configured elsewhere would print every line twice
     return logger
+
+
+class Progress:
+    """A progress bar (tqdm: i/N, rate, ETA) on stderr over the items of one long step, with ``failed=`` beside it.
+
+    The house rule for every bar: off with ``progress=False`` (``--no-progress``) and when stderr is not a
+    terminal (``disable=None``); a bar opened under another one (a grid cell under the grid's bar) is cleared when
+    it closes, a bar on its own stays (``leave=None``). ``done(n, failed)`` counts finished items, failures
+    included; ``result(r)`` counts one finished call by its ``ok``.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "task", enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.failed = 0
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=None,
+                        disable=None if enabled else True, postfix={"failed": 0})
+
+    def done(self, n: int = 1, failed: int = 0) -> None:
+        if failed:
+            self.failed += failed
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(n)
+
+    def result(self, res) -> None:
+        self.done(1, 0 if res.ok else 1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

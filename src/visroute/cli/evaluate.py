@@ -104,7 +104,7 @@ class EvalArgs:
     def task_arguments(self) -> dict:
         """Keyword arguments of ``evaluate_task_datasets``."""
         names = ("head", "vlm", "llm", "prompt", "options_top_k", "prices", "max_tokens", "timeout", "retries",
-                 "concurrency", "output", "device", "dtype")
+                 "concurrency", "output", "device", "dtype", "progress")
         return {"datasets": self.dataset, "models": self.model or [], **{n: getattr(self, n) for n in names}}
 
 

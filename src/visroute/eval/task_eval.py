@@ -78,10 +78,11 @@ def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[
                            llm: str | None = None, prompt: str | None = None, options_top_k: int | None = None,
                            prices: Path | None = None, max_tokens: int = 64, timeout: float = 120.0, retries: int = 4,
                            concurrency: int = 4, output: Path = Path("results"), device: str = "auto",
-                           dtype: str = "auto") -> tuple[list[dict], list[str]]:
+                           dtype: str = "auto", progress: bool = False) -> tuple[list[dict], list[str]]:
     """Evaluate one task pipeline on each dataset: (result documents, one message per dataset that failed).
 
-    A pipeline that cannot be built fails every dataset at once, with a single message.
+    A pipeline that cannot be built fails every dataset at once, with a single message. ``progress``: a bar per
+    dataset over its tasks (``visroute.eval.tasks_run.evaluate_tasks``).
     """
     from visroute.eval.tasks_run import evaluate_tasks
     from visroute.pipeline.build import Runtime, build_pipeline, load_contrastive, typed_endpoints
@@ -100,7 +101,7 @@ def evaluate_task_datasets(head: str, datasets: Sequence[str], models: Sequence[
         try:
             tasks, skipped, name = load_task_dataset(spec, clip, options_top_k)
             rows.append(evaluate_tasks(pipeline, tasks, name, output, prompt or "default", skipped, random,
-                                       dataset_spec=spec))
+                                       dataset_spec=spec, progress=progress))
         except VisrouteError as e:
             errors.append(f"{head} on {spec}: {e}")
     return rows, errors

@@ -15,13 +15,17 @@ from visroute.tasks.model import Task
 
 def evaluate_tasks(pipeline, tasks: list[Task], dataset_name: str, output: Path, prompt_label: str,
                    skipped_rows: list[dict] | None = None, random_weights: bool = False,
-                   dataset_spec: str | None = None) -> dict:
+                   dataset_spec: str | None = None, progress: bool = False) -> dict:
     """Run a task pipeline over tasks; write the result JSON (with the pipeline's spec) and per-task Parquet.
 
     A task whose call failed is kept with its ``error`` (its record is marked so, never a sample); when every call
-    failed, ``CallsFailed`` is raised and nothing is written."""
+    failed, ``CallsFailed`` is raised and nothing is written. ``progress``: a bar over the tasks (finished calls,
+    failures beside them; see ``visroute.log.Progress`` for when it shows)."""
+    from visroute.log import Progress
+
     t0 = time.perf_counter()
-    preds = pipeline.predict(tasks)
+    with Progress(len(tasks), f"{dataset_name} ({pipeline.name})", "task", progress) as bar:
+        preds = pipeline.predict(tasks, bar)
     wall = time.perf_counter() - t0
     correct = np.array([p.predicted is not None and p.predicted == t.answer for t, p in zip(tasks, preds)], dtype=bool)
     rules = Counter(p.parse_rule for p in preds)

@@ -5,7 +5,9 @@
 (c) ``CLIPOptionsPipeline`` a contrastive model scores "a photo of a {option}" for each option.
 
 Each returns one ``TaskPrediction`` per task with the parsed option (None if the answer could not be
-mapped to an option: counted wrong, reported by rule), latency, tokens, images and cost.
+mapped to an option: counted wrong, reported by rule), latency, tokens, images and cost. ``predict(tasks,
+progress)`` counts each task on ``progress`` (a ``visroute.log.Progress``) as it finishes, failed ones included,
+so a long cell of slow calls shows how far it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from visroute.llm.client import ChatRequest, Generator, GenerationResult
+from visroute.log import Progress
 from visroute.tasks.costs import PriceTable
 from visroute.tasks.model import Task
 from visroute.tasks.parse import parse_option
@@ -76,11 +79,12 @@ class VLMDirectPipeline:
     def models(self) -> list[str]:
         return [self.vlm.spec]
 
-    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+    def predict(self, tasks: Sequence[Task], progress: Progress | None = None) -> list[TaskPrediction]:
         out = []
         for s in range(0, len(tasks), self.batch):
             chunk = tasks[s : s + self.batch]
-            results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=_images_of(t)) for t in chunk])
+            results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=_images_of(t)) for t in chunk],
+                                        on_result=progress.result if progress is not None else None)
             for t, r in zip(chunk, results):
                 idx, rule = parse_option(r.text, t.options, lettered=self.prompt.lettered) if r.ok else (None, "error")
                 n_img = len(_images_of(t))
@@ -107,14 +111,18 @@ class VLMThenLLMPipeline:
     def models(self) -> list[str]:
         return [self.vlm.spec, self.llm.spec]
 
-    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+    def predict(self, tasks: Sequence[Task], progress: Progress | None = None) -> list[TaskPrediction]:
         out = []
+        # a task is done when its LLM call finishes, or when its VLM call failed (no LLM call follows)
+        vlm_failed = (lambda r: None if r.ok else progress.done(1, 1)) if progress is not None else None
         for s in range(0, len(tasks), self.batch):
             chunk = tasks[s : s + self.batch]
-            seen = self.vlm.generate([ChatRequest(self.describe_prompt.render(t), images=_images_of(t)) for t in chunk])
+            seen = self.vlm.generate([ChatRequest(self.describe_prompt.render(t), images=_images_of(t)) for t in chunk],
+                                     on_result=vlm_failed)
             reqs = [ChatRequest(self.reason_prompt.render(t, description=v.text)) for t, v in zip(chunk, seen)]
             todo = [i for i, v in enumerate(seen) if v.ok]
-            reasoned = dict(zip(todo, self.llm.generate([reqs[i] for i in todo]))) if todo else {}
+            reasoned = dict(zip(todo, self.llm.generate([reqs[i] for i in todo], on_result=progress.result
+                                                        if progress is not None else None))) if todo else {}
             for i, (t, v) in enumerate(zip(chunk, seen)):
                 r = reasoned.get(i)
                 cost = _costed(v, self.vlm.spec, self.prices, 1) + (_costed(r, self.llm.spec, self.prices, 0) if r else 0.0)
@@ -186,7 +194,7 @@ class CLIPOptionsPipeline:
             self._text_cache.update(zip(new, emb))
         return torch.stack([self._text_cache[o] for o in options])
 
-    def predict(self, tasks: Sequence[Task]) -> list[TaskPrediction]:
+    def predict(self, tasks: Sequence[Task], progress: Progress | None = None) -> list[TaskPrediction]:
         from visroute.features.encode import encode_batches
 
         self._option_embeddings([o for t in tasks for o in t.options])
@@ -206,6 +214,8 @@ class CLIPOptionsPipeline:
                                           [float(p) for p in probs], call_cost=c)
             for sk in skipped:
                 preds[sk.index] = TaskPrediction(tasks[sk.index].task_id, None, "error", "", error=sk.reason)
+            if progress is not None:
+                progress.done(len(idx) + len(skipped), len(skipped))
         return [preds[i] for i in range(len(tasks))]
 
 

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,11 +115,16 @@ class Generator:
         """(position, result) pairs; backends that finish requests one by one yield them as they finish."""
         yield from enumerate(self._generate_uncached(requests))
 
-    def generate(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
+    def generate(self, requests: Sequence[ChatRequest],
+                 on_result: Callable[[GenerationResult], None] | None = None) -> list[GenerationResult]:
+        """One result per request, in order; a failed request is a result with ``error``, never an exception.
+        ``on_result`` is called once per request as its result is known (cache hits first, calls as they finish):
+        what a progress bar counts."""
         requests = list(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
         from visroute.data.images import ImageDecodeError
 
+        tell = on_result or (lambda res: None)
         keys: list[str | None] = []
         for i, r in enumerate(requests):
             try:
@@ -127,6 +132,7 @@ class Generator:
             except ImageDecodeError as e:  # an unreadable image fails its own request, not the batch
                 keys.append(None)
                 results[i] = GenerationResult("", error=f"image: {e}", attempts=0)
+                tell(results[i])
         todo = []
         for i, key in enumerate(keys):
             if key is None:
@@ -136,6 +142,7 @@ class Generator:
                 # latency and tokens are those of the original call: what the call costs, though this one was free
                 results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], hit["latency_s"] or 0.0,
                                               cached=True, attempts=0)
+                tell(results[i])
             else:
                 todo.append(i)
         if todo:
@@ -145,6 +152,7 @@ class Generator:
                 results[i] = res
                 if self.cache is not None and res.ok and isinstance(res.text, str) and res.text.strip():
                     self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s)
+                tell(res)
         _warn_failures(self.spec, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 

@@ -112,8 +112,8 @@ class ContrastivePipeline:
     def models(self) -> list[str]:
         return [self.model.spec]
 
-    def predict(self, tasks):
-        return self._options.predict(tasks)
+    def predict(self, tasks, progress=None):
+        return self._options.predict(tasks, progress)
 
     def image_cost(self, seconds_per_image: float) -> float:
         """What classifying one image costs under the spec's prices (per-image price + measured seconds)."""

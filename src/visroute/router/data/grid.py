@@ -25,7 +25,7 @@ feature and response caches make repeated work free, so an interrupted grid resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,7 @@ class CellJob:
     dataset: Any = None               # the image dataset of a contrastive cell
     tasks: list | None = None         # the tasks of a VLM / LLM / clip-options cell
     skipped: list | None = None
+    progress: bool = False            # a bar over the cell's tasks (off on a Ray worker: its stderr is no terminal)
 
     @property
     def spec(self) -> PipelineSpec:
@@ -257,7 +258,7 @@ def run_task_cell(job: CellJob, runtime) -> dict:
 
     try:
         return evaluate_tasks(build_pipeline(job.spec, runtime), job.tasks, job.ds_name, job.res_dir, job.variant,
-                              job.skipped, dataset_spec=job.dataset_spec)
+                              job.skipped, dataset_spec=job.dataset_spec, progress=job.progress)
     except CallsFailed as e:
         return {"_failed": str(e)}
 
@@ -292,7 +293,7 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
         with tqdm.external_write_mode():
             log(message)
 
-    jobs = plan_cells(grid, runtime, cache, say, done=lambda: bar.update(1))
+    jobs = (replace(job, progress=progress) for job in plan_cells(grid, runtime, cache, say, done=lambda: bar.update(1)))
     run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
     cells = engine.run_cells(jobs, run_c, run_task_cell, runtime)
     failed = []
