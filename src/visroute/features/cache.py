@@ -234,7 +234,8 @@ class FeatureCache:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(dataset), initial=min(len(dataset), fs.shards_reused * shard_size) if missing else len(dataset),
-                       unit="img", desc=f"features {getattr(dataset, 'name', '')}", dynamic_ncols=True)
+                       unit="img", desc=f"features {getattr(dataset, 'name', '')}", dynamic_ncols=True,
+                       disable=None)  # quiet off the terminal, like every bar (``visroute.log.Progress``)
         try:
             if missing:
                 import time

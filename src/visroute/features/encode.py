@@ -84,7 +84,8 @@ def iter_encoded_batches(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(paths), unit="img", desc="encoding", dynamic_ncols=True)
+        # the house rule (``visroute.log.Progress``): quiet off the terminal
+        bar = tqdm(total=len(paths), unit="img", desc="encoding", dynamic_ncols=True, disable=None)
     try:
         for indices, emb, skipped in engine.map_images(model, paths, batch_size, decode=decode,
                                                        num_workers=num_workers, stats=stats):
