@@ -120,7 +120,7 @@ def generate_descriptions(generator: Generator, classnames: Sequence[str], style
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(reqs), unit="req", desc=f"describe ({style})")
+        bar = tqdm(total=len(reqs), unit="req", desc=f"describe ({style})", disable=None)  # quiet off the terminal
     for s in range(0, len(reqs), batch):
         chunk = reqs[s : s + batch]
         results = generator.generate([r for _, r in chunk])
