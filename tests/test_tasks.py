@@ -107,6 +107,32 @@ def test_vlm_pipeline_retries_then_counts_failure_without_losing_work(task_file,
         assert again[1].predicted == 0
 
 
+def test_an_answer_no_parser_can_read_is_not_cached_and_is_asked_again(task_file, tmp_path):
+    """A refusal is a real answer and stays cached; text the parser cannot read at all ("banana") is returned and
+    counted as unparsable, but never served back from the cache: the next run asks again (VLM, and the LLM step
+    of vlm+llm)."""
+    tasks, _ = load_tasks(str(task_file))
+    tasks = tasks[:2]
+    with StubServer(default=lambda p: "A") as srv:
+        srv.script = [("text", "banana"), ("text", "none of these")]
+        gen = load_generator(f"openai-compatible:{srv.base_url}#vlm", cache=ResponseCache(tmp_path / "r.sqlite"),
+                             concurrency=1)
+        first = VLMDirectPipeline(gen, "mcq", batch=2).predict(tasks)
+        assert [p.parse_rule for p in first] == ["unparsable", "refusal"]
+        n = len(srv.requests)
+        again = VLMDirectPipeline(gen, "mcq", batch=2).predict(tasks)
+        assert len(srv.requests) == n + 1 and [p.cached for p in again] == [False, True]
+        assert again[0].predicted == 0 and again[1].parse_rule == "refusal"
+
+        srv.script = [("text", "A cat."), ("text", "Hmm.\nI would say banana")]
+        vlm = load_generator(f"openai-compatible:{srv.base_url}#vlm2", cache=ResponseCache(tmp_path / "r2.sqlite"))
+        llm = load_generator(f"openai-compatible:{srv.base_url}#llm", cache=ResponseCache(tmp_path / "r2.sqlite"))
+        assert VLMThenLLMPipeline(vlm, llm).predict(tasks[:1])[0].parse_rule == "unparsable"
+        n = len(srv.requests)
+        redo = VLMThenLLMPipeline(vlm, llm).predict(tasks[:1])[0]
+        assert len(srv.requests) == n + 1 and redo.predicted == 0  # the description came from the cache
+
+
 def test_vlm_then_llm_pipeline_passes_the_description(task_file, tmp_path):
     tasks, _ = load_tasks(str(task_file))
     with StubServer(default=lambda p: "A striped cat on a sofa." if "Describe" in p else
@@ -158,8 +184,10 @@ def test_vlm_pipelines_through_a_real_openai_compatible_server(task_file, tmp_pa
     two = VLMThenLLMPipeline(vlm, llm, prices=prices).predict(tasks[:3])
     assert all(p.error is None and p.intermediate and p.images == 1 for p in two)
     again = VLMDirectPipeline(vlm, "mcq", prices).predict(tasks)
-    assert all(p.cached and p.cost == 0 and p.call_cost > 0 for p in again)
-    assert [p.raw_answer for p in again] == [p.raw_answer for p in direct]
+    for first, second in zip(direct, again):  # what the parser could read comes back free; the rest is asked again
+        kept = first.parse_rule != "unparsable"
+        assert second.cached == kept and (second.cost == 0) == kept and second.call_cost > 0
+    assert [p.raw_answer for p in again] == [p.raw_answer for p in direct]  # greedy decoding: the same answers
 
 
 def test_unreadable_task_image_is_a_counted_failure(task_file, tmp_path):

@@ -84,7 +84,9 @@ class VLMDirectPipeline:
         for s in range(0, len(tasks), self.batch):
             chunk = tasks[s : s + self.batch]
             results = self.vlm.generate([ChatRequest(self.prompt.render(t), images=_images_of(t)) for t in chunk],
-                                        on_result=progress.result if progress is not None else None)
+                                        on_result=progress.result if progress is not None else None,
+                                        usable=lambda i, text: readable(parse_option(text, chunk[i].options,
+                                                                                     lettered=self.prompt.lettered)))
             for t, r in zip(chunk, results):
                 idx, rule = parse_option(r.text, t.options, lettered=self.prompt.lettered) if r.ok else (None, "error")
                 n_img = len(_images_of(t))
@@ -121,8 +123,11 @@ class VLMThenLLMPipeline:
                                      on_result=vlm_failed)
             reqs = [ChatRequest(self.reason_prompt.render(t, description=v.text)) for t, v in zip(chunk, seen)]
             todo = [i for i, v in enumerate(seen) if v.ok]
-            reasoned = dict(zip(todo, self.llm.generate([reqs[i] for i in todo], on_result=progress.result
-                                                        if progress is not None else None))) if todo else {}
+            lettered = self.reason_prompt.lettered
+            reasoned = dict(zip(todo, self.llm.generate(
+                [reqs[i] for i in todo], on_result=progress.result if progress is not None else None,
+                usable=lambda j, text: readable(parse_reasoned(text, chunk[todo[j]].options, lettered))))) \
+                if todo else {}
             for i, (t, v) in enumerate(zip(chunk, seen)):
                 r = reasoned.get(i)
                 cost = _costed(v, self.vlm.spec, self.prices, 1) + (_costed(r, self.llm.spec, self.prices, 0) if r else 0.0)
@@ -132,15 +137,27 @@ class VLMThenLLMPipeline:
                                               (v.input_tokens or 0), (v.output_tokens or 0), 1, cost, v.cached,
                                               v.error or (r.error if r else None), intermediate=v.text, call_cost=call))
                     continue
-                final = r.text.strip().splitlines()[-1] if r.text.strip() else ""
-                idx, rule = parse_option(final, t.options, lettered=self.reason_prompt.lettered)
-                if idx is None and final != r.text:
-                    idx, rule = parse_option(r.text, t.options, lettered=self.reason_prompt.lettered)
+                idx, rule = parse_reasoned(r.text, t.options, lettered)
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, v.latency_s + r.latency_s,
                                           (v.input_tokens or 0) + (r.input_tokens or 0),
                                           (v.output_tokens or 0) + (r.output_tokens or 0), 1, cost,
                                           v.cached and r.cached, None, intermediate=v.text, call_cost=call))
         return out
+
+
+def parse_reasoned(text: str, options, lettered: bool) -> tuple[int | None, str]:
+    """A reasoning answer's option: its last line first (where the prompt asks for it), else the whole text."""
+    final = text.strip().splitlines()[-1] if text.strip() else ""
+    idx, rule = parse_option(final, options, lettered=lettered)
+    if idx is None and final != text:
+        idx, rule = parse_option(text, options, lettered=lettered)
+    return idx, rule
+
+
+def readable(parsed: tuple[int | None, str]) -> bool:
+    """An answer worth keeping in the response cache: it names an option, or refuses / hedges in a way the parser
+    recognises (a model's real answer); only text the parser could not read at all is asked again next run."""
+    return parsed[1] != "unparsable"
 
 
 class _TaskImages:

@@ -116,10 +116,13 @@ class Generator:
         yield from enumerate(self._generate_uncached(requests))
 
     def generate(self, requests: Sequence[ChatRequest],
-                 on_result: Callable[[GenerationResult], None] | None = None) -> list[GenerationResult]:
+                 on_result: Callable[[GenerationResult], None] | None = None,
+                 usable: Callable[[int, str], bool] | None = None) -> list[GenerationResult]:
         """One result per request, in order; a failed request is a result with ``error``, never an exception.
         ``on_result`` is called once per request as its result is known (cache hits first, calls as they finish):
-        what a progress bar counts."""
+        what a progress bar counts. ``usable(i, text)`` says whether request ``i``'s answer can be used (e.g. it
+        names one of the options): an answer that cannot is returned but not cached, and a cached one is asked
+        again, so an answer nobody could read is never served back as a free result."""
         requests = list(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
         from visroute.data.images import ImageDecodeError
@@ -138,6 +141,8 @@ class Generator:
             if key is None:
                 continue
             hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None and usable is not None and not usable(i, hit["text"]):
+                hit = None
             if hit is not None:
                 # latency and tokens are those of the original call: what the call costs, though this one was free
                 results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], hit["latency_s"] or 0.0,
@@ -150,7 +155,8 @@ class Generator:
             for pos, res in self._iter_uncached([requests[i] for i in todo]):
                 i = todo[pos]
                 results[i] = res
-                if self.cache is not None and res.ok and isinstance(res.text, str) and res.text.strip():
+                if self.cache is not None and res.ok and isinstance(res.text, str) and res.text.strip() and \
+                        (usable is None or usable(i, res.text)):
                     self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s)
                 tell(res)
         _warn_failures(self.spec, results)  # type: ignore[arg-type]
