@@ -250,7 +250,7 @@ def main() -> None:
     if a.routerbench or a.smoke:
         import routing_multi as rm
 
-        routers = ("knn", "logistic") if a.smoke else rm.ROUTERS
+        routers = ("logistic", "knn") if a.smoke else rm.ROUTERS
         result["routerbench"] = rm.run(rm.find_files(a.routerbench, a.smoke), a.folds, a.repeats, a.bootstrap, routers)
         print("\n".join(rm.table_lines(result["routerbench"])))
         print(f"routerbench done in {time.time() - t0:.0f}s", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Strategies a trained bundle can carry: ``router`` (one call), ``cascade`` (cheap first, escalate while unsure)
-and ``ensemble`` (two calls when the router cannot tell the top two apart). One plan per task says which models
+"""Strategies a trained bundle can carry: ``router`` (one call), ``cascade`` (cheap first, escalate while unsure),
+``ensemble`` (two calls when the router cannot tell the top two apart) and ``hierarchy`` (a family of models
+first, then the model within it: one call; ``visroute.router.decide.hierarchy``). One plan per task says which models
 to call in which order and when to stop; evaluation, ``visroute route``, ``Router.route``, ``/v1/route`` and the
 proxy all follow it, and cost counts every call made.
 
@@ -18,7 +19,7 @@ from visroute.errors import VisrouteError
 from visroute.router.decide.rules import choose
 from visroute.router.decide.strategies import cascade, ensemble, pareto_chain
 
-STRATEGIES = ("router", "cascade", "ensemble")
+STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
 
 
@@ -41,6 +42,8 @@ def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.nda
         raise VisrouteError(f"unknown strategy '{kind}' ({', '.join(STRATEGIES)})")
     if kind == "router":
         return {"kind": "router"}
+    if kind == "hierarchy":
+        raise VisrouteError("a hierarchy is fitted with its family router (RouterBundle / train_bundle)")
     conf = confidence(proba, score)
     if kind == "cascade":
         chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
@@ -69,9 +72,17 @@ def thresholds(conf: np.ndarray, chain: list[int], n: int = 60) -> np.ndarray:
 
 
 def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
-             lam: float, score: np.ndarray | None = None) -> dict:
-    """Per task: answering model, success and the cost of every call, at the strategy's calibrated point."""
+             lam: float, score: np.ndarray | None = None, family_proba: np.ndarray | None = None) -> dict:
+    """Per task: answering model, success and the cost of every call, at the strategy's calibrated point
+    (``family_proba``: a hierarchy's stage-one predictions)."""
     kind = strategy.get("kind", "router")
+    if kind == "hierarchy":
+        from visroute.router.decide.hierarchy import hierarchy_picks
+
+        picks = hierarchy_picks(family_proba, proba, expected_costs, strategy["families"], lam)
+        rows = np.arange(len(proba))
+        return {"model": picks, "success": np.nan_to_num(success[rows, picks]),
+                "cost": np.nan_to_num(cost[rows, picks])}
     if kind == "cascade":
         return cascade(success, cost, confidence(proba, score), strategy["chain"], strategy["threshold"])
     if kind == "ensemble":
@@ -82,11 +93,18 @@ def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.nd
     return {"model": picks, "success": np.nan_to_num(success[rows, picks]), "cost": np.nan_to_num(cost[rows, picks])}
 
 
-def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> tuple[np.ndarray, np.ndarray]:
-    """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's lambda."""
+def sweep(strategy: dict, proba, success, cost, expected_costs, score=None,
+          family_proba=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's or a
+    hierarchy's lambda."""
     kind = strategy.get("kind")
     conf = confidence(proba, score)
-    if kind == "cascade":
+    if kind == "hierarchy":
+        from visroute.router.decide.rules import lambda_grid
+
+        res = [outcomes(strategy, proba, success, cost, expected_costs, lam, family_proba=family_proba)
+               for lam in lambda_grid(proba, expected_costs, 100)]
+    elif kind == "cascade":
         res = [cascade(success, cost, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
     elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
         from visroute.router.decide.rules import lambda_grid
@@ -99,10 +117,17 @@ def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> t
     return np.stack([r["success"] for r in res]), np.stack([r["cost"] for r in res])
 
 
-def plan(strategy: dict, proba_row: np.ndarray, expected_costs: np.ndarray, lam: float) -> dict:
-    """What to call for one task: ``calls`` in order, and how to stop or pick (see ``run_plan``)."""
+def plan(strategy: dict, proba_row: np.ndarray, expected_costs: np.ndarray, lam: float,
+         family_row: np.ndarray | None = None) -> dict:
+    """What to call for one task: ``calls`` in order, and how to stop or pick (see ``run_plan``);
+    ``family_row``: a hierarchy's stage-one predictions for the task."""
     kind = strategy.get("kind", "router")
     p = np.asarray(proba_row, np.float64)[None, :]
+    if kind == "hierarchy":
+        from visroute.router.decide.hierarchy import hierarchy_picks
+
+        pick = hierarchy_picks(np.asarray(family_row, np.float64)[None, :], p, expected_costs, strategy["families"], lam)
+        return {"kind": "hierarchy", "calls": [int(pick[0])]}
     if kind == "cascade":
         return {"kind": "cascade", "calls": list(strategy["chain"]), "threshold": strategy["threshold"]}
     first = int(choose(p, expected_costs, strategy.get("lambda", lam) if kind == "ensemble" else lam)[0])

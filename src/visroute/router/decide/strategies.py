@@ -17,18 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visroute.router.decide.rules import choose
-
-
-def pareto_chain(expected_costs: np.ndarray, accuracy: np.ndarray) -> list[int]:
-    """Models in order of cost, keeping only those more accurate than every cheaper one: a cascade's stages."""
-    order = np.argsort(expected_costs, kind="stable")
-    chain, best = [], -np.inf
-    for j in order:
-        if accuracy[j] > best + 1e-12:
-            chain.append(int(j))
-            best = accuracy[j]
-    return chain
+from visroute.router.decide.rules import choose, pareto_chain  # noqa: F401 - pareto_chain: the stages' order
 
 
 def cascade(success: np.ndarray, cost: np.ndarray, confidence: np.ndarray, chain: list[int],

@@ -1,0 +1,175 @@
+"""Why routers gain so little over the single-model hull on RouterBench ARC-Challenge and MBPP: how much the
+task text predicts, and what each candidate change does, on repeated seeds.
+
+    python benchmarks/routing_signal.py --routerbench PATH [--repeats 3] [--folds 5] [--smoke]
+
+PATH as for ``routing_real.py --routerbench`` (a folder with the four ARC/MBPP CSVs or a bare git mirror of
+RouterDC; only those four files are opened, Winogrande never). Every figure is out-of-fold (K random folds per
+seed) and scored as RouterBench's AIQ gain over the single-model hull (``aiq.hull_area``, no bootstrap: the
+spread over seeds is the interval). Printed:
+
+- the signal: per model, the ROC AUC of the logistic router's out-of-fold predicted success, and the
+  correlation between the predicted and the realised mean success over models (task difficulty);
+- the oracle's gain (the ceiling) and each variant's gain and cost to reach the best model's accuracy:
+  logistic, MLP, their average, shrinkage of predictions halfway to each model's prior, choices restricted to
+  the training folds' Pareto chain, and text length added as a feature (each one default configuration, the
+  same for both datasets);
+- an agreement cascade (RouterBench records carry each model's answer): along sub-chains of at most three
+  models of the training folds' Pareto chain, stop when the answer agrees with every earlier answer, paying
+  for every call. Its confidence needs no router; it shows what a model-side signal adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import sys
+
+import numpy as np
+
+import routing_multi as rm
+from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.decide.strategies import pareto_chain
+from visroute.router.evaluate.aiq import hull_area, hull_cost_to, oracle_picks, sweep_outcomes, upper_hull
+from visroute.router.learn.kinds import make_router
+
+
+def gain_and_cost(Sp, Cp, S, C, zero: float) -> tuple[float, float | None]:
+    """AIQ gain over ``zero`` and the cost to reach the best model's accuracy (share of its cost)."""
+    acc, mc = S.mean(0), C.mean(0)
+    lo, span = mc.min(), mc.max() - mc.min()
+    x, a = (Cp.mean(1) - lo) / span, Sp.mean(1)
+    hx, hy = upper_hull(np.maximum(x, 0), a)
+    b = int(np.argmax(acc))
+    xr = hull_cost_to(hx, hy, acc[b])
+    return hull_area(x, a) - zero, None if xr is None else float((lo + xr * span) / mc[b])
+
+
+def lam_curve(P, S, C, costs):
+    return sweep_outcomes(np.stack([choose(P, costs, lam) for lam in lambda_grid(P, costs)]), S, C)
+
+
+def oof(kind, X, S, fold_of, seed) -> np.ndarray:
+    P = np.zeros(S.shape)
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        kw = dict(rm.ROUTER_KW[kind], **({"seed": seed} if kind != "knn" else {}))
+        P[te] = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
+    return P
+
+
+def answer_key(raw) -> str:
+    """A response as a comparable answer: the first line of the (list-wrapped) text, stripped, upper case."""
+    try:
+        v = ast.literal_eval(str(raw))
+    except (ValueError, SyntaxError):
+        v = raw
+    if isinstance(v, list):
+        v = v[0] if v else ""
+    lines = str(v).strip().splitlines()
+    return lines[0].strip().upper() if lines else ""
+
+
+def answers(paths, models, task_ids, dataset) -> np.ndarray:
+    """(tasks, models) answer keys in the table's row order, from the ``MODEL|model_response`` columns."""
+    import pandas as pd
+
+    from visroute.router.data.routerbench import _frame
+
+    keyed = {}
+    for p in paths:
+        df = _frame(p)
+        for rec in df.to_dict("records"):
+            if str(rec["eval_name"]) == dataset:
+                keyed.setdefault(str(rec["sample_id"]), [answer_key(rec.get(m + "|model_response", ""))
+                                                         if not pd.isna(rec.get(m + "|model_response")) else ""
+                                                         for m in models])
+    return np.array([keyed[t] for t in task_ids])
+
+
+def agreement_cascade(S, C, A, chain) -> tuple[np.ndarray, np.ndarray]:
+    """Per task (success, cost of every call): stop at the first stage (from the second on) whose answer equals
+    every earlier one; the last stage always answers."""
+    n = len(S)
+    done, succ, cost = np.zeros(n, bool), np.zeros(n), np.zeros(n)
+    for k, j in enumerate(chain):
+        act = ~done
+        cost[act] += C[act, j]
+        agree = np.all([A[:, i] == A[:, j] for i in chain[:k]], axis=0) if k else np.zeros(n, bool)
+        stop = act & ((agree & (A[:, j] != "")) | (k == len(chain) - 1))
+        succ[stop], done = S[stop, j], done | stop
+    return succ, cost
+
+
+def run(paths, folds: int, repeats: int) -> list[str]:
+    from visroute.router.data.embed import TextEmbedder
+    from visroute.router.data.routerbench import read_routerbench
+    from visroute.router.data.table import build_table
+    from visroute.router.data.texts import detect_rule
+    from sklearn.metrics import roc_auc_score
+
+    records, _ = read_routerbench(paths)
+    table = build_table(records, split_by="sample", val_fraction=0.0, test_fraction=0.0)
+    X_all = TextEmbedder().embed(detect_rule(table.text, table.dataset).apply_all(table.text))
+    lines = []
+    for d in rm.DATASETS:
+        sel = np.flatnonzero(table.dataset == d)
+        if not len(sel):
+            continue
+        X, S, C = X_all[sel], np.nan_to_num(table.success[sel].astype(float)), np.nan_to_num(table.cost[sel].astype(float))
+        A = answers(paths, table.models, [str(t) for t in table.task_id[sel]], d)
+        length = np.log1p([len(t) for t in table.text[sel]])[:, None]
+        Xl = np.hstack([X, (length - length.mean()) / (length.std() or 1)]).astype(np.float32)
+        zero = hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
+        res: dict[str, list] = {}
+        aucs, diff = [], []
+        for seed in range(repeats):
+            fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
+            P = {k: oof(k, X, S, fold_of, seed) for k in ("logistic", "mlp")}
+            prior = S.mean(0)
+            costs = C.mean(0)
+            chain = pareto_chain(costs, prior)
+            variants = {"logistic": P["logistic"], "mlp": P["mlp"], "avg(logistic,mlp)": (P["logistic"] + P["mlp"]) / 2,
+                        "logistic shrunk 0.5": prior + 0.5 * (P["logistic"] - prior),
+                        "logistic on chain": np.where(np.isin(np.arange(S.shape[1]), chain)[None], P["logistic"], -1.0),
+                        "logistic +length": oof("logistic", Xl, S, fold_of, seed)}
+            for name, Pv in variants.items():
+                res.setdefault(name, []).append(gain_and_cost(*lam_curve(Pv, S, C, costs), S, C, zero))
+            aucs.append([roc_auc_score(S[:, j], P["logistic"][:, j]) if 0 < S[:, j].mean() < 1 else np.nan
+                         for j in range(S.shape[1])])
+            diff.append(np.corrcoef(P["logistic"].mean(1), S.mean(1))[0, 1])
+            outs = [agreement_cascade(S, C, A, list(c)) for L in (1, 2, 3) for c in itertools.combinations(chain, L)]
+            res.setdefault("agreement cascade", []).append(gain_and_cost(*map(np.array, zip(*outs)), S, C, zero))
+        orc = gain_and_cost(*sweep_outcomes(oracle_picks(S, C), S, C), S, C, zero)
+        lines += [f"{d}: {len(S)} tasks, single-model hull AIQ {zero:.3f}, oracle gain {orc[0]:+.3f} "
+                  f"(best accuracy at {orc[1]:.0%} of its cost)",
+                  "  logistic out-of-fold AUC per model: " + " ".join(
+                      f"{m.split('/')[-1][:10]}={a:.2f}" for m, a in zip(table.models, np.nanmean(aucs, 0))),
+                  f"  corr(predicted, realised mean success over models): {np.mean(diff):.2f}",
+                  f"  {'variant':<22} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
+        for name, vals in res.items():
+            g = np.array([v[0] for v in vals])
+            reach = [v[1] for v in vals if v[1] is not None]
+            cost = f"{np.mean(reach):.0%} ({len(reach)}/{len(vals)})" if reach else f"never (0/{len(vals)})"
+            lines.append(f"  {name:<22} {g.mean():+.4f}±{g.std():.4f} {cost:>32}")
+    lines.append(f"(mean±std over {repeats} seeds of {folds}-fold out-of-fold predictions)")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--routerbench", help="RouterDC's routerbench_zs folder or a bare git mirror of RouterDC")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="the committed fixture, 2 folds, 1 repeat")
+    a = ap.parse_args()
+    if a.smoke:
+        a.folds, a.repeats = 2, 1
+    elif not a.routerbench:
+        sys.exit("--routerbench PATH is required (or --smoke)")
+    print("\n".join(run(rm.find_files(a.routerbench, a.smoke), a.folds, a.repeats)))
+
+
+if __name__ == "__main__":
+    main()
