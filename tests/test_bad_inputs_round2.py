@@ -284,11 +284,16 @@ def test_deeply_nested_router_json_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_depth_scan_ignores_brackets_in_strings():
-    from visroute.safe_load import json_depth, parse_json
+def test_depth_counts_containers_not_brackets_in_strings():
+    from visroute.safe_load import SafeLoadError, parse_json, value_depth
 
-    assert json_depth(b'{"a": "[[[\\"[[[", "b": [[1]]}') == 3
+    assert value_depth(parse_json('{"a": "[[[\\"[[[", "b": [[1]], "c": {"d": {}}}')) == 3
+    assert value_depth(5) == 0 and value_depth([]) == 1
     assert parse_json('{"a": "' + "[" * 500 + '"}') == {"a": "[" * 500}
+    assert parse_json("[" * 64 + "]" * 64, max_depth=64) == parse_json("[" * 64 + "]" * 64)
+    for deep in ("[" * 65 + "]" * 65, "[" * 900 + "]" * 900):  # under and over the C parser's recursion limit
+        with pytest.raises(SafeLoadError, match="nested deeper than 64"):
+            parse_json(deep)
 
 
 # ---------------------------------------------------------------- 4. tracebacks become one line; silent wrongs errors

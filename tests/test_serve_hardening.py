@@ -74,6 +74,32 @@ def test_json_nesting_bomb_on_classify_is_400(faulty):
     assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("shape", ["many headers", "one endless header"])
+def test_a_request_head_over_the_limit_is_431_and_closed_whatever_the_parser(faulty, shape):
+    """limits.max_header_bytes (16 KiB by default) bounds the head under uvicorn's httptools parser too, whether
+    the head is many headers or one header line that never ends; the connection closes and the service goes on."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import httpx2
+
+    server, _ = faulty
+    url = urlsplit(server.url)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 100 + b"\r\n") * 2000 \
+        if shape == "many headers" else b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200_000
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        try:
+            s.sendall(head)
+        except OSError:  # the server may close while we are still sending: what it answered is read below
+            pass
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    ok = httpx2.get(f"{server.url}/healthz", headers={"X-Pad": "a" * 1000}, timeout=10)  # a normal head passes
+    assert ok.status_code == 200
+
+
 # ---------------------------------------------------------------- URL normalisation and fetched images (units)
 
 ALLOWED = ("http://img.example/allowed/",)

@@ -5,8 +5,9 @@ few lines into billions of nodes, and deep nesting makes the parsers (and every 
 until Python's stack gives out. Here:
 
 - size is capped (``max_bytes``) before parsing;
-- nesting deeper than ``max_depth`` is refused before parsing (a scan of the brackets outside strings for JSON;
-  while composing for YAML);
+- nesting deeper than ``max_depth`` is refused: for JSON, Python's C parser stops a nesting bomb at the
+  interpreter's recursion limit (a bounded cost), and the parsed value's depth is checked by an iterative walk;
+  for YAML, while composing;
 - YAML aliases (``*name``) are refused, so no expansion happens at all; anchors alone are harmless;
 - every failure is one line: ``SafeLoadError`` (a ``VisrouteError``) naming the file and what is wrong.
 """
@@ -14,7 +15,6 @@ until Python's stack gives out. Here:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from visroute.errors import VisrouteError
 
 MAX_BYTES = 64 * 2**20
 MAX_DEPTH = 64
-_TOKENS = re.compile(rb'["\[\]{}]')
 
 
 class SafeLoadError(VisrouteError, ValueError):
@@ -33,24 +32,19 @@ def _bytes(data: str | bytes) -> bytes:
     return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
 
 
-def json_depth(data: bytes) -> int:
-    """Deepest bracket nesting outside JSON strings: a linear scan, no recursion (escaped pairs are dropped first,
-    so an escaped quote never ends a string)."""
-    depth = deepest = 0
-    in_str = False
-    for m in _TOKENS.finditer(re.sub(rb"\\.", b"", data, flags=re.S)):
-        c = m.group()
-        if c == b'"':
-            in_str = not in_str
-        elif in_str:
+def value_depth(value: Any) -> int:
+    """Deepest nesting of lists and dicts in a parsed value: an iterative walk over the containers only (a long
+    string costs nothing, unlike a scan of the text)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
             continue
-        elif c in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
+        deepest = max(deepest, depth)
+        todo.extend((x, depth + 1) for x in v if isinstance(x, (dict, list)))
     return deepest
-
 
 
 def _bounded_bytes(data: str | bytes, where: str, max_bytes: int) -> bytes:
@@ -69,15 +63,18 @@ def _utf8(raw: bytes, where: str) -> str:
 def parse_json(data: str | bytes, where: str = "JSON", max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> Any:
     """``json.loads`` with a size and depth limit; errors are one ``SafeLoadError`` line naming ``where``."""
     raw = _bounded_bytes(data, where, max_bytes)
-    if json_depth(raw) > max_depth:
-        raise SafeLoadError(f"{where}: nested deeper than {max_depth} levels")
     text = _utf8(raw, where)
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise SafeLoadError(f"{where} is not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except (RecursionError, ValueError) as e:
+    except RecursionError:  # the C parser stops a nesting bomb at the interpreter's recursion limit
+        raise SafeLoadError(f"{where}: nested deeper than {max_depth} levels") from None
+    except ValueError as e:
         raise SafeLoadError(f"{where} is not valid JSON: {' '.join(str(e).split())[:120]}") from None
+    if value_depth(value) > max_depth:
+        raise SafeLoadError(f"{where}: nested deeper than {max_depth} levels")
+    return value
 
 
 def _loader(max_depth: int):

@@ -2,6 +2,11 @@
 
 It sends exactly ``n`` requests with at most ``concurrency`` in flight over one HTTP/1.1 connection pool, to a
 server on this machine, and stops by itself (an overall time limit cancels whatever is left).
+
+Like the ``openai`` client, it sends a request again (once, on a new connection) when the connection closed before
+any byte of an answer came back: a server that stops (a worker told to drain) closes its idle keep-alive
+connections, and a request written into one at that instant was never read. HTTP/1.1 has no way to close such a
+connection without that race, so clients retry; the count is reported as ``retried``, never hidden.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)      # the server's timings per request, with the client's
+    retried: int = 0                                       # requests sent again after a close without an answer
 
     @property
     def ok(self) -> int:
@@ -41,7 +47,7 @@ class LoadResult:
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
                 "wall_s": round(self.wall_s, 3), "throughput_rps": round(self.throughput, 2),
                 "p50_ms": round(self.percentile(50), 2), "p95_ms": round(self.percentile(95), 2),
-                "p99_ms": round(self.percentile(99), 2)}
+                "p99_ms": round(self.percentile(99), 2), "retried": self.retried}
 
     def line(self) -> str:
         s = self.summary()
@@ -58,12 +64,22 @@ async def _run(base_url: str, request: Callable[[int], dict], n: int, concurrenc
     result = LoadResult(n, concurrency, 0.0)
     next_i = iter(range(n))
 
+    unanswered = (httpx2.ReadError, httpx2.RemoteProtocolError, httpx2.WriteError)
+
+    async def send(client, kw):
+        method, path = kw.pop("method", "POST"), kw.pop("path")
+        try:
+            return await client.request(method, path, **kw)
+        except unanswered:  # closed before any answer: the server never read it (see the module docstring)
+            result.retried += 1
+            return await client.request(method, path, **kw)
+
     async def worker(client):
         for i in next_i:
             kw = request(i)
             t = time.perf_counter()
             try:
-                r = await client.request(kw.pop("method", "POST"), kw.pop("path"), **kw)
+                r = await send(client, kw)
                 result.statuses[r.status_code] += 1
                 if r.status_code == 200:
                     took = (time.perf_counter() - t) * 1000

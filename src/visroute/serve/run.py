@@ -1,6 +1,7 @@
 """Running the service: the checks ``visroute serve`` makes before anything loads, then one uvicorn process, N
 uvicorn worker processes on one socket, or a Ray Serve application. Slow clients are cut by uvicorn's keep-alive
-timeout and header-size limit (from the config's ``limits``) and by the gate's body deadline (408)."""
+timeout and header-size limit (from the config's ``limits``, for uvicorn's httptools parser through
+``serve.protocol``) and by the gate's body deadline (408)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def check_options(o: ServeOptions) -> None:
 
 def uvicorn_options(limits: Limits, graceful_s: float) -> dict:
     """The uvicorn settings every local process gets: quiet, and bounded for slow or idle clients."""
+    import importlib.util
+
     return {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": graceful_s,
+            # httptools (fast; its head bounded by serve.protocol) where installed, else h11 (bounded by uvicorn)
+            "http": "visroute.serve.protocol:BoundedHttpToolsProtocol" if importlib.util.find_spec("httptools")
+            else "h11",
             "timeout_keep_alive": limits.keep_alive_s, "h11_max_incomplete_event_size": limits.max_header_bytes}
 
 
