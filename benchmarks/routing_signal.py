@@ -11,12 +11,14 @@ spread over seeds is the interval). Printed:
 - the signal: per model, the ROC AUC of the logistic router's out-of-fold predicted success, and the
   correlation between the predicted and the realised mean success over models (task difficulty);
 - the oracle's gain (the ceiling) and each variant's gain and cost to reach the best model's accuracy:
-  logistic, MLP, their average, shrinkage of predictions halfway to each model's prior, choices restricted to
-  the training folds' Pareto chain, and text length added as a feature (each one default configuration, the
-  same for both datasets);
+  logistic, MLP, their average and logistic with text length added as a feature, each with raw predictions and
+  under the default decision rule (``rules.decision_rule``: shrink halfway to each model's training accuracy,
+  cap models off the training cost-accuracy chain), and the two halves of the rule alone; every rule is fitted
+  on the training folds only (each one default configuration, the same for both datasets);
 - an agreement cascade (RouterBench records carry each model's answer): along sub-chains of at most three
-  models of the training folds' Pareto chain, stop when the answer agrees with every earlier answer, paying
-  for every call. Its confidence needs no router; it shows what a model-side signal adds.
+  models of each fold's training cost-accuracy chain (its cheapest and its four most accurate models, by
+  position), stop when the answer agrees with every earlier answer, paying for every call. Its confidence needs no router; it shows what a model-side
+  signal adds.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 import numpy as np
 
 import routing_multi as rm
-from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.decide.rules import apply_rule, choose, decision_rule, lambda_grid
 from visroute.router.decide.strategies import pareto_chain
 from visroute.router.evaluate.aiq import hull_area, hull_cost_to, oracle_picks, sweep_outcomes, upper_hull
 from visroute.router.learn.kinds import make_router
@@ -57,6 +59,20 @@ def oof(kind, X, S, fold_of, seed) -> np.ndarray:
         kw = dict(rm.ROUTER_KW[kind], **({"seed": seed} if kind != "knn" else {}))
         P[te] = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
     return P
+
+
+def by_fold_rule(P, S, C, fold_of, shrink: float, chain_only: bool) -> np.ndarray:
+    """``P`` under a decision rule fitted on each fold's training folds (``rules.decision_rule``); without
+    ``chain_only`` every model counts as on the chain (no cap)."""
+    out = np.zeros_like(P)
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        costs = np.nanmean(C[tr], axis=0)
+        rule = decision_rule(S[tr], costs, shrink)
+        if not chain_only:
+            rule["chain"] = list(range(S.shape[1]))
+        out[te] = apply_rule(P[te], rule, costs)
+    return out
 
 
 def answer_key(raw) -> str:
@@ -102,6 +118,29 @@ def agreement_cascade(S, C, A, chain) -> tuple[np.ndarray, np.ndarray]:
     return succ, cost
 
 
+def fold_chain(S, C, fold_of, f) -> list[int]:
+    return pareto_chain(np.nanmean(C[fold_of != f], 0), np.nanmean(S[fold_of != f], 0))
+
+
+def positions(folds: int) -> list[tuple[int, ...]]:
+    """The agreement cascade's operating points as positions on each fold's training chain: the cheapest (0) and
+    the four most accurate (-4..-1), every sub-chain of at most three of them in cost order."""
+    pool = (0, -4, -3, -2, -1)
+    return [c for L in (1, 2, 3) for c in itertools.combinations(pool, L)]
+
+
+def agreement_by_fold(S, C, A, fold_of, pos) -> tuple[np.ndarray, np.ndarray]:
+    """One operating point of the agreement cascade: per fold, the sub-chain at ``pos`` of its training chain."""
+    succ, cost = np.zeros(len(S)), np.zeros(len(S))
+    for f in np.unique(fold_of):
+        te = fold_of == f
+        chain = fold_chain(S, C, fold_of, f)
+        sub = list(dict.fromkeys(chain[p] for p in pos if -len(chain) <= p < len(chain)))
+        sub.sort(key=chain.index)
+        succ[te], cost[te] = agreement_cascade(S[te], C[te], A[te], sub)
+    return succ, cost
+
+
 def run(paths, folds: int, repeats: int) -> list[str]:
     from visroute.router.data.embed import TextEmbedder
     from visroute.router.data.routerbench import read_routerbench
@@ -124,22 +163,26 @@ def run(paths, folds: int, repeats: int) -> list[str]:
         zero = hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
         res: dict[str, list] = {}
         aucs, diff = [], []
+        costs = C.mean(0)
+        chains = set()
         for seed in range(repeats):
             fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
             P = {k: oof(k, X, S, fold_of, seed) for k in ("logistic", "mlp")}
-            prior = S.mean(0)
-            costs = C.mean(0)
-            chain = pareto_chain(costs, prior)
-            variants = {"logistic": P["logistic"], "mlp": P["mlp"], "avg(logistic,mlp)": (P["logistic"] + P["mlp"]) / 2,
-                        "logistic shrunk 0.5": prior + 0.5 * (P["logistic"] - prior),
-                        "logistic on chain": np.where(np.isin(np.arange(S.shape[1]), chain)[None], P["logistic"], -1.0),
-                        "logistic +length": oof("logistic", Xl, S, fold_of, seed)}
+            P["avg(logistic,mlp)"] = (P["logistic"] + P["mlp"]) / 2
+            P["logistic +length"] = oof("logistic", Xl, S, fold_of, seed)
+            variants = {}
+            for name, Pv in P.items():  # each decision rule from the training folds only
+                for label, shrink, chain_only in (("", 1.0, False), (" rule", 0.5, True)):
+                    variants[name + label] = by_fold_rule(Pv, S, C, fold_of, shrink, chain_only)
+            variants["logistic shrink only"] = by_fold_rule(P["logistic"], S, C, fold_of, 0.5, False)
+            variants["logistic chain only"] = by_fold_rule(P["logistic"], S, C, fold_of, 1.0, True)
             for name, Pv in variants.items():
                 res.setdefault(name, []).append(gain_and_cost(*lam_curve(Pv, S, C, costs), S, C, zero))
             aucs.append([roc_auc_score(S[:, j], P["logistic"][:, j]) if 0 < S[:, j].mean() < 1 else np.nan
                          for j in range(S.shape[1])])
             diff.append(np.corrcoef(P["logistic"].mean(1), S.mean(1))[0, 1])
-            outs = [agreement_cascade(S, C, A, list(c)) for L in (1, 2, 3) for c in itertools.combinations(chain, L)]
+            chains |= {tuple(fold_chain(S, C, fold_of, f)) for f in range(folds)}
+            outs = [agreement_by_fold(S, C, A, fold_of, pos) for pos in positions(folds)]
             res.setdefault("agreement cascade", []).append(gain_and_cost(*map(np.array, zip(*outs)), S, C, zero))
         orc = gain_and_cost(*sweep_outcomes(oracle_picks(S, C), S, C), S, C, zero)
         lines += [f"{d}: {len(S)} tasks, single-model hull AIQ {zero:.3f}, oracle gain {orc[0]:+.3f} "
@@ -147,6 +190,7 @@ def run(paths, folds: int, repeats: int) -> list[str]:
                   "  logistic out-of-fold AUC per model: " + " ".join(
                       f"{m.split('/')[-1][:10]}={a:.2f}" for m, a in zip(table.models, np.nanmean(aucs, 0))),
                   f"  corr(predicted, realised mean success over models): {np.mean(diff):.2f}",
+                  f"  training-fold cost-accuracy chains: {sorted(chains)}",
                   f"  {'variant':<22} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
         for name, vals in res.items():
             g = np.array([v[0] for v in vals])

@@ -3,13 +3,13 @@
 **What the decision trusts** (``decision_rule`` / ``apply_rule``, the default of every trained bundle). A
 router's per-task success predictions are noisy, and ``choose`` compares them across models whose costs differ
 by up to 100x: an error on a dear model's prediction sends a task there for nothing. On RouterBench's 11 models
-(``benchmarks/routing_signal.py``) the out-of-fold AUC of each model's prediction is 0.5-0.65, and routers
-spent money on models that are, on the training data, both dearer and less accurate than a cheaper one. So
-the decision (1) shrinks each prediction halfway towards that model's training accuracy (the predictions are
-over-dispersed: their regression slope on the outcome is about 0.5 out of fold) and (2) caps a model off the
-training cost-accuracy chain at the best prediction of a cheaper chain model, so it is chosen only where it is
-predicted strictly better than the chain (never, under the cap; ties go to the cheaper model). A shrink that
-preserves each model's order leaves two-model routing (RouteLLM's curves) unchanged.
+(``benchmarks/routing_signal.py``) the out-of-fold AUC of each model's prediction is 0.5-0.65. So the decision
+(1) shrinks each prediction halfway towards that model's training accuracy and (2) caps a model off the training
+cost-accuracy chain (dearer and no more accurate than a cheaper one) just below the best prediction among the
+cheaper chain models, so it is never chosen. Out of fold on RouterBench (``benchmarks/routing_multi.py``) this
+lifts kNN from well below the single-model hull to about it and changes the parametric routers by less than
+their spread over repeats. A shrink that keeps each model's order leaves two-model routing unchanged where the
+dearer model is the more accurate one (RouteLLM's curves).
 """
 
 from __future__ import annotations
