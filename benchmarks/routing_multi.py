@@ -123,7 +123,7 @@ def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int)
     conf_router = "mf" if "mf" in proba else routers[-1]
     policies[f"cascade({conf_router})"] = cascade_outcomes(S, C, proba[conf_router], fold_of)
     if "logistic" in proba:
-        policies["hierarchy(logistic)"] = hierarchy_outcomes(X, S, C, proba["logistic"], fold_of, seed)
+        policies["hierarchy"] = hierarchy_outcomes(X, S, C, proba["logistic"], fold_of, seed)
     rep = aiq_report(policies, S, C, n_boot=n_boot, seed=seed)
     acc, mc = S.mean(0), C.mean(0)
     best, cheap = int(np.argmax(acc)), int(np.argmin(mc))

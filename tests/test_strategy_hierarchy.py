@@ -135,21 +135,23 @@ def test_train_eval_and_route_a_hierarchy_bundle(trained, monkeypatch):
     assert called == [d.chosen] and res["cost"] == price[d.chosen] == sum(c["cost"] for c in res["calls"])
 
 
-def test_a_malformed_hierarchy_bundle_is_refused(trained, tmp_path):
+def test_a_malformed_hierarchy_or_decision_rule_is_refused(trained, tmp_path):
     import shutil
 
     from visroute.router.learn.persist import BundleError
     from visroute.router.decide.bundle import RouterBundle
 
     tmp, _ = trained
-    for damage in ({"families": ["cheap"]}, {"family_router": None}):
-        d = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+    bundle = RouterBundle.load(tmp / "router")
+    assert bundle.decision["shrink"] == 0.5 and len(bundle.decision["prior"]) == len(bundle.models)
+    damages = (lambda i: i["strategy"].update(families=["cheap"]), lambda i: i.update(family_router=None),
+               lambda i: i["decision"].update(shrink=2.0), lambda i: i["decision"].update(chain=[99]),
+               lambda i: i["decision"].update(prior=[0.5]))
+    for k, damage in enumerate(damages):
+        d = tmp_path / f"bad{k}"
         shutil.copytree(tmp / "router", d)
         info = json.loads((d / "router.json").read_text())
-        if "families" in damage:
-            info["strategy"]["families"] = damage["families"]
-        else:
-            info["family_router"] = None
+        damage(info)
         (d / "router.json").write_text(json.dumps(info))
         with pytest.raises(BundleError):
             RouterBundle.load(d)
