@@ -11,14 +11,15 @@ Protocol (one default configuration for every dataset, nothing tuned to these): 
 embeddings; K random folds, repeated with different seeds. For each fold the routers train on the other folds
 and predict the fold's tasks; the pooled out-of-fold predictions give each policy's operating points (lambda
 sweep of ``choose`` with the training folds' mean costs), and ``aiq_report`` scores them all on the same
-bootstrap resamples. Policies: logistic, kNN, MLP, MF routers, each deciding under the bundle's default
-decision rule (``rules.decision_rule``: predictions shrunk halfway to each model's training accuracy, models off
-the training cost-accuracy chain capped), and the logistic router without that rule ("no rule"); kNN on the
-texts kept whole (what a user got before prefix stripping); the dataset prior (per dataset a constant: it can
-only pick single models); a cascade along the cost-accuracy chain of the training folds whose confidence is the
-MF router's predicted success of the model that just answered (the product reads no answers from RouterBench
-records; ``routing_signal.py`` measures an answer-agreement cascade), swept over its threshold and paying for
-every call; the hierarchy (cost tiers, then the model); the zero router (single-model hull) and the oracle.
+bootstrap resamples. Policies: logistic, kNN, MLP, MF routers, each deciding under the bundle's default decision
+rule (``rules.decision_rule``: predictions shrunk halfway to each model's training accuracy, models off the
+training cost-accuracy chain capped), and the logistic router without that rule ("no rule"); kNN on the texts kept
+whole (what a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
+models); a cascade along the cost-accuracy chain of the training folds whose confidence is the MF router's
+predicted success of the model that just answered, and the same cascade stopping where a model's answer agrees with
+the earlier ones (``cascade(agreement)``, what ``route train --strategy cascade`` fits when the records carry
+answers; RouterBench's do), each swept over its threshold and paying for every call; the hierarchy (cost tiers,
+then the model); the zero router (single-model hull) and the oracle.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from visroute.router.decide.rules import apply_rule, choose, decision_rule, lamb
 from visroute.router.evaluate.metrics import sweep_metrics
 from visroute.router.evaluate.policies import dataset_prior
 from visroute.router.learn.kinds import make_router
-from visroute.router.decide.strategies import cascade, pareto_chain
+from visroute.router.decide.strategies import agreement_confidence, cascade, pareto_chain
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
 DATASETS = ("arc-challenge", "mbpp")
@@ -84,17 +85,20 @@ def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int) -> dict[
     return out
 
 
-def cascade_outcomes(S, C, conf, fold_of, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+def cascade_outcomes(S, C, conf, fold_of, n: int = 60, answers=None) -> tuple[np.ndarray, np.ndarray]:
     """Per threshold, per task (success, cost paid for every call) of the cascade along each fold's training
-    chain (cheapest first, each next stage more accurate), stopping where the confidence reaches the threshold."""
-    qs = np.unique(np.quantile(conf, np.linspace(0, 1, n)))
+    chain (cheapest first, each next stage more accurate), stopping where the confidence reaches the threshold;
+    with ``answers``, a stage after the first is as confident as the share of earlier answers it agrees with
+    (``strategies.agreement_confidence``, what a trained cascade uses when the records carry answers)."""
+    qs = np.unique(np.r_[np.quantile(conf, np.linspace(0, 1, n)), np.linspace(0, 1, 21) if answers is not None else []])
     ts = np.r_[-np.inf, qs, np.inf]
     Ss, Cs = np.zeros((len(ts), len(S))), np.zeros((len(ts), len(S)))
     for f in np.unique(fold_of):
         te, tr = fold_of == f, fold_of != f
         chain = pareto_chain(np.nanmean(C[tr], 0), np.nanmean(S[tr], 0))
+        c = conf[te] if answers is None else agreement_confidence(answers[te], chain, conf[te])
         for i, t in enumerate(ts):
-            r = cascade(S[te], C[te], conf[te], chain, t)
+            r = cascade(S[te], C[te], c, chain, t)
             Ss[i, te], Cs[i, te] = r["success"], r["cost"]
     return Ss, Cs
 
@@ -114,7 +118,7 @@ def hierarchy_outcomes(X, S, C, proba, fold_of, seed: int) -> tuple[np.ndarray, 
     return sweep_outcomes(picks, S, C)
 
 
-def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int) -> dict:
+def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int, answers=None) -> dict:
     fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
     proba = oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed)
     costs = np.nanmean(C, axis=0)  # expected cost per call; the lambda sweep spans every operating point anyway
@@ -122,6 +126,8 @@ def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int)
                 for k, p in proba.items()}
     conf_router = "mf" if "mf" in proba else routers[-1]
     policies[f"cascade({conf_router})"] = cascade_outcomes(S, C, proba[conf_router], fold_of)
+    if answers is not None and (answers != "").any():
+        policies["cascade(agreement)"] = cascade_outcomes(S, C, proba[conf_router], fold_of, answers=answers)
     if "logistic" in proba:
         policies["hierarchy"] = hierarchy_outcomes(X, S, C, proba["logistic"], fold_of, seed)
     rep = aiq_report(policies, S, C, n_boot=n_boot, seed=seed)
@@ -159,8 +165,8 @@ def run(paths, folds: int = 5, repeats: int = 3, n_boot: int = 200, routers=ROUT
             continue
         S = np.nan_to_num(table.success[sel].astype(np.float64))
         C = np.nan_to_num(table.cost[sel].astype(np.float64))
-        runs = [evaluate(X_all[sel], Xraw_all[sel], S, C, table.dataset[sel], folds, r, routers, n_boot)
-                for r in range(repeats)]
+        runs = [evaluate(X_all[sel], Xraw_all[sel], S, C, table.dataset[sel], folds, r, routers, n_boot,
+                         table.answer[sel]) for r in range(repeats)]
         out["datasets"][d] = {"tasks": int(len(sel)), "policies": aggregate(runs)}
     return out
 

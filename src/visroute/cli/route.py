@@ -145,6 +145,10 @@ def route_train(
     _echo_training(bundle, router, out)
 
 
+CONFIDENCE = {"score": "models own scores", "agreement": "agreement of the models answers",
+              "router": "router predicted success"}
+
+
 def _echo_training(bundle, router: str, out: Path) -> None:
     """What training chose: lambda, the calibration it reached on validation, and the strategy's settings."""
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
@@ -161,7 +165,7 @@ def _echo_training(bundle, router: str, out: Path) -> None:
             detail = "families " + "; ".join(f"{f}: {', '.join(ms)}" for f, ms in fams.items())
         else:
             detail = (f"chain {' -> '.join(bundle.models[j] for j in st['chain'])}, threshold {st['threshold']:.3g} on "
-                      f"the {'models own scores' if st['confidence'] == 'score' else 'router predicted success'}"
+                      f"the {CONFIDENCE.get(st.get('confidence'), 'router predicted success')}"
                       if st["kind"] == "cascade" else f"margin {st['margin']:.3g}")
         typer.echo(f"strategy {st['kind']}: {detail}; on validation accuracy {sc['realised_accuracy']:.3f}, cost per "
                    f"task {sc['realised_cost']:.4g} (every call counted)")

@@ -252,7 +252,8 @@ def _strategy(d, n_models: int, path) -> dict:
     if ok and d["kind"] == "cascade":
         ch = d.get("chain")
         ok = isinstance(ch, list) and bool(ch) and all(isinstance(j, int) and 0 <= j < n_models for j in ch) \
-            and isinstance(d.get("threshold"), (int, float))
+            and isinstance(d.get("threshold"), (int, float)) and d.get("confidence", "router") in ("router", "score",
+                                                                                                   "agreement")
     if ok and d["kind"] == "ensemble":
         ok = isinstance(d.get("margin"), (int, float)) and 0 <= d["margin"] <= 1
     if ok and d["kind"] == "hierarchy":
@@ -340,8 +341,9 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
-                                       target_cost, cal.score)
-        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score)
+                                       target_cost, cal.score, cal.answer)
+        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score,
+                       answers=cal.answer)
         realised = float(out["cost"].mean()) if len(cal) else 0.0
         bundle.meta["strategy_calibration"] = {
             "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,

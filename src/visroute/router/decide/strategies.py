@@ -36,6 +36,26 @@ def cascade(success: np.ndarray, cost: np.ndarray, confidence: np.ndarray, chain
     return {"model": answered, "success": np.nan_to_num(success[rows, answered]), "cost": spent}
 
 
+def agreement_confidence(answers: np.ndarray, chain: list[int], base: np.ndarray) -> np.ndarray:
+    """Per task and model, a cascade stage's confidence from the answers themselves: after the first stage, the
+    share of the earlier stages' answers equal to this stage's (where this stage and an earlier one answered);
+    ``base`` elsewhere (the first stage, and tasks without answers)."""
+    conf = np.array(base, np.float64, copy=True)
+    A = np.asarray(answers, dtype=object)
+    for pos in range(1, len(chain)):
+        j, prev = chain[pos], A[:, chain[:pos]]
+        have = prev != ""
+        ok = (A[:, j] != "") & have.any(axis=1)
+        agree = ((prev == A[:, [j]]) & have).sum(axis=1)
+        conf[ok, j] = agree[ok] / have[ok].sum(axis=1)
+    return conf
+
+
+def has_answers(answers, chain: list[int]) -> bool:
+    """Whether the records carry answers for at least two stages of ``chain`` (an agreement is possible)."""
+    return answers is not None and len(chain) > 1 and int((np.asarray(answers, dtype=object)[:, chain] != "").any(0).sum()) >= 2
+
+
 def _thresholds(confidence: np.ndarray, chain: list[int], n: int = 200) -> np.ndarray:
     vals = confidence[:, chain[:-1]].ravel()
     vals = vals[np.isfinite(vals)]

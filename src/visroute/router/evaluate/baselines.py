@@ -109,7 +109,8 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     if bundle.strategy.get("kind", "router") != "router":
         from visroute.router.decide.plan import outcomes
 
-        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score, fam)
+        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score, fam,
+                       test.answer)
         w = test.weight / test.weight.sum()
         report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
                               "cost": float((out["cost"] * w).sum()), "calls_per_task": _calls(bundle.strategy, out),
@@ -128,8 +129,11 @@ def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarr
 
     train = table.part("train")
     chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
-    out = {"cascade": sweep({"kind": "cascade", "chain": chain}, proba, test.success, test.cost, bundle.costs,
-                            test.score)}  # a one-model chain (the cheapest is also the best) is that model
+    from visroute.router.decide.strategies import has_answers
+
+    casc = {"kind": "cascade", "chain": chain, "confidence": "agreement" if has_answers(test.answer, chain) else "router"}
+    out = {"cascade": sweep(casc, proba, test.success, test.cost, bundle.costs, test.score,
+                            answers=test.answer)}  # a one-model chain (the cheapest is also the best) is that model
     ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
     out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
     if family_proba is not None:
