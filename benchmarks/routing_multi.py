@@ -16,14 +16,16 @@ rule (``rules.decision_rule``: predictions shrunk halfway to each model's traini
 training cost-accuracy chain capped), and the logistic router without that rule ("no rule"); kNN on the texts kept
 whole (what a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
 models); a cascade along the cost-accuracy chain of the training folds whose confidence is the MF router's
-predicted success of the model that just answered, and the same cascade stopping where a model's answer agrees with
-the earlier ones (``cascade(agreement)``, what ``route train --strategy cascade`` fits when the records carry
-answers; RouterBench's do), each swept over its threshold and paying for every call; the hierarchy (cost tiers,
-then the model); the zero router (single-model hull) and the oracle.
+predicted success of the model that just answered, and with it the cascades stopping where a model's answer agrees
+with the earlier ones along pairs and triples of the chain (``cascade(+agreement)``: the points ``route train
+--strategy cascade`` calibrates over when the records carry answers, as RouterBench's do), each swept over its
+threshold and paying for every call; the hierarchy (cost tiers, then the model); the zero router (single-model
+hull) and the oracle.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import tempfile
 from pathlib import Path
@@ -36,7 +38,7 @@ from visroute.router.decide.rules import apply_rule, choose, decision_rule, lamb
 from visroute.router.evaluate.metrics import sweep_metrics
 from visroute.router.evaluate.policies import dataset_prior
 from visroute.router.learn.kinds import make_router
-from visroute.router.decide.strategies import agreement_confidence, cascade, pareto_chain
+from visroute.router.decide.strategies import AGREEMENT_POSITIONS, agreement_confidence, cascade, pareto_chain
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
 DATASETS = ("arc-challenge", "mbpp")
@@ -85,20 +87,37 @@ def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int) -> dict[
     return out
 
 
-def cascade_outcomes(S, C, conf, fold_of, n: int = 60, answers=None) -> tuple[np.ndarray, np.ndarray]:
+def agreement_outcomes(S, C, conf, answers, fold_of) -> tuple[np.ndarray, np.ndarray]:
+    """The agreement cascades a trained cascade chooses among when the records carry answers
+    (``plan.cascade_points``): per pair or triple of ``AGREEMENT_POSITIONS`` on each fold's training chain and per
+    threshold, per task (success, cost of every call), a stage after the first being as confident as the share
+    of earlier answers it agrees with; the whole chain on ``conf`` is ``cascade_outcomes``."""
+    combos = [pos for size in (2, 3) for pos in itertools.combinations(AGREEMENT_POSITIONS, size)]
+    ts = np.r_[np.linspace(0, 1, 11), np.inf]
+    Ss, Cs = np.zeros((len(combos) * len(ts), len(S))), np.zeros((len(combos) * len(ts), len(S)))
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        chain = pareto_chain(np.nanmean(C[tr], 0), np.nanmean(S[tr], 0))
+        for k, pos in enumerate(combos):
+            sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
+            c = agreement_confidence(answers[te], sub, conf[te])
+            for i, t in enumerate(ts):
+                r = cascade(S[te], C[te], c, sub, t)
+                Ss[k * len(ts) + i, te], Cs[k * len(ts) + i, te] = r["success"], r["cost"]
+    return Ss, Cs
+
+
+def cascade_outcomes(S, C, conf, fold_of, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Per threshold, per task (success, cost paid for every call) of the cascade along each fold's training
-    chain (cheapest first, each next stage more accurate), stopping where the confidence reaches the threshold;
-    with ``answers``, a stage after the first is as confident as the share of earlier answers it agrees with
-    (``strategies.agreement_confidence``, what a trained cascade uses when the records carry answers)."""
-    qs = np.unique(np.r_[np.quantile(conf, np.linspace(0, 1, n)), np.linspace(0, 1, 21) if answers is not None else []])
+    chain (cheapest first, each next stage more accurate), stopping where the confidence reaches the threshold."""
+    qs = np.unique(np.quantile(conf, np.linspace(0, 1, n)))
     ts = np.r_[-np.inf, qs, np.inf]
     Ss, Cs = np.zeros((len(ts), len(S))), np.zeros((len(ts), len(S)))
     for f in np.unique(fold_of):
         te, tr = fold_of == f, fold_of != f
         chain = pareto_chain(np.nanmean(C[tr], 0), np.nanmean(S[tr], 0))
-        c = conf[te] if answers is None else agreement_confidence(answers[te], chain, conf[te])
         for i, t in enumerate(ts):
-            r = cascade(S[te], C[te], c, chain, t)
+            r = cascade(S[te], C[te], conf[te], chain, t)
             Ss[i, te], Cs[i, te] = r["success"], r["cost"]
     return Ss, Cs
 
@@ -126,8 +145,10 @@ def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int,
                 for k, p in proba.items()}
     conf_router = "mf" if "mf" in proba else routers[-1]
     policies[f"cascade({conf_router})"] = cascade_outcomes(S, C, proba[conf_router], fold_of)
-    if answers is not None and (answers != "").any():
-        policies["cascade(agreement)"] = cascade_outcomes(S, C, proba[conf_router], fold_of, answers=answers)
+    if answers is not None and (answers != "").any():  # what a trained cascade calibrates over: both families
+        agree = agreement_outcomes(S, C, proba[conf_router], answers, fold_of)
+        whole = policies[f"cascade({conf_router})"]
+        policies["cascade(+agreement)"] = (np.vstack([whole[0], agree[0]]), np.vstack([whole[1], agree[1]]))
     if "logistic" in proba:
         policies["hierarchy"] = hierarchy_outcomes(X, S, C, proba["logistic"], fold_of, seed)
     rep = aiq_report(policies, S, C, n_boot=n_boot, seed=seed)

@@ -35,13 +35,14 @@ def test_answer_keys_and_agreement_by_hand():
 
 def _csv(tmp_path):
     rng = np.random.default_rng(0)
-    n = 60
+    n = 200
     truth = rng.choice(list("ABCD"), n)
     rows = {"sample_id": [f"s{i}" for i in range(n)], "prompt": [f"['Question {i}?']" for i in range(n)],
             "eval_name": ["arc"] * n}
-    for m, acc, cost in (("cheap", 0.6, 1.0), ("mid", 0.75, 2.0), ("dear", 0.95, 30.0)):
+    for m, acc, cost in (("cheap", 0.7, 1.0), ("mid", 0.8, 2.0), ("dear", 0.95, 30.0)):
         right = rng.random(n) < acc
-        ans = np.where(right, truth, [chr(ord("A") + (ord(t) - ord("A") + 1) % 4) for t in truth])
+        wrong = [chr(ord("A") + (ord(t) - ord("A") + int(k)) % 4) for t, k in zip(truth, rng.integers(1, 4, n))]
+        ans = np.where(right, truth, wrong)
         rows[m], rows[f"{m}|total_cost"] = right.astype(float), [cost] * n
         rows[f"{m}|model_response"] = [f"['{a}\\n']" for a in ans]
     path = tmp_path / "rb.csv"
@@ -59,16 +60,20 @@ def test_answers_travel_from_records_to_the_table_and_a_calibrated_cascade(tmp_p
     val, train = table.part("val"), table.part("train")
     proba = np.tile(np.nanmean(train.success, axis=0), (len(val), 1))  # a router that knows nothing per task
     costs = train.model_costs()
-    st = fit_strategy("cascade", proba, val.success, val.cost, costs, train.success, 0.0, answers=val.answer)
+    # within 20 per task: only cheap+mid agreeing, else the dear model, beats the cheap model alone on validation
+    st = fit_strategy("cascade", proba, val.success, val.cost, costs, train.success, 0.0, target_cost=20.0,
+                      answers=val.answer)
     assert st["confidence"] == "agreement" and len(st["chain"]) >= 2
     assert st["chain"] == sorted(st["chain"], key=lambda j: costs[j])  # cheapest first
+    assert outcomes(st, proba, val.success, val.cost, costs, 0.0, answers=val.answer)["cost"].mean() <= 20.0
     out = outcomes(st, proba, val.success, val.cost, costs, 0.0, answers=val.answer)
     # cost adds up call by call: each task paid every stage up to the one that answered
     pos = np.array([st["chain"].index(m) for m in out["model"]])
     paid = np.array([val.cost[i, st["chain"][: p + 1]].sum() for i, p in enumerate(pos)])
     np.testing.assert_allclose(out["cost"], paid)
     # without answers the same call falls back to the router's predicted success
-    assert fit_strategy("cascade", proba, val.success, val.cost, costs, train.success, 0.0)["confidence"] == "router"
+    assert fit_strategy("cascade", proba, val.success, val.cost, costs, train.success, 0.0,
+                        target_cost=20.0)["confidence"] == "router"
 
 
 def test_run_plan_stops_when_the_answers_agree_and_pays_each_call():

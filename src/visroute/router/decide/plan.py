@@ -17,7 +17,8 @@ import numpy as np
 
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import choose
-from visroute.router.decide.strategies import agreement_confidence, cascade, ensemble, has_answers, pareto_chain
+from visroute.router.decide.strategies import (agreement_confidence, agreement_subchains, cascade, ensemble,
+                                               has_answers, pareto_chain)
 
 STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
@@ -48,17 +49,30 @@ def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.nda
     conf = confidence(proba, score)
     if kind == "cascade":
         chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
-        mode = ("agreement" if has_answers(answers, chain) else
-                "score" if score is not None and np.isfinite(score).any() else "router")
-        conf = agreement_confidence(answers, chain, conf) if mode == "agreement" else conf
-        ts = thresholds(conf, chain)
-        res = [cascade(success, cost, conf, chain, t) for t in ts]
-        t = _pick(ts, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
-        return {"kind": "cascade", "chain": [int(j) for j in chain], "threshold": t, "confidence": mode}
+        points = cascade_points(chain, proba, success, cost, score, answers)
+        i = int(_pick(np.arange(len(points)), np.array([r["success"].mean() for *_, r in points]),
+                      np.array([r["cost"].mean() for *_, r in points]), target_cost))
+        sub, mode, t, _ = points[i]
+        return {"kind": "cascade", "chain": [int(j) for j in sub], "threshold": t, "confidence": mode}
     margins = np.unique(np.r_[0.0, np.quantile(np.abs(proba - proba.max(1, keepdims=True)), np.linspace(0, 1, 40))])
     res = [ensemble(proba, success, cost, expected_costs, lam, m, conf) for m in margins]
     m = _pick(margins, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
     return {"kind": "ensemble", "margin": m, "lambda": lam}
+
+
+def cascade_points(chain: list[int], proba, success, cost, score=None, answers=None) -> list[tuple]:
+    """Every (stages, confidence kind, threshold, outcomes) a cascade may be calibrated to: the whole chain on
+    the models' own scores or the router's predicted success, and, where the rows carry answers, the agreement
+    sub-chains (``strategies.agreement_subchains``) stopping when answers agree."""
+    base = "score" if score is not None and np.isfinite(score).any() else "router"
+    configs = [(list(chain), base)]
+    if has_answers(answers, chain):
+        configs += [(sub, "agreement") for sub in agreement_subchains(list(chain))]
+    out = []
+    for sub, mode in configs:
+        conf = cascade_confidence({"chain": sub, "confidence": mode}, proba, score, answers)
+        out += [(sub, mode, float(t), cascade(success, cost, conf, sub, t)) for t in thresholds(conf, sub)]
+    return out
 
 
 def cascade_confidence(strategy: dict, proba, score=None, answers=None) -> np.ndarray:

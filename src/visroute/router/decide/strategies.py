@@ -15,6 +15,8 @@ confident model, which is how it is scored here.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from visroute.router.decide.rules import choose, pareto_chain  # noqa: F401 - pareto_chain: the stages' order
@@ -49,6 +51,21 @@ def agreement_confidence(answers: np.ndarray, chain: list[int], base: np.ndarray
         agree = ((prev == A[:, [j]]) & have).sum(axis=1)
         conf[ok, j] = agree[ok] / have[ok].sum(axis=1)
     return conf
+
+
+AGREEMENT_POSITIONS = (0, -4, -3, -2, -1)  # the chain's cheapest stage and its four most accurate
+
+
+def agreement_subchains(chain: list[int]) -> list[list[int]]:
+    """The sub-chains an agreement cascade may run: every two or three of ``AGREEMENT_POSITIONS`` on the chain,
+    in cost order (a long chain of weak models would stop on weak models agreeing on a wrong answer)."""
+    out = []
+    for size in (2, 3):
+        for pos in itertools.combinations(AGREEMENT_POSITIONS, size):
+            sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
+            if len(sub) >= 2 and sub not in out:
+                out.append(sub)
+    return out
 
 
 def has_answers(answers, chain: list[int]) -> bool:

@@ -129,11 +129,12 @@ def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarr
 
     train = table.part("train")
     chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
-    from visroute.router.decide.strategies import has_answers
+    from visroute.router.decide.plan import cascade_points
 
-    casc = {"kind": "cascade", "chain": chain, "confidence": "agreement" if has_answers(test.answer, chain) else "router"}
-    out = {"cascade": sweep(casc, proba, test.success, test.cost, bundle.costs, test.score,
-                            answers=test.answer)}  # a one-model chain (the cheapest is also the best) is that model
+    # every threshold of the whole chain (and, where the rows carry answers, of the agreement sub-chains); a
+    # one-model chain (the cheapest is also the best) is that model
+    pts = cascade_points(chain, proba, test.success, test.cost, test.score, test.answer)
+    out = {"cascade": (np.stack([r["success"] for *_, r in pts]), np.stack([r["cost"] for *_, r in pts]))}
     ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
     out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
     if family_proba is not None:
