@@ -11,6 +11,10 @@ folder. The same N ImageNet-sample JPEGs are classified against the same class n
   (e) ``visroute serve`` with batching off (``max_batch_size: 1``);
   (f) where Ray Serve is installed: ``visroute serve --engine ray --replicas 2`` (reported against (c)).
 
+Beside each throughput, CPU time per image: in process (with its DataLoader workers), in the server process (with
+its children), and in the load client, which shares the machine's cores with the server, so the in-process figure is
+a limit the server can only reach where the client's CPU is not taken from it.
+
 Goals: (b) >= 0.9 x (a) and >= 2 x (d). Server overhead per request (sequential, concurrency 1): the client's
 latency minus the model work the server reports. Requests carry the image as base64 JSON. The machine may be shared:
 the load average is recorded beside every figure. ``--smoke`` runs a few requests of each kind in seconds (a check
@@ -57,6 +61,29 @@ def class_names(n: int) -> list[str]:
     return list(dict.fromkeys(names))[:n]
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process and its reaped children, or of process ``pid`` and its
+    live children: the machine's cores are shared by the client and the server, so CPU per image says where the
+    time goes whatever the wall clock does."""
+    if pid is None:
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for q in procs:
+        try:
+            t = q.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return total
+
+
 def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int, device: str) -> dict:
     """The better of decoding in DataLoader workers (one per core, as `visroute classify`) and in the main process."""
     from visroute.batch_classify import iter_classify
@@ -68,10 +95,11 @@ def in_process(model_dir: Path, paths: list[Path], labels: list[str], batch: int
         pass
     out = {}
     for name, workers in (("workers_default", None), ("workers_0", 0)):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         n = sum(len(preds) for preds, _ in iter_classify(head, paths, 5, batch, workers))
         wall = time.perf_counter() - t
-        out[name] = {"images": n, "wall_s": round(wall, 3), "images_per_s": round(n / wall, 2)}
+        out[name] = {"images": n, "wall_s": round(wall, 3), "images_per_s": round(n / wall, 2),
+                     "cpu_ms_per_image": round((cpu_s() - c) / n * 1000, 2)}
     return {**out, "images_per_s": max(v["images_per_s"] for v in out.values())}
 
 
@@ -113,7 +141,8 @@ def _wait(proc, port: int, log: Path):
     raise SystemExit(f"{log.name}: the server did not become ready")
 
 
-def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str = "json") -> dict:
+def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str = "json",
+              server_pid: int | None = None) -> dict:
     import base64
 
     from visroute.serve.loadtest import run_load
@@ -127,12 +156,17 @@ def serve_run(url: str, images: list[bytes], n: int, concurrency: int, body: str
                 "data": {"top_k": "5"}}
 
     run_load(url, req, min(n, 2 * concurrency), concurrency)  # warm-up: first forward passes, connections
+    server0, client0 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     r = run_load(url, req, n, concurrency, time_limit_s=1800)
+    server1, client1 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     if r.errors:
         raise SystemExit(f"{len(r.errors)} errors, e.g. {r.errors[0]}")
     out = r.summary()
     out["images_per_s"] = out.pop("throughput_rps")
     out["load1"] = round(os.getloadavg()[0], 2)
+    out["client_cpu_ms_per_request"] = round((client1 - client0) / n * 1000, 2)
+    if server_pid:
+        out["server_cpu_ms_per_request"] = round((server1 - server0) / n * 1000, 2)
     if not r.timings:  # the naive peer reports no timings
         return out
     out["mean_batch_size"] = round(float(np.mean([t["batch_size"] for t in r.timings])), 2)
@@ -199,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, start in runs:
             proc, url = start(work / f"{name}.log")
             try:
-                res[name] = serve_run(url, images, args.n, args.concurrency, args.body)
+                res[name] = serve_run(url, images, args.n, args.concurrency, args.body, proc.pid)
                 if name == "serve":
                     res["sequential"] = serve_run(url, images, args.overhead_n, 1, args.body)
             finally:
@@ -229,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if q["batching_on_vs_off"] is not None:
         print(f"batching on / off:         {q['batching_on_vs_off']:.2f}")
     seq = res["sequential"]
+    cpu = {k: res[k].get("server_cpu_ms_per_request") for k in ("serve", "naive_peer")}
+    print(f"CPU per image: in-process {min(v['cpu_ms_per_image'] for v in res['in_process'].values() if isinstance(v, dict)):.2f} ms; "
+          f"serve {cpu['serve']} ms in the server + {res['serve']['client_cpu_ms_per_request']} ms in the load "
+          f"client (which shares these {os.cpu_count()} cores); naive peer {cpu['naive_peer']} ms")
     print(f"server overhead p50 (c=1, latency - decode - forward - head): {seq['server_overhead_p50_ms']:.2f} ms; "
           f"outside the handler: {seq['outside_handler_p50_ms']:.2f} ms")
     if out is not None:

@@ -1,7 +1,8 @@
 """``visroute serve --workers 2`` against real processes on 127.0.0.1: the same answers as one worker, metrics summed
 over the workers, the /docs Authorize button in /openapi.json, and a worker stopped under a bounded load: every
 request ends with an answer or a retryable 503 carrying Retry-After (never a hang or a connection without status),
-and the supervisor replaces the worker."""
+and the supervisor replaces the worker; a worker killed (SIGKILL) under load: a client that retries a connection closed
+without an answer, as the openai client does, still gets every answer."""
 
 from __future__ import annotations
 
@@ -122,6 +123,23 @@ def test_a_worker_stopped_under_load_loses_no_request(servers, imagenet_images):
     victim = _workers(two.proc.pid)[0]
     classify_load_while_signalling(two.url, imagenet_images, victim, signal.SIGTERM, 240, time_limit_s=120)
     deadline = time.time() + 120                                  # the supervisor starts a new worker
+    while time.time() < deadline and (victim in _workers(two.proc.pid) or len(_workers(two.proc.pid)) < 2):
+        time.sleep(0.5)
+    assert victim not in _workers(two.proc.pid) and len(_workers(two.proc.pid)) == 2
+
+
+def test_a_worker_killed_under_load_loses_no_request_with_a_retrying_client(servers, imagenet_images):
+    """SIGKILL gives a worker no chance to answer what it holds: those connections close without a status, and a
+    client that sends such a request again on a new connection (as the openai client does, and run_load) gets every
+    answer from the other worker; the supervisor replaces the dead one."""
+    two = servers[1]
+    deadline = time.time() + 120                                  # after the test above: two workers again
+    while time.time() < deadline and len(_workers(two.proc.pid)) < 2:
+        time.sleep(0.5)
+    victim = _workers(two.proc.pid)[0]
+    r = classify_load_while_signalling(two.url, imagenet_images, victim, signal.SIGKILL, 240, time_limit_s=120)
+    assert r.retried <= 8
+    deadline = time.time() + 120
     while time.time() < deadline and (victim in _workers(two.proc.pid) or len(_workers(two.proc.pid)) < 2):
         time.sleep(0.5)
     assert victim not in _workers(two.proc.pid) and len(_workers(two.proc.pid)) == 2

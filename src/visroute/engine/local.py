@@ -1,14 +1,19 @@
-"""The local engine: everything in this process (DataLoader workers decode), exactly as visroute runs without Ray."""
+"""The local engine: everything in this process (DataLoader workers decode), exactly as visroute runs without Ray.
+
+Its images are ``visroute.features.encode.LocalEncoder``'s, the encoder the feature layer uses when no engine is
+handed down to it: one local road, whether a caller names the engine or not.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from visroute.engine import EngineOptions
+from visroute.engine.options import EngineOptions
+from visroute.features.encode import LocalEncoder
 
 
-class LocalEngine:
+class LocalEngine(LocalEncoder):
     name = "local"
 
     def __init__(self, options: EngineOptions | None = None):
@@ -18,13 +23,6 @@ class LocalEngine:
         from visroute.features.cache import FeatureCache
 
         return FeatureCache(root, engine=self)
-
-    def map_images(self, model, source, batch_size: int = 64, decode: str = "exact",
-                   num_workers: int | None = None, indices=None) -> Iterator[tuple[list[int], Any, list]]:
-        """(decoded item indices, embeddings or None, skipped) per batch, in input order."""
-        from visroute.features.encode import encode_batches
-
-        return encode_batches(model, source, indices, batch_size, num_workers, decode)
 
     def map_calls(self, fn: Callable[[Any, int], Any], items: Iterable[Any],
                   endpoints: Callable[[Any], tuple[str, ...]] = lambda item: ()) -> "LocalCalls":
@@ -37,10 +35,10 @@ class LocalEngine:
 
         return load_generative(llm, spec, runtime)
 
-    def run_cells(self, jobs, run_contrastive, run_task, endpoints=lambda job: ()):
-        """Cells one after the other, in grid order (what ``run_grid`` does without an engine)."""
+    def run_cells(self, jobs, run_contrastive, run_task, runtime):
+        """Cells one after the other, in grid order; task cells share the caller's ``runtime`` (its loaded models)."""
         for job in jobs:
-            yield job, (run_contrastive(job) if job.contrastive else run_task(job))
+            yield job, (run_contrastive(job) if job.contrastive else run_task(job, runtime))
 
     def shutdown(self) -> None:
         pass

@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from visroute.engine import EngineOptions
-from visroute.engine.workers import EncodeWorker, apply_env, call, driver_env, generate_chunk, grid_task_cell  # noqa: F401
+from visroute.engine.options import EngineOptions
+from visroute.engine.workers import EncodeWorker, call, driver_env, generate_chunk, with_own_runtime
 from visroute.errors import MissingExtraError, VisrouteError
 
 #: tasks retried after their worker died (kill -9, node lost); exceptions raised by visroute are not retried
@@ -256,11 +256,15 @@ class RayEngine:
         as they finish (``finished()`` without waiting, iteration waiting)."""
         return RayCalls(self, fn, list(items), endpoints)
 
-    def run_cells(self, jobs, run_contrastive, run_task=None):
-        """Grid cells: VLM/LLM cells go out as Ray tasks first; contrastive cells then run here, their features
-        encoded on the actor pool; every finished cell is handed back at once, so its records get written."""
+    def run_cells(self, jobs, run_contrastive, run_task, runtime):
+        """Grid cells: VLM/LLM cells go out as Ray tasks first (``run_task``, a module-level function, is shipped by
+        reference and called with the worker's own runtime, not ``runtime``); contrastive cells then run here, their
+        features encoded on the actor pool; every finished cell is handed back at once, so its records get written."""
+        from functools import partial
+
         jobs = list(jobs)
-        calls = self.map_calls(grid_task_cell, [j for j in jobs if not j.contrastive], lambda j: endpoints_of(j.spec))
+        calls = self.map_calls(partial(with_own_runtime, run_task), [j for j in jobs if not j.contrastive],
+                               lambda j: endpoints_of(j.spec))
         for job in jobs:
             if job.contrastive:
                 yield job, run_contrastive(job)

@@ -95,9 +95,9 @@ def generate_chunk(item: tuple, concurrency: int) -> list:
     return load_generative(llm, PipelineSpec.from_json(spec_json, "worker spec"), runtime).generate(list(requests))
 
 
-def grid_task_cell(job, concurrency: int) -> dict:
-    """A VLM / LLM grid cell on a worker: the same ``run_task_cell`` as the local engine, its own runtime."""
+def with_own_runtime(fn, item, concurrency: int):
+    """Body of a grid cell on a worker: ``fn(item, runtime)``, the same function the local engine calls, with a
+    runtime of the worker's own (the driver's holds loaded models and open caches, which do not travel)."""
     from visroute.pipeline.build import Runtime
-    from visroute.router.data.grid import run_task_cell
 
-    return run_task_cell(job, Runtime(concurrency=concurrency))
+    return fn(item, Runtime(concurrency=concurrency))

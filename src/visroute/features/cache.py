@@ -28,6 +28,7 @@ import torch
 
 from visroute.data.images import SkippedFile
 from visroute.errors import VisrouteError
+from visroute.features.encode import LocalEncoder
 from visroute.models.contrastive import ContrastiveModel
 from visroute.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, cache_root, file_lock
 from visroute.log import get_logger
@@ -131,17 +132,10 @@ class FeatureCache:
     """Directory of cached feature sets (default ``$VISROUTE_CACHE/features``)."""
 
     def __init__(self, root: str | Path | None = None, engine=None):
-        """``engine`` (``visroute.engine``; default: the local one) encodes the shards that are missing."""
+        """``engine`` encodes the shards that are missing: an engine of ``visroute.engine`` (Ray's spreads them over
+        its actors), or, when none is handed down, ``LocalEncoder`` (this process, as the local engine does)."""
         self.root = Path(root) if root is not None else cache_root() / "features"
-        self._engine = engine
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from visroute.engine import default_engine
-
-            self._engine = default_engine()
-        return self._engine
+        self.engine = engine if engine is not None else LocalEncoder()
 
     def entries(self) -> list[dict]:
         out = []

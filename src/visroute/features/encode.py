@@ -1,8 +1,11 @@
 """The one image encoder: every caller's images become features here (through an engine's ``map_images``).
 
-``encode_batches`` is the loop (decode in workers by ``visroute.data.batches``, encode in this process); the
-local engine runs it as is, a Ray actor runs it on its chunk, the feature cache stores what it yields.
-``encode_inputs`` encodes already prepared inputs (the service's micro-batches, the Python API's PIL images).
+``encode_batches`` is the loop (decode in workers by ``visroute.data.batches``, encode in this process);
+``LocalEncoder`` runs it as is (it is the local engine's image part), a Ray actor runs it on its chunk, the feature
+cache stores what it yields. ``encode_inputs`` encodes already prepared inputs (the service's micro-batches, the
+Python API's PIL images).
+
+``visroute.engine`` sits above this layer: an engine is handed down (``engine=``), never looked up from here.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def encode_batches(model: Any, source: Any, indices: Sequence[int] | None = None
         yield idx, (model.encode_images(batch) if batch is not None else None), skipped
 
 
+class LocalEncoder:
+    """``map_images`` in this process: what encodes images when no engine is handed down, and the image part of
+    ``visroute.engine``'s local engine (which is this class plus calls and grid cells)."""
+
+    def map_images(self, model: Any, source: Any, batch_size: int = 64, decode: str = DEFAULT_DECODE,
+                   num_workers: int | None = None, indices: Sequence[int] | None = None
+                   ) -> Iterator[tuple[list[int], torch.Tensor | None, list[SkippedFile]]]:
+        """(decoded item indices, embeddings or None, skipped) per batch, in input order."""
+        return encode_batches(model, source, indices, batch_size, num_workers, decode)
+
+
 def iter_encoded_batches(
     model: Any,
     paths: Sequence[str | Path],
@@ -53,14 +67,12 @@ def iter_encoded_batches(
     progress: bool = False,
     engine: Any = None,
 ) -> Iterator[EncodedBatch]:
-    """Image files -> EncodedBatch per batch, in input order, on ``engine`` (default: the local engine).
+    """Image files -> EncodedBatch per batch, in input order, on ``engine`` (default: this process, ``LocalEncoder``).
 
     ``decode``: ``exact`` (the model's own preprocessing, bit for bit), ``fast`` or ``gpu``
     (``visroute.data.batches``).
     """
-    from visroute.engine import default_engine
-
-    engine = engine if engine is not None else default_engine()
+    engine = engine if engine is not None else LocalEncoder()
     paths = [str(p) for p in paths]
     bar = None
     if progress:

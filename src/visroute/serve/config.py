@@ -78,7 +78,7 @@ class Batching:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
-    decode_workers: int = 0             # 0: one per core, up to 8
+    decode_workers: int = 0             # 0: threads two per core (4-16), processes one per core (up to 8)
     decode_processes: bool = False      # decode in worker processes instead of threads (measured slower here)
 
 

@@ -74,7 +74,7 @@ class GridSpec:
         if bad is not None:
             raise VisrouteError(f"{path}: datasets[{bad}] must be a dataset spec string or a mapping with a 'spec' "
                                 f"string, found {raw['datasets'][bad]!r:.80}")
-        from visroute.pipeline.spec import nearest_key
+        from visroute.registry import nearest_key
 
         for k in raw:
             if k not in GRID_KEYS:
@@ -294,8 +294,7 @@ def run_grid(grid: GridSpec, progress: bool = True, log=print, engine=None) -> P
 
     jobs = plan_cells(grid, runtime, cache, say, done=lambda: bar.update(1))
     run_c = lambda job: run_contrastive_cell(job, runtime, cache, progress)  # noqa: E731
-    run_t = lambda job: run_task_cell(job, runtime)  # noqa: E731
-    cells = engine.run_cells(jobs, run_c, run_t)
+    cells = engine.run_cells(jobs, run_c, run_task_cell, runtime)
     failed = []
     with bar:
         for job, doc in cells:
