@@ -11,7 +11,8 @@ spread over seeds is the interval). Printed:
 - the signal: per model, the ROC AUC of the logistic router's out-of-fold predicted success, and the
   correlation between the predicted and the realised mean success over models (task difficulty);
 - the oracle's gain (the ceiling) and each variant's gain and cost to reach the best model's accuracy:
-  logistic, MLP, their average and logistic with text length added as a feature, each with raw predictions and
+  logistic, MLP, their average, logistic with text length added as a feature and scikit-learn's logistic
+  regression (C=0.1) on MiniLM + TF-IDF + length ("sk-logistic +tfidf"), each with raw predictions and
   under the default decision rule (``rules.decision_rule``: shrink halfway to each model's training accuracy,
   cap models off the training cost-accuracy chain), and the two halves of the rule alone; every rule is fitted
   on the training folds only (each one default configuration, the same for both datasets);
@@ -58,6 +59,28 @@ def oof(kind, X, S, fold_of, seed) -> np.ndarray:
         te, tr = fold_of == f, fold_of != f
         kw = dict(rm.ROUTER_KW[kind], **({"seed": seed} if kind != "knn" else {}))
         P[te] = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
+    return P
+
+
+def tfidf_logistic_oof(X, length, texts, S, fold_of, C: float = 0.1) -> np.ndarray:
+    """Out-of-fold success per model from scikit-learn's L2 logistic regression (``C``) on MiniLM + TF-IDF
+    (1-2-grams, SVD to 128 dimensions, fitted on the training folds) + log length: what word features add."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    texts = np.asarray(texts, dtype=object)
+    P = np.zeros(S.shape)
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(texts[tr])
+        svd = TruncatedSVD(min(128, vec.transform(texts[tr]).shape[1] - 1), random_state=0).fit(vec.transform(texts[tr]))
+        lz = (length - length[tr].mean()) / (length[tr].std() or 1)
+        F = [np.hstack([X[m], svd.transform(vec.transform(texts[m])), lz[m]]) for m in (tr, te)]
+        for j in range(S.shape[1]):
+            y = S[tr, j] >= 0.5
+            P[te, j] = (LogisticRegression(C=C, max_iter=2000).fit(F[0], y).predict_proba(F[1])[:, 1]
+                        if 0 < y.mean() < 1 else y.mean())
     return P
 
 
@@ -170,6 +193,7 @@ def run(paths, folds: int, repeats: int) -> list[str]:
             P = {k: oof(k, X, S, fold_of, seed) for k in ("logistic", "mlp")}
             P["avg(logistic,mlp)"] = (P["logistic"] + P["mlp"]) / 2
             P["logistic +length"] = oof("logistic", Xl, S, fold_of, seed)
+            P["sk-logistic +tfidf"] = tfidf_logistic_oof(X, length, table.text[sel], S, fold_of)
             variants = {}
             for name, Pv in P.items():  # each decision rule from the training folds only
                 for label, shrink, chain_only in (("", 1.0, False), (" rule", 0.5, True)):

@@ -8,7 +8,9 @@ by up to 100x: an error on a dear model's prediction sends a task there for noth
 cost-accuracy chain (dearer and no more accurate than a cheaper one) just below the best prediction among the
 cheaper chain models, so it is never chosen. Out of fold on RouterBench (``benchmarks/routing_multi.py``) this
 lifts kNN from well below the single-model hull to about it and changes the parametric routers by less than
-their spread over repeats. A shrink that keeps each model's order leaves two-model routing unchanged where the
+their spread over repeats; a router already regularised towards the base rates (scikit-learn's L2 logistic at
+C=0.1 in ``routing_signal.py``) loses about half its gain by it, so such a router needs the shrink fitted on
+validation rather than this default. A shrink that keeps each model's order leaves two-model routing unchanged where the
 dearer model is the more accurate one (RouteLLM's curves).
 """
 
