@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.openai_stub import LoopbackServer
 
 HUGE = 50 * 2**20
 MODES = ("ok", "500", "429", "400", "malformed", "truncated", "html", "empty_choices", "null_content",
@@ -51,7 +53,7 @@ def prompt_of(body: dict) -> str:
         return ""
 
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     def __init__(self, mode: str = "ok", answer=None, delay: float = 0.0, mode_for=None):
         self.mode = mode
         self.mode_for = mode_for
@@ -91,22 +93,11 @@ class FaultServer:
                     with server._lock:
                         server._active -= 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> "FaultServer":
-        self.thread.start()
-        return self
+        self._listen(Handler)
 
     def __exit__(self, *exc) -> None:
         self.stopping.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__exit__(*exc)
 
     # ----- answers -----
 

@@ -35,8 +35,9 @@ class LookupEncoder:
         return torch.from_numpy(np.stack([self.table[t] for t in texts]))
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
+def load_reference(shared_data):
+    """DisCLIP's stored inputs and outputs, the descriptions it read, and the text embeddings it computed for the
+    pooled descriptions and captions (text -> vector)."""
     z = np.load(FIX / "inputs.npz")
     inputs = json.loads((FIX / "inputs.json").read_text())
     expected = json.loads((FIX / "expected.json").read_text())
@@ -45,6 +46,12 @@ def ref(shared_data):
         load_descriptions(d / "descriptions_food_dclip.json"))
     table = dict(zip(inputs["description_texts_gs"], z["description_encodings"]))
     table.update(zip(inputs["caption_texts"], z["caption_encodings"]))
+    return z, inputs, expected, dset, table
+
+
+@pytest.fixture(scope="module")
+def ref(shared_data):
+    z, inputs, expected, dset, table = load_reference(shared_data)
     texts = np.array(inputs["imagewise_cls_description_texts"]).reshape(-1)
     table.update(zip(texts, z["imagewise_cls_description_encodings"].reshape(len(texts), -1)))
     flat = [t for c in sorted(inputs["classwise_cls_description_texts"], key=int) for t in inputs["classwise_cls_description_texts"][c]]

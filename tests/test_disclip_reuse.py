@@ -4,18 +4,15 @@ precomputed text embeddings, and ``--w-cls-sweep`` for the disclip head; outputs
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import visroute.heads.selection as selection
-from visroute.descriptions import load_descriptions
 from visroute.errors import InputError
 from visroute.heads.selection import DiscriminativeSelectionClassifier
-
-FIX = Path(__file__).parent / "fixtures" / "disclip_reference"
+from tests.test_disclip_equivalence import load_reference
 
 
 class LookupEncoder:
@@ -40,15 +37,7 @@ class NoTextModel(LookupEncoder):
 
 @pytest.fixture(scope="module")
 def ref(shared_data):
-    z = np.load(FIX / "inputs.npz")
-    inputs = json.loads((FIX / "inputs.json").read_text())
-    expected = json.loads((FIX / "expected.json").read_text())
-    d = shared_data / "descriptions" / "disclip"
-    dset = load_descriptions(d / "descriptions_food_con_llama.json").with_fallback(
-        load_descriptions(d / "descriptions_food_dclip.json"))
-    table = dict(zip(inputs["description_texts_gs"], z["description_encodings"]))
-    table.update(zip(inputs["caption_texts"], z["caption_encodings"]))
-    return z, inputs, expected, dset, table
+    return load_reference(shared_data)
 
 
 def _fit(model, ref, **kw):
