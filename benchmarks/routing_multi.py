@@ -11,15 +11,21 @@ Protocol (one default configuration for every dataset, nothing tuned to these): 
 embeddings; K random folds, repeated with different seeds. For each fold the routers train on the other folds
 and predict the fold's tasks; the pooled out-of-fold predictions give each policy's operating points (lambda
 sweep of ``choose`` with the training folds' mean costs), and ``aiq_report`` scores them all on the same
-bootstrap resamples. Policies: kNN, logistic, MLP, MF routers; kNN on the texts kept whole (what a user got
-before prefix stripping); the dataset prior (per dataset a constant: it can only pick single models); a cascade
-along the cost-accuracy chain of the training folds whose confidence is the MF router's predicted success of the
-model that just answered (RouterBench's records carry no model confidence), swept over its threshold and paying
-for every call; the zero router (single-model hull) and the oracle.
+bootstrap resamples. Policies: logistic, kNN, MLP, MF routers, each deciding under the bundle's default decision
+rule (``rules.decision_rule``: predictions shrunk halfway to each model's training accuracy, models off the
+training cost-accuracy chain capped), and the logistic router without that rule ("no rule"); kNN on the texts kept
+whole (what a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
+models); a cascade along the cost-accuracy chain of the training folds whose confidence is the MF router's
+predicted success of the model that just answered, and with it the cascades stopping where a model's answer agrees
+with the earlier ones along pairs and triples of the chain (``cascade(+agreement)``: the points ``route train
+--strategy cascade`` calibrates over when the records carry answers, as RouterBench's do), each swept over its
+threshold and paying for every call; the hierarchy (cost tiers, then the model); the zero router (single-model
+hull) and the oracle.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,15 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from visroute.router.evaluate.aiq import aiq_report, sweep_outcomes
-from visroute.router.decide.rules import choose, lambda_grid
+from visroute.router.decide.hierarchy import family_targets, hierarchy_picks, model_families
+from visroute.router.decide.rules import apply_rule, choose, decision_rule, lambda_grid
 from visroute.router.evaluate.metrics import sweep_metrics
 from visroute.router.evaluate.policies import dataset_prior
 from visroute.router.learn.kinds import make_router
-from visroute.router.decide.strategies import cascade, pareto_chain
+from visroute.router.decide.strategies import AGREEMENT_POSITIONS, agreement_confidence, cascade, pareto_chain
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
 DATASETS = ("arc-challenge", "mbpp")
-ROUTERS = ("knn", "logistic", "mlp", "mf")
+ROUTERS = ("logistic", "knn", "mlp", "mf")
+RAW = "logistic (no rule)"
 ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "routerbench"
 
@@ -57,17 +65,46 @@ def find_files(given: str | None, smoke: bool) -> list[Path]:
     raise SystemExit(f"{p} holds neither {', '.join(FILES)} nor a git mirror of github.com/shuhao02/RouterDC")
 
 
-def oof_predictions(X, Xraw, S, groups, fold_of, routers, seed: int) -> dict[str, np.ndarray]:
-    """Out-of-fold predicted success per policy (tasks x models)."""
-    out = {k: np.zeros(S.shape) for k in (*routers, "knn_whole_text", "dataset_prior")}
+def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int) -> dict[str, np.ndarray]:
+    """Out-of-fold predicted success per policy (tasks x models), as a trained bundle decides on it: under the
+    decision rule of its training folds (``rules.decision_rule``: shrink to the prior, cap models off the
+    chain). ``RAW``: the logistic router's raw predictions, the decision before that rule."""
+    out = {k: np.zeros(S.shape) for k in (*routers, *([RAW] if "logistic" in routers else []), "knn_whole_text",
+                                          "dataset_prior")}
     for f in np.unique(fold_of):
         te, tr = fold_of == f, fold_of != f
+        costs = np.nanmean(C[tr], axis=0)
+        rule = decision_rule(S[tr], costs)
         for kind in routers:
             kw = dict(ROUTER_KW[kind], **({"seed": seed} if kind != "knn" else {}))
-            out[kind][te] = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
-        out["knn_whole_text"][te] = make_router("knn").fit(Xraw[tr], S[tr]).predict_proba(Xraw[te])
+            raw = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
+            out[kind][te] = apply_rule(raw, rule, costs)
+            if kind == "logistic":
+                out[RAW][te] = raw
+        whole = make_router("knn").fit(Xraw[tr], S[tr]).predict_proba(Xraw[te])
+        out["knn_whole_text"][te] = apply_rule(whole, rule, costs)
         out["dataset_prior"][te] = dataset_prior(groups[tr], S[tr], groups[te])
     return out
+
+
+def agreement_outcomes(S, C, conf, answers, fold_of) -> tuple[np.ndarray, np.ndarray]:
+    """The agreement cascades a trained cascade chooses among when the records carry answers
+    (``plan.cascade_points``): per pair or triple of ``AGREEMENT_POSITIONS`` on each fold's training chain and per
+    threshold, per task (success, cost of every call), a stage after the first being as confident as the share
+    of earlier answers it agrees with; the whole chain on ``conf`` is ``cascade_outcomes``."""
+    combos = [pos for size in (2, 3) for pos in itertools.combinations(AGREEMENT_POSITIONS, size)]
+    ts = np.r_[np.linspace(0, 1, 11), np.inf]
+    Ss, Cs = np.zeros((len(combos) * len(ts), len(S))), np.zeros((len(combos) * len(ts), len(S)))
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        chain = pareto_chain(np.nanmean(C[tr], 0), np.nanmean(S[tr], 0))
+        for k, pos in enumerate(combos):
+            sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
+            c = agreement_confidence(answers[te], sub, conf[te])
+            for i, t in enumerate(ts):
+                r = cascade(S[te], C[te], c, sub, t)
+                Ss[k * len(ts) + i, te], Cs[k * len(ts) + i, te] = r["success"], r["cost"]
+    return Ss, Cs
 
 
 def cascade_outcomes(S, C, conf, fold_of, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -85,14 +122,35 @@ def cascade_outcomes(S, C, conf, fold_of, n: int = 60) -> tuple[np.ndarray, np.n
     return Ss, Cs
 
 
-def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int) -> dict:
+def hierarchy_outcomes(X, S, C, proba, fold_of, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hierarchy strategy over its lambda sweep: families are the cost tiers (RouterBench records no
+    pipelines), stage one a logistic router on "any model of the family succeeds" trained on the other folds,
+    stage two ``proba`` (the logistic router under the decision rule); one call per task."""
+    costs = np.nanmean(C, axis=0)
+    fam = model_families([str(j) for j in range(S.shape[1])], {}, costs)
+    pf = np.zeros((len(S), len(set(fam))))
+    for f in np.unique(fold_of):
+        te, tr = fold_of == f, fold_of != f
+        pf[te] = make_router("logistic", **ROUTER_KW["logistic"], seed=seed).fit(
+            X[tr], family_targets(S[tr], fam)).predict_proba(X[te])
+    picks = np.stack([hierarchy_picks(pf, proba, costs, fam, lam) for lam in lambda_grid(proba, costs)])
+    return sweep_outcomes(picks, S, C)
+
+
+def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int, answers=None) -> dict:
     fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
-    proba = oof_predictions(X, Xraw, S, groups, fold_of, routers, seed)
+    proba = oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed)
     costs = np.nanmean(C, axis=0)  # expected cost per call; the lambda sweep spans every operating point anyway
     policies = {k: sweep_outcomes(np.stack([choose(p, costs, lam) for lam in lambda_grid(p, costs)]), S, C)
                 for k, p in proba.items()}
     conf_router = "mf" if "mf" in proba else routers[-1]
     policies[f"cascade({conf_router})"] = cascade_outcomes(S, C, proba[conf_router], fold_of)
+    if answers is not None and (answers != "").any():  # what a trained cascade calibrates over: both families
+        agree = agreement_outcomes(S, C, proba[conf_router], answers, fold_of)
+        whole = policies[f"cascade({conf_router})"]
+        policies["cascade(+agreement)"] = (np.vstack([whole[0], agree[0]]), np.vstack([whole[1], agree[1]]))
+    if "logistic" in proba:
+        policies["hierarchy"] = hierarchy_outcomes(X, S, C, proba["logistic"], fold_of, seed)
     rep = aiq_report(policies, S, C, n_boot=n_boot, seed=seed)
     acc, mc = S.mean(0), C.mean(0)
     best, cheap = int(np.argmax(acc)), int(np.argmin(mc))
@@ -128,8 +186,8 @@ def run(paths, folds: int = 5, repeats: int = 3, n_boot: int = 200, routers=ROUT
             continue
         S = np.nan_to_num(table.success[sel].astype(np.float64))
         C = np.nan_to_num(table.cost[sel].astype(np.float64))
-        runs = [evaluate(X_all[sel], Xraw_all[sel], S, C, table.dataset[sel], folds, r, routers, n_boot)
-                for r in range(repeats)]
+        runs = [evaluate(X_all[sel], Xraw_all[sel], S, C, table.dataset[sel], folds, r, routers, n_boot,
+                         table.answer[sel]) for r in range(repeats)]
         out["datasets"][d] = {"tasks": int(len(sel)), "policies": aggregate(runs)}
     return out
 

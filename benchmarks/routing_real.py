@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from visroute.router.data.embed import TextEmbedder
-from visroute.router.evaluate.metrics import sweep_metrics, two_model_metrics
+from visroute.router.evaluate.aiq import hull_area
+from visroute.router.evaluate.metrics import sweep_metrics, threshold_curve, two_model_metrics
 from visroute.router.evaluate.policies import dataset_prior, share_threshold
 from visroute.router.data.routellm import read_routellm
 from visroute.router.learn.kinds import make_router
@@ -181,7 +182,13 @@ def summarise(res: dict, S, C) -> dict:
     c_c, c_s = C[:, cheap].mean(), C[:, strong].mean()
     casc, ens = res["cascade"], res["ensemble"]
     accs, costs, _ = cascade_sweep(S, C, _conf_matrix(casc["conf"], cheap), [cheap, strong])
-    rows["cascade"] = {**sweep_metrics(accs, costs, a_c, c_c, a_s, c_s), "calibrated": {
+    zero = hull_area([0.0, 1.0], [a_c, a_s])  # the single-model hull: the chord between the two models
+    for name, r in res["policies"].items():  # RouterBench's AIQ on the normalised-cost axis, beside APGR
+        curve = threshold_curve(r["gain"], S[:, cheap], S[:, strong], C[:, cheap], C[:, strong])
+        rows[name].update(aiq=hull_area((curve.cost - c_c) / (c_s - c_c), curve.accuracy))
+        rows[name]["aiq_gain"] = rows[name]["aiq"] - zero
+    rows["cascade"] = {**sweep_metrics(accs, costs, a_c, c_c, a_s, c_s), "aiq": hull_area((costs - c_c) / (c_s - c_c), accs),
+                       "aiq_gain": hull_area((costs - c_c) / (c_s - c_c), accs) - zero, "calibrated": {
         "target_cost": float(0.5 * (c_c + c_s)), "accuracy": float(casc["success"].mean()),
         "cost": float(casc["cost"].mean()), "realised_share": float(casc["escalated"].mean())}}
     rows["ensemble"] = {"calibrated": {"accuracy": float(ens["success"].mean()), "cost": float(ens["cost"].mean()),
@@ -250,7 +257,7 @@ def main() -> None:
     if a.routerbench or a.smoke:
         import routing_multi as rm
 
-        routers = ("knn", "logistic") if a.smoke else rm.ROUTERS
+        routers = ("logistic", "knn") if a.smoke else rm.ROUTERS
         result["routerbench"] = rm.run(rm.find_files(a.routerbench, a.smoke), a.folds, a.repeats, a.bootstrap, routers)
         print("\n".join(rm.table_lines(result["routerbench"])))
         print(f"routerbench done in {time.time() - t0:.0f}s", file=sys.stderr)
@@ -338,8 +345,8 @@ def _fmt(v, pct=False) -> str:
 
 
 def print_table(result: dict) -> list[str]:
-    lines = [f"{'setting':<16} {'policy':<14} {'APGR':>12} {'APGR-10bin':>12} {'CPT50%':>11} {'CPT80%':>11} "
-             f"{'acc@50%':>12} {'cost@50%':>9} {'calib. share':>12}"]
+    lines = [f"{'setting':<16} {'policy':<14} {'AIQ':>12} {'AIQ gain':>13} {'APGR':>12} {'APGR-10bin':>12} {'CPT50%':>11} "
+             f"{'CPT80%':>11} {'acc@50%':>12} {'cost@50%':>9} {'calib. share':>12}"]
     for setting, rows in result["settings"].items():
         for name, m in rows.items():
             if name == "leakage" or "apgr" not in m:
@@ -347,7 +354,8 @@ def print_table(result: dict) -> list[str]:
             cal = m.get("calibrated", {})
             cost = m.get("cost_at_50")
             cost = cost["mean"] if isinstance(cost, dict) else cost
-            lines.append(f"{setting:<16} {name:<14} {_fmt(m['apgr']):>12} {_fmt(m.get('apgr_discrete')):>12} "
+            lines.append(f"{setting:<16} {name:<14} {_fmt(m.get('aiq')):>12} {_fmt(m.get('aiq_gain')):>13} "
+                         f"{_fmt(m['apgr']):>12} {_fmt(m.get('apgr_discrete')):>12} "
                          f"{_fmt(m['cpt50'], True):>11} {_fmt(m['cpt80'], True):>11} "
                          f"{_fmt(m.get('accuracy_at_50')):>12} {cost if cost is None else format(cost, '.4f'):>9} "
                          f"{_fmt(cal.get('realised_share'), True):>12}")

@@ -127,8 +127,9 @@ def route_train(
     target_share: Annotated[Optional[float], typer.Option(help="Calibrate lambda to this share of --heavy calls.")] = None,
     heavy: Annotated[Optional[str], typer.Option(help="Model whose share --target-share bounds (default: dearest).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="slm router: local transformers checkpoint (default: MiniLM).")] = None,
-    strategy: Annotated[str, typer.Option(help="router (one call), cascade (cheap first, escalate while unsure) or "
-                                          "ensemble (two calls when the top two are close).")] = "router",
+    strategy: Annotated[str, typer.Option(help="router (one call), cascade (cheap first, escalate while unsure), "
+                                          "ensemble (two calls when the top two are close) or hierarchy (a family of "
+                                          "models first, then the model within it).")] = "router",
 ) -> None:
     """Train a router on the table's train split; lambda is calibrated on its validation split. The bundle carries
     the exact pipeline spec each model's records were measured with, so `route` calls the same pipelines."""
@@ -144,6 +145,10 @@ def route_train(
     _echo_training(bundle, router, out)
 
 
+CONFIDENCE = {"score": "models own scores", "agreement": "agreement of the models answers",
+              "router": "router predicted success"}
+
+
 def _echo_training(bundle, router: str, out: Path) -> None:
     """What training chose: lambda, the calibration it reached on validation, and the strategy's settings."""
     typer.echo(f"wrote {out}: {router} router over {', '.join(bundle.models)}; lambda={bundle.lam:.4g}")
@@ -155,9 +160,13 @@ def _echo_training(bundle, router: str, out: Path) -> None:
         typer.echo(f"warning: {cal['unreachable']}", err=True)
     st, sc = bundle.strategy, bundle.meta.get("strategy_calibration") or {}
     if st["kind"] != "router":
-        detail = (f"chain {' -> '.join(bundle.models[j] for j in st['chain'])}, threshold {st['threshold']:.3g} on the "
-                  f"{'models own scores' if st['confidence'] == 'score' else 'router predicted success'}"
-                  if st["kind"] == "cascade" else f"margin {st['margin']:.3g}")
+        if st["kind"] == "hierarchy":
+            fams = {f: [m for m, g in zip(bundle.models, st["families"]) if g == f] for f in dict.fromkeys(st["families"])}
+            detail = "families " + "; ".join(f"{f}: {', '.join(ms)}" for f, ms in fams.items())
+        else:
+            detail = (f"chain {' -> '.join(bundle.models[j] for j in st['chain'])}, threshold {st['threshold']:.3g} on "
+                      f"the {CONFIDENCE.get(st.get('confidence'), 'router predicted success')}"
+                      if st["kind"] == "cascade" else f"margin {st['margin']:.3g}")
         typer.echo(f"strategy {st['kind']}: {detail}; on validation accuracy {sc['realised_accuracy']:.3f}, cost per "
                    f"task {sc['realised_cost']:.4g} (every call counted)")
         if sc.get("unreachable"):

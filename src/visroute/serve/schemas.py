@@ -93,7 +93,7 @@ class RouteResponse(_Model):
     cost: float | None = Field(None, description="What the call cost (None: not run, or the price is unknown).")
     latency_s: float | None = None
     pipeline: dict[str, Any] | None = None
-    strategy: str = Field("router", description="router, cascade or ensemble: how the bundle calls models.")
+    strategy: str = Field("router", description="router, cascade, ensemble or hierarchy: how the bundle calls models.")
     calls: list[dict[str, Any]] | None = Field(None, description="Every model called, in order, with its cost and "
                                                "confidence; cost is their sum.")
     total_ms: float

@@ -6,6 +6,8 @@ column named after it holding the outcome (1/0, or a graded score in [0, 1]), ``
 that call) and ``MODEL|model_response``. Models are the columns that have a ``|total_cost`` partner.
 
 - ``correct`` is outcome >= 0.5 and ``quality`` the outcome itself (the routing table uses ``quality``).
+- ``answer`` is the model's response reduced to a comparable key (``answer_key``: its first line, stripped, upper
+  case, at most 200 characters; None where the file has no response): a cascade may stop when two models agree.
 - ``cost`` is the recorded ``total_cost`` of that call: no price table is applied.
 - ``prompt`` is stored as a Python list literal (``"['...']"``); it is read with ``ast.literal_eval``, which
   evaluates literals only and runs no code. The task text is the prompt's parts joined by new lines.
@@ -65,6 +67,18 @@ def prompt_text(raw) -> str:
     return s.strip()
 
 
+def answer_key(raw) -> str | None:
+    """A response as a key two answers can be compared on: the first line of its text (a stored one-element list
+    literal is unwrapped), stripped and upper-cased, at most 200 characters; None when empty or missing."""
+    s = "" if raw is None or (isinstance(raw, float) and math.isnan(raw)) else str(raw)
+    if s.startswith("[") and s.endswith("]"):
+        text = prompt_text(s)
+        s = text if text != s.strip() else s
+    lines = s.strip().splitlines()
+    key = lines[0].strip().upper()[:200] if lines else ""
+    return key or None
+
+
 def _number(v) -> float | None:
     try:
         f = float(v)
@@ -104,16 +118,16 @@ def read_routerbench(paths) -> tuple["pa.Table", dict]:  # noqa: F821
                 if q is None or c is None or not 0.0 <= q <= 1.0 or c < 0:
                     summary["skipped_cells"] += 1
                     continue
-                rows.append((sid, bench, text, m, q, c))
+                rows.append((sid, bench, text, m, q, c, answer_key(rec.get(m + "|model_response"))))
     if not rows:
         raise RouterBenchDataError("the files hold no usable (prompt, model) outcome")
     n = len(rows)
-    sid, bench, text, model, q, c = (list(x) for x in zip(*rows))
+    sid, bench, text, model, q, c, answer = (list(x) for x in zip(*rows))
     cols = {"task_id": sid, "dataset": bench, "prompt_variant": ["*"] * n, "task_text": text, "image_id": [""] * n,
             "image_path": [""] * n, "model": model, "correct": [v >= 0.5 for v in q], "score": [float("nan")] * n,
             "cost": c, "latency_s": [float("nan")] * n, "dataset_spec": [f"routerbench:{b}" for b in bench],
-            "pipeline": [None] * n, "status": ["ok"] * n, "error": [None] * n, "quality": q}
-    schema = records_schema().append(pa.field("quality", pa.float32()))
+            "pipeline": [None] * n, "status": ["ok"] * n, "error": [None] * n, "quality": q, "answer": answer}
+    schema = records_schema().append(pa.field("quality", pa.float32())).append(pa.field("answer", pa.string()))
     summary.update(records=n, tasks=len(seen), datasets=sorted(set(bench)))
     return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema), summary
 

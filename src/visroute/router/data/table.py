@@ -108,10 +108,13 @@ class RoutingTable:
     split: np.ndarray            # (n,) "train" | "val" | "test"
     meta: dict = field(default_factory=dict)
     score: np.ndarray | None = None  # (n, m) the model's own confidence (record ``score``), NaN where none
+    answer: np.ndarray | None = None  # (n, m) str: the model's answer key (record ``answer``), "" where none
 
     def __post_init__(self):
         if self.score is None:
             self.score = np.full(self.success.shape, np.nan, np.float32)
+        if self.answer is None:
+            self.answer = np.full(self.success.shape, "", dtype=object)
 
     def __len__(self) -> int:
         return len(self.task_id)
@@ -120,7 +123,7 @@ class RoutingTable:
         f = lambda a: a[mask]  # noqa: E731
         return RoutingTable(list(self.models), f(self.dataset), f(self.prompt), f(self.task_id), f(self.text),
                             f(self.image_id), f(self.image_path), f(self.success), f(self.cost), f(self.weight),
-                            f(self.split), dict(self.meta), f(self.score))
+                            f(self.split), dict(self.meta), f(self.score), f(self.answer))
 
     def part(self, name: str) -> "RoutingTable":
         return self.subset(self.split == name)
@@ -143,6 +146,8 @@ class RoutingTable:
             cols[f"cost::{m}"] = self.cost[:, j]
             if np.isfinite(self.score[:, j]).any():
                 cols[f"score::{m}"] = self.score[:, j]
+            if (self.answer[:, j] != "").any():
+                cols[f"answer::{m}"] = self.answer[:, j].astype(str)
         atomic_write_parquet(d / "table.parquet", pa.table(cols))
         atomic_write_json(d / "table.json", {"models": self.models, **self.meta}, indent=1)
         return d
@@ -167,9 +172,11 @@ class RoutingTable:
         names = set(t.column_names)
         score = np.stack([col(f"score::{m}") if f"score::{m}" in names else np.full(len(t), np.nan)
                           for m in models], axis=1).astype(np.float32)
+        answer = np.stack([col(f"answer::{m}").astype(str) if f"answer::{m}" in names else np.full(len(t), "")
+                           for m in models], axis=1).astype(object) if models else None
         return cls(models, col("dataset").astype(str), col("prompt_variant").astype(str), col("task_id").astype(str),
                    col("task_text").astype(str), col("image_id").astype(str), col("image_path").astype(str), success, cost,
-                   col("weight").astype(np.float32), col("split").astype(str), meta, score)
+                   col("weight").astype(np.float32), col("split").astype(str), meta, score, answer)
 
 
 def record_provenance(records) -> dict:
@@ -298,9 +305,11 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
         correct = np.where(np.isnan(quality), correct, quality)
     cost = np.nan_to_num(_floats(records, "cost", 0.0), nan=0.0)
     score = _floats(records, "score", np.nan)
+    answer = (pc.fill_null(records.column("answer").cast(pa.string()), "").to_numpy(zero_copy_only=False).astype(object)
+              if "answer" in records.column_names else np.full(n, "", dtype=object))
     stars = np.flatnonzero(p_vals.to_numpy(zero_copy_only=False) == "*")
     sel, p = _broadcast_star(d, p, int(stars[0]) if len(stars) else None)
-    d, t, mc, correct, cost, score = d[sel], t[sel], mc[sel], correct[sel], cost[sel], score[sel]
+    d, t, mc, correct, cost, score, answer = d[sel], t[sel], mc[sel], correct[sel], cost[sel], score[sel], answer[sel]
 
     row, R = _row_keys([d, p, t] if granularity == "sample" else [d, p])
     M = len(models)
@@ -320,6 +329,9 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
     first = np.full(R, -1, np.int64)
     first[row[order][starts]] = order[starts]  # the first record of each row (after the star broadcast)
     weight = counts.max(axis=1).astype(np.float32)
+    answers = np.full((R, M), "", dtype=object)
+    given = np.flatnonzero(answer != "")[::-1]  # the first record's answer wins: assigned last
+    answers.reshape(-1)[flat[given]] = answer[given]
 
     def take(name: str, default: str, codes: np.ndarray | None = None, values=None) -> np.ndarray:
         if codes is not None:
@@ -341,7 +353,7 @@ def build_table(records, granularity: str = "sample", split_by: str = "dataset",
             "n_failed_dropped": n_failed,
             "val_fraction": val_fraction, "test_fraction": test_fraction, **record_provenance(records)}
     return RoutingTable([str(m) for m in models.to_pylist()], r_dataset, r_prompt, r_task, r_text, r_image,
-                        r_image_path, success, mean_cost, weight, split, meta, mean_score)
+                        r_image_path, success, mean_cost, weight, split, meta, mean_score, answers)
 
 
 def assign_splits(r_dataset: np.ndarray, split_by: str, holdout: list[str] | None, val_fraction: float,

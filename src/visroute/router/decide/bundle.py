@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide.rules import calibrate, choose
+from visroute.router.decide.rules import apply_rule, calibrate, choose, decision_rule
 from visroute.router.learn.persist import BundleError, load_state, save_state
 from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
@@ -57,6 +57,8 @@ class RouterBundle:
     meta: dict = field(default_factory=dict)
     text_rule: TextRule = field(default_factory=TextRule)                 # shared affixes the features strip
     strategy: dict = field(default_factory=lambda: {"kind": "router"})    # router, cascade or ensemble (router.plan)
+    decision: dict | None = None          # shrink + chain cap (rules.decision_rule); None: the raw predictions
+    family_router: Any = None             # a hierarchy's stage one: P(any model of each family succeeds)
 
     # -- features ---------------------------------------------------------------------------------
     def _runtime(self, runtime=None):
@@ -86,8 +88,16 @@ class RouterBundle:
         return X
 
     def predict_proba(self, texts, images: np.ndarray | None = None, runtime=None) -> np.ndarray:
+        """Predicted success per task and model as the decision uses it (the bundle's ``decision`` rule applied)."""
         X = self.featurise(texts, images) if runtime is None else self.featurise(texts, images, runtime=runtime)
-        return np.asarray(self.router.predict_proba(X))
+        return apply_rule(self.router.predict_proba(X), self.decision, self.costs)
+
+    def family_proba(self, texts, images: np.ndarray | None = None, runtime=None) -> np.ndarray | None:
+        """A hierarchy's stage-one predictions (tasks x families, sorted names); None for other strategies."""
+        if self.family_router is None:
+            return None
+        X = self.featurise(texts, images) if runtime is None else self.featurise(texts, images, runtime=runtime)
+        return np.asarray(self.family_router.predict_proba(X), np.float64)
 
     def decide(self, texts, images: np.ndarray | None = None, lam: float | None = None,
                runtime=None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +121,10 @@ class RouterBundle:
         from visroute.router.decide.plan import plan
 
         lam = self.lam if lam is None else float(lam)
-        proba = self.predict_proba([text], images, runtime)
-        p = plan(self.strategy, proba[0], self.costs, lam)
+        X = self.featurise([text], images) if runtime is None else self.featurise([text], images, runtime=runtime)
+        proba = apply_rule(self.router.predict_proba(X), self.decision, self.costs)
+        fam = None if self.family_router is None else np.asarray(self.family_router.predict_proba(X))[0]
+        p = plan(self.strategy, proba[0], self.costs, lam, fam)
         p["calls"] = [self.models[j] for j in p["calls"]]
         return Decision(p["calls"][0], lam, {m: float(v) for m, v in zip(self.models, proba[0])},
                         {m: float(c) for m, c in zip(self.models, self.costs)}, p)
@@ -143,10 +155,12 @@ class RouterBundle:
 
         d = Path(directory)
         state = save_state(self.router, d / "state")
+        family = save_state(self.family_router, d / "family_state") if self.family_router is not None else None
         info = {"schema": SCHEMA, "kind": self.kind, "models": self.models, "costs": [float(c) for c in self.costs],
                 "lambda": self.lam, "features": self.features, "image_model": self.image_model,
                 "pipelines": self.pipelines, "default_variant": self.default_variant, "meta": self.meta, "router": state,
-                "text_rule": self.text_rule.to_dict(), "strategy": self.strategy}
+                "text_rule": self.text_rule.to_dict(), "strategy": self.strategy, "decision": self.decision,
+                "family_router": family}
         atomic_write_json(d / "router.json", info, indent=1)
         return d
 
@@ -191,7 +205,18 @@ class RouterBundle:
                 from None
         bundle = cls(router, kind, models, costs, lam, features, info.get("image_model"),
                      dict(info.get("pipelines") or {}), dict(info.get("default_variant") or {}), dict(info.get("meta") or {}),
-                     TextRule.from_dict(info.get("text_rule")), _strategy(info.get("strategy"), len(models), path))
+                     TextRule.from_dict(info.get("text_rule")), _strategy(info.get("strategy"), len(models), path),
+                     _decision(info.get("decision"), len(models), path))
+        if bundle.strategy["kind"] == "hierarchy":
+            if not isinstance(info.get("family_router"), dict):
+                raise BundleError(f"{path}: a hierarchy bundle needs its 'family_router' state")
+            try:
+                bundle.family_router = load_state(ROUTER_KINDS[kind].cls, info["family_router"], d / "family_state")
+            except BundleError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                raise BundleError(f"{path}: family router state does not fit a {kind} router "
+                                  f"({' '.join(str(e).split())[:120]})") from None
         bundle.validate(path)
         return bundle
 
@@ -199,17 +224,23 @@ class RouterBundle:
         """Refuse a bundle whose router cannot answer: one probe through ``predict_proba`` on a zero input of the
         fitted width must give one finite probability in [0, 1] per model (a bundle with wrong state types would
         otherwise load, report ready, and fail every request)."""
-        width = getattr(self.router, "n_features_in_", None)
-        if getattr(self.router, "takes_text", False) or width is None:
-            return
-        try:
-            p = np.asarray(self.router.predict_proba(np.zeros((1, int(width)), np.float32)), dtype=np.float64)
-        except Exception as e:  # noqa: BLE001 - any failure here means the state is unusable
-            raise BundleError(f"{where}: the router cannot predict with its saved state "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
-        if p.shape != (1, len(self.models)) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
-            raise BundleError(f"{where}: the router's probe answer has shape {p.shape} or values outside [0, 1]; "
-                              f"expected one probability per model ({len(self.models)})")
+        outputs = [(self.router, len(self.models), "model")]
+        if self.family_router is not None:
+            from visroute.router.decide.hierarchy import family_names
+
+            outputs.append((self.family_router, len(family_names(self.strategy["families"])), "family"))
+        for router, n_out, what in outputs:
+            width = getattr(router, "n_features_in_", None)
+            if getattr(router, "takes_text", False) or width is None:
+                continue
+            try:
+                p = np.asarray(router.predict_proba(np.zeros((1, int(width)), np.float32)), dtype=np.float64)
+            except Exception as e:  # noqa: BLE001 - any failure here means the state is unusable
+                raise BundleError(f"{where}: the router cannot predict with its saved state "
+                                  f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            if p.shape != (1, n_out) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+                raise BundleError(f"{where}: the router's probe answer has shape {p.shape} or values outside [0, 1]; "
+                                  f"expected one probability per {what} ({n_out})")
 
 
 def _strategy(d, n_models: int, path) -> dict:
@@ -221,12 +252,32 @@ def _strategy(d, n_models: int, path) -> dict:
     if ok and d["kind"] == "cascade":
         ch = d.get("chain")
         ok = isinstance(ch, list) and bool(ch) and all(isinstance(j, int) and 0 <= j < n_models for j in ch) \
-            and isinstance(d.get("threshold"), (int, float))
+            and isinstance(d.get("threshold"), (int, float)) and d.get("confidence", "router") in ("router", "score",
+                                                                                                   "agreement")
     if ok and d["kind"] == "ensemble":
         ok = isinstance(d.get("margin"), (int, float)) and 0 <= d["margin"] <= 1
+    if ok and d["kind"] == "hierarchy":
+        fam = d.get("families")
+        ok = isinstance(fam, list) and len(fam) == n_models and all(isinstance(f, str) and 0 < len(f) <= 64 for f in fam)
     if not ok:
         raise BundleError(f"{path}: malformed 'strategy' {str(d)[:120]}")
     return dict(d)
+
+
+def _decision(d, n_models: int, path) -> dict | None:
+    """A saved decision rule, range-checked (None: a bundle from before it, routed on the raw predictions)."""
+    if d is None:
+        return None
+    try:
+        shrink, prior = float(d["shrink"]), [float(v) for v in d["prior"]]
+        chain = list(d["chain"])
+        ok = (0.0 <= shrink <= 1.0 and len(prior) == n_models and all(0.0 <= v <= 1.0 for v in prior) and chain
+              and all(isinstance(j, int) and 0 <= j < n_models for j in chain))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BundleError(f"{path}: malformed 'decision' {str(d)[:120]}")
+    return {"shrink": shrink, "prior": prior, "chain": chain}
 
 
 def _default_variants(table: RoutingTable, pipelines: dict) -> dict[str, str]:
@@ -267,6 +318,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                           TextRule.from_dict(table.meta.get("text_rule")))
     Xtr = bundle.featurise(train.text, bundle.table_images(train))
     entry.fit(bundle.router, Xtr, train.success, train.weight)
+    bundle.decision = decision_rule(train.success, bundle.costs)
     if target_cost is not None or target_share is not None:
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
@@ -279,14 +331,19 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                                       "rows": len(cal), "realised_share": realised_share, "realised_cost": realised_cost,
                                       "unreachable": unreachable(target_cost, target_share, realised_cost,
                                                                  realised_share, table.models[idx], len(cal))}
-    if strategy != "router":
+    if strategy == "hierarchy":
+        from visroute.router.decide.hierarchy import fit_hierarchy
+
+        fit_hierarchy(bundle, table, Xtr, kind, router_kw, target_cost)
+    elif strategy != "router":
         from visroute.router.decide.plan import fit_strategy, outcomes
 
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
-                                       target_cost, cal.score)
-        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score)
+                                       target_cost, cal.score, cal.answer)
+        out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score,
+                       answers=cal.answer)
         realised = float(out["cost"].mean()) if len(cal) else 0.0
         bundle.meta["strategy_calibration"] = {
             "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,

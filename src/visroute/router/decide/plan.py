@@ -1,5 +1,6 @@
-"""Strategies a trained bundle can carry: ``router`` (one call), ``cascade`` (cheap first, escalate while unsure)
-and ``ensemble`` (two calls when the router cannot tell the top two apart). One plan per task says which models
+"""Strategies a trained bundle can carry: ``router`` (one call), ``cascade`` (cheap first, escalate while unsure),
+``ensemble`` (two calls when the router cannot tell the top two apart) and ``hierarchy`` (a family of models
+first, then the model within it: one call; ``visroute.router.decide.hierarchy``). One plan per task says which models
 to call in which order and when to stop; evaluation, ``visroute route``, ``Router.route``, ``/v1/route`` and the
 proxy all follow it, and cost counts every call made.
 
@@ -16,9 +17,10 @@ import numpy as np
 
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import choose
-from visroute.router.decide.strategies import cascade, ensemble, pareto_chain
+from visroute.router.decide.strategies import (agreement_confidence, agreement_subchains, cascade, ensemble,
+                                               has_answers, pareto_chain)
 
-STRATEGIES = ("router", "cascade", "ensemble")
+STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
 
 
@@ -35,24 +37,51 @@ def _pick(values: np.ndarray, acc: np.ndarray, cost: np.ndarray, target_cost: fl
 
 def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
                  train_success: np.ndarray, lam: float, target_cost: float | None = None,
-                 score: np.ndarray | None = None) -> dict:
-    """The strategy's parameters, calibrated on validation rows (``proba``: the router's predictions there)."""
+                 score: np.ndarray | None = None, answers: np.ndarray | None = None) -> dict:
+    """The strategy's parameters, calibrated on validation rows (``proba``: the router's predictions there;
+    ``answers``: the models' answer keys, where the records carry them, for a cascade that stops on agreement)."""
     if kind not in STRATEGIES:
         raise VisrouteError(f"unknown strategy '{kind}' ({', '.join(STRATEGIES)})")
     if kind == "router":
         return {"kind": "router"}
+    if kind == "hierarchy":
+        raise VisrouteError("a hierarchy is fitted with its family router (RouterBundle / train_bundle)")
     conf = confidence(proba, score)
     if kind == "cascade":
         chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
-        ts = thresholds(conf, chain)
-        res = [cascade(success, cost, conf, chain, t) for t in ts]
-        t = _pick(ts, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
-        return {"kind": "cascade", "chain": [int(j) for j in chain], "threshold": t,
-                "confidence": "score" if score is not None and np.isfinite(score).any() else "router"}
+        points = cascade_points(chain, proba, success, cost, score, answers)
+        i = int(_pick(np.arange(len(points)), np.array([r["success"].mean() for *_, r in points]),
+                      np.array([r["cost"].mean() for *_, r in points]), target_cost))
+        sub, mode, t, _ = points[i]
+        return {"kind": "cascade", "chain": [int(j) for j in sub], "threshold": t, "confidence": mode}
     margins = np.unique(np.r_[0.0, np.quantile(np.abs(proba - proba.max(1, keepdims=True)), np.linspace(0, 1, 40))])
     res = [ensemble(proba, success, cost, expected_costs, lam, m, conf) for m in margins]
     m = _pick(margins, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
     return {"kind": "ensemble", "margin": m, "lambda": lam}
+
+
+def cascade_points(chain: list[int], proba, success, cost, score=None, answers=None) -> list[tuple]:
+    """Every (stages, confidence kind, threshold, outcomes) a cascade may be calibrated to: the whole chain on
+    the models' own scores or the router's predicted success, and, where the rows carry answers, the agreement
+    sub-chains (``strategies.agreement_subchains``) stopping when answers agree."""
+    base = "score" if score is not None and np.isfinite(score).any() else "router"
+    configs = [(list(chain), base)]
+    if has_answers(answers, chain):
+        configs += [(sub, "agreement") for sub in agreement_subchains(list(chain))]
+    out = []
+    for sub, mode in configs:
+        conf = cascade_confidence({"chain": sub, "confidence": mode}, proba, score, answers)
+        out += [(sub, mode, float(t), cascade(success, cost, conf, sub, t)) for t in thresholds(conf, sub)]
+    return out
+
+
+def cascade_confidence(strategy: dict, proba, score=None, answers=None) -> np.ndarray:
+    """A cascade's confidence per task and stage: agreement of the answers where the strategy stops on it and
+    the rows carry answers, else the models' own scores or the router's predicted success."""
+    conf = confidence(proba, score)
+    if strategy.get("confidence") == "agreement" and answers is not None:
+        return agreement_confidence(answers, strategy["chain"], conf)
+    return conf
 
 
 def confidence(proba: np.ndarray, score: np.ndarray | None) -> np.ndarray:
@@ -69,11 +98,21 @@ def thresholds(conf: np.ndarray, chain: list[int], n: int = 60) -> np.ndarray:
 
 
 def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
-             lam: float, score: np.ndarray | None = None) -> dict:
-    """Per task: answering model, success and the cost of every call, at the strategy's calibrated point."""
+             lam: float, score: np.ndarray | None = None, family_proba: np.ndarray | None = None,
+             answers: np.ndarray | None = None) -> dict:
+    """Per task: answering model, success and the cost of every call, at the strategy's calibrated point
+    (``family_proba``: a hierarchy's stage-one predictions)."""
     kind = strategy.get("kind", "router")
+    if kind == "hierarchy":
+        from visroute.router.decide.hierarchy import hierarchy_picks
+
+        picks = hierarchy_picks(family_proba, proba, expected_costs, strategy["families"], lam)
+        rows = np.arange(len(proba))
+        return {"model": picks, "success": np.nan_to_num(success[rows, picks]),
+                "cost": np.nan_to_num(cost[rows, picks])}
     if kind == "cascade":
-        return cascade(success, cost, confidence(proba, score), strategy["chain"], strategy["threshold"])
+        return cascade(success, cost, cascade_confidence(strategy, proba, score, answers), strategy["chain"],
+                       strategy["threshold"])
     if kind == "ensemble":
         return ensemble(proba, success, cost, expected_costs, strategy.get("lambda", lam), strategy["margin"],
                         confidence(proba, score))
@@ -82,11 +121,19 @@ def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.nd
     return {"model": picks, "success": np.nan_to_num(success[rows, picks]), "cost": np.nan_to_num(cost[rows, picks])}
 
 
-def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> tuple[np.ndarray, np.ndarray]:
-    """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's lambda."""
+def sweep(strategy: dict, proba, success, cost, expected_costs, score=None, family_proba=None,
+          answers=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's or a
+    hierarchy's lambda."""
     kind = strategy.get("kind")
     conf = confidence(proba, score)
-    if kind == "cascade":
+    if kind == "hierarchy":
+        from visroute.router.decide.rules import lambda_grid
+
+        res = [outcomes(strategy, proba, success, cost, expected_costs, lam, family_proba=family_proba)
+               for lam in lambda_grid(proba, expected_costs, 100)]
+    elif kind == "cascade":
+        conf = cascade_confidence(strategy, proba, score, answers)
         res = [cascade(success, cost, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
     elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
         from visroute.router.decide.rules import lambda_grid
@@ -99,12 +146,20 @@ def sweep(strategy: dict, proba, success, cost, expected_costs, score=None) -> t
     return np.stack([r["success"] for r in res]), np.stack([r["cost"] for r in res])
 
 
-def plan(strategy: dict, proba_row: np.ndarray, expected_costs: np.ndarray, lam: float) -> dict:
-    """What to call for one task: ``calls`` in order, and how to stop or pick (see ``run_plan``)."""
+def plan(strategy: dict, proba_row: np.ndarray, expected_costs: np.ndarray, lam: float,
+         family_row: np.ndarray | None = None) -> dict:
+    """What to call for one task: ``calls`` in order, and how to stop or pick (see ``run_plan``);
+    ``family_row``: a hierarchy's stage-one predictions for the task."""
     kind = strategy.get("kind", "router")
     p = np.asarray(proba_row, np.float64)[None, :]
+    if kind == "hierarchy":
+        from visroute.router.decide.hierarchy import hierarchy_picks
+
+        pick = hierarchy_picks(np.asarray(family_row, np.float64)[None, :], p, expected_costs, strategy["families"], lam)
+        return {"kind": "hierarchy", "calls": [int(pick[0])]}
     if kind == "cascade":
-        return {"kind": "cascade", "calls": list(strategy["chain"]), "threshold": strategy["threshold"]}
+        return {"kind": "cascade", "calls": list(strategy["chain"]), "threshold": strategy["threshold"],
+                "confidence": strategy.get("confidence", "router")}
     first = int(choose(p, expected_costs, strategy.get("lambda", lam) if kind == "ensemble" else lam)[0])
     if kind == "ensemble":
         others = p[0].copy()
@@ -122,11 +177,24 @@ def run_plan(p: dict, proba_row: np.ndarray, call) -> dict:
     for pos, j in enumerate(p["calls"]):
         pred, own = call(j)
         conf = float(own) if own is not None and np.isfinite(own) else float(proba_row[j])
+        if p.get("confidence") == "agreement" and pos:  # the share of earlier answers this one agrees with
+            key, prev = answer_of(pred), [k for k in (answer_of(c["prediction"]) for c in calls) if k is not None]
+            conf = sum(k == key for k in prev) / len(prev) if key is not None and prev else conf
         calls.append({"model": j, "prediction": pred, "confidence": conf})
         if p["kind"] == "cascade" and conf >= p["threshold"]:
             break
     answer = max(calls, key=lambda c: c["confidence"]) if p["kind"] == "ensemble" else calls[-1]
     return {"model": answer["model"], "prediction": answer["prediction"], "calls": calls}
+
+
+def answer_of(pred):
+    """What a call answered, comparable across models: the chosen option's index, else its raw answer's key."""
+    if getattr(pred, "predicted", None) is not None:
+        return pred.predicted
+    from visroute.router.data.routerbench import answer_key
+
+    raw = getattr(pred, "raw_answer", None)
+    return answer_key(raw) if raw else None
 
 
 def answer_without_signal(decision) -> str:

@@ -15,20 +15,11 @@ confident model, which is how it is scored here.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
-from visroute.router.decide.rules import choose
-
-
-def pareto_chain(expected_costs: np.ndarray, accuracy: np.ndarray) -> list[int]:
-    """Models in order of cost, keeping only those more accurate than every cheaper one: a cascade's stages."""
-    order = np.argsort(expected_costs, kind="stable")
-    chain, best = [], -np.inf
-    for j in order:
-        if accuracy[j] > best + 1e-12:
-            chain.append(int(j))
-            best = accuracy[j]
-    return chain
+from visroute.router.decide.rules import choose, pareto_chain  # noqa: F401 - pareto_chain: the stages' order
 
 
 def cascade(success: np.ndarray, cost: np.ndarray, confidence: np.ndarray, chain: list[int],
@@ -45,6 +36,41 @@ def cascade(success: np.ndarray, cost: np.ndarray, confidence: np.ndarray, chain
         answered[stop] = j
     rows = np.arange(n)
     return {"model": answered, "success": np.nan_to_num(success[rows, answered]), "cost": spent}
+
+
+def agreement_confidence(answers: np.ndarray, chain: list[int], base: np.ndarray) -> np.ndarray:
+    """Per task and model, a cascade stage's confidence from the answers themselves: after the first stage, the
+    share of the earlier stages' answers equal to this stage's (where this stage and an earlier one answered);
+    ``base`` elsewhere (the first stage, and tasks without answers)."""
+    conf = np.array(base, np.float64, copy=True)
+    A = np.asarray(answers, dtype=object)
+    for pos in range(1, len(chain)):
+        j, prev = chain[pos], A[:, chain[:pos]]
+        have = prev != ""
+        ok = (A[:, j] != "") & have.any(axis=1)
+        agree = ((prev == A[:, [j]]) & have).sum(axis=1)
+        conf[ok, j] = agree[ok] / have[ok].sum(axis=1)
+    return conf
+
+
+AGREEMENT_POSITIONS = (0, -4, -3, -2, -1)  # the chain's cheapest stage and its four most accurate
+
+
+def agreement_subchains(chain: list[int]) -> list[list[int]]:
+    """The sub-chains an agreement cascade may run: every two or three of ``AGREEMENT_POSITIONS`` on the chain,
+    in cost order (a long chain of weak models would stop on weak models agreeing on a wrong answer)."""
+    out = []
+    for size in (2, 3):
+        for pos in itertools.combinations(AGREEMENT_POSITIONS, size):
+            sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
+            if len(sub) >= 2 and sub not in out:
+                out.append(sub)
+    return out
+
+
+def has_answers(answers, chain: list[int]) -> bool:
+    """Whether the records carry answers for at least two stages of ``chain`` (an agreement is possible)."""
+    return answers is not None and len(chain) > 1 and int((np.asarray(answers, dtype=object)[:, chain] != "").any(0).sum()) >= 2
 
 
 def _thresholds(confidence: np.ndarray, chain: list[int], n: int = 200) -> np.ndarray:

@@ -83,7 +83,11 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
         raise VisrouteError(f"the table has no '{part}' rows")
     proba = bundle.predict_proba(test.text, bundle.table_images(test))
     report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
-    baselines = {"knn": knn_proba(table, part, bundle._embedder(), bundle.text_rule),
+    from visroute.router.decide.rules import apply_rule
+
+    # the kNN baseline decides as a kNN bundle would: under the same decision rule
+    baselines = {"knn": apply_rule(knn_proba(table, part, bundle._embedder(), bundle.text_rule), bundle.decision,
+                                   bundle.costs),
                  "dataset_prior": prior_proba(table, part)}
     for name, p in baselines.items():
         add_baseline(report, name, p, test, bundle.costs)
@@ -100,11 +104,13 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
     policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
                 for name, p in {"router": proba, **baselines}.items()}
-    policies.update(strategy_policies(table, bundle, proba, test))
+    fam = bundle.family_proba(test.text, bundle.table_images(test))  # a hierarchy's stage one (else None)
+    policies.update(strategy_policies(table, bundle, proba, test, fam))
     if bundle.strategy.get("kind", "router") != "router":
         from visroute.router.decide.plan import outcomes
 
-        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score)
+        out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score, fam,
+                       test.answer)
         w = test.weight / test.weight.sum()
         report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
                               "cost": float((out["cost"] * w).sum()), "calls_per_task": _calls(bundle.strategy, out),
@@ -113,18 +119,27 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     return report
 
 
-def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarray, test: RoutingTable) -> dict:
-    """The router's predictions run as a cascade (along the training chain) and as an ensemble, each swept over
-    its own parameter: (points, tasks) success and the cost of every call, for the same AIQ curves."""
+def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarray, test: RoutingTable,
+                      family_proba: np.ndarray | None = None) -> dict:
+    """The router's predictions run as a cascade (along the training chain) and as an ensemble, and a hierarchy
+    bundle's two stages, each swept over its own parameter: (points, tasks) success and the cost of every call,
+    for the same AIQ curves."""
     from visroute.router.decide.plan import sweep
     from visroute.router.decide.strategies import pareto_chain
 
     train = table.part("train")
     chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
-    out = {"cascade": sweep({"kind": "cascade", "chain": chain}, proba, test.success, test.cost, bundle.costs,
-                            test.score)}  # a one-model chain (the cheapest is also the best) is that model
+    from visroute.router.decide.plan import cascade_points
+
+    # every threshold of the whole chain (and, where the rows carry answers, of the agreement sub-chains); a
+    # one-model chain (the cheapest is also the best) is that model
+    pts = cascade_points(chain, proba, test.success, test.cost, test.score, test.answer)
+    out = {"cascade": (np.stack([r["success"] for *_, r in pts]), np.stack([r["cost"] for *_, r in pts]))}
     ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
     out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
+    if family_proba is not None:
+        out["hierarchy"] = sweep(bundle.strategy, proba, test.success, test.cost, bundle.costs,
+                                 family_proba=family_proba)
     return out
 
 

@@ -21,19 +21,9 @@ from visroute.router.evaluate.policies import reference, sweep
 
 def model_families(table) -> dict[str, str]:
     """Model -> "contrastive" | "generative" from the table's pipeline specs ("unknown" where none is recorded)."""
-    from visroute.pipeline.heads import HEADS
+    from visroute.router.decide.hierarchy import pipeline_families
 
-    out = {}
-    for m in table.models:
-        specs = (table.meta.get("pipelines") or {}).get(m) or {}
-        heads = {str(s.get("head", "zeroshot")) for s in specs.values() if isinstance(s, dict)}
-        if not heads:
-            out[m] = "unknown"
-        elif all(h in HEADS and HEADS[h].family == "contrastive" for h in heads):
-            out[m] = "contrastive"
-        else:
-            out[m] = "generative"
-    return out
+    return dict(zip(table.models, pipeline_families(table.models, table.meta.get("pipelines") or {})))
 
 
 class HierarchicalRouter:
