@@ -103,7 +103,7 @@ def test_a_plan_runs_call_by_call_and_its_cost_adds_up():
 
 
 def test_an_unreachable_target_is_said_with_its_realised_value():
-    from visroute.router.decide.bundle import unreachable
+    from visroute.router.decide.rules import unreachable
 
     msg = unreachable(None, 0.3, 0.01, 0.0, "big", rows=100)  # lambda 0 already sends nothing to the heavy model
     assert "target share 0.300 of big cannot be reached" in msg and "realised 0.000" in msg

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide.rules import apply_rule, calibrate, choose, decision_rule
+from visroute.router.decide.rules import apply_rule, calibrate, choose, decision_rule, unreachable
 from visroute.router.learn.persist import BundleError, load_state, save_state
 from visroute.router.learn.kinds import ROUTER_KINDS
 from visroute.router.data.table import RoutingTable
@@ -332,7 +332,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                                       "unreachable": unreachable(target_cost, target_share, realised_cost,
                                                                  realised_share, table.models[idx], len(cal))}
     if strategy == "hierarchy":
-        from visroute.router.decide.hierarchy import fit_hierarchy
+        from visroute.router.decide.plan import fit_hierarchy
 
         fit_hierarchy(bundle, table, Xtr, kind, router_kw, target_cost)
     elif strategy != "router":
@@ -350,17 +350,3 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
             "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
             "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}
     return bundle
-
-
-def unreachable(target_cost, target_share, realised_cost: float, realised_share: float, heavy: str, rows: int) -> str | None:
-    """Why a calibration target could not be met on validation data (None when it was, within one task)."""
-    slack = 1.0 / max(rows, 1) + 1e-9
-    if target_share is not None and abs(realised_share - target_share) > slack + 0.02:
-        why = ("even at lambda 0 the router sends no more tasks there" if realised_share < target_share
-               else "no lambda sends fewer")
-        return (f"target share {target_share:.3f} of {heavy} cannot be reached on validation data: realised "
-                f"{realised_share:.3f} ({why})")
-    if target_cost is not None and realised_cost > target_cost * (1 + 1e-6) + 1e-12:
-        return (f"target cost {target_cost:.4g} per task cannot be reached on validation data: the cheapest operating "
-                f"point costs {realised_cost:.4g}")
-    return None

@@ -89,34 +89,3 @@ def hierarchy_picks(family_proba: np.ndarray, proba: np.ndarray, costs: np.ndarr
         if rows.any():
             out[rows] = idx[choose(np.asarray(proba, np.float64)[rows][:, idx], costs[idx], lam)]
     return out
-
-
-def fit_hierarchy(bundle, table, Xtr, kind: str, router_kw: dict | None, target_cost: float | None) -> None:
-    """Stage one of a hierarchy (``visroute.router.decide.hierarchy``): a router of the same kind predicting
-    whether any model of each family succeeds; with ``target_cost``, lambda becomes the most accurate one whose
-    validation cost per task stays within it."""
-    from visroute.router.decide.bundle import unreachable
-    from visroute.router.decide.plan import _pick, outcomes
-    from visroute.router.decide.rules import lambda_grid
-    from visroute.router.learn.kinds import ROUTER_KINDS
-
-    train, val = table.part("train"), table.part("val")
-    families = model_families(bundle.models, bundle.pipelines, bundle.costs)
-    entry = ROUTER_KINDS[kind]
-    bundle.family_router = entry.make(**(router_kw or {}))
-    entry.fit(bundle.family_router, Xtr, family_targets(train.success, families), train.weight)
-    bundle.strategy = {"kind": "hierarchy", "families": families}
-    cal = val if len(val) else train
-    imgs = bundle.table_images(cal)
-    proba, fam = bundle.predict_proba(cal.text, imgs), bundle.family_proba(cal.text, imgs)
-    if target_cost is not None and len(cal):
-        lams = lambda_grid(proba, bundle.costs, 100)
-        res = [outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, lam, family_proba=fam) for lam in lams]
-        bundle.lam = _pick(lams, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]),
-                           target_cost)
-    out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, family_proba=fam)
-    realised = float(out["cost"].mean()) if len(cal) else 0.0
-    bundle.meta["strategy_calibration"] = {
-        "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
-        "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
-        "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}

@@ -16,23 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from visroute.errors import VisrouteError
-from visroute.router.decide.rules import choose
+from visroute.router.decide.rules import choose, pick_within_target, unreachable
 from visroute.router.decide.strategies import (agreement_confidence, agreement_subchains, cascade, ensemble,
                                                has_answers, pareto_chain)
 
 STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
-
-
-def _pick(values: np.ndarray, acc: np.ndarray, cost: np.ndarray, target_cost: float | None) -> float:
-    """Among candidate parameter values with validation (accuracy, cost), the most accurate within the target
-    (ties: the cheaper); without a target, the most accurate overall."""
-    ok = np.ones(len(values), bool) if target_cost is None else cost <= target_cost + 1e-12
-    if not ok.any():
-        ok = cost <= cost.min() + 1e-12  # none fits: the cheapest, reported as unreachable by the caller
-    idx = np.flatnonzero(ok)
-    best = idx[np.lexsort((cost[idx], -acc[idx]))[0]]
-    return float(values[best])
 
 
 def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
@@ -50,13 +39,13 @@ def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.nda
     if kind == "cascade":
         chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
         points = cascade_points(chain, proba, success, cost, score, answers)
-        i = int(_pick(np.arange(len(points)), np.array([r["success"].mean() for *_, r in points]),
+        i = int(pick_within_target(np.arange(len(points)), np.array([r["success"].mean() for *_, r in points]),
                       np.array([r["cost"].mean() for *_, r in points]), target_cost))
         sub, mode, t, _ = points[i]
         return {"kind": "cascade", "chain": [int(j) for j in sub], "threshold": t, "confidence": mode}
     margins = np.unique(np.r_[0.0, np.quantile(np.abs(proba - proba.max(1, keepdims=True)), np.linspace(0, 1, 40))])
     res = [ensemble(proba, success, cost, expected_costs, lam, m, conf) for m in margins]
-    m = _pick(margins, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
+    m = pick_within_target(margins, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]), target_cost)
     return {"kind": "ensemble", "margin": m, "lambda": lam}
 
 
@@ -206,3 +195,33 @@ def answer_without_signal(decision) -> str:
     if p.get("kind") == "ensemble":
         return max(p["calls"], key=lambda m: proba[m])  # ties: the first (the router's own choice)
     return decision.chosen
+
+
+def fit_hierarchy(bundle, table, Xtr, kind: str, router_kw: dict | None, target_cost: float | None) -> None:
+    """Stage one of a hierarchy (``visroute.router.decide.hierarchy``): a router of the same kind predicting
+    whether any model of each family succeeds; with ``target_cost``, lambda becomes the most accurate one whose
+    validation cost per task stays within it."""
+    from visroute.router.decide.hierarchy import family_targets, model_families
+    from visroute.router.decide.rules import lambda_grid
+    from visroute.router.learn.kinds import ROUTER_KINDS
+
+    train, val = table.part("train"), table.part("val")
+    families = model_families(bundle.models, bundle.pipelines, bundle.costs)
+    entry = ROUTER_KINDS[kind]
+    bundle.family_router = entry.make(**(router_kw or {}))
+    entry.fit(bundle.family_router, Xtr, family_targets(train.success, families), train.weight)
+    bundle.strategy = {"kind": "hierarchy", "families": families}
+    cal = val if len(val) else train
+    imgs = bundle.table_images(cal)
+    proba, fam = bundle.predict_proba(cal.text, imgs), bundle.family_proba(cal.text, imgs)
+    if target_cost is not None and len(cal):
+        lams = lambda_grid(proba, bundle.costs, 100)
+        res = [outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, lam, family_proba=fam) for lam in lams]
+        bundle.lam = pick_within_target(lams, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]),
+                           target_cost)
+    out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, family_proba=fam)
+    realised = float(out["cost"].mean()) if len(cal) else 0.0
+    bundle.meta["strategy_calibration"] = {
+        "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
+        "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
+        "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}

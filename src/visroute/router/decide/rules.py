@@ -143,3 +143,28 @@ def calibrate(proba: np.ndarray, costs: np.ndarray, target_cost: float | None = 
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if within(mid) else (mid, hi)
     return hi
+
+
+def pick_within_target(values: np.ndarray, acc: np.ndarray, cost: np.ndarray, target_cost: float | None) -> float:
+    """Among candidate parameter values with validation (accuracy, cost), the most accurate within the target
+    (ties: the cheaper); without a target, the most accurate overall."""
+    ok = np.ones(len(values), bool) if target_cost is None else cost <= target_cost + 1e-12
+    if not ok.any():
+        ok = cost <= cost.min() + 1e-12  # none fits: the cheapest, reported as unreachable by the caller
+    idx = np.flatnonzero(ok)
+    best = idx[np.lexsort((cost[idx], -acc[idx]))[0]]
+    return float(values[best])
+
+
+def unreachable(target_cost, target_share, realised_cost: float, realised_share: float, heavy: str, rows: int) -> str | None:
+    """Why a calibration target could not be met on validation data (None when it was, within one task)."""
+    slack = 1.0 / max(rows, 1) + 1e-9
+    if target_share is not None and abs(realised_share - target_share) > slack + 0.02:
+        why = ("even at lambda 0 the router sends no more tasks there" if realised_share < target_share
+               else "no lambda sends fewer")
+        return (f"target share {target_share:.3f} of {heavy} cannot be reached on validation data: realised "
+                f"{realised_share:.3f} ({why})")
+    if target_cost is not None and realised_cost > target_cost * (1 + 1e-6) + 1e-12:
+        return (f"target cost {target_cost:.4g} per task cannot be reached on validation data: the cheapest operating "
+                f"point costs {realised_cost:.4g}")
+    return None
