@@ -72,7 +72,9 @@ async def _run(base_url: str, request: Callable[[int], dict], n: int, concurrenc
             return await client.request(method, path, **kw)
         except unanswered:  # closed before any answer: the server never read it (see the module docstring)
             result.retried += 1
-            return await client.request(method, path, **kw)
+            # a client of its own, so the retry cannot land on another pooled connection to the same stopping worker
+            async with httpx2.AsyncClient(base_url=base_url, headers=headers, timeout=60.0) as fresh:
+                return await fresh.request(method, path, **kw)
 
     async def worker(client):
         for i in next_i:
