@@ -336,7 +336,7 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
 
         fit_hierarchy(bundle, table, Xtr, kind, router_kw, target_cost)
     elif strategy != "router":
-        from visroute.router.decide.plan import fit_strategy, outcomes
+        from visroute.router.decide.plan import calibration_record, fit_strategy, outcomes
 
         cal = val if len(val) else train
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
@@ -344,9 +344,5 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
                                        target_cost, cal.score, cal.answer)
         out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score,
                        answers=cal.answer)
-        realised = float(out["cost"].mean()) if len(cal) else 0.0
-        bundle.meta["strategy_calibration"] = {
-            "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
-            "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
-            "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}
+        bundle.meta["strategy_calibration"] = calibration_record(out, len(cal), target_cost)
     return bundle

@@ -92,21 +92,19 @@ def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.nd
     """Per task: answering model, success and the cost of every call, at the strategy's calibrated point
     (``family_proba``: a hierarchy's stage-one predictions)."""
     kind = strategy.get("kind", "router")
-    if kind == "hierarchy":
-        from visroute.router.decide.hierarchy import hierarchy_picks
-
-        picks = hierarchy_picks(family_proba, proba, expected_costs, strategy["families"], lam)
-        rows = np.arange(len(proba))
-        return {"model": picks, "success": np.nan_to_num(success[rows, picks]),
-                "cost": np.nan_to_num(cost[rows, picks])}
     if kind == "cascade":
         return cascade(success, cost, cascade_confidence(strategy, proba, score, answers), strategy["chain"],
                        strategy["threshold"])
     if kind == "ensemble":
         return ensemble(proba, success, cost, expected_costs, strategy.get("lambda", lam), strategy["margin"],
                         confidence(proba, score))
+    if kind == "hierarchy":  # one call per task, like the router: only the pick differs
+        from visroute.router.decide.hierarchy import hierarchy_picks
+
+        picks = hierarchy_picks(family_proba, proba, expected_costs, strategy["families"], lam)
+    else:
+        picks = choose(proba, expected_costs, lam)
     rows = np.arange(len(proba))
-    picks = choose(proba, expected_costs, lam)
     return {"model": picks, "success": np.nan_to_num(success[rows, picks]), "cost": np.nan_to_num(cost[rows, picks])}
 
 
@@ -220,8 +218,12 @@ def fit_hierarchy(bundle, table, Xtr, kind: str, router_kw: dict | None, target_
         bundle.lam = pick_within_target(lams, np.array([r["success"].mean() for r in res]), np.array([r["cost"].mean() for r in res]),
                            target_cost)
     out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, family_proba=fam)
-    realised = float(out["cost"].mean()) if len(cal) else 0.0
-    bundle.meta["strategy_calibration"] = {
-        "rows": len(cal), "target_cost": target_cost, "realised_cost": realised,
-        "realised_accuracy": float(out["success"].mean()) if len(cal) else None,
-        "unreachable": unreachable(target_cost, None, realised, 0.0, "", len(cal))}
+    bundle.meta["strategy_calibration"] = calibration_record(out, len(cal), target_cost)
+
+
+def calibration_record(out: dict, rows: int, target_cost: float | None) -> dict:
+    """What a strategy reached on its calibration rows (``out``: ``outcomes`` there), saved in the bundle."""
+    realised = float(out["cost"].mean()) if rows else 0.0
+    return {"rows": rows, "target_cost": target_cost, "realised_cost": realised,
+            "realised_accuracy": float(out["success"].mean()) if rows else None,
+            "unreachable": unreachable(target_cost, None, realised, 0.0, "", rows)}

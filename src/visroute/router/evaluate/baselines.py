@@ -81,7 +81,8 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     test = table.part(part)
     if len(test) == 0:
         raise VisrouteError(f"the table has no '{part}' rows")
-    proba = bundle.predict_proba(test.text, bundle.table_images(test))
+    images = bundle.table_images(test)
+    proba = bundle.predict_proba(test.text, images)
     report = evaluate_router(proba, test.success, test.cost, table.models, bundle.costs, test.weight, bundle.lam)
     from visroute.router.decide.rules import apply_rule
 
@@ -104,7 +105,7 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     report["router"] = {"kind": bundle.kind, "features": bundle.features, "part": part, "rows": len(test)}
     policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
                 for name, p in {"router": proba, **baselines}.items()}
-    fam = bundle.family_proba(test.text, bundle.table_images(test))  # a hierarchy's stage one (else None)
+    fam = bundle.family_proba(test.text, images)  # a hierarchy's stage one (else None)
     policies.update(strategy_policies(table, bundle, proba, test, fam))
     if bundle.strategy.get("kind", "router") != "router":
         from visroute.router.decide.plan import outcomes
