@@ -7,8 +7,8 @@ features (a keyword, a format, the length). ``LexicalRouter`` fits one L2 logist
 
 and picks each model's regularisation ``C`` by inner cross-validation on its training rows only (weighted
 log-loss; a model the text says little about is held near its base rate): one default configuration for every
-dataset, nothing set by hand per table. The TF-IDF vocabulary and SVD are fitted on the training texts without labels, once, and then reused
-by the inner folds.
+dataset, nothing set by hand per table. The TF-IDF vocabulary and SVD are fitted on the training texts without
+labels, once, and then reused by the inner folds.
 
 Its input is ``TaskInputs`` (the task texts after the bundle's text rule, and their embeddings), which the
 router kind declares (``RouterKind.inputs``), so training and every route-time entry point pass the same text.
