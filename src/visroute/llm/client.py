@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit
 
 from visroute.errors import MissingExtraError, ModelLoadError
-from visroute.llm.base import ChatRequest, GenerationResult, Generator, openai_messages
+from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs, openai_messages
 from visroute.llm.cache import ResponseCache
 from visroute.llm.endpoints import OPENAI_URL
-from visroute.llm.http import (ERROR_EXCERPT_BYTES, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
+from visroute.llm.http import (ERROR_EXCERPT_BYTES, answer_logprob, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
 from visroute.registry import Registry
 
@@ -58,8 +58,9 @@ class OpenAICompatibleGenerator(Generator):
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 4, backoff_s: float = 0.5,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES, **kw):
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, logprobs: bool = False, **kw):
         super().__init__(**kw)
+        self.logprobs = bool(logprobs)  # ask for token log-probabilities: the answer's confidence (not in the cache key)
         openai, self._tenacity = _llm_extra(f"the endpoint {base_url}")
         self._openai = openai
         self._httpx = _http_library(openai)
@@ -121,8 +122,8 @@ class OpenAICompatibleGenerator(Generator):
                 raise self._failure(e, att) from e
             finally:
                 self._current.attempt = None
-        text, n_in, n_out = parse_chat_completion(data, ctype)
-        return GenerationResult(text, n_in, n_out)
+        text, n_in, n_out, logprob = parse_chat_completion(data, ctype)
+        return GenerationResult(text, n_in, n_out, mean_logprob=logprob)
 
     def _failure(self, e: Exception, att: Attempt) -> HTTPFailure:
         """One line for what the client or the connection raised."""
@@ -155,7 +156,8 @@ class OpenAICompatibleGenerator(Generator):
     def _one(self, req: ChatRequest) -> GenerationResult:
         t0 = time.perf_counter()
         try:
-            body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params}
+            body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params,
+                    **({"logprobs": True} if self.logprobs else {})}
         except Exception as e:  # an image that cannot be encoded fails its own request
             return GenerationResult("", error=f"request not built: {type(e).__name__}: {e}", attempts=0)
         t = self._tenacity
@@ -201,9 +203,9 @@ def _only_our_headers(openai, api_key: str) -> dict:
     return headers
 
 
-def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int | None, int | None]:
-    """(text, prompt tokens, completion tokens) of a chat completion; HTTPFailure (not retried) when the answer is
-    not one, with a one-line reason."""
+def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int | None, int | None, float | None]:
+    """(text, prompt tokens, completion tokens, mean token log-probability or None) of a chat completion;
+    HTTPFailure (not retried) when the answer is not one, with a one-line reason."""
     head = body[:200].lstrip().lower()
     if "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html")):
         raise HTTPFailure(f"invalid answer: an HTML page ({content_type or 'no content type'}), not JSON", False)
@@ -236,7 +238,7 @@ def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int
     if not content.strip():
         raise HTTPFailure("invalid answer: the message content is empty", False)
     usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
-    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), answer_logprob(choices[0])
 
 
 def _count(v) -> int | None:
@@ -288,21 +290,25 @@ class HFCausalLMGenerator(Generator):
 
     def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
         import torch
+        from transformers import LogitsProcessorList
 
         out = []
         for s in range(0, len(requests), self.batch_size):
             chunk = requests[s : s + self.batch_size]
             t0 = time.perf_counter()
             enc = self.tokenizer([self._render(r) for r in chunk], return_tensors="pt", padding=True).to(self.device)
+            logprobs = TokenLogprobs()
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=self.temperature > 0,
-                                          temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id)
+                                          temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id,
+                                          logits_processor=LogitsProcessorList([logprobs]))
             dt = (time.perf_counter() - t0) / len(chunk)
             new = gen[:, enc["input_ids"].shape[1]:]
-            for row, ids in zip(enc["attention_mask"], new):
+            means = logprobs.means(new, {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None})
+            for row, ids, lp in zip(enc["attention_mask"], new, means):
                 n_out = int((ids != self.tokenizer.pad_token_id).sum())
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                out.append(GenerationResult(text, int(row.sum()), n_out, dt))
+                out.append(GenerationResult(text, int(row.sum()), n_out, dt, mean_logprob=lp))
         return out
 
 
@@ -339,7 +345,7 @@ def _load_openai_compatible(parsed, cache, kw) -> Generator:
         trusted = () if parsed.location.startswith("@") else (parsed.location,)
     base_url, key = resolve_endpoint(parsed.location, tuple(trusted))
     http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
-                                                   "max_tokens", "temperature", "max_response_bytes")}
+                                                   "max_tokens", "temperature", "max_response_bytes", "logprobs")}
     gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)
     gen.spec = parsed.text  # prices, caches and records name the endpoint as the spec did
     return gen

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from visroute.errors import ModelLoadError
-from visroute.llm.base import ChatRequest, GenerationResult, Generator
+from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs
 from visroute.log import get_logger
 
 log = get_logger(__name__)
@@ -168,8 +168,11 @@ class HFVisionLanguageGenerator(Generator):
             gen_kw["temperature"] = self.temperature
         else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
             gen_kw.update(temperature=None, top_p=None, top_k=None)
+        from transformers import LogitsProcessorList
+
+        logprobs = TokenLogprobs()
         with torch.inference_mode():
-            gen = self.model.generate(**enc, **gen_kw)
+            gen = self.model.generate(**enc, **gen_kw, logits_processor=LogitsProcessorList([logprobs]))
         dt = (time.perf_counter() - t0) / len(reqs)
         input_ids = enc["input_ids"]
         prompt_len = input_ids.shape[1]
@@ -183,11 +186,12 @@ class HFVisionLanguageGenerator(Generator):
                     and bool((new[:, 0] == start).all()):
                 new = new[:, 1:]
         mask = enc.get("attention_mask")
+        means = logprobs.means(new, self.eos_token_ids | {self.pad_token_id})
         out = []
         for i, ids in enumerate(new.tolist()):
             n_in = int(mask[i].sum()) if mask is not None else int((input_ids[i] != self.pad_token_id).sum())
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            out.append(GenerationResult(text, n_in, self._count_output(ids), dt))
+            out.append(GenerationResult(text, n_in, self._count_output(ids), dt, mean_logprob=means[i]))
         return out
 
     def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
