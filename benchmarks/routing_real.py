@@ -137,7 +137,8 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500, texts=None) 
            (*ROUTERS, "random", "dataset_prior", "oracle")}
     casc = {"success": np.zeros(n), "cost": np.zeros(n), "escalated": np.zeros(n, bool), "conf": np.zeros(n)}
     ens = {"success": np.zeros(n), "cost": np.zeros(n), "both": np.zeros(n, bool)}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the folds' train/validation splits only
+    ties = np.random.default_rng([seed, 1])  # tie-breaks: a router added to the list moves no other's split
     for f in np.unique(fold_of):
         te = np.flatnonzero(fold_of == f)
         rest = rng.permutation(np.flatnonzero(fold_of != f))
@@ -157,7 +158,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500, texts=None) 
             gv, gt = pv[:, strong] - pv[:, cheap], pt[:, strong] - pt[:, cheap]
             out[name]["gain"][te] = fold_rank(gt)
             # the calibrated 50% point; ties at the cut are broken at random (kNN, prior and oracle scores tie)
-            jv, jt = gv + 1e-9 * rng.random(len(gv)), gt + 1e-9 * rng.random(len(gt))
+            jv, jt = gv + 1e-9 * ties.random(len(gv)), gt + 1e-9 * ties.random(len(gt))
             out[name]["pick50"][te] = jt > share_threshold(jv, 0.5)
         # cascade: Mixtral first; escalate when the MF router's predicted success of Mixtral is below t
         pv, pt = probs["mf"]
