@@ -178,3 +178,9 @@ def test_route_train_lexical_end_to_end_on_the_routerbench_fixture(tmp_path):
     np.testing.assert_allclose(bundle.predict_proba([pre + task]), stripped)
     chosen = bundle.choose(pre + task).predicted_accuracy  # what `route`, Router.route, /v1/route and the proxy use
     np.testing.assert_allclose([chosen[m] for m in bundle.models], stripped[0])
+    # a hierarchy's family router is the same kind: fitted, saved, probed on load and used at route time on TaskInputs
+    r = runner.invoke(app, ["route", "train", str(tmp_path / "table"), "--router", "lexical", "--strategy", "hierarchy",
+                            "--out", str(tmp_path / "hier")])
+    assert r.exit_code == 0 and "strategy hierarchy" in r.output, r.output[-2000:]
+    hier = RouterBundle.load(tmp_path / "hier")
+    assert isinstance(hier.family_router, LexicalRouter) and hier.choose(task).plan["kind"] == "hierarchy"
