@@ -19,6 +19,7 @@ middle of a batch and never cached.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import os
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 from visroute.errors import MissingExtraError, ModelLoadError
 from visroute.llm.base import ChatRequest, GenerationResult, Generator, openai_messages
 from visroute.llm.cache import ResponseCache
+from visroute.llm.cancel import cancellable_sleep, check as check_cancelled, current as current_cancel, stopping_criteria
 from visroute.llm.endpoints import OPENAI_URL
 from visroute.llm.http import (ERROR_EXCERPT_BYTES, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
@@ -108,18 +110,24 @@ class OpenAICompatibleGenerator(Generator):
                               retry_after(response.headers.get("retry-after")))
 
     def _attempt(self, body: dict) -> GenerationResult:
+        tok = current_cancel()  # a served request's token: cancelling it shuts this attempt's socket down
+        check_cancelled()
         with self.limiter:  # the deadline starts once the request may go, not while it waits for a slot
             att = self._current.attempt = Attempt(self.timeout, self.max_response_bytes)
+            undo = tok.on_cancel(att.abort) if tok is not None else (lambda: None)
             try:
                 with att, self.client.chat.completions.with_streaming_response.create(
                         **body, extra_headers=self._headers) as resp:
                     data = att.read(resp.iter_bytes(), resp.headers.get("content-length"))
                     ctype = resp.headers.get("content-type", "")
             except HTTPFailure:
+                check_cancelled()  # the abort looks like a closed connection: never retried, never an error sample
                 raise
             except (self._openai.OpenAIError, self._httpx.HTTPError, OSError) as e:
+                check_cancelled()
                 raise self._failure(e, att) from e
             finally:
+                undo()
                 self._current.attempt = None
         text, n_in, n_out = parse_chat_completion(data, ctype)
         return GenerationResult(text, n_in, n_out)
@@ -158,8 +166,9 @@ class OpenAICompatibleGenerator(Generator):
             body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params}
         except Exception as e:  # an image that cannot be encoded fails its own request
             return GenerationResult("", error=f"request not built: {type(e).__name__}: {e}", attempts=0)
-        t = self._tenacity
+        t = self._tenacity  # a backoff ends at once when a served request is cancelled (cancellable_sleep)
         retrying = t.Retrying(stop=t.stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True,
+                              sleep=cancellable_sleep,
                               retry=t.retry_if_exception(lambda e: isinstance(e, HTTPFailure) and e.retryable))
         try:
             res = retrying(self._attempt, body)
@@ -178,7 +187,8 @@ class OpenAICompatibleGenerator(Generator):
                 yield i, self._one(r)
             return
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            futures = {pool.submit(contextvars.copy_context().run, self._one, r): i  # the caller's cancel token too
+                       for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
 
@@ -294,9 +304,12 @@ class HFCausalLMGenerator(Generator):
             chunk = requests[s : s + self.batch_size]
             t0 = time.perf_counter()
             enc = self.tokenizer([self._render(r) for r in chunk], return_tensors="pt", padding=True).to(self.device)
+            stop = stopping_criteria()  # a cancelled request ends at its next token, then raises Cancelled
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=self.temperature > 0,
-                                          temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id)
+                                          temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id,
+                                          **({"stopping_criteria": stop} if stop is not None else {}))
+            check_cancelled()
             dt = (time.perf_counter() - t0) / len(chunk)
             new = gen[:, enc["input_ids"].shape[1]:]
             for row, ids in zip(enc["attention_mask"], new):

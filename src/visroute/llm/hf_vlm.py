@@ -25,6 +25,8 @@ from typing import Any
 
 from visroute.errors import ModelLoadError
 from visroute.llm.base import ChatRequest, GenerationResult, Generator
+from visroute.llm.cancel import check as check_cancelled
+from visroute.llm.cancel import stopping_criteria
 from visroute.log import get_logger
 
 log = get_logger(__name__)
@@ -168,8 +170,12 @@ class HFVisionLanguageGenerator(Generator):
             gen_kw["temperature"] = self.temperature
         else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
             gen_kw.update(temperature=None, top_p=None, top_k=None)
+        stop = stopping_criteria()  # a cancelled request (a served one answered early) ends at its next token
+        if stop is not None:
+            gen_kw["stopping_criteria"] = stop
         with torch.inference_mode():
             gen = self.model.generate(**enc, **gen_kw)
+        check_cancelled()  # Cancelled (not an Exception: the batch loop does not record it as a failed answer)
         dt = (time.perf_counter() - t0) / len(reqs)
         input_ids = enc["input_ids"]
         prompt_len = input_ids.shape[1]
