@@ -256,7 +256,8 @@ async def _chat(state, payload: dict, stream: bool):
         except BadImageInput as e:
             raise HTTPException(400, str(e)) from None
         except asyncio.TimeoutError:
-            current_cancel().cancel("deadline")  # bound by until_answered: the decision's thread stops at its next check
+            if (tok := current_cancel()) is not None:  # the decision's thread stops at its next check
+                tok.cancel("deadline")
             raise HTTPException(504, f"routing took longer than its deadline of {limit:g} s") from None
         headers = {"x-visroute-router": routed[0], "x-visroute-model": chosen,
                    "x-visroute-predicted-accuracy": json.dumps(proba, separators=(",", ":"))}
