@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -206,3 +207,14 @@ def llava_server(tiny_llava_dir, tmp_path_factory):
     proc, log, url = _serve(tiny_llava_dir, tmp_path_factory)
     yield url, str(tiny_llava_dir)
     _stop(proc, log)
+
+
+@pytest.fixture
+def restore_visroute_logger():
+    """The `visroute` logger as it was before the test (configure_logging replaces its handler)."""
+    logger = logging.getLogger("visroute")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield logger
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]

@@ -182,16 +182,6 @@ def test_cache_root_honours_visroute_cache_then_xdg_then_home(tmp_path, monkeypa
 
 # ----- logging ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def restore_visroute_logger():
-    logger = logging.getLogger("visroute")
-    saved = (logger.level, list(logger.handlers), logger.propagate)
-    yield logger
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate = saved[2]
-
-
 def test_configure_logging_levels(capsys, restore_visroute_logger):
     from visroute.log import configure_logging, get_logger
 

@@ -121,3 +121,21 @@ def test_grid_task_cells_show_their_own_bar(task_file, tmp_path, terminal, tiny_
     run_grid(GridSpec.load(grid), progress=True, log=lambda m: None)
     shown = terminal.getvalue()
     assert "sqa (vlm)" in shown and "/3" in shown and "1/1" in shown, shown  # the cell's bar under the grid's
+
+
+def test_a_warning_during_a_bar_gets_a_line_of_its_own(terminal, restore_visroute_logger):
+    """A log line written while a bar is drawn clears the bar first (else it is glued to the bar's text), and the
+    bar is drawn again after it."""
+    from visroute.log import Progress, configure_logging, get_logger
+
+    term = terminal()
+    configure_logging(0)
+    with Progress(total=3, desc="calls", unit="call") as bar:
+        bar.done(1)
+        get_logger("test").warning("one upstream answer was unreadable")
+        bar.done(2)
+    out = term.getvalue()
+    before, line, after = out.partition("warning: one upstream answer was unreadable\n")
+    assert line, out
+    assert before.endswith("\r"), repr(before[-80:])  # the bar was cleared to the line's start first
+    assert "calls" in before and "calls" in after       # drawn before, and again after the line

@@ -37,6 +37,14 @@ class _CurrentStderr(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """A line printed while a tqdm bar is drawn would be cut into the bar: clear the bars, write, redraw."""
+        tqdm_module = sys.modules.get("tqdm")  # never imported here: no bar can be open without it
+        if tqdm_module is None or not getattr(tqdm_module.tqdm, "_instances", None):
+            return super().emit(record)
+        with tqdm_module.tqdm.external_write_mode(file=sys.stderr):
+            super().emit(record)
+
 
 class _Formatter(logging.Formatter):
     """``warning: message`` like the CLI's own lines; with ``-vv`` the module name too."""
