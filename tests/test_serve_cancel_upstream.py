@@ -18,6 +18,7 @@ import pytest
 
 from tests.serve_fixtures import API_KEY, ROUTER_TEXT, build_router, start_server
 from tests.slow_upstream import SlowUpstream
+from visroute.llm.cancel import Cancelled, CancelToken, bound
 
 DEADLINE = 3.0  # request_timeout_s: the 504 of /v1/route
 UPSTREAM = 3.0  # upstream_timeout_s: the proxy's 504
@@ -235,7 +236,6 @@ def test_a_queued_image_answered_504_is_dropped_before_its_forward():
 
 
 def test_a_cancelled_token_aborts_a_generator_call_without_retrying():
-    from visroute.llm.cancel import Cancelled, CancelToken, bound
     from visroute.llm.client import ChatRequest, OpenAICompatibleGenerator
 
     with SlowUpstream("hold", HOLD) as up:
@@ -252,16 +252,36 @@ def test_a_cancelled_token_aborts_a_generator_call_without_retrying():
         assert len(up.calls) == 1
 
 
-def test_a_local_generate_stops_at_its_next_token():
-    import torch
+class _CancelsAtRead(CancelToken):
+    """A token that cancels itself the ``after``-th time a generate step asks about it."""
 
-    from visroute.llm.cancel import CancelToken, bound, stopping_criteria
+    def __init__(self, after: int):
+        super().__init__()
+        self.reads, self.after = 0, after
 
-    assert stopping_criteria() is None  # no token: generate runs as before
-    tok = CancelToken()
-    with bound(tok):
-        stop = stopping_criteria()
-        ids = torch.zeros((3, 4), dtype=torch.long)
-        assert not stop(ids, None).any()
-        tok.cancel("deadline")
-        assert stop(ids, None).all()
+    @property
+    def cancelled(self) -> bool:
+        self.reads += 1
+        if self.reads == self.after:
+            self.cancel("deadline")
+        return CancelToken.cancelled.fget(self)
+
+
+@pytest.mark.parametrize("spec", ["random-tiny:llama", "random-tiny:llava"])
+def test_a_local_generate_stops_at_its_next_token(spec):
+    """The token is asked once per generated token: set at the third, generation stops there and the request raises
+    Cancelled instead of returning a cut answer; without a token the same request runs on (and is answered)."""
+    from PIL import Image
+
+    from visroute.llm.cancel import stopping_criteria
+    from visroute.llm.client import ChatRequest, load_generator
+
+    gen = load_generator(spec, max_tokens=64)
+    req = ChatRequest("hello there", images=[Image.new("RGB", (32, 32), "red")] if spec.endswith("llava") else [])
+    tok = _CancelsAtRead(after=3)
+    with bound(tok), pytest.raises(Cancelled):
+        gen.generate([req])
+    assert tok.reads == 3
+    assert stopping_criteria() is None
+    res = gen.generate([req])[0]
+    assert res.ok and res.output_tokens > 3
