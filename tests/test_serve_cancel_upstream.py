@@ -252,6 +252,28 @@ def test_a_cancelled_token_aborts_a_generator_call_without_retrying():
         assert len(up.calls) == 1
 
 
+def test_a_cancelled_request_stops_waiting_for_an_endpoint_slot():
+    from visroute.llm.http import EndpointLimiter
+
+    lim, tok, out = EndpointLimiter(1), CancelToken(), []
+
+    def waiter():
+        try:
+            with bound(tok), lim:
+                out.append("got a slot")
+        except Cancelled:
+            out.append("cancelled")
+
+    with lim:  # the one slot is taken
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.3)
+        assert out == [] and t.is_alive()
+        tok.cancel("deadline")
+        t.join(5)
+        assert out == ["cancelled"] and lim.in_flight == 1
+
+
 class _CancelsAtRead(CancelToken):
     """A token that cancels itself the ``after``-th time a generate step asks about it."""
 

@@ -12,6 +12,8 @@ The client sends the request, handles proxies from the environment and pools con
   into memory, the openai client does so for error bodies too).
 - a process-wide bound on requests in flight per endpoint (``EndpointLimiter``), whichever generators send them;
   the client only bounds connections within one client.
+- cancellation (``visroute.llm.cancel``): a served request's token, once set, shuts the attempt's socket down at
+  once (``Attempt.abort``), and a request waiting for an endpoint slot stops waiting.
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ class EndpointLimiter:
             return lim
 
     def __enter__(self) -> "EndpointLimiter":
-        tok = current_cancel()  # a cancelled request stops waiting for a slot
+        tok = current_cancel()  # a cancelled request stops waiting for a slot, and takes none
         with self._cond:
-            while self.in_flight >= self.limit:
-                self._cond.wait(0.1 if tok is not None else None)
+            while True:
                 if tok is not None:
                     tok.check()
+                if self.in_flight < self.limit:
+                    break
+                self._cond.wait(0.1 if tok is not None else None)
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
         return self
