@@ -41,6 +41,7 @@ class StubServer(LoopbackServer):
         self.requests: list[dict] = []
         self.headers: list[dict] = []  # request headers, in the order of ``requests``
         self.default = default or (lambda prompt: "- a generic feature")
+        self.logprobs: list | None = None  # token log-probabilities sent when a request asks (``logprobs: true``)
         self._lock = threading.Lock()
         stub = self
 
@@ -76,6 +77,8 @@ class StubServer(LoopbackServer):
                                     "message": {"role": "assistant", "content": text}}],
                        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                                  "total_tokens": len(prompt.split()) + len(text.split())}}
+                if body.get("logprobs") and stub.logprobs is not None:
+                    doc["choices"][0]["logprobs"] = {"content": [{"token": "t", "logprob": v} for v in stub.logprobs]}
                 data = json.dumps(doc).encode()
                 try:
                     self.send_response(200)

@@ -182,9 +182,9 @@ def test_an_unusable_cache_file_is_one_line_and_left_as_it_was(tmp_path, make):
 
 @pytest.mark.parametrize("body, result", [
     (b'{"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]}',
-     ("ab", None, None)),
+     ("ab", None, None, None)),
     (b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": true, "completion_tokens": -1}}',
-     ("x", None, None)),
+     ("x", None, None, None)),
     (b'{"choices": [{"message": {"content": 5}}]}', "not text"),
     (b'{"choices": ["x"]}', "has no message"),
     (b"\xff\xfe{}", "not UTF-8"),

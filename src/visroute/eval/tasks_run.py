@@ -114,6 +114,7 @@ def _write_task_parquet(path: Path, tasks: list[Task], preds, correct: np.ndarra
         "cached": pa.array([r["cached"] for r in rows], pa.bool_()),
         "error": [r["error"] for r in rows],
         "option_scores": pa.array([r["option_scores"] for r in rows], pa.list_(pa.float32())),
+        "confidence": pa.array([r.get("confidence") for r in rows], pa.float32()),  # null: none reported
     })
     from visroute.io import atomic_write_parquet
 

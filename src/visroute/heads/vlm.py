@@ -43,6 +43,9 @@ class TaskPrediction:
     option_scores: list[float] = field(default_factory=list)
     intermediate: str = ""
     call_cost: float = 0.0  # what the calls cost when not served from the cache (routing uses this)
+    #: a generative answer's own confidence: its geometric-mean token probability, where the backend reported token
+    #: log-probabilities (local models; endpoints with params ``logprobs: true``); a cascade's signal. None otherwise
+    confidence: float | None = None
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -92,7 +95,8 @@ class VLMDirectPipeline:
                 n_img = len(_images_of(t))
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, r.latency_s, r.input_tokens or 0,
                                           r.output_tokens or 0, n_img, _costed(r, self.vlm.spec, self.prices, n_img),
-                                          r.cached, r.error, call_cost=_call_cost(r, self.vlm.spec, self.prices, n_img)))
+                                          r.cached, r.error, call_cost=_call_cost(r, self.vlm.spec, self.prices, n_img),
+                                          confidence=r.confidence if r.ok else None))
         return out
 
 
@@ -141,7 +145,8 @@ class VLMThenLLMPipeline:
                 out.append(TaskPrediction(t.task_id, idx, rule, r.text, v.latency_s + r.latency_s,
                                           (v.input_tokens or 0) + (r.input_tokens or 0),
                                           (v.output_tokens or 0) + (r.output_tokens or 0), 1, cost,
-                                          v.cached and r.cached, None, intermediate=v.text, call_cost=call))
+                                          v.cached and r.cached, None, intermediate=v.text, call_cost=call,
+                                          confidence=r.confidence))  # the reasoning model's, which picks the option
         return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,10 +40,62 @@ class GenerationResult:
     cached: bool = False
     error: str | None = None
     attempts: int = 1
+    #: mean natural-log probability per generated token, where the backend reports token log-probabilities (local
+    #: transformers models always; endpoints when asked, ``logprobs``); exp() of it is the answer's own confidence
+    mean_logprob: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def confidence(self) -> float | None:
+        """The answer's geometric-mean token probability in (0, 1], or None when no log-probabilities were reported."""
+        return None if self.mean_logprob is None else math.exp(self.mean_logprob)
+
+
+def mean_logprob(values) -> float | None:
+    """The mean of per-token log-probabilities, or None unless there is at least one and each is a finite number
+    <= 0 (a server's -inf, NaN, a positive value or a non-number makes the whole answer's figure unknown)."""
+    vals = list(values)
+    if not vals or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v > 1e-6
+                       for v in vals):
+        return None
+    return min(0.0, float(sum(vals)) / len(vals))
+
+
+class TokenLogprobs:
+    """A logits processor for transformers' ``generate`` that keeps the log-probability of each chosen token (the
+    log-softmax of the processed scores, as ``compute_transition_scores(..., normalize_logits=True)`` gives it),
+    holding one step's scores instead of all ``max_new_tokens`` of them. One instance per ``generate`` call."""
+
+    def __init__(self) -> None:
+        self._last: Any = None
+        self._taken: list[Any] = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self._last is not None:  # the token chosen from the previous step's scores is now the last input id
+            self._taken.append(self._last.gather(1, input_ids[:, -1:].to(self._last.device))[:, 0])
+        self._last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def means(self, new_ids, stop_ids) -> list[float | None]:
+        """Per row of the generated ids (B, T): the mean log-probability of its tokens up to and including the first
+        of ``stop_ids`` (EOS / pad); all None when the steps seen do not line up with the ids."""
+        import torch
+
+        if self._last is None or new_ids.shape[1] == 0:
+            return [None] * new_ids.shape[0]
+        taken = torch.stack([*self._taken, self._last.gather(1, new_ids[:, -1:].to(self._last.device))[:, 0]], 1)
+        if taken.shape != new_ids.shape:
+            return [None] * new_ids.shape[0]
+        out = []
+        for row, ids in zip(taken.tolist(), new_ids.tolist()):
+            n = next((j + 1 for j, t in enumerate(ids) if t in stop_ids), len(ids))
+            out.append(mean_logprob(row[:n]))
+        return out
 
 
 def image_png_bytes(image: Any) -> bytes:
@@ -148,7 +201,7 @@ class Generator:
             if hit is not None:
                 # latency and tokens are those of the original call: what the call costs, though this one was free
                 results[i] = GenerationResult(hit["text"], hit["input_tokens"], hit["output_tokens"], hit["latency_s"] or 0.0,
-                                              cached=True, attempts=0)
+                                              cached=True, attempts=0, mean_logprob=hit.get("mean_logprob"))
                 tell(results[i])
             else:
                 todo.append(i)
@@ -160,7 +213,8 @@ class Generator:
                 results[i] = res
                 if self.cache is not None and res.ok and isinstance(res.text, str) and res.text.strip() and \
                         (usable is None or usable(i, res.text)):
-                    self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s)
+                    self.cache.put(keys[i], self.spec, res.text, res.input_tokens, res.output_tokens, res.latency_s,
+                                   res.mean_logprob)
                 tell(res)
         _warn_failures(self.spec, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]

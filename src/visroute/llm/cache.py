@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -32,9 +33,12 @@ CREATE TABLE IF NOT EXISTS responses (
     input_tokens INTEGER,
     output_tokens INTEGER,
     latency_s REAL,
-    created REAL DEFAULT (julianday('now'))
+    created REAL DEFAULT (julianday('now')),
+    mean_logprob REAL
 )
 """
+#: added after the first release: a cache written before it gains the column (NULL: not reported) when opened
+ADDED_COLUMNS = {"mean_logprob": "REAL"}
 
 
 class ResponseCacheError(VisrouteError):
@@ -54,6 +58,7 @@ class ResponseCache:
         self.unsaved = 0  # answers this process could not commit (see write_error)
         self.write_error: str | None = None
         self.read_only = False
+        self._old_columns: set[str] = set()  # added columns a read-only cache of an older version lacks
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -62,6 +67,10 @@ class ResponseCache:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE responses ADD COLUMN {name} {kind}")
             conn.commit()
             return conn
         except sqlite3.DatabaseError as e:
@@ -82,24 +91,27 @@ class ResponseCache:
                                      "to a writable directory") from None
         self.read_only = True
         self.write_error = str(why)
+        self._old_columns = set(ADDED_COLUMNS) - {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
         log.warning("the response cache %s is read-only (%s): cached answers are used, new ones are not saved",
                     self.path, why)
         return conn
 
     def get(self, key: str) -> dict | None:
+        logprob = "NULL" if "mean_logprob" in self._old_columns else "mean_logprob"  # a read-only cache of before
         with self._lock:
             try:
-                row = self._conn.execute(
-                    "SELECT text, input_tokens, output_tokens, latency_s FROM responses WHERE key = ?", (key,)).fetchone()
+                row = self._conn.execute(f"SELECT text, input_tokens, output_tokens, latency_s, {logprob} FROM responses "
+                                         "WHERE key = ?", (key,)).fetchone()
             except sqlite3.Error as e:
                 log.debug("response cache read failed: %s", e)
                 return None  # a cache that cannot be read is a miss, never a wrong answer
         if row is None or not isinstance(row[0], str) or not row[0].strip():
             return None  # an empty answer stored by an older version is not an answer
-        return {"text": row[0], "input_tokens": row[1], "output_tokens": row[2], "latency_s": row[3]}
+        lp = row[4] if isinstance(row[4], float) and math.isfinite(row[4]) and row[4] <= 0 else None  # range-checked
+        return {"text": row[0], "input_tokens": row[1], "output_tokens": row[2], "latency_s": row[3], "mean_logprob": lp}
 
     def put(self, key: str, model: str, text: str, input_tokens: int | None, output_tokens: int | None,
-            latency_s: float | None) -> bool:
+            latency_s: float | None, mean_logprob: float | None = None) -> bool:
         """Commit one answer; False (and counted in ``unsaved``) when it could not be stored."""
         if not isinstance(text, str) or not text.strip():
             return False
@@ -109,8 +121,9 @@ class ResponseCache:
                 return False
             try:
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO responses (key, model, text, input_tokens, output_tokens, latency_s) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (key, model, text, input_tokens, output_tokens, latency_s))
+                    "INSERT OR REPLACE INTO responses (key, model, text, input_tokens, output_tokens, latency_s, "
+                    "mean_logprob) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, model, text, input_tokens, output_tokens, latency_s, mean_logprob))
                 self._conn.commit()
             except sqlite3.Error as e:
                 try:

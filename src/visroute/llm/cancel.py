@@ -109,6 +109,29 @@ def bound(token: CancelToken | None) -> Iterator[CancelToken | None]:
         _CURRENT.reset(reset)
 
 
+def watch(abort: Callable[[], None]) -> Callable[[], None]:
+    """Run ``abort`` (e.g. shut a socket down) when the current context's work is cancelled, at once if it already
+    is. Returns ``release``: it stops watching, then raises ``Cancelled`` if the work was cancelled, so whatever the
+    abort made the call raise is replaced by ``Cancelled``. Both are no-ops without a token."""
+    tok = _CURRENT.get()
+    if tok is None:
+        return lambda: None
+    undo = tok.on_cancel(abort)
+
+    def release() -> None:
+        undo()
+        tok.check()
+
+    return release
+
+
+def generate_kwargs() -> dict:
+    """Keyword arguments for a transformers ``generate`` that make it stop at its next token once the current
+    context's work is cancelled (none without a token); call ``check()`` after it."""
+    stop = stopping_criteria()
+    return {} if stop is None else {"stopping_criteria": stop}
+
+
 def stopping_criteria():
     """A transformers ``StoppingCriteriaList`` that ends a local ``generate`` at its next token once the current
     token is cancelled (None without a token). The caller then calls ``check()`` to raise instead of returning the

@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit
 
 from visroute.errors import MissingExtraError, ModelLoadError
-from visroute.llm.base import ChatRequest, GenerationResult, Generator, openai_messages
+from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs, openai_messages
 from visroute.llm.cache import ResponseCache
-from visroute.llm.cancel import cancellable_sleep, check as check_cancelled, current as current_cancel, stopping_criteria
+from visroute.llm.cancel import cancellable_sleep, check as check_cancelled, generate_kwargs, watch as watch_cancel
 from visroute.llm.endpoints import OPENAI_URL
-from visroute.llm.http import (ERROR_EXCERPT_BYTES, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
+from visroute.llm.http import (ERROR_EXCERPT_BYTES, answer_logprob, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
 from visroute.registry import Registry
 
@@ -60,8 +60,9 @@ class OpenAICompatibleGenerator(Generator):
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 4, backoff_s: float = 0.5,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES, **kw):
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, logprobs: bool = False, **kw):
         super().__init__(**kw)
+        self.logprobs = bool(logprobs)  # ask for token log-probabilities: the answer's confidence (not in the cache key)
         openai, self._tenacity = _llm_extra(f"the endpoint {base_url}")
         self._openai = openai
         self._httpx = _http_library(openai)
@@ -110,27 +111,23 @@ class OpenAICompatibleGenerator(Generator):
                               retry_after(response.headers.get("retry-after")))
 
     def _attempt(self, body: dict) -> GenerationResult:
-        tok = current_cancel()  # a served request's token: cancelling it shuts this attempt's socket down
-        check_cancelled()
         with self.limiter:  # the deadline starts once the request may go, not while it waits for a slot
             att = self._current.attempt = Attempt(self.timeout, self.max_response_bytes)
-            undo = tok.on_cancel(att.abort) if tok is not None else (lambda: None)
+            release = watch_cancel(att.abort)  # a served request's cancel token shuts the socket down at once
             try:
                 with att, self.client.chat.completions.with_streaming_response.create(
                         **body, extra_headers=self._headers) as resp:
                     data = att.read(resp.iter_bytes(), resp.headers.get("content-length"))
                     ctype = resp.headers.get("content-type", "")
             except HTTPFailure:
-                check_cancelled()  # the abort looks like a closed connection: never retried, never an error sample
                 raise
             except (self._openai.OpenAIError, self._httpx.HTTPError, OSError) as e:
-                check_cancelled()
                 raise self._failure(e, att) from e
             finally:
-                undo()
                 self._current.attempt = None
-        text, n_in, n_out = parse_chat_completion(data, ctype)
-        return GenerationResult(text, n_in, n_out)
+                release()  # cancelled: raises Cancelled instead (never retried, never an error sample)
+        text, n_in, n_out, logprob = parse_chat_completion(data, ctype)
+        return GenerationResult(text, n_in, n_out, mean_logprob=logprob)
 
     def _failure(self, e: Exception, att: Attempt) -> HTTPFailure:
         """One line for what the client or the connection raised."""
@@ -163,7 +160,8 @@ class OpenAICompatibleGenerator(Generator):
     def _one(self, req: ChatRequest) -> GenerationResult:
         t0 = time.perf_counter()
         try:
-            body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params}
+            body = {"model": self.model, "messages": openai_messages(req, for_key=False), **self.params,
+                    **({"logprobs": True} if self.logprobs else {})}
         except Exception as e:  # an image that cannot be encoded fails its own request
             return GenerationResult("", error=f"request not built: {type(e).__name__}: {e}", attempts=0)
         t = self._tenacity  # a backoff ends at once when a served request is cancelled (cancellable_sleep)
@@ -187,8 +185,7 @@ class OpenAICompatibleGenerator(Generator):
                 yield i, self._one(r)
             return
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            futures = {pool.submit(contextvars.copy_context().run, self._one, r): i  # the caller's cancel token too
-                       for i, r in enumerate(requests)}
+            futures = {pool.submit(contextvars.copy_context().run, self._one, r): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
 
@@ -211,9 +208,9 @@ def _only_our_headers(openai, api_key: str) -> dict:
     return headers
 
 
-def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int | None, int | None]:
-    """(text, prompt tokens, completion tokens) of a chat completion; HTTPFailure (not retried) when the answer is
-    not one, with a one-line reason."""
+def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int | None, int | None, float | None]:
+    """(text, prompt tokens, completion tokens, mean token log-probability or None) of a chat completion;
+    HTTPFailure (not retried) when the answer is not one, with a one-line reason."""
     head = body[:200].lstrip().lower()
     if "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html")):
         raise HTTPFailure(f"invalid answer: an HTML page ({content_type or 'no content type'}), not JSON", False)
@@ -246,7 +243,7 @@ def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int
     if not content.strip():
         raise HTTPFailure("invalid answer: the message content is empty", False)
     usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
-    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), answer_logprob(choices[0])
 
 
 def _count(v) -> int | None:
@@ -298,24 +295,26 @@ class HFCausalLMGenerator(Generator):
 
     def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:
         import torch
+        from transformers import LogitsProcessorList
 
         out = []
         for s in range(0, len(requests), self.batch_size):
             chunk = requests[s : s + self.batch_size]
             t0 = time.perf_counter()
             enc = self.tokenizer([self._render(r) for r in chunk], return_tensors="pt", padding=True).to(self.device)
-            stop = stopping_criteria()  # a cancelled request ends at its next token, then raises Cancelled
+            logprobs = TokenLogprobs()
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=self.temperature > 0,
                                           temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id,
-                                          **({"stopping_criteria": stop} if stop is not None else {}))
-            check_cancelled()
+                                          logits_processor=LogitsProcessorList([logprobs]), **generate_kwargs())
+            check_cancelled()  # a cancelled request stopped at its next token (generate_kwargs): Cancelled, no answer
             dt = (time.perf_counter() - t0) / len(chunk)
             new = gen[:, enc["input_ids"].shape[1]:]
-            for row, ids in zip(enc["attention_mask"], new):
+            means = logprobs.means(new, {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None})
+            for row, ids, lp in zip(enc["attention_mask"], new, means):
                 n_out = int((ids != self.tokenizer.pad_token_id).sum())
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                out.append(GenerationResult(text, int(row.sum()), n_out, dt))
+                out.append(GenerationResult(text, int(row.sum()), n_out, dt, mean_logprob=lp))
         return out
 
 
@@ -352,7 +351,7 @@ def _load_openai_compatible(parsed, cache, kw) -> Generator:
         trusted = () if parsed.location.startswith("@") else (parsed.location,)
     base_url, key = resolve_endpoint(parsed.location, tuple(trusted))
     http = {k: v for k, v in kw.items() if k in ("timeout", "max_retries", "concurrency", "backoff_s",
-                                                   "max_tokens", "temperature", "max_response_bytes")}
+                                                   "max_tokens", "temperature", "max_response_bytes", "logprobs")}
     gen = OpenAICompatibleGenerator(base_url, parsed.model, api_key=key, cache=cache, **http)
     gen.spec = parsed.text  # prices, caches and records name the endpoint as the spec did
     return gen

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from visroute.errors import ModelLoadError
-from visroute.llm.base import ChatRequest, GenerationResult, Generator
+from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs
 from visroute.llm.cancel import check as check_cancelled
-from visroute.llm.cancel import stopping_criteria
+from visroute.llm.cancel import generate_kwargs
 from visroute.log import get_logger
 
 log = get_logger(__name__)
@@ -170,11 +170,12 @@ class HFVisionLanguageGenerator(Generator):
             gen_kw["temperature"] = self.temperature
         else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
             gen_kw.update(temperature=None, top_p=None, top_k=None)
-        stop = stopping_criteria()  # a cancelled request (a served one answered early) ends at its next token
-        if stop is not None:
-            gen_kw["stopping_criteria"] = stop
-        with torch.inference_mode():
-            gen = self.model.generate(**enc, **gen_kw)
+        from transformers import LogitsProcessorList
+
+        logprobs = TokenLogprobs()
+        with torch.inference_mode():  # a cancelled request (a served one answered early) ends at its next token
+            gen = self.model.generate(**enc, **gen_kw, logits_processor=LogitsProcessorList([logprobs]),
+                                      **generate_kwargs())
         check_cancelled()  # Cancelled (not an Exception: the batch loop does not record it as a failed answer)
         dt = (time.perf_counter() - t0) / len(reqs)
         input_ids = enc["input_ids"]
@@ -189,11 +190,12 @@ class HFVisionLanguageGenerator(Generator):
                     and bool((new[:, 0] == start).all()):
                 new = new[:, 1:]
         mask = enc.get("attention_mask")
+        means = logprobs.means(new, self.eos_token_ids | {self.pad_token_id})
         out = []
         for i, ids in enumerate(new.tolist()):
             n_in = int(mask[i].sum()) if mask is not None else int((input_ids[i] != self.pad_token_id).sum())
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            out.append(GenerationResult(text, n_in, self._count_output(ids), dt))
+            out.append(GenerationResult(text, n_in, self._count_output(ids), dt, mean_logprob=means[i]))
         return out
 
     def _generate_uncached(self, requests: Sequence[ChatRequest]) -> list[GenerationResult]:

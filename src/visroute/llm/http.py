@@ -203,3 +203,15 @@ def retry_after(value: str | None) -> float | None:
 def one_line(text: str, n: int = 200) -> str:
     line = " ".join(str(text).split())
     return line[:n] + ("..." if len(line) > n else "")
+
+
+def answer_logprob(choice: dict) -> float | None:
+    """The mean token log-probability of a chat completion choice (``logprobs.content[*].logprob``, as OpenAI, vLLM
+    and llama.cpp report it when asked with ``logprobs: true``); None when absent or not all finite numbers <= 0."""
+    from visroute.llm.base import mean_logprob
+
+    reported = choice.get("logprobs")
+    tokens = reported.get("content") if isinstance(reported, dict) else None
+    if not isinstance(tokens, list):
+        return None
+    return mean_logprob(t.get("logprob") if isinstance(t, dict) else None for t in tokens)

@@ -69,12 +69,14 @@ def load_contrastive(spec: PipelineSpec, runtime: Runtime | None = None):
 
 
 def load_generative(model_spec: str, spec: PipelineSpec, runtime: Runtime):
-    key = ("gen", model_spec, spec.max_tokens, spec.temperature, spec.device)
+    logprobs = bool(spec.params.get("logprobs", False))
+    key = ("gen", model_spec, spec.max_tokens, spec.temperature, spec.device, logprobs)
     if key not in runtime.models:
         from visroute.llm import load_generator
 
         runtime.models[key] = load_generator(model_spec, cache=runtime.cache(), max_tokens=spec.max_tokens,
-                                             temperature=spec.temperature, device=spec.device, timeout=runtime.timeout,
+                                             temperature=spec.temperature, device=spec.device, logprobs=logprobs,
+                                             timeout=runtime.timeout,
                                              max_retries=runtime.retries, concurrency=runtime.concurrency,
                                              trusted_endpoints=runtime.trusted_endpoints)
     return runtime.models[key]

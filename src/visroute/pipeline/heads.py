@@ -88,7 +88,15 @@ def _style(v):
     return _choice(*STYLES)(v)
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
 STYLE = Param("dclip", _style, "dclip, photo or sentence")
+#: generative heads: ask OpenAI-compatible endpoints for token log-probabilities (local models always report them)
+LOGPROBS = Param(False, _bool, "ask endpoints for token log-probabilities: the answer's confidence for cascades")
 REPEATS, SEED = Param(5, _int(1), "repetitions of a random control"), Param(0, _int(), "seed of the random control")
 W_CLS = Param(0.0, _float, "class-name weight")
 W_CLS_SWEEP = Param([], _floats, "w_cls values to sweep")
@@ -250,9 +258,10 @@ for _entry in (
               classify=_disclip, summary="discriminative selection per test image's top-k neighbourhood "
                                          "(needs --selection-dataset); --w-cls-sweep"),
     HeadEntry("clip-options", kind="tasks", classify=_zeroshot, templates=True, summary="a contrastive model scores each task's options"),
-    HeadEntry("vlm", ("vlm",), "generative", "tasks", answer=_vlm, prompts=("prompt",),
+    HeadEntry("vlm", ("vlm",), "generative", "tasks", answer=_vlm, prompts=("prompt",), params={"logprobs": LOGPROBS},
               summary="a vision-language model answers the question"),
     HeadEntry("vlm+llm", ("vlm", "llm"), "generative", "tasks", answer=_vlm_llm, prompts=("describe_prompt", "reason_prompt"),
+              params={"logprobs": LOGPROBS},
               summary="a VLM describes the image, an LLM reasons to the answer"),
 ):
     register_head(_entry)

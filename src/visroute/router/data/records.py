@@ -65,7 +65,11 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
               "dataset": [dataset] * n, "model": [model_name] * n, "pipeline": [spec.to_json()] * n,
               "dataset_spec": [dataset_spec] * n, "correct": t["correct"].astype(bool)}
     if doc.get("task") == "multiple_choice":
-        scores = [float(max(s)) if len(s) else np.nan for s in t["option_scores"]]
+        # the answer's own confidence: the top option probability (contrastive), else the generative answer's
+        # token probability where it was reported (older result files have no such column)
+        own = t["confidence"] if "confidence" in t else [None] * n
+        scores = [float(max(s)) if len(s) else (float(c) if c is not None and c == c else np.nan)
+                  for s, c in zip(t["option_scores"], own)]
         image_path = t["image_path"].astype(str) if "image_path" in t else t["image_id"].astype(str)
         return _table({
             **common, "task_id": t["task_id"].astype(str), "prompt_variant": [spec.prompt_variant] * n,

@@ -70,9 +70,13 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
 
 
 def own_confidence(pred) -> float | None:
-    """The answering model's own confidence: its top option probability where the head reports one."""
+    """The answering model's own confidence: its top option probability where the head reports one, else a
+    generative answer's token probability where its backend reported log-probabilities (the records' ``score``)."""
     scores = getattr(pred, "option_scores", None)
     try:
-        return float(max(scores)) if scores is not None and len(scores) else None
+        if scores is not None and len(scores):
+            return float(max(scores))
     except (TypeError, ValueError):
         return None
+    c = getattr(pred, "confidence", None)
+    return float(c) if isinstance(c, float) and 0.0 <= c <= 1.0 else None
