@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from visroute.errors import ModelLoadError
+from visroute.llm.cancel import current as current_cancel
 from visroute.serve.cancel import until_answered
 from visroute.serve.decode import BadImageInput, data_url_bytes, decode_image
 from visroute.serve.schemas import ERRORS, ChatCompletionRequest, ChatCompletionResponse
@@ -248,12 +249,16 @@ async def _chat(state, payload: dict, stream: bool):
     if routed is not None:
         router = state.routers[routed[0]]
         text = task_text_of(payload["messages"])
+        limit = state.config.limits.request_timeout_s
         try:
             chosen, proba = await asyncio.wait_for(asyncio.to_thread(
-                decide, state, router, text, images[0] if images else None, routed[1]),
-                timeout=state.config.limits.request_timeout_s)
+                decide, state, router, text, images[0] if images else None, routed[1]), timeout=limit)
         except BadImageInput as e:
             raise HTTPException(400, str(e)) from None
+        except asyncio.TimeoutError:
+            if (tok := current_cancel()) is not None:  # the decision's thread stops at its next check
+                tok.cancel("deadline")
+            raise HTTPException(504, f"routing took longer than its deadline of {limit:g} s") from None
         headers = {"x-visroute-router": routed[0], "x-visroute-model": chosen,
                    "x-visroute-predicted-accuracy": json.dumps(proba, separators=(",", ":"))}
     elif name.startswith("router-") or name not in state.targets:
@@ -319,6 +324,14 @@ async def upstream_post(state, url: str, payload: dict, headers: dict) -> tuple[
         raise public_failure(504, f"the model did not answer within {limit:g} s", url) from None
 
 
+def _stream_abandoned(state) -> None:
+    from visroute.serve.middleware import access_logger, current_request_id
+
+    state.metrics.cancelled.labels(path="/v1/chat/completions", reason="client_gone").inc()
+    access_logger().info(json.dumps({"event": "client_gone", "reason": "client_gone", "stream": True,
+                                     "request_id": current_request_id(), "path": "/v1/chat/completions"}))
+
+
 def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
     from visroute.safe_load import SafeLoadError, parse_json
 
@@ -337,22 +350,30 @@ def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
 
 
 async def _stream(state, url, payload, req_headers, chosen, headers, account):
+    """The upstream's events, passed through. Until its headers arrive the call has one total deadline
+    (``upstream_timeout_s``, a 504); after that, each read has it. A client that leaves, or a 504, closes the upstream
+    connection at once."""
+    limit = state.config.limits.upstream_timeout_s
     try:
-        req = state.http.build_request("POST", url, json=payload, headers=req_headers,
-                                       timeout=state.config.limits.upstream_timeout_s)
+        req = state.http.build_request("POST", url, json=payload, headers=req_headers, timeout=limit)
         tu = time.perf_counter()
-        resp = await state.http.send(req, stream=True)
+        resp = await asyncio.wait_for(state.http.send(req, stream=True), timeout=limit)  # cancelled: closed
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
+    except asyncio.TimeoutError:
+        state.metrics.upstream_errors.labels(model=chosen).inc()
+        raise public_failure(504, f"the model did not answer within {limit:g} s", url) from None
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise public_failure(502, f"{chosen}: could not reach the model's endpoint", f"{url}: {e!r}") from None
     if resp.status_code >= 400:
-        await resp.aread()
-        await resp.aclose()
-        _upstream_json(state, resp, chosen)
+        try:
+            body = await resp.aread() if int(resp.headers.get("content-length") or 0) <= UPSTREAM_MAX_BYTES else b""
+        finally:
+            await resp.aclose()
+        _upstream_json(state, resp.status_code, body, chosen)
 
     async def events():
-        usage = None
+        usage, gone = None, False
         try:
             async for line in resp.aiter_lines():
                 if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
@@ -365,8 +386,13 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
                         usage = chunk.get("usage") or usage
                         line = "data: " + json.dumps(chunk, separators=(",", ":"))
                 yield line + "\n"
+        except (asyncio.CancelledError, GeneratorExit):  # the client left mid-stream
+            gone = True
+            raise
         finally:
-            await resp.aclose()
             account(usage)
+            if gone:
+                _stream_abandoned(state)
+            await asyncio.shield(resp.aclose())  # the upstream connection closes even while this is being cancelled
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
