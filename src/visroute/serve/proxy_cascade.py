@@ -25,9 +25,11 @@ StageCall = Callable[[str, dict], Awaitable[dict | None]]
 
 def reports_confidence(router, model: str) -> bool:
     """Whether the routed pipeline for ``model`` asks its endpoint for token log-probabilities."""
+    from visroute.errors import VisrouteError
+
     try:
         return bool(router.bundle.pipeline_spec(model).params.get("logprobs"))
-    except Exception:  # no spec recorded for it: no signal of its own
+    except VisrouteError:  # no spec recorded for it: no signal of its own
         return False
 
 
