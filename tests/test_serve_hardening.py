@@ -122,7 +122,7 @@ ALLOWED = ("http://img.example/allowed/",)
     ("http://img.example/allowed/a b", None),
 ], ids=lambda v: str(v)[:40])
 def test_image_urls_are_normalised_before_allow_listing(url, ok):
-    from visroute.serve.proxy import allowed_url
+    from visroute.serve.proxy_images import allowed_url
 
     assert allowed_url(url, ALLOWED) == ok
 
@@ -133,6 +133,6 @@ def test_image_urls_are_normalised_before_allow_listing(url, ok):
     (b"<html>secret admin page</html>", None), (b"", None), (b"#!/bin/sh\n", None),
 ])
 def test_fetched_content_must_be_an_image(data, mime):
-    from visroute.serve.proxy import image_type
+    from visroute.serve.proxy_images import image_type
 
     assert image_type(data) == mime

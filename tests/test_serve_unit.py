@@ -195,7 +195,7 @@ def test_a_request_past_its_deadline_gets_504():
 
 
 def test_remote_image_allow_list_is_by_prefix_and_not_fooled():
-    from visroute.serve.proxy import allowed_url
+    from visroute.serve.proxy_images import allowed_url
 
     ok = ["https://img.example.com/pub/"]
     assert allowed_url("https://img.example.com/pub/a.jpg", ok)

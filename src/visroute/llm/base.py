@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visroute.llm.cache import ResponseCache, request_key
+from visroute.llm.cancel import check as check_cancelled
 from visroute.log import get_logger
 
 log = get_logger(__name__)
@@ -176,6 +177,7 @@ class Generator:
         what a progress bar counts. ``usable(i, text)`` says whether request ``i``'s answer can be used (e.g. it
         names one of the options): an answer that cannot is returned but not cached, and a cached one is asked
         again, so an answer nobody could read is never served back as a free result."""
+        check_cancelled()  # a served request answered early (504, client gone): no call is started for it
         requests = list(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
         from visroute.data.images import ImageDecodeError
@@ -204,6 +206,7 @@ class Generator:
             else:
                 todo.append(i)
         if todo:
+            check_cancelled()
             # each answer is saved the moment it arrives: one already paid for survives a later failure or a kill
             for pos, res in self._iter_uncached([requests[i] for i in todo]):
                 i = todo[pos]

@@ -19,6 +19,7 @@ middle of a batch and never cached.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import os
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 from visroute.errors import MissingExtraError, ModelLoadError
 from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs, openai_messages
 from visroute.llm.cache import ResponseCache
+from visroute.llm.cancel import cancellable_sleep, check as check_cancelled, generate_kwargs, watch as watch_cancel
 from visroute.llm.endpoints import OPENAI_URL
 from visroute.llm.http import (ERROR_EXCERPT_BYTES, answer_logprob, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
@@ -111,6 +113,7 @@ class OpenAICompatibleGenerator(Generator):
     def _attempt(self, body: dict) -> GenerationResult:
         with self.limiter:  # the deadline starts once the request may go, not while it waits for a slot
             att = self._current.attempt = Attempt(self.timeout, self.max_response_bytes)
+            release = watch_cancel(att.abort)  # a served request's cancel token shuts the socket down at once
             try:
                 with att, self.client.chat.completions.with_streaming_response.create(
                         **body, extra_headers=self._headers) as resp:
@@ -122,6 +125,7 @@ class OpenAICompatibleGenerator(Generator):
                 raise self._failure(e, att) from e
             finally:
                 self._current.attempt = None
+                release()  # cancelled: raises Cancelled instead (never retried, never an error sample)
         text, n_in, n_out, logprob = parse_chat_completion(data, ctype)
         return GenerationResult(text, n_in, n_out, mean_logprob=logprob)
 
@@ -160,8 +164,9 @@ class OpenAICompatibleGenerator(Generator):
                     **({"logprobs": True} if self.logprobs else {})}
         except Exception as e:  # an image that cannot be encoded fails its own request
             return GenerationResult("", error=f"request not built: {type(e).__name__}: {e}", attempts=0)
-        t = self._tenacity
+        t = self._tenacity  # a backoff ends at once when a served request is cancelled (cancellable_sleep)
         retrying = t.Retrying(stop=t.stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True,
+                              sleep=cancellable_sleep,
                               retry=t.retry_if_exception(lambda e: isinstance(e, HTTPFailure) and e.retryable))
         try:
             res = retrying(self._attempt, body)
@@ -180,7 +185,7 @@ class OpenAICompatibleGenerator(Generator):
                 yield i, self._one(r)
             return
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            futures = {pool.submit(contextvars.copy_context().run, self._one, r): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
 
@@ -301,7 +306,8 @@ class HFCausalLMGenerator(Generator):
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=self.temperature > 0,
                                           temperature=self.temperature or None, pad_token_id=self.tokenizer.pad_token_id,
-                                          logits_processor=LogitsProcessorList([logprobs]))
+                                          logits_processor=LogitsProcessorList([logprobs]), **generate_kwargs())
+            check_cancelled()  # a cancelled request stopped at its next token (generate_kwargs): Cancelled, no answer
             dt = (time.perf_counter() - t0) / len(chunk)
             new = gen[:, enc["input_ids"].shape[1]:]
             means = logprobs.means(new, {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None})

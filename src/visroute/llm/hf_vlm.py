@@ -25,6 +25,8 @@ from typing import Any
 
 from visroute.errors import ModelLoadError
 from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLogprobs
+from visroute.llm.cancel import check as check_cancelled
+from visroute.llm.cancel import generate_kwargs
 from visroute.log import get_logger
 
 log = get_logger(__name__)
@@ -171,8 +173,10 @@ class HFVisionLanguageGenerator(Generator):
         from transformers import LogitsProcessorList
 
         logprobs = TokenLogprobs()
-        with torch.inference_mode():
-            gen = self.model.generate(**enc, **gen_kw, logits_processor=LogitsProcessorList([logprobs]))
+        with torch.inference_mode():  # a cancelled request (a served one answered early) ends at its next token
+            gen = self.model.generate(**enc, **gen_kw, logits_processor=LogitsProcessorList([logprobs]),
+                                      **generate_kwargs())
+        check_cancelled()  # Cancelled (not an Exception: the batch loop does not record it as a failed answer)
         dt = (time.perf_counter() - t0) / len(reqs)
         input_ids = enc["input_ids"]
         prompt_len = input_ids.shape[1]

@@ -12,6 +12,8 @@ The client sends the request, handles proxies from the environment and pools con
   into memory, the openai client does so for error bodies too).
 - a process-wide bound on requests in flight per endpoint (``EndpointLimiter``), whichever generators send them;
   the client only bounds connections within one client.
+- cancellation (``visroute.llm.cancel``): a served request's token, once set, shuts the attempt's socket down at
+  once (``Attempt.abort``), and a request waiting for an endpoint slot stops waiting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+
+from visroute.llm.cancel import current as current_cancel
 
 #: Largest answer body accepted (bytes); a chat answer is a few kB, an answer with images in it a few MB at most.
 MAX_RESPONSE_BYTES = 8 * 2**20
@@ -67,9 +71,14 @@ class EndpointLimiter:
             return lim
 
     def __enter__(self) -> "EndpointLimiter":
+        tok = current_cancel()  # a cancelled request stops waiting for a slot, and takes none
         with self._cond:
-            while self.in_flight >= self.limit:
-                self._cond.wait()
+            while True:
+                if tok is not None:
+                    tok.check()
+                if self.in_flight < self.limit:
+                    break
+                self._cond.wait(0.1 if tok is not None else None)
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
         return self
@@ -96,6 +105,7 @@ class Attempt:
         self._sock: socket.socket | None = None
         self._response = None
         self._lock = threading.Lock()
+        self.aborted = False
 
     def __enter__(self) -> "Attempt":
         return self
@@ -126,9 +136,20 @@ class Attempt:
         elif self.ends - time.monotonic() <= 0:
             self.fired.set()
 
+    def abort(self) -> None:
+        """Shut the attempt's socket down now (or as soon as it connects): its request was cancelled, so the blocked
+        read returns at once and the server sees the connection close."""
+        with self._lock:
+            self.aborted = True
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
     def _arm(self, sock: socket.socket) -> None:
         with self._lock:
             self._sock = sock
+            if self.aborted:
+                _shutdown(sock)
             if self._timer is not None:
                 return
             remaining = self.ends - time.monotonic()
@@ -141,10 +162,7 @@ class Attempt:
         response, sock = self._response, self._sock
         if response is not None and response.is_closed:  # the answer completed in time
             return
-        try:
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, so a TLS one is not torn apart
-        except (OSError, TypeError):
-            pass
+        _shutdown(sock)
 
     def read(self, chunks: Iterable[bytes], declared: str | None = None, limit: int | None = None) -> bytes:
         """The body, or HTTPFailure once it passes the size limit or the deadline. With ``limit``, only the first
@@ -165,6 +183,13 @@ class Attempt:
         if self.fired.is_set():  # the watchdog's shutdown ends a body without a length as if it were whole
             raise self.timed_out()
         return b"".join(parts)
+
+
+def _shutdown(sock) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, so a TLS one is not torn apart
+    except (OSError, TypeError):
+        pass
 
 
 def retry_after(value: str | None) -> float | None:

@@ -65,13 +65,16 @@ class _Item:
 
 class MicroBatcher:
     def __init__(self, name: str, encode: Callable[[list[Any]], Any], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None):
+                 max_wait_ms: float = 5.0, max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None,
+                 on_drop: Callable[[int], None] | None = None):
         self.name = name
         self.encode = encode                  # list of preprocessed inputs -> (n, d) embeddings
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.admission = Admission(max_queue, retry_after_s=max(1, round(self.max_wait_s * 4 + 0.5)))
         self.on_batch = on_batch
+        self.on_drop = on_drop                # images dropped before their forward (their request was answered)
+        self.dropped = 0
         self.arriving = 0                     # admitted, still decoding: worth waiting for
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
@@ -140,7 +143,12 @@ class MicroBatcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), timeout=left))
             except (asyncio.TimeoutError, TimeoutError):
                 break
-        return [it for it in batch if not it.future.done()]  # a caller that gave up (deadline) is dropped
+        kept = [it for it in batch if not it.future.done()]  # a caller answered early (504, gone) is dropped
+        if len(kept) < len(batch):
+            self.dropped += len(batch) - len(kept)
+            if self.on_drop:
+                self.on_drop(len(batch) - len(kept))
+        return kept
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

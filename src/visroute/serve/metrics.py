@@ -46,6 +46,12 @@ class Metrics:
                             registry=r)
         self.upstream_errors = Counter("visroute_upstream_errors", "Failed calls to backend endpoints", ["model"],
                                        registry=r)
+        self.cancelled = Counter("visroute_cancelled", "Requests answered early (504, client gone) whose work was "
+                                 "cancelled", ["path", "reason"], registry=r)
+        self.cancel_stop_seconds = hist("visroute_cancel_stop_seconds", "Time blocking work ran on after its request "
+                                        "was answered early", ["path"])
+        self.batch_dropped = Counter("visroute_batch_dropped", "Queued images dropped before their forward pass "
+                                     "(their request was answered early)", ["model"], registry=r)
 
     def render(self) -> bytes:
         if not multiprocess():

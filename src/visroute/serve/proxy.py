@@ -11,7 +11,6 @@ answered. ``stream: true`` is passed through as server-sent events. Images arriv
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import time
@@ -21,17 +20,21 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from visroute.errors import ModelLoadError
+from visroute.llm.cancel import current as current_cancel
 from visroute.serve.cancel import until_answered
-from visroute.serve.decode import BadImageInput, data_url_bytes, decode_image
+from visroute.serve.decode import BadImageInput, decode_image
+from visroute.serve.proxy_cascade import (
+    calls_header,
+    cascade_stages,
+    completion_events,
+    run_cascade,
+)
+from visroute.serve.proxy_images import inline_images
 from visroute.serve.schemas import ERRORS, ChatCompletionRequest, ChatCompletionResponse
 
 api = APIRouter()
-REMOTE_IMAGE_MAX_BYTES = 20 * 1024 * 1024
 #: Largest upstream chat answer the proxy holds (bytes): a chat answer is kilobytes; more is refused with a 502.
 UPSTREAM_MAX_BYTES = 8 * 1024 * 1024
-#: Image formats a fetched URL may hold (magic bytes -> MIME type): anything else is not forwarded.
-IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
-               (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
 
 
 def _log_detail(status: int, public: str, detail: str) -> None:
@@ -76,10 +79,6 @@ def parse_router_model(name: str, routers: dict) -> tuple[str, float | None] | N
     return None
 
 
-def _parts(messages: list[dict]) -> list[dict]:
-    return [p for m in messages if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, dict)]
-
-
 def task_text_of(messages: list[dict]) -> str:
     """What the router reads: the last user message's text (as ``task_text`` formats a question without options)."""
     from visroute.tasks.model import task_text
@@ -94,119 +93,18 @@ def task_text_of(messages: list[dict]) -> str:
     raise HTTPException(400, "the messages hold no user text to route on")
 
 
-async def inline_images(state, messages: list[dict]) -> list[bytes]:
-    """Every image part as bytes (remote URLs fetched only when allow-listed, then inlined as data URLs)."""
-    out = []
-    for part in _parts(messages):
-        if part.get("type") != "image_url":
-            continue
-        ref = part.get("image_url")
-        url = ref.get("url") if isinstance(ref, dict) else ref
-        if not isinstance(url, str) or not url:
-            raise HTTPException(400, "an image_url part needs a url")
-        if url[:5].lower() == "data:":
-            out.append(data_url_bytes(url))
-            continue
-        url = allowed_url(url, state.config.allow_image_urls)
-        if not url:
-            raise HTTPException(400, "remote image URLs are refused unless the config's allow_image_urls permits "
-                                     "them; send the image as a data: URL")
-        data = await _fetch(state, url)
-        mime = image_type(data)
-        if mime is None:
-            raise HTTPException(400, "the fetched URL does not hold a PNG, JPEG, GIF, WebP or BMP image")
-        part["image_url"] = {**(ref if isinstance(ref, dict) else {}), "url": f"data:{mime};base64," +
-                             base64.b64encode(data).decode()}
-        out.append(data)
-    return out
-
-
-def image_type(data: bytes) -> str | None:
-    """The MIME type the magic bytes say, or None for anything that is not an image we forward."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in IMAGE_MAGIC if data.startswith(magic)), None)
-
-
-def normalise_url(url: str) -> str | None:
-    """The URL in the one form that is allow-listed and fetched, or None when it is refused: http(s) only, no user
-    part, no backslash or control character, no encoded separator or dot (``%2f``, ``%5c``, ``%2e``); percent
-    escapes of other characters decoded, dot segments resolved (a path climbing above the root is refused)."""
-    import posixpath
-    from urllib.parse import quote, unquote, urlsplit, urlunsplit
-
-    if not isinstance(url, str) or any(c in url for c in "\\\x00\t\r\n ") or any(ord(c) < 32 for c in url):
-        return None
-    try:
-        p = urlsplit(url)
-        host = (p.hostname or "").lower()
-        port = p.port
-    except ValueError:
-        return None
-    if p.scheme.lower() not in ("http", "https") or "@" in p.netloc or not host:
-        return None
-    low = p.path.lower()
-    if any(bad in low for bad in ("%2f", "%5c", "%2e", "%00", "%25")):
-        return None
-    path = unquote(p.path)
-    if "\\" in path:
-        return None
-    segments = path.split("/")
-    if any(s in (".", "..") for s in segments):
-        depth = 0
-        for s in segments[1:]:
-            depth += -1 if s == ".." else (0 if s in (".", "") else 1)
-            if depth < 0:
-                return None
-        path = posixpath.normpath(path) + ("/" if path.endswith(("/", "/.", "/..")) else "")
-        path = path.replace("//", "/")
-    netloc = host + (f":{port}" if port else "")
-    return urlunsplit((p.scheme.lower(), netloc, quote(path or "/", safe="/:@!$&'()*+,;=~-._"), p.query, ""))
-
-
-def allowed_url(url: str, prefixes) -> str | None:
-    """The normalised URL when it lies under an allowed (normalised) prefix, else None."""
-    norm = normalise_url(url)
-    if norm is None:
-        return None
-    for prefix in prefixes:
-        base = normalise_url(prefix)
-        if base and norm.startswith(base) and (base.endswith("/") or norm[len(base):len(base) + 1] in ("", "/", "?")):
-            return norm
-    return None
-
-
-async def _fetch(state, url: str) -> bytes:
-    try:
-        async with state.http.stream("GET", url, timeout=state.config.limits.upstream_timeout_s,
-                                     follow_redirects=False) as r:
-            if r.status_code != 200:
-                raise HTTPException(400, f"fetching the image at {url} gave HTTP {r.status_code}")
-            ctype = (r.headers.get("content-type") or "").split(";")[0].strip().lower()
-            if not ctype.startswith("image/"):
-                raise HTTPException(400, "the fetched URL does not hold an image (content type "
-                                         f"'{ctype or 'none'}')")
-            chunks, n = [], 0
-            async for chunk in r.aiter_bytes():
-                n += len(chunk)
-                if n > REMOTE_IMAGE_MAX_BYTES:
-                    raise HTTPException(413, f"the image at {url} is over {REMOTE_IMAGE_MAX_BYTES:,} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except HTTPException:
-        raise
-    except Exception as e:  # connection errors of any kind: the client gave a URL we could not read
-        raise HTTPException(400, f"could not fetch the image at {url} ({type(e).__name__})") from None
+def decision_for(state, router, text: str, image: bytes | None, lam: float | None):
+    """The bundle's one routing decision for a chat request, on the service's runtime (blocking)."""
+    pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
+    return router.bundle.choose(text, pil, lam, state.runtime)
 
 
 def decide(state, router, text: str, image: bytes | None, lam: float | None) -> tuple[str, dict]:
-    """The routed model for one chat request: the bundle's one decision, on the service's runtime (blocking).
-    A chat answer carries no confidence of its own, so for a cascade or ensemble the model whose answer would be
-    kept is known before any call, and only that one is called."""
-    pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
+    """The model whose answer the decision keeps when no call reports its own confidence, and the predictions. A
+    cascade whose cheaper models do report it is run stage by stage instead (``visroute.serve.proxy_cascade``)."""
     from visroute.router.decide.plan import answer_without_signal
 
-    d = router.bundle.choose(text, pil, lam, state.runtime)
+    d = decision_for(state, router, text, image, lam)
     return answer_without_signal(d), d.predicted_accuracy
 
 
@@ -239,7 +137,6 @@ async def chat_completions(request: Request, body: ChatCompletionRequest):
 
 
 async def _chat(state, payload: dict, stream: bool):
-    t0 = time.perf_counter()
     try:
         images = await inline_images(state, payload["messages"])
     except BadImageInput as e:
@@ -248,34 +145,60 @@ async def _chat(state, payload: dict, stream: bool):
     if routed is not None:
         router = state.routers[routed[0]]
         text = task_text_of(payload["messages"])
+        limit = state.config.limits.request_timeout_s
         try:
-            chosen, proba = await asyncio.wait_for(asyncio.to_thread(
-                decide, state, router, text, images[0] if images else None, routed[1]),
-                timeout=state.config.limits.request_timeout_s)
+            d = await asyncio.wait_for(asyncio.to_thread(
+                decision_for, state, router, text, images[0] if images else None, routed[1]), timeout=limit)
         except BadImageInput as e:
             raise HTTPException(400, str(e)) from None
+        except asyncio.TimeoutError:
+            if (tok := current_cancel()) is not None:  # the decision's thread stops at its next check
+                tok.cancel("deadline")
+            raise HTTPException(504, f"routing took longer than its deadline of {limit:g} s") from None
+        from visroute.router.decide.plan import answer_without_signal
+
+        chosen = answer_without_signal(d)
         headers = {"x-visroute-router": routed[0], "x-visroute-model": chosen,
-                   "x-visroute-predicted-accuracy": json.dumps(proba, separators=(",", ":"))}
+                   "x-visroute-predicted-accuracy": json.dumps(d.predicted_accuracy, separators=(",", ":"))}
+        if (stages := cascade_stages(router, d)) is not None:  # cheaper answers that say how sure they are
+            chosen, kept, calls = await run_cascade(router, d, stages, payload, lambda m, body: _stage(
+                state, router, m, body, len(images)))
+            headers.update({"x-visroute-model": chosen, "x-visroute-calls": calls_header(calls)})
+            if kept is not None:
+                state.metrics.routed.labels(router=routed[0], model=chosen, endpoint="chat").inc()
+                return _answer(kept, payload, stream, headers)
     elif name.startswith("router-") or name not in state.targets:
         raise HTTPException(404, f"unknown model '{name}' (see GET /v1/models)")
     else:
         chosen, headers = name, {"x-visroute-model": name}
+    target = _target(state, chosen)
+    state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
+    if stream:
+        t1 = time.perf_counter()
+        account = (lambda usage: _account(state, router, chosen, target, usage, len(images), time.perf_counter() - t1))
+        return await _stream(state, f"{target.base_url}/chat/completions", {**payload, "model": target.model},
+                             _auth_headers(target), chosen, headers, account)
+    return _answer(await _complete(state, router, chosen, payload, len(images)), payload, False, headers)
+
+
+def _target(state, chosen: str):
     try:
-        target = state.target(chosen)
+        return state.target(chosen)
     except ModelLoadError as e:  # the routed model's endpoint is not one the user's configuration allows
         raise public_failure(502, f"{chosen}: the model's endpoint is not available", str(e)) from None
-    state.metrics.routed.labels(router=routed[0] if routed else "", model=chosen, endpoint="chat").inc()
-    payload["model"] = target.model
-    req_headers = {"content-type": "application/json"}
-    if target.key:
-        req_headers["authorization"] = f"Bearer {target.key}"
-    url = f"{target.base_url}/chat/completions"
-    account = (lambda usage: _account(state, router, chosen, target, usage, len(images), time.perf_counter() - t0))
-    if stream:
-        return await _stream(state, url, payload, req_headers, chosen, headers, account)
+
+
+def _auth_headers(target) -> dict:
+    return {"content-type": "application/json", **({"authorization": f"Bearer {target.key}"} if target.key else {})}
+
+
+async def _complete(state, router, chosen: str, payload: dict, n_images: int) -> dict:
+    """One non-streaming call to ``chosen``'s endpoint: its completion (``model`` set to ``chosen``), paid for."""
+    target = _target(state, chosen)
     tu = time.perf_counter()
     try:
-        status, body = await upstream_post(state, url, payload, req_headers)
+        status, body = await upstream_post(state, f"{target.base_url}/chat/completions",
+                                           {**payload, "model": target.model}, _auth_headers(target))
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
     except HTTPException:
         state.metrics.upstream_errors.labels(model=chosen).inc()
@@ -285,8 +208,25 @@ async def _chat(state, payload: dict, stream: bool):
         raise public_failure(502, f"{chosen}: could not reach the model's endpoint", f"{target.base_url}: {e!r}") from None
     doc = _upstream_json(state, status, body, chosen)
     doc["model"] = chosen
-    account(doc.get("usage"))
-    return JSONResponse(doc, headers=headers)
+    _account(state, router, chosen, target, doc.get("usage"), n_images, time.perf_counter() - tu)
+    return doc
+
+
+async def _stage(state, router, chosen: str, payload: dict, n_images: int) -> dict | None:
+    """An earlier stage of a cascade: its completion, or None when the call failed (logged and counted by
+    ``_complete``; the next model answers instead)."""
+    try:
+        return await _complete(state, router, chosen, payload, n_images)
+    except HTTPException:
+        return None
+
+
+def _answer(doc: dict, payload: dict, stream: bool, headers: dict):
+    if not stream:
+        return JSONResponse(doc, headers=headers)
+    usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    return StreamingResponse(completion_events(doc, usage), media_type="text/event-stream",
+                             headers={**headers, "cache-control": "no-cache"})
 
 
 def _account(state, router, chosen, target, usage, n_images, seconds) -> None:
@@ -319,6 +259,14 @@ async def upstream_post(state, url: str, payload: dict, headers: dict) -> tuple[
         raise public_failure(504, f"the model did not answer within {limit:g} s", url) from None
 
 
+def _stream_abandoned(state) -> None:
+    from visroute.serve.middleware import access_logger, current_request_id
+
+    state.metrics.cancelled.labels(path="/v1/chat/completions", reason="client_gone").inc()
+    access_logger().info(json.dumps({"event": "client_gone", "reason": "client_gone", "stream": True,
+                                     "request_id": current_request_id(), "path": "/v1/chat/completions"}))
+
+
 def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
     from visroute.safe_load import SafeLoadError, parse_json
 
@@ -337,22 +285,30 @@ def _upstream_json(state, status: int, body: bytes, chosen: str) -> dict:
 
 
 async def _stream(state, url, payload, req_headers, chosen, headers, account):
+    """The upstream's events, passed through. Until its headers arrive the call has one total deadline
+    (``upstream_timeout_s``, a 504); after that, each read has it. A client that leaves, or a 504, closes the upstream
+    connection at once."""
+    limit = state.config.limits.upstream_timeout_s
     try:
-        req = state.http.build_request("POST", url, json=payload, headers=req_headers,
-                                       timeout=state.config.limits.upstream_timeout_s)
+        req = state.http.build_request("POST", url, json=payload, headers=req_headers, timeout=limit)
         tu = time.perf_counter()
-        resp = await state.http.send(req, stream=True)
+        resp = await asyncio.wait_for(state.http.send(req, stream=True), timeout=limit)  # cancelled: closed
         state.metrics.upstream_seconds.labels(model=chosen).observe(time.perf_counter() - tu)
+    except asyncio.TimeoutError:
+        state.metrics.upstream_errors.labels(model=chosen).inc()
+        raise public_failure(504, f"the model did not answer within {limit:g} s", url) from None
     except Exception as e:
         state.metrics.upstream_errors.labels(model=chosen).inc()
         raise public_failure(502, f"{chosen}: could not reach the model's endpoint", f"{url}: {e!r}") from None
     if resp.status_code >= 400:
-        await resp.aread()
-        await resp.aclose()
-        _upstream_json(state, resp, chosen)
+        try:
+            body = await resp.aread() if int(resp.headers.get("content-length") or 0) <= UPSTREAM_MAX_BYTES else b""
+        finally:
+            await resp.aclose()
+        _upstream_json(state, resp.status_code, body, chosen)
 
     async def events():
-        usage = None
+        usage, gone = None, False
         try:
             async for line in resp.aiter_lines():
                 if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
@@ -365,8 +321,13 @@ async def _stream(state, url, payload, req_headers, chosen, headers, account):
                         usage = chunk.get("usage") or usage
                         line = "data: " + json.dumps(chunk, separators=(",", ":"))
                 yield line + "\n"
+        except (asyncio.CancelledError, GeneratorExit):  # the client left mid-stream
+            gone = True
+            raise
         finally:
-            await resp.aclose()
             account(usage)
+            if gone:
+                _stream_abandoned(state)
+            await asyncio.shield(resp.aclose())  # the upstream connection closes even while this is being cancelled
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})

@@ -7,7 +7,6 @@ import asyncio
 import math
 import os
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -18,7 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from visroute.errors import VisrouteError
-from visroute.serve.cancel import until_answered
+from visroute.llm.cancel import check as check_cancelled
+from visroute.serve.cancel import blocking_work, until_answered
 from visroute.serve.decode import BadImageInput, b64_bytes, decode_image
 from visroute.serve.middleware import validation_message
 from visroute.serve.service import ensure_ready
@@ -113,12 +113,8 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
     router = state.router(req.router)
     name = req.router or next(iter(state.routers))
     raw = data if data is not None else (b64_bytes(req.image) if req.image else None)
-    stop = threading.Event()  # set when the request is answered early (504, client gone): later stages are skipped
-    try:
-        out = await asyncio.to_thread(_route_job, state, router, req, raw, stop)
-    except asyncio.CancelledError:
-        stop.set()
-        raise
+    try:  # the thread inherits the request's cancel token (serve.cancel): a 504 or a client leaving stops it
+        out = await asyncio.to_thread(_route_job, state, router, req, raw)
     except BadImageInput:
         raise
     except VisrouteError as e:  # the details go to the log with the request id; the client gets a generic line
@@ -143,24 +139,24 @@ async def _route(state, req: RouteRequest, data: bytes | None) -> dict:
     return doc
 
 
-def _route_job(state, router, req: RouteRequest, raw: bytes | None, stop: threading.Event) -> dict:
-    """The blocking part of /v1/route, in one worker thread: decode check, temp file, route; each stage is skipped
-    once ``stop`` is set, and the file lives exactly as long as the stage that reads it."""
+def _route_job(state, router, req: RouteRequest, raw: bytes | None) -> dict:
+    """The blocking part of /v1/route, in one worker thread: decode check, temp file, route. Once the request's
+    token is set, the next stage raises ``Cancelled`` (inside routing too: each model call, each HTTP attempt, whose
+    socket is shut down at once); the file lives exactly as long as the stage that reads it."""
     path = None
-    if raw is not None:
-        decode_image(raw, state.config.limits.max_pixels)  # refuse bad images with a 400
-        if stop.is_set():
-            raise asyncio.CancelledError
-        fd, path = tempfile.mkstemp(prefix="visroute-route-", suffix=".img")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-    try:
-        if stop.is_set():
-            raise asyncio.CancelledError
-        return router.route(path, req.task, list(req.options), req.run, req.lam)
-    finally:
-        if path:
-            os.unlink(path)
+    with blocking_work(state, "/v1/route"):
+        if raw is not None:
+            decode_image(raw, state.config.limits.max_pixels)  # refuse bad images with a 400
+            check_cancelled()
+            fd, path = tempfile.mkstemp(prefix="visroute-route-", suffix=".img")
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+        try:
+            check_cancelled()
+            return router.route(path, req.task, list(req.options), req.run, req.lam)
+        finally:
+            if path:
+                os.unlink(path)
 
 
 @api.get("/v1/models", response_model=ModelList, responses=ERRORS, tags=["models"])

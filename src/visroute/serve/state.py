@@ -97,7 +97,8 @@ class ServeState:
                 encode = self._encoder(pipe.model) if self.remote_forward is None else \
                     self._remote_encoder(self.remote_forward[m.name])
                 batcher = MicroBatcher(m.name, encode, b.max_batch_size, b.max_wait_ms, b.max_queue,
-                                       on_batch=self._on_batch(m.name))
+                                       on_batch=self._on_batch(m.name),
+                                       on_drop=self.metrics.batch_dropped.labels(model=m.name).inc)
                 self.models[m.name] = ServedModel(m.name, spec, pipe, batcher)
             for s in self.config.label_sets:
                 self.label_sets[s.name] = self._label_set(s)

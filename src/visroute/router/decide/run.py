@@ -45,6 +45,9 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
     specs = {}
 
     def call(j: int):
+        from visroute.llm.cancel import check
+
+        check()  # a served request answered early (504, client gone) makes no further call
         m = bundle.models[j]
         specs[m] = bundle.pipeline_spec(m, variant)
         pred = build_pipeline(specs[m], runtime).predict([task])[0]

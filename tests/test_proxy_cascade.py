@@ -1,0 +1,113 @@
+"""The chat proxy executes a cascade (issue 23): the cheaper model's answer is kept when its own confidence (token
+log-probabilities its endpoint reports) reaches the calibrated threshold, else the next model is called; every
+call is paid for and listed. Unit tests of the stage logic here; the served path in test_proxy_cascade_served.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from visroute.serve.proxy_cascade import (answer_confidence, calls_header, cascade_stages, completion_events,
+                                          run_cascade)
+
+
+def _router(asks: dict[str, bool]):
+    specs = {m: SimpleNamespace(params={"logprobs": True} if a else {}) for m, a in asks.items()}
+    return SimpleNamespace(bundle=SimpleNamespace(pipeline_spec=lambda m: specs[m]))
+
+
+def _decision(calls, threshold=0.6, predicted=None, kind="cascade", confidence="router"):
+    return SimpleNamespace(plan={"kind": kind, "calls": calls, "threshold": threshold, "confidence": confidence},
+                           predicted_accuracy=predicted or {m: 0.5 for m in calls})
+
+
+def _completion(text: str, logprobs: list[float] | None):
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": [{"token": "t", "logprob": v} for v in logprobs]}
+    return {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def _run(router, decision, answers: dict, payload=None):
+    seen = []
+
+    async def call(model, body):
+        seen.append((model, body))
+        return answers[model]
+
+    payload = payload or {"model": "router-demo", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                          "stream_options": {"include_usage": True}}
+    kept, doc, calls = asyncio.run(run_cascade(router, decision, list(decision.plan["calls"]), payload, call))
+    return kept, doc, calls, seen
+
+
+def test_a_confident_cheap_answer_is_kept_and_the_dear_model_never_called():
+    router = _router({"small": True, "large": False})
+    kept, doc, calls, seen = _run(router, _decision(["small", "large"]),
+                                  {"small": _completion("B", [-0.05, -0.1])})
+    assert kept == "small" and doc["choices"][0]["message"]["content"] == "B"
+    assert [m for m, _ in seen] == ["small"]
+    body = seen[0][1]
+    assert body["logprobs"] is True and "stream" not in body and "stream_options" not in body
+    assert calls == [{"model": "small", "confidence": pytest.approx(math.exp(-0.075)), "own": True}]
+    assert "logprobs" not in doc["choices"][0]  # the client did not ask for them
+
+
+def test_an_unsure_cheap_answer_escalates_to_the_last_stage():
+    router = _router({"small": True, "mid": True, "large": False})
+    answers = {"small": _completion("A", [-2.0]), "mid": _completion("C", [-1.0, -0.9])}
+    kept, doc, calls, seen = _run(router, _decision(["small", "mid", "large"]), answers)
+    assert kept == "large" and doc is None  # the last stage is answered like any routed request
+    assert [m for m, _ in seen] == ["small", "mid"] and [c["model"] for c in calls] == ["small", "mid"]
+    assert all(c["confidence"] < 0.6 for c in calls)
+
+
+def test_a_failed_or_silent_stage_falls_back():
+    router = _router({"small": True, "large": False})
+    kept, doc, calls, _ = _run(router, _decision(["small", "large"]), {"small": None})
+    assert kept == "large" and calls == [{"model": "small", "confidence": None, "failed": True}]
+    # an endpoint that ignores logprobs: the router's predicted success stands in for the missing signal
+    kept, doc, calls, _ = _run(router, _decision(["small", "large"], predicted={"small": 0.9, "large": 0.95}),
+                               {"small": _completion("A", None)})
+    assert kept == "small" and calls[0]["own"] is False and calls[0]["confidence"] == 0.9
+
+
+def test_a_stage_without_a_signal_is_decided_before_any_call():
+    router = _router({"small": False, "mid": True, "large": False})
+    kept, doc, calls, seen = _run(router, _decision(["small", "mid", "large"], predicted={"small": 0.7, "mid": 0.1,
+                                                                                           "large": 0.9}), {})
+    assert kept == "small" and doc is None and seen == [] and calls == []
+
+
+def test_which_plans_run_stages():
+    router = _router({"small": True, "large": False})
+    assert cascade_stages(router, _decision(["small", "large"])) == ["small", "large"]
+    assert cascade_stages(router, _decision(["small", "large"], kind="ensemble")) is None
+    assert cascade_stages(router, _decision(["small", "large"], confidence="agreement")) is None
+    assert cascade_stages(_router({"small": False, "large": True}), _decision(["small", "large"])) is None
+    assert cascade_stages(router, _decision(["large"])) is None
+
+
+def test_confidence_is_range_checked():
+    assert answer_confidence(_completion("A", [-0.5])) == pytest.approx(math.exp(-0.5))
+    assert answer_confidence(_completion("A", [0.7])) is None
+    assert answer_confidence({"choices": "x"}) is None and answer_confidence({}) is None
+
+
+def test_a_kept_answer_streams_as_the_client_asked():
+    doc = {**_completion("It is a cat.", None), "model": "small"}
+    events = list(completion_events(doc, include_usage=True))
+    assert events[-1] == "data: [DONE]\n\n"
+    first = json.loads(events[0][len("data: "):])
+    assert first["object"] == "chat.completion.chunk" and first["model"] == "small"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "It is a cat."}
+    assert json.loads(events[1][len("data: "):])["usage"]["total_tokens"] == 4
+    assert len(list(completion_events(doc, include_usage=False))) == 2
+    assert json.loads(calls_header([{"model": "small", "confidence": 0.1234567891}])) == \
+        [{"model": "small", "confidence": 0.123457}]
