@@ -11,10 +11,11 @@ Protocol (one default configuration for every dataset, nothing tuned to these): 
 embeddings; K random folds, repeated with different seeds. For each fold the routers train on the other folds
 and predict the fold's tasks; the pooled out-of-fold predictions give each policy's operating points (lambda
 sweep of ``choose`` with the training folds' mean costs), and ``aiq_report`` scores them all on the same
-bootstrap resamples. Policies: logistic, kNN, MLP, MF routers, each deciding under the bundle's default decision
-rule (``rules.decision_rule``: predictions shrunk halfway to each model's training accuracy, models off the
-training cost-accuracy chain capped), and the logistic router without that rule ("no rule"); kNN on the texts kept
-whole (what a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
+bootstrap resamples. Policies: logistic, kNN, MLP, MF and lexical routers (the lexical one also reads the
+words of the stripped texts), each deciding under the bundle's default decision rule (``rules.decision_rule``:
+predictions shrunk halfway to each model's training accuracy, models off the training cost-accuracy chain
+capped), and the logistic and lexical routers without that rule ("no rule"); kNN on the texts kept whole (what
+a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
 models); a cascade along the cost-accuracy chain of the training folds whose confidence is the MF router's
 predicted success of the model that just answered, and with it the cascades stopping where a model's answer agrees
 with the earlier ones along pairs and triples of the chain (``cascade(+agreement)``: the points ``route train
@@ -42,9 +43,11 @@ from visroute.router.decide.strategies import AGREEMENT_POSITIONS, agreement_con
 
 FILES = ("arc_challenge_train.csv", "arc_challenge_test.csv", "mbpp_train.csv", "mbpp_test.csv")
 DATASETS = ("arc-challenge", "mbpp")
-ROUTERS = ("logistic", "knn", "mlp", "mf")
+ROUTERS = ("logistic", "knn", "mlp", "mf", "lexical")
 RAW = "logistic (no rule)"
-ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
+NO_RULE = {"logistic": RAW, "lexical": "lexical (no rule)"}  # routers also reported on their raw predictions
+ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64},
+             "lexical": {}}
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "routerbench"
 
 
@@ -65,22 +68,32 @@ def find_files(given: str | None, smoke: bool) -> list[Path]:
     raise SystemExit(f"{p} holds neither {', '.join(FILES)} nor a git mirror of github.com/shuhao02/RouterDC")
 
 
-def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int) -> dict[str, np.ndarray]:
+def router_inputs(kind: str, X, texts):
+    """What a router kind takes as X (``RouterKind.inputs``): the embeddings, or texts and embeddings together
+    (rows selectable with ``[idx]`` either way)."""
+    from visroute.router.learn.kinds import ROUTER_KINDS
+
+    return ROUTER_KINDS[kind].features(texts, X)
+
+
+def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int, texts=None) -> dict[str, np.ndarray]:
     """Out-of-fold predicted success per policy (tasks x models), as a trained bundle decides on it: under the
     decision rule of its training folds (``rules.decision_rule``: shrink to the prior, cap models off the
-    chain). ``RAW``: the logistic router's raw predictions, the decision before that rule."""
-    out = {k: np.zeros(S.shape) for k in (*routers, *([RAW] if "logistic" in routers else []), "knn_whole_text",
-                                          "dataset_prior")}
+    chain). ``NO_RULE``: the logistic and lexical routers' raw predictions, the decision before that rule.
+    ``texts``: the task texts the embeddings were made from (the lexical router reads their words)."""
+    raws = [NO_RULE[k] for k in routers if k in NO_RULE]
+    out = {k: np.zeros(S.shape) for k in (*routers, *raws, "knn_whole_text", "dataset_prior")}
+    inputs = {kind: router_inputs(kind, X, texts) for kind in routers}
     for f in np.unique(fold_of):
         te, tr = fold_of == f, fold_of != f
         costs = np.nanmean(C[tr], axis=0)
         rule = decision_rule(S[tr], costs)
         for kind in routers:
             kw = dict(ROUTER_KW[kind], **({"seed": seed} if kind != "knn" else {}))
-            raw = make_router(kind, **kw).fit(X[tr], S[tr]).predict_proba(X[te])
+            raw = make_router(kind, **kw).fit(inputs[kind][tr], S[tr]).predict_proba(inputs[kind][te])
             out[kind][te] = apply_rule(raw, rule, costs)
-            if kind == "logistic":
-                out[RAW][te] = raw
+            if kind in NO_RULE:
+                out[NO_RULE[kind]][te] = raw
         whole = make_router("knn").fit(Xraw[tr], S[tr]).predict_proba(Xraw[te])
         out["knn_whole_text"][te] = apply_rule(whole, rule, costs)
         out["dataset_prior"][te] = dataset_prior(groups[tr], S[tr], groups[te])
@@ -137,9 +150,9 @@ def hierarchy_outcomes(X, S, C, proba, fold_of, seed: int) -> tuple[np.ndarray, 
     return sweep_outcomes(picks, S, C)
 
 
-def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int, answers=None) -> dict:
+def evaluate(X, Xraw, S, C, groups, folds: int, seed: int, routers, n_boot: int, answers=None, texts=None) -> dict:
     fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
-    proba = oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed)
+    proba = oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed, texts)
     costs = np.nanmean(C, axis=0)  # expected cost per call; the lambda sweep spans every operating point anyway
     policies = {k: sweep_outcomes(np.stack([choose(p, costs, lam) for lam in lambda_grid(p, costs)]), S, C)
                 for k, p in proba.items()}
@@ -175,7 +188,8 @@ def run(paths, folds: int = 5, repeats: int = 3, n_boot: int = 200, routers=ROUT
     table = build_table(records, split_by="sample", val_fraction=0.0, test_fraction=0.0)
     rule = detect_rule(table.text, table.dataset)
     emb = TextEmbedder()
-    X_all, Xraw_all = emb.embed(rule.apply_all(table.text)), emb.embed(list(table.text))
+    texts = np.asarray(rule.apply_all(table.text), dtype=object)  # what a bundle's router sees, words included
+    X_all, Xraw_all = emb.embed(list(texts)), emb.embed(list(table.text))
     out = {"source": {"files": [p.name for p in paths], "records": summary["records"], "tasks": summary["tasks"],
                       "skipped_cells": summary["skipped_cells"]},
            "models": table.models, "folds": folds, "repeats": repeats, "n_boot": n_boot, "router_kw": ROUTER_KW,
@@ -187,7 +201,7 @@ def run(paths, folds: int = 5, repeats: int = 3, n_boot: int = 200, routers=ROUT
         S = np.nan_to_num(table.success[sel].astype(np.float64))
         C = np.nan_to_num(table.cost[sel].astype(np.float64))
         runs = [evaluate(X_all[sel], Xraw_all[sel], S, C, table.dataset[sel], folds, r, routers, n_boot,
-                         table.answer[sel]) for r in range(repeats)]
+                         table.answer[sel], texts[sel]) for r in range(repeats)]
         out["datasets"][d] = {"tasks": int(len(sel)), "policies": aggregate(runs)}
     return out
 

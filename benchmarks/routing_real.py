@@ -21,7 +21,8 @@ For each router and baseline: APGR (dense, and RouteLLM's 10-bin discrete), CPT(
 shares, accuracy and cost per task at a 50% strong share read off the curve, and the calibrated operating point
 (threshold = the validation quantile for a 50% share, applied to the test fold) with its realised share.
 Routers: kNN, logistic, MLP and matrix factorisation on MiniLM task-text embeddings (torch routers with
-batch size 64; the estimators' defaults are tuned for large tables). Baselines: random (the diagonal), the
+batch size 64; the estimators' defaults are tuned for large tables), and the lexical router (embeddings plus the
+texts' words and length, its own defaults). Baselines: random (the diagonal), the
 dataset/topic prior, the oracle, and an LLM router when --llm-router names an endpoint. Then: a cascade
 (Mixtral first, escalate when the router's predicted success of Mixtral is below a threshold calibrated on
 validation for the cost of a 50% share) and an ensemble (both models when the MF router's predicted
@@ -52,8 +53,9 @@ from visroute.router.learn.kinds import make_router
 from visroute.router.decide.strategies import calibrate_cascade, calibrate_margin, cascade, cascade_sweep, ensemble
 from visroute.router.data.table import build_table
 
-ROUTERS = ("knn", "logistic", "mlp", "mf")
-ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64}}
+ROUTERS = ("knn", "logistic", "mlp", "mf", "lexical")
+ROUTER_KW = {"knn": {}, "logistic": {"batch_size": 64}, "mlp": {"batch_size": 64}, "mf": {"batch_size": 64},
+             "lexical": {}}
 CANDIDATES = (str(Path(__file__).resolve().parents[1].parent / "RouteLLM"),)  # a checkout beside the repository
 EVAL_DIRS = ("routellm/evals/gsm8k", "routellm/evals/mt_bench")
 
@@ -122,8 +124,12 @@ def fold_rank(test: np.ndarray) -> np.ndarray:
     return (rankdata(test) - 0.5) / max(len(test), 1)
 
 
-def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
-    """Out-of-fold scores for every policy (pooled on the validation-quantile scale) and their 50% picks."""
+def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500, texts=None) -> dict:
+    """Out-of-fold scores for every policy (pooled on the validation-quantile scale) and their 50% picks.
+    ``texts``: the tasks' texts, for routers that read words (``RouterKind.inputs``)."""
+    from visroute.router.learn.kinds import ROUTER_KINDS
+
+    inputs = {kind: ROUTER_KINDS[kind].features(texts, X) for kind in ROUTERS}
     n = len(S)
     cheap, strong = 1, 0  # table columns: [gpt-4, mixtral] (sorted names)
     costs = np.nanmean(C, axis=0)
@@ -131,17 +137,20 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
            (*ROUTERS, "random", "dataset_prior", "oracle")}
     casc = {"success": np.zeros(n), "cost": np.zeros(n), "escalated": np.zeros(n, bool), "conf": np.zeros(n)}
     ens = {"success": np.zeros(n), "cost": np.zeros(n), "both": np.zeros(n, bool)}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the folds' train/validation splits only
+    ties = np.random.default_rng([seed, 1])  # tie-breaks: a router added to the list moves no other's split
     for f in np.unique(fold_of):
         te = np.flatnonzero(fold_of == f)
         rest = rng.permutation(np.flatnonzero(fold_of != f))
         if len(rest) < small:  # calibrate on cross-fitted predictions of every non-test task
             va = tr = rest
-            probs = {kind: list(crossfit(kind, X[rest], S[rest], X[te], seed=seed)) for kind in ROUTERS}
+            probs = {kind: list(crossfit(kind, inputs[kind][rest], S[rest], inputs[kind][te], seed=seed))
+                     for kind in ROUTERS}
         else:
             n_val = int(round(0.15 * len(rest)))
             va, tr = rest[:n_val], rest[n_val:]
-            probs = {kind: fit_predict(kind, X[tr], S[tr], [X[va], X[te]]) for kind in ROUTERS}
+            probs = {kind: fit_predict(kind, inputs[kind][tr], S[tr], [inputs[kind][va], inputs[kind][te]])
+                     for kind in ROUTERS}
         probs["dataset_prior"] = [dataset_prior(groups[tr], S[tr], groups[idx]) for idx in (va, te)]
         probs["random"] = [np.full((len(idx), 2), 0.5) for idx in (va, te)]
         probs["oracle"] = [S[va], S[te]]
@@ -149,7 +158,7 @@ def run_setting(X, S, C, groups, fold_of, seed=0, small: int = 500) -> dict:
             gv, gt = pv[:, strong] - pv[:, cheap], pt[:, strong] - pt[:, cheap]
             out[name]["gain"][te] = fold_rank(gt)
             # the calibrated 50% point; ties at the cut are broken at random (kNN, prior and oracle scores tie)
-            jv, jt = gv + 1e-9 * rng.random(len(gv)), gt + 1e-9 * rng.random(len(gt))
+            jv, jt = gv + 1e-9 * ties.random(len(gv)), gt + 1e-9 * ties.random(len(gt))
             out[name]["pick50"][te] = jt > share_threshold(jv, 0.5)
         # cascade: Mixtral first; escalate when the MF router's predicted success of Mixtral is below t
         pv, pt = probs["mf"]
@@ -257,7 +266,7 @@ def main() -> None:
     if a.routerbench or a.smoke:
         import routing_multi as rm
 
-        routers = ("logistic", "knn") if a.smoke else rm.ROUTERS
+        routers = ("logistic", "knn", "lexical") if a.smoke else rm.ROUTERS
         result["routerbench"] = rm.run(rm.find_files(a.routerbench, a.smoke), a.folds, a.repeats, a.bootstrap, routers)
         print("\n".join(rm.table_lines(result["routerbench"])))
         print(f"routerbench done in {time.time() - t0:.0f}s", file=sys.stderr)
@@ -285,22 +294,24 @@ def run_routellm(a, t0: float) -> dict:
             table.dataset.astype(str), "mt-bench/"))
         X, S, C, groups = emb_all[sel], table.success[sel].astype(np.float64), table.cost[sel].astype(np.float64), \
             table.dataset[sel]
+        texts = np.asarray(table.text, dtype=object)[sel]
         runs = []
         for r in range(a.repeats):
             fold_of = folds_random(len(sel), a.folds, seed=r)
-            runs.append(summarise(run_setting(X, S, C, groups, fold_of, seed=r), S, C))
+            runs.append(summarise(run_setting(X, S, C, groups, fold_of, seed=r, texts=texts), S, C))
         result["settings"][f"{bench}/random"] = aggregate(runs)
         leak = leakage(X, folds_random(len(sel), a.folds, seed=0))
         result["settings"][f"{bench}/random"]["leakage"] = {"near_duplicate_rows": int(leak.sum()), "rows": len(sel)}
         if leak.any():
-            res = run_setting(X, S, C, groups, folds_random(len(sel), a.folds, seed=0))
+            res = run_setting(X, S, C, groups, folds_random(len(sel), a.folds, seed=0), texts=texts)
             keep = ~leak
             deduped = {n: two_model_metrics(res["policies"][n]["gain"][keep], S[keep], C[keep], 1, 0)["apgr"]
                        for n in ROUTERS}
             full = {n: two_model_metrics(res["policies"][n]["gain"], S, C, 1, 0)["apgr"] for n in ROUTERS}
             result["settings"][f"{bench}/random"]["leakage"].update(apgr_all=full, apgr_without_near_duplicates=deduped)
         if bench == "mt-bench" and not a.smoke:
-            result["settings"][f"{bench}/topic"] = summarise(run_setting(X, S, C, groups, folds_topic(groups)), S, C)
+            result["settings"][f"{bench}/topic"] = summarise(run_setting(X, S, C, groups, folds_topic(groups),
+                                                                         texts=texts), S, C)
         if bench == "gsm8k" and not a.smoke:
             result["add_model"] = add_model(X, S, C)
         print(f"{bench} done in {time.time() - t0:.0f}s", file=sys.stderr)

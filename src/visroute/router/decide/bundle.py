@@ -75,17 +75,19 @@ class RouterBundle:
         return text_embedder(self._runtime(runtime))
 
     def featurise(self, texts, images: np.ndarray | None = None, *, runtime=None) -> Any:
-        """Router input: task texts (slm) or their embeddings, with image embeddings appended (text+image). The
-        bundle's text rule removes the shared affixes first, exactly as in training."""
+        """Router input as its kind declares (``RouterKind.inputs``): the task texts (slm), their embeddings with
+        image embeddings appended (text+image), or both (lexical). The bundle's text rule removes the shared
+        affixes first, exactly as in training."""
         texts = self.text_rule.apply_all(texts)
-        if getattr(self.router, "takes_text", False):
-            return list(texts)
+        entry = ROUTER_KINDS[self.kind]
+        if not entry.needs_embedding:
+            return entry.features(texts)
         X = self._embedder(runtime).embed(list(texts))
         if self.features == "text+image":
             if images is None:
                 raise VisrouteError("this router also looks at the image: give image embeddings")
             X = np.hstack([X, np.asarray(images, np.float32)])
-        return X
+        return entry.features(texts, X)
 
     def predict_proba(self, texts, images: np.ndarray | None = None, runtime=None) -> np.ndarray:
         """Predicted success per task and model as the decision uses it (the bundle's ``decision`` rule applied)."""
@@ -229,12 +231,14 @@ class RouterBundle:
             from visroute.router.decide.hierarchy import family_names
 
             outputs.append((self.family_router, len(family_names(self.strategy["families"])), "family"))
+        entry = ROUTER_KINDS[self.kind]
         for router, n_out, what in outputs:
             width = getattr(router, "n_features_in_", None)
-            if getattr(router, "takes_text", False) or width is None:
+            if not entry.needs_embedding or width is None:
                 continue
             try:
-                p = np.asarray(router.predict_proba(np.zeros((1, int(width)), np.float32)), dtype=np.float64)
+                p = np.asarray(router.predict_proba(entry.features(["probe"], np.zeros((1, int(width)), np.float32))),
+                               dtype=np.float64)
             except Exception as e:  # noqa: BLE001 - any failure here means the state is unusable
                 raise BundleError(f"{where}: the router cannot predict with its saved state "
                                   f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None

@@ -310,8 +310,6 @@ class SequenceClassifierRouter(_Router):
     on the raw task texts. ``X`` here is a list of texts, not embeddings, so scikit-learn's generic checks
     (which feed numeric arrays) do not apply; the API contract (parameters, clone, fit state) does."""
 
-    takes_text = True
-
     def __init__(self, checkpoint: str | Path | None = None, epochs: int = 2, lr: float = 5e-5, batch_size: int = 32,
                  max_length: int = 128, seed: int = 0):
         self.checkpoint, self.epochs, self.lr = checkpoint, epochs, lr
