@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from visroute.errors import InputError
-from visroute.router.learn.routers import _Router, check_sample_weight, check_success_matrix
+from visroute.router.learn.routers import SuccessRouter, check_sample_weight, check_success_matrix
 
 MAX_VOCABULARY = 20000      # a bundle's vocabulary stays a few hundred kilobytes of JSON
 MAX_TERM_CHARS = 200
@@ -93,7 +93,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # exact logistic, no overflow
 
 
-class LexicalRouter(_Router):
+class LexicalRouter(SuccessRouter):
     """Per-model L2 logistic regression on embedding + TF-IDF (SVD) + length, each ``C`` by inner cross-validation.
 
     ``c_low``..``c_high``: the log-spaced grid of ``n_c`` values searched with ``cv`` inner folds (log-loss);

@@ -72,8 +72,9 @@ def _masked_targets(Y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.nan_to_num(Y, nan=0.0)), torch.from_numpy(mask.astype(np.float32))
 
 
-class _Router(RegressorMixin, BaseEstimator):
-    """Shared input checks and the scikit-learn surface of the routers over numeric task features."""
+class SuccessRouter(RegressorMixin, BaseEstimator):
+    """The base of every router kind that predicts each model's success: shared input checks and the
+    scikit-learn surface (a router kind registered from outside subclasses it too)."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -111,7 +112,7 @@ class _Router(RegressorMixin, BaseEstimator):
         return float(np.mean(scores)) if scores else float("nan")
 
 
-class KNNRouter(_Router):
+class KNNRouter(SuccessRouter):
     """Mean success of the ``k`` most similar training tasks (dot product), shrunk towards each model's prior."""
 
     def __init__(self, k: int = 20, aggregate_duplicates: bool = True):
@@ -159,7 +160,7 @@ class KNNRouter(_Router):
         return (self.sums_[idx].sum(1) + self.prior_) / (self.counts_[idx].sum(1) + 1.0)  # shrunk to each prior
 
 
-class _TorchRouter(_Router):
+class _TorchRouter(SuccessRouter):
     """Shared training loop: masked binary cross-entropy, AdamW, early stopping on a validation split.
 
     Training seeds a forked torch RNG with ``seed``, so fitting is reproducible and leaves the caller's
@@ -305,7 +306,7 @@ class MatrixFactorizationRouter(_TorchRouter):
         return self.n_models_ - 1
 
 
-class SequenceClassifierRouter(_Router):
+class SequenceClassifierRouter(SuccessRouter):
     """Fine-tune a local transformers checkpoint (e.g. a small BERT/MiniLM) as a multi-label success predictor
     on the raw task texts. ``X`` here is a list of texts, not embeddings, so scikit-learn's generic checks
     (which feed numeric arrays) do not apply; the API contract (parameters, clone, fit state) does."""
