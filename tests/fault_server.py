@@ -30,7 +30,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.openai_stub import LoopbackServer
+from tests.openai_stub import LoopbackServer, QuietHandler
 
 HUGE = 50 * 2**20
 MODES = ("ok", "500", "429", "400", "malformed", "truncated", "html", "empty_choices", "null_content",
@@ -68,14 +68,9 @@ class FaultServer(LoopbackServer):
         self.stopping = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                body = self.json_body()
                 with server._lock:
                     mode = server.script.pop(0) if server.script else \
                         (server.mode_for(prompt_of(body)) if server.mode_for else None) or server.mode

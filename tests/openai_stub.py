@@ -14,6 +14,18 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 request handler that logs nothing and reads a JSON body (empty: ``{}``)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def json_body(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+
 class LoopbackServer:
     """A threaded HTTP server for one handler class on 127.0.0.1 (a free port), used as a context manager."""
 

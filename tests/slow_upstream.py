@@ -20,7 +20,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.openai_stub import LoopbackServer
+from tests.openai_stub import LoopbackServer, QuietHandler
 
 
 def _peer_closed(conn: socket.socket) -> bool:
@@ -43,14 +43,9 @@ class SlowUpstream(LoopbackServer):
         self._lock = threading.Lock()
         up = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                body = self.json_body()
                 with up._lock:
                     n = len(up.calls)
                     up.calls.append((n, str(body.get("model")), time.monotonic()))
