@@ -12,8 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from visroute.serve.proxy_cascade import (answer_confidence, calls_header, cascade_stages, completion_events,
-                                          run_cascade)
+from visroute.serve.proxy_cascade import (
+    answer_confidence,
+    calls_header,
+    cascade_stages,
+    completion_events,
+    run_cascade,
+)
 
 
 def _router(asks: dict[str, bool]):
@@ -43,7 +48,9 @@ def _run(router, decision, answers: dict, payload=None):
 
     payload = payload or {"model": "router-demo", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                           "stream_options": {"include_usage": True}}
-    kept, doc, calls = asyncio.run(run_cascade(router, decision, list(decision.plan["calls"]), payload, call))
+    stages = cascade_stages(router, decision)
+    assert stages is not None and [m for m, _ in stages] == decision.plan["calls"]
+    kept, doc, calls = asyncio.run(run_cascade(decision, stages, payload, call))
     return kept, doc, calls, seen
 
 
@@ -71,7 +78,7 @@ def test_an_unsure_cheap_answer_escalates_to_the_last_stage():
 def test_a_failed_or_silent_stage_falls_back():
     router = _router({"small": True, "large": False})
     kept, doc, calls, _ = _run(router, _decision(["small", "large"]), {"small": None})
-    assert kept == "large" and calls == [{"model": "small", "confidence": None, "failed": True}]
+    assert kept == "large" and doc is None and calls == [{"model": "small", "confidence": None, "failed": True}]
     # an endpoint that ignores logprobs: the router's predicted success stands in for the missing signal
     kept, doc, calls, _ = _run(router, _decision(["small", "large"], predicted={"small": 0.9, "large": 0.95}),
                                {"small": _completion("A", None)})
@@ -87,7 +94,9 @@ def test_a_stage_without_a_signal_is_decided_before_any_call():
 
 def test_which_plans_run_stages():
     router = _router({"small": True, "large": False})
-    assert cascade_stages(router, _decision(["small", "large"])) == ["small", "large"]
+    assert cascade_stages(router, _decision(["small", "large"])) == [("small", True), ("large", False)]
+    assert cascade_stages(_router({"small": False, "mid": True, "large": False}), _decision(["small", "mid", "large"])) \
+        == [("small", False), ("mid", True), ("large", False)]
     assert cascade_stages(router, _decision(["small", "large"], kind="ensemble")) is None
     assert cascade_stages(router, _decision(["small", "large"], confidence="agreement")) is None
     assert cascade_stages(_router({"small": False, "large": True}), _decision(["small", "large"])) is None

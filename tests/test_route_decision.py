@@ -42,8 +42,8 @@ def test_a_service_with_two_image_routers_loads_the_image_model_once(router_dir,
     for name in ("a", "b"):
         router = state.routers[name]
         assert router.route(str(img), ROUTER_TEXT, ["yes", "no"], run=False)["chosen"] in ("small", "large")
-        chosen, proba = decide(state, router, task_text(ROUTER_TEXT), buf.getvalue(), None)
-        assert chosen in ("small", "large") and set(proba) == {"small", "large"}
+        chosen, d = decide(state, router, task_text(ROUTER_TEXT), buf.getvalue(), None)
+        assert chosen in ("small", "large") and set(d.predicted_accuracy) == {"small", "large"}
     assert loads == ["random-tiny"], loads  # the served model, the routers' image model: one load
     a, b = (state.routers[n].bundle._embedder(state.runtime) for n in ("a", "b"))
     assert a is b  # one text encoder for both routers

@@ -93,19 +93,15 @@ def task_text_of(messages: list[dict]) -> str:
     raise HTTPException(400, "the messages hold no user text to route on")
 
 
-def decision_for(state, router, text: str, image: bytes | None, lam: float | None):
-    """The bundle's one routing decision for a chat request, on the service's runtime (blocking)."""
-    pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
-    return router.bundle.choose(text, pil, lam, state.runtime)
-
-
-def decide(state, router, text: str, image: bytes | None, lam: float | None) -> tuple[str, dict]:
-    """The model whose answer the decision keeps when no call reports its own confidence, and the predictions. A
-    cascade whose cheaper models do report it is run stage by stage instead (``visroute.serve.proxy_cascade``)."""
+def decide(state, router, text: str, image: bytes | None, lam: float | None):
+    """The bundle's one routing decision for a chat request, on the service's runtime (blocking), and the model
+    whose answer it keeps when no call reports its own confidence: (that model, the decision). A cascade whose
+    cheaper models do report it is then run stage by stage instead (``visroute.serve.proxy_cascade``)."""
     from visroute.router.decide.plan import answer_without_signal
 
-    d = decision_for(state, router, text, image, lam)
-    return answer_without_signal(d), d.predicted_accuracy
+    pil = decode_image(image, state.config.limits.max_pixels) if image is not None else None
+    d = router.bundle.choose(text, pil, lam, state.runtime)
+    return answer_without_signal(d), d
 
 
 def _cost(state, router, chosen: str, target, usage: dict | None, n_images: int, seconds: float) -> float | None:
@@ -147,21 +143,18 @@ async def _chat(state, payload: dict, stream: bool):
         text = task_text_of(payload["messages"])
         limit = state.config.limits.request_timeout_s
         try:
-            d = await asyncio.wait_for(asyncio.to_thread(
-                decision_for, state, router, text, images[0] if images else None, routed[1]), timeout=limit)
+            chosen, d = await asyncio.wait_for(asyncio.to_thread(
+                decide, state, router, text, images[0] if images else None, routed[1]), timeout=limit)
         except BadImageInput as e:
             raise HTTPException(400, str(e)) from None
         except asyncio.TimeoutError:
             if (tok := current_cancel()) is not None:  # the decision's thread stops at its next check
                 tok.cancel("deadline")
             raise HTTPException(504, f"routing took longer than its deadline of {limit:g} s") from None
-        from visroute.router.decide.plan import answer_without_signal
-
-        chosen = answer_without_signal(d)
         headers = {"x-visroute-router": routed[0], "x-visroute-model": chosen,
                    "x-visroute-predicted-accuracy": json.dumps(d.predicted_accuracy, separators=(",", ":"))}
         if (stages := cascade_stages(router, d)) is not None:  # cheaper answers that say how sure they are
-            chosen, kept, calls = await run_cascade(router, d, stages, payload, lambda m, body: _stage(
+            chosen, kept, calls = await run_cascade(d, stages, payload, lambda m, body: _stage(
                 state, router, m, body, len(images)))
             headers.update({"x-visroute-model": chosen, "x-visroute-calls": calls_header(calls)})
             if kept is not None:

@@ -33,13 +33,15 @@ def reports_confidence(router, model: str) -> bool:
         return False
 
 
-def cascade_stages(router, decision) -> list[str] | None:
-    """The models of a cascade plan when one of its earlier stages reports its own confidence; else None (the
-    plan's kept model is then known before any call)."""
+def cascade_stages(router, decision) -> list[tuple[str, bool]] | None:
+    """The models of a cascade plan in calling order, each with whether its answer reports its own confidence (the
+    last one's is never needed), when an earlier stage does; else None: the kept model is then known before any
+    call. Each pipeline spec is read once here."""
     p = decision.plan
     if p.get("kind") != "cascade" or p.get("confidence") == "agreement" or len(p.get("calls", ())) < 2:
         return None
-    return list(p["calls"]) if any(reports_confidence(router, m) for m in p["calls"][:-1]) else None
+    stages = [(m, reports_confidence(router, m)) for m in p["calls"][:-1]]
+    return stages + [(p["calls"][-1], False)] if any(asks for _, asks in stages) else None
 
 
 def answer_confidence(doc: dict) -> float | None:
@@ -53,15 +55,15 @@ def answer_confidence(doc: dict) -> float | None:
     return None if lp is None else math.exp(lp)
 
 
-async def run_cascade(router, decision, stages: list[str], payload: dict,
+async def run_cascade(decision, stages: list[tuple[str, bool]], payload: dict,
                       call: StageCall) -> tuple[str, dict | None, list[dict]]:
     """Call the earlier stages in turn. Returns (the model whose answer is kept, its completion when an earlier
     stage already answered, else None: the last stage remains to be called; the calls made, with confidences)."""
     threshold = float(decision.plan["threshold"])
     calls: list[dict] = []
-    for model in stages[:-1]:
+    for model, reports in stages[:-1]:
         predicted = float(decision.predicted_accuracy.get(model, 0.0))
-        if not reports_confidence(router, model):
+        if not reports:
             if predicted >= threshold:
                 return model, None, calls  # known before calling it: answered like any routed request
             continue
@@ -79,7 +81,7 @@ async def run_cascade(router, decision, stages: list[str], payload: dict,
                     if isinstance(c, dict):
                         c.pop("logprobs", None)
             return model, doc, calls
-    return stages[-1], None, calls
+    return stages[-1][0], None, calls
 
 
 def calls_header(calls: list[dict]) -> str:
