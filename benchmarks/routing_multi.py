@@ -18,7 +18,7 @@ capped), and the logistic and lexical routers without that rule ("no rule"); kNN
 a user got before prefix stripping); the dataset prior (per dataset a constant: it can only pick single
 models); a cascade along the cost-accuracy chain of the training folds whose confidence is the MF router's
 predicted success of the model that just answered, and with it the cascades stopping where a model's answer agrees
-with the earlier ones along pairs and triples of the chain (``cascade(+agreement)``: the points ``route train
+with the earlier ones along triples of the chain (``cascade(+agreement)``: the points ``route train
 --strategy cascade`` calibrates over when the records carry answers, as RouterBench's do), each swept over its
 threshold and paying for every call; the hierarchy (cost tiers, then the model); the zero router (single-model
 hull) and the oracle.
@@ -102,7 +102,7 @@ def oof_predictions(X, Xraw, S, C, groups, fold_of, routers, seed: int, texts=No
 
 def agreement_outcomes(S, C, conf, answers, fold_of) -> tuple[np.ndarray, np.ndarray]:
     """The agreement cascades a trained cascade chooses among when the records carry answers
-    (``plan.cascade_points``): per pair or triple of ``AGREEMENT_POSITIONS`` on each fold's training chain and per
+    (``plan.cascade_points``): per triple of ``AGREEMENT_POSITIONS`` on each fold's training chain and per
     threshold, per task (success, cost of every call), a stage after the first being as confident as the share
     of earlier answers it agrees with; the whole chain on ``conf`` is ``cascade_outcomes``."""
     combos = [pos for size in (2, 3) for pos in itertools.combinations(AGREEMENT_POSITIONS, size)]

@@ -57,14 +57,14 @@ AGREEMENT_POSITIONS = (0, -4, -3, -2, -1)  # the chain's cheapest stage and its 
 
 
 def agreement_subchains(chain: list[int]) -> list[list[int]]:
-    """The sub-chains an agreement cascade may run: every two or three of ``AGREEMENT_POSITIONS`` on the chain,
-    in cost order (a long chain of weak models would stop on weak models agreeing on a wrong answer)."""
+    """The sub-chains an agreement cascade may run: every three of ``AGREEMENT_POSITIONS`` on the chain, in cost
+    order. Three, because only a middle stage can stop on agreement (the first has no earlier answer, the last
+    always answers); longer chains of weak models would stop on weak models agreeing on a wrong answer."""
     out = []
-    for size in (2, 3):
-        for pos in itertools.combinations(AGREEMENT_POSITIONS, size):
-            sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
-            if len(sub) >= 2 and sub not in out:
-                out.append(sub)
+    for pos in itertools.combinations(AGREEMENT_POSITIONS, 3):
+        sub = sorted({chain[p] for p in pos if -len(chain) <= p < len(chain)}, key=chain.index)
+        if len(sub) == 3 and sub not in out:
+            out.append(sub)
     return out
 
 
