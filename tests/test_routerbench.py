@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from visroute.cli import app
@@ -77,8 +77,8 @@ def test_the_fixture_script_keeps_each_responses_answer_key(tmp_path):
            "space at the cut": "['" + "x" * 199 + " " + "y" * 50 + "']", "quote": "[\"it's A\"]"}
     reduced = {k: script.reduce_response(v) for k, v in raw.items()}
     assert answer_key(raw["space at the cut"]).endswith("X ")  # the key keeps the 200th character, a space
-    for k in raw:
-        assert answer_key(reduced[k]) == answer_key(raw[k]), k
+    for k, v in raw.items():
+        assert answer_key(reduced[k]) == answer_key(v), k
     assert reduced["empty"] is None and reduced["nan"] is None and reduced["list literal with a newline"] == "['C']"
     assert len(reduced["program"]) < 100 < len(raw["program"]) // 10  # programs are cut to their first line
     # the stored form survives a CSV round trip as the importer reads it ("None" alone would come back missing)
