@@ -1,7 +1,7 @@
 """Why routers gain so little over the single-model hull on RouterBench ARC-Challenge and MBPP: how much the
 task text predicts, and what each candidate change does, on repeated seeds.
 
-    python benchmarks/routing_signal.py --routerbench PATH [--repeats 3] [--folds 5] [--smoke]
+    python benchmarks/routing_signal.py --routerbench PATH [--repeats 3] [--folds 5] [--part all|signal|bounds] [--smoke]
 
 PATH as for ``routing_real.py --routerbench`` (a folder with the four ARC/MBPP CSVs or a bare git mirror of
 RouterDC; only those four files are opened, Winogrande never). Every figure is out-of-fold (K random folds per
@@ -20,6 +20,11 @@ spread over seeds is the interval). Printed:
   models of each fold's training cost-accuracy chain (its cheapest and its four most accurate models, by
   position), stop when the answer agrees with every earlier answer, paying for every call. Its confidence needs no router; it shows what a model-side
   signal adds.
+
+``--part bounds`` (also in ``all``) prints the UPPER BOUNDS of the answer-agreement strategies, IN-SAMPLE (every
+agreement cascade and 2-of-3 vote scored on the tasks it is picked on: a ceiling, not a result; ``_bounds.py``),
+and how much of it survives picking the configurations on one random half of the tasks and scoring on the other.
+Answers are the importer's ``answer`` column (each response's first line, upper case).
 """
 
 from __future__ import annotations
