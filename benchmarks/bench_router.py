@@ -40,302 +40,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import smoke_args, write_results  # noqa: E402
-
-# --------------------------------------------------------------------------- machine load / timing
-
-
-def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds the whole machine has been busy, CPU seconds of this process)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return machine, r.ru_utime + r.ru_stime
-
-
-def loadavg1() -> float:
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return float(f.read().split()[0])
-
-
-class Timed:
-    """Wall time of a block, this process's CPU time, and the foreign load meanwhile."""
-
-    def __enter__(self) -> "Timed":
-        self._cpu = busy_cpu_seconds()
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self._t0
-        machine, own = busy_cpu_seconds()
-        self.cpu = own - self._cpu[1]
-        self.foreign = max(0.0, (machine - self._cpu[0]) - self.cpu) / max(self.seconds, 1e-9)
-
-
-MAX_LOAD, MAX_WAIT, WAIT_LEFT = 1.5, 600.0, 1800.0
-
-
-def wait_for_quiet(first: bool = False) -> float:
-    """Wait while other processes keep more than MAX_LOAD cores busy (sampled over 3 s), 30 s at a time, at
-    most MAX_WAIT s. For the first phase the 1-minute load average itself must also be under MAX_LOAD (later
-    on it includes this process's own previous phase). Returns the 1-minute load average at the start."""
-    global WAIT_LEFT
-    t_start = time.monotonic()
-    deadline = t_start + min(MAX_WAIT, max(0.0, WAIT_LEFT))
-    while True:
-        with Timed() as t:
-            time.sleep(3.0)
-        la = loadavg1()
-        busy = t.foreign > MAX_LOAD or (first and la > MAX_LOAD)
-        if not busy or time.monotonic() >= deadline:
-            WAIT_LEFT -= time.monotonic() - t_start
-            if busy:
-                print(f"  [still busy after {time.monotonic() - t_start:.0f}s: load1 {la:.2f}, foreign {t.foreign:.2f}; measuring anyway]",
-                      flush=True)
-            return la
-        print(f"  [machine busy: load1 {la:.2f}, foreign {t.foreign:.2f} cores; waiting 30 s]", flush=True)
-        time.sleep(30.0)
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-@dataclass
-class Row:
-    phase: str
-    seconds: float | None
-    detail: str = ""
-    load1: float | None = None
-    foreign: float | None = None
-    cpu: float | None = None
-    rss: float | None = None
-    in_goal: bool = False
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, phase, t: Timed | None, detail="", load1=None, in_goal=False, seconds=None) -> Row:
-        r = Row(phase, t.seconds if t is not None else seconds, detail, load1, t.foreign if t is not None else None,
-                t.cpu if t is not None else None, rss_mib(), in_goal)
-        self.rows.append(r)
-        s = f"{r.seconds:9.2f} s" if r.seconds is not None else " " * 11
-        extra = f"  load1 {load1:.2f} foreign {r.foreign:.2f}" if load1 is not None and r.foreign is not None else ""
-        print(f"{phase:<46} {s}  peak RSS {r.rss:8.0f} MiB{extra}  {detail}", flush=True)
-        return r
-
-
-def timed_phase(report: Report, phase: str, fn, detail=None, in_goal=False, first=False):
-    la = wait_for_quiet(first)
-    with Timed() as t:
-        out = fn()
-    d = detail(out) if callable(detail) else (detail or "")
-    report.add(phase, t, d, la, in_goal)
-    return out
-
-
-# --------------------------------------------------------------------------- synthetic records
-
-# (name, type, question templates with one {slot}, slot vocabulary, option vocabulary)
-DATASETS = [
-    ("cub-birds", "fine-grained", ["Which bird species is shown in this {s} photo?", "What kind of bird is perched on the {s}?",
-                                   "Identify the bird species in the {s} image."],
-     ["close-up", "field", "branch", "water", "feeder", "winter"],
-     ["American crow", "Blue jay", "Cardinal", "Cedar waxwing", "Common yellowthroat", "Indigo bunting",
-      "Painted bunting", "Red-winged blackbird", "Rufous hummingbird", "Scarlet tanager"]),
-    ("stanford-cars", "fine-grained", ["Which car model is this {s}?", "What is the make and model of the {s} car?",
-                                       "Identify the {s} vehicle."],
-     ["sedan", "coupe", "convertible", "SUV", "hatchback", "pickup"],
-     ["Audi A4 2012", "BMW M3 2011", "Chevrolet Camaro 2012", "Dodge Charger 2012", "Ford Mustang 2010",
-      "Honda Accord 2012", "Hyundai Sonata 2012", "Tesla Model S 2012", "Toyota Camry 2012", "Volvo XC90 2007"]),
-    ("textvqa", "ocr", ["What does the text on the {s} say?", "What word is written on the {s}?",
-                        "What is the brand name shown on the {s}?"],
-     ["sign", "bottle", "shirt", "storefront", "bus", "book cover", "poster"],
-     ["stop", "exit", "coffee", "open", "sale", "pepsi", "nike", "welcome", "police", "hotel"]),
-    ("chartqa", "chart", ["What is the value of the {s} bar in the chart?", "Which category has the highest {s}?",
-                          "By how much did the {s} change between the first and last year?"],
-     ["revenue", "population", "share", "growth", "profit", "temperature"],
-     ["12", "15", "18", "21", "24", "30", "35", "42", "50", "64"]),
-    ("clevr-count", "counting", ["How many {s} objects are there?", "How many {s} cubes are in the scene?",
-                                 "Count the {s} spheres."],
-     ["red", "blue", "green", "yellow", "metal", "rubber", "large", "small"],
-     ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
-    ("vsr-spatial", "spatial", ["Where is the {s} relative to the table?", "What is the position of the {s} in the image?",
-                                "Which side of the person is the {s} on?"],
-     ["cat", "dog", "cup", "laptop", "chair", "umbrella", "bicycle"],
-     ["left", "right", "above", "below", "in front", "behind", "on top", "under", "next to", "inside"]),
-    ("imagenet-sample", "general", ["What is shown in this {s} image?", "What is the main object in the {s} photo?",
-                                    "Which object category best describes this {s} picture?"],
-     ["outdoor", "indoor", "blurry", "bright", "dark", "cropped"],
-     ["golden retriever", "tabby cat", "goldfish", "school bus", "espresso", "mountain bike", "pizza",
-      "red wine", "sea lion", "volcano"]),
-    ("vqav2", "general", ["What color is the {s}?", "What is the {s} made of?", "What is the person holding near the {s}?"],
-     ["car", "shirt", "wall", "umbrella", "kite", "plate", "bench"],
-     ["red", "blue", "white", "black", "green", "wood", "metal", "plastic", "phone", "frisbee"]),
-    ("docvqa", "ocr", ["What is the {s} on the document?", "Which {s} is written in the header?",
-                       "What {s} appears at the bottom of the page?"],
-     ["date", "total amount", "invoice number", "company name", "signature name", "address"],
-     ["March 3, 1998", "$1,250.00", "INV-2041", "Acme Corp.", "J. Smith", "12 Main St.", "R&D Division",
-      "Confidential", "Page 2", "Fax 555-0199"]),
-    ("scienceqa", "reasoning", ["Which of these {s} is the best answer?", "Based on the {s} shown, which option is correct?",
-                                "Which statement about the {s} is true?"],
-     ["food web", "magnet diagram", "map", "circuit", "weather chart", "life cycle"],
-     ["the force is attraction", "the force is repulsion", "it is a solid", "it is a liquid", "it is a gas",
-      "Ohio", "Texas", "the producer", "the consumer", "the decomposer"]),
-]
-TYPES = ["fine-grained", "ocr", "chart", "counting", "spatial", "general", "reasoning"]
-
-# (name, cost per call in $, logit by dataset type in TYPES order)
-MODELS = [
-    ("clip-vit-b32", 2e-6, [0.8, -2.0, -2.2, -1.5, -1.2, 1.2, -1.0]),
-    ("clip-vit-l14", 1.2e-5, [1.3, -1.4, -2.0, -1.3, -1.0, 1.6, -0.8]),
-    ("smolvlm-256m", 8e-5, [-0.8, -0.5, -0.8, -0.3, -0.2, 0.3, -0.4]),
-    ("qwen2-vl-2b", 3e-4, [-0.2, 0.9, 0.3, 0.4, 0.3, 0.9, 0.4]),
-    ("llava-1.6-7b", 1.5e-3, [0.2, 0.7, 0.2, 0.6, 0.6, 1.3, 0.7]),
-    ("qwen2-vl-2b+llama-3-8b", 4e-3, [0.0, 1.0, 0.9, 0.5, 0.7, 1.1, 1.3]),
-    ("gpt-4o", 1.2e-2, [1.2, 2.0, 1.8, 1.2, 1.4, 2.2, 2.0]),
-]
-
-
-def model_table(n_models: int):
-    if n_models <= len(MODELS):
-        return MODELS[:n_models]
-    rng = np.random.default_rng(123)
-    extra = [(f"extra-vlm-{i}", float(10 ** rng.uniform(-5, -2)), list(rng.normal(0, 1, len(TYPES))))
-             for i in range(n_models - len(MODELS))]
-    return MODELS + extra
-
-
-def generate_records(path: str, rows: int, n_models: int, n_datasets: int, n_prompts: int, n_star: int, seed: int,
-                     option_vocab: int = 8):
-    """Write the records Parquet; return a dict of facts about it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from visroute.router.data.records import records_schema
-    from visroute.tasks.model import task_text
-
-    rng = np.random.default_rng(seed)
-    models = model_table(n_models)
-    n_star = min(n_star, n_models)
-    datasets = [DATASETS[i % len(DATASETS)] for i in range(n_datasets)]
-    ds_names = [d[0] if i < len(DATASETS) else f"{d[0]}-{i // len(DATASETS)}" for i, d in enumerate(datasets)]
-    per_sample = n_datasets * (n_prompts * (n_models - n_star) + n_star)
-    S = max(1, int(round(rows / per_sample)))
-    prompts = [f"p{i}" for i in range(n_prompts)]
-
-    # ---- per-sample texts (python strings: D x S of them), then a global text dictionary
-    text_index: dict[str, int] = {}
-    texts: list[str] = []
-    sample_text = np.empty((n_datasets, S), np.int64)
-    tpl_of = np.empty((n_datasets, S), np.int64)
-    slot_of = np.empty((n_datasets, S), np.int64)
-    for di, (_, _, templates, slots, opts) in enumerate(datasets):
-        opts = opts[: max(4, option_vocab)]
-        tpl = rng.integers(0, len(templates), S)
-        slot = rng.integers(0, len(slots), S)
-        tpl_of[di], slot_of[di] = tpl, slot
-        # 4 options out of the first option_vocab words, listed in vocabulary order (C(option_vocab, 4) sets)
-        keys = rng.random((S, len(opts)))
-        chosen = np.sort(np.argsort(keys, axis=1)[:, :4], axis=1)
-        for si in range(S):
-            q = templates[tpl[si]].format(s=slots[slot[si]])
-            t = task_text(q, [opts[j] for j in chosen[si]]) + f" Dataset: {ds_names[di]}"
-            k = text_index.get(t)
-            if k is None:
-                k = text_index[t] = len(texts)
-                texts.append(t)
-            sample_text[di, si] = k
-    U = len(texts)
-    # latent difficulty of a text (what a router can learn): its question template and slot word, plus a
-    # per-text part (the option set)
-    tpl_eff, slot_eff = rng.normal(0.0, 0.8, (n_datasets, 3)), rng.normal(0.0, 0.6, (n_datasets, 8))
-    difficulty = rng.normal(0.0, 0.4, U)
-    text_tpl = np.zeros(U, np.int64)
-    text_slot = np.zeros(U, np.int64)
-    text_ds = np.zeros(U, np.int64)
-    for di in range(n_datasets):
-        text_tpl[sample_text[di]], text_slot[sample_text[di]], text_ds[sample_text[di]] = tpl_of[di], slot_of[di], di
-    difficulty += tpl_eff[text_ds, text_tpl] + slot_eff[text_ds, text_slot]
-    sample_noise = rng.normal(0.0, 0.5, (n_datasets, S))  # per-image difficulty, invisible to the router
-    sens = rng.uniform(0.4, 1.2, n_models)          # how much each model suffers from hard texts
-    prompt_eff = rng.normal(0.0, 0.3, (n_datasets, n_prompts, n_models))
-    type_idx = [TYPES.index(d[1]) for d in datasets]
-    base = np.array([[m[2][type_idx[di]] for m in models] for di in range(n_datasets)])  # (D, M)
-    # a per-(dataset, model) offset on top of the type, so datasets of one type still differ
-    base = base + rng.normal(0.0, 0.3, base.shape)
-
-    # ---- record index arrays
-    parts = []
-    for mi in range(n_models):
-        star = mi < n_star
-        P = 1 if star else n_prompts
-        d, p, s = np.meshgrid(np.arange(n_datasets), np.arange(P), np.arange(S), indexing="ij")
-        d, p, s = d.ravel(), p.ravel(), s.ravel()
-        parts.append((mi, star, d, p, s))
-    n = sum(len(x[2]) for x in parts)
-    dcode = np.concatenate([x[2] for x in parts]).astype(np.int32)
-    scode = np.concatenate([x[4] for x in parts]).astype(np.int64)
-    mcode = np.concatenate([np.full(len(x[2]), x[0], np.int32) for x in parts])
-    pcode = np.concatenate([np.full(len(x[2]), n_prompts, np.int32) if x[1] else x[3].astype(np.int32)
-                            for x in parts])  # n_prompts = "*"
-    tcode = sample_text[dcode, scode]
-    peff = np.where(pcode < n_prompts, prompt_eff[dcode, np.minimum(pcode, n_prompts - 1), mcode], 0.0)
-    logit = base[dcode, mcode] + peff - sens[mcode] * (difficulty[tcode] + sample_noise[dcode, scode]) \
-        + rng.normal(0.0, 0.3, n)
-    prob = 1.0 / (1.0 + np.exp(-logit))
-    correct = rng.random(n) < prob
-    score = np.clip(prob + rng.normal(0, 0.1, n), 0, 1).astype(np.float32)
-    unit = np.array([m[1] for m in models])
-    cost = unit[mcode] * rng.lognormal(0.0, 0.25, n)
-    latency = np.array([0.004, 0.01, 0.15, 0.4, 1.2, 2.5, 1.8])[np.minimum(mcode, 6)] * rng.lognormal(0, 0.3, n)
-
-    # ---- strings via dictionary arrays, cast to the schema's plain strings
-    gid = dcode.astype(np.int64) * S + scode  # global sample id
-    task_ids = [f"{ds_names[di]}/{si:06d}" for di in range(n_datasets) for si in range(S)]
-    image_ids = [f"{ds_names[di]}/images/{si:06d}.jpg" for di in range(n_datasets) for si in range(S)]
-
-    def dict_col(codes, values):
-        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values, pa.string())
-                                              ).cast(pa.string())
-
-    cols = {
-        "task_id": dict_col(gid, task_ids),
-        "dataset": dict_col(dcode, ds_names),
-        "prompt_variant": dict_col(pcode, prompts + ["*"]),
-        "task_text": dict_col(tcode, texts),
-        "image_id": dict_col(gid, image_ids),
-        "image_path": dict_col(gid, [f"/data/{i}" for i in image_ids]),
-        "model": dict_col(mcode, [m[0] for m in models]),
-        "correct": pa.array(correct),
-        "score": pa.array(score, pa.float32()),
-        "cost": pa.array(cost, pa.float64()),
-        "latency_s": pa.array(latency, pa.float64()),
-        "dataset_spec": dict_col(dcode, [f"synthetic:{n}" for n in ds_names]),
-        "pipeline": pa.nulls(n, pa.string()),
-        "status": dict_col(np.zeros(n, np.int32), ["ok"]),  # every synthetic call answered
-        "error": pa.nulls(n, pa.string()),
-    }
-    table = pa.table(cols, schema=records_schema())
-    pq.write_table(table, path)
-    return {"rows": n, "samples_per_dataset": S, "unique_texts_generated": U, "models": [m[0] for m in models],
-            "star_models": [m[0] for m in models[:n_star]], "file_mib": os.path.getsize(path) / 2**20,
-            "text_chars_mean": float(np.mean([len(t) for t in texts]))}
-
+from _common import Timed, smoke_args, write_results  # noqa: E402
+from _phases import Report, configure, rss_mib, timed_phase, wait_for_quiet  # noqa: E402
+from _synthetic_records import generate_records  # noqa: E402
 
 # --------------------------------------------------------------------------- the benchmark
 
@@ -434,7 +149,6 @@ def latency(router, X, costs, lam, batch: int, reps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    global MAX_LOAD, MAX_WAIT, WAIT_LEFT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--models", type=int, default=7)
@@ -459,7 +173,7 @@ def main(argv=None) -> int:
     args = smoke_args(ap, argv, rows=3000, models=3, datasets=2, prompts=2, option_vocab=5, few_epochs=1,
                       single_reps=20, batch_reps=2, side_texts=20, max_load=1e9, max_wait=0.0, max_total_wait=0.0,
                       skip_mf=True)
-    MAX_LOAD, MAX_WAIT, WAIT_LEFT = args.max_load, args.max_wait, args.max_total_wait
+    configure(args.max_load, args.max_wait, args.max_total_wait)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch

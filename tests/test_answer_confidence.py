@@ -149,4 +149,6 @@ def test_records_and_the_route_time_cascade_read_the_confidence(tmp_path, shared
     rec = records_from_result(result, "llava").to_pandas()
     pred = pipe.predict(tasks)[0]
     assert rec["score"][0] == pytest.approx(pred.confidence, rel=1e-5) and 0 < rec["score"][0] <= 1
+    answer = rec["answer"][0]  # what two models may agree on: the chosen option, none when unparsable
+    assert answer == str(pred.predicted) if pred.predicted is not None else answer is None or answer != answer
     assert own_confidence(pred) == pytest.approx(pred.confidence)

@@ -14,6 +14,7 @@ import pytest
 
 from visroute.serve.proxy_cascade import (
     answer_confidence,
+    answer_text,
     calls_header,
     cascade_stages,
     completion_events,
@@ -98,7 +99,9 @@ def test_which_plans_run_stages():
     assert cascade_stages(_router({"small": False, "mid": True, "large": False}), _decision(["small", "mid", "large"])) \
         == [("small", False), ("mid", True), ("large", False)]
     assert cascade_stages(router, _decision(["small", "large"], kind="ensemble")) is None
-    assert cascade_stages(router, _decision(["small", "large"], confidence="agreement")) is None
+    assert cascade_stages(_router({"small": False, "large": False}), _decision(["small", "large"],
+                                                                               confidence="agreement")) \
+        == [("small", False), ("large", False)]  # every earlier stage is called: its answer is compared
     assert cascade_stages(_router({"small": False, "large": True}), _decision(["small", "large"])) is None
     assert cascade_stages(router, _decision(["large"])) is None
 
@@ -120,3 +123,37 @@ def test_a_kept_answer_streams_as_the_client_asked():
     assert len(list(completion_events(doc, include_usage=False))) == 2
     assert json.loads(calls_header([{"model": "small", "confidence": 0.1234567891}])) == \
         [{"model": "small", "confidence": 0.123457}]
+
+
+def test_an_agreement_cascade_compares_the_answers():
+    router = _router({"small": False, "mid": True, "large": False})
+    decision = _decision(["small", "mid", "large"], threshold=1.0, confidence="agreement")
+    answers = {"small": _completion("['B\\n']", None), "mid": _completion("b", [-3.0])}
+    kept, doc, calls, seen = _run(router, decision, answers)
+    assert kept == "mid" and doc["choices"][0]["message"]["content"] == "b"  # low token probability, yet agreed
+    assert [m for m, _ in seen] == ["small", "mid"] and "logprobs" not in seen[0][1] and seen[1][1]["logprobs"]
+    assert calls[0] == {"model": "small", "confidence": 0.5, "own": False}
+    assert calls[1]["confidence"] == 1.0 and calls[1]["agreement"] is True
+    kept, doc, calls, seen = _run(router, decision, {"small": _completion("A", None), "mid": _completion("C", None)})
+    assert kept == "large" and doc is None and [c["confidence"] for c in calls] == [0.5, 0.0]
+
+
+def test_an_agreement_cascade_skips_what_it_knows_and_what_failed():
+    router = _router({"small": False, "mid": False, "large": False})
+    sure = _decision(["small", "mid", "large"], threshold=0.6, confidence="agreement",
+                     predicted={"small": 0.8, "mid": 0.5, "large": 0.9})
+    kept, doc, calls, seen = _run(router, sure, {})
+    assert kept == "small" and doc is None and seen == []  # known before any call
+    unsure = _decision(["small", "mid", "large"], threshold=1.0, confidence="agreement")
+    kept, doc, calls, seen = _run(router, unsure, {"small": None, "mid": _completion("A", None)})
+    assert kept == "large" and calls[0]["failed"] and calls[1] == {"model": "mid", "confidence": 0.5, "own": False}
+    kept, doc, calls, _ = _run(router, unsure, {"small": _completion("", None), "mid": _completion("A", None)})
+    assert kept == "large" and "agreement" not in calls[1]  # an empty reply is not an answer to agree with
+
+
+def test_answer_text_reads_string_and_part_content():
+    assert answer_text(_completion("cat", None)) == "cat"
+    doc = _completion("", None)
+    doc["choices"][0]["message"]["content"] = [{"type": "text", "text": "ca"}, {"type": "text", "text": "t"}, 3]
+    assert answer_text(doc) == "cat"
+    assert answer_text({"choices": []}) is None and answer_text({"choices": [{"message": {"content": None}}]}) is None

@@ -6,6 +6,7 @@ in process (FastAPI's TestClient); the two models are a scriptable OpenAI-compat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -17,8 +18,10 @@ from tests.openai_stub import StubServer
 TEXT = "Which animal is this? Options: cat, dog"
 
 
-@pytest.fixture()
-def proxy(tmp_path):
+@contextlib.contextmanager
+def _served(tmp_path, models=("small", "large"), asks=("small",), strategy=None):
+    """The service in process with a cascade bundle over ``models`` (cost rising in that order), whose pipeline
+    specs ask for log-probabilities for ``asks``; every model an endpoint on one loopback stub."""
     from fastapi.testclient import TestClient
 
     from visroute.pipeline import PipelineSpec
@@ -29,18 +32,20 @@ def proxy(tmp_path):
 
     prices = {"*": {"input_per_mtok": 1000.0, "output_per_mtok": 4000.0}}
     specs = {m: PipelineSpec(head="vlm", name=m, vlm=f"openai-compatible:http://127.0.0.1:9/v1#{m}", max_tokens=8,
-                             prices=prices, params={"logprobs": True} if m == "small" else {}).to_dict()
-             for m in ("small", "large")}
-    bundle = RouterBundle(KNNRouter(k=1), "knn", ["small", "large"], np.array([0.001, 0.01]), 0.0, "text", None,
-                          {m: {"mcq": s} for m, s in specs.items()}, {"small": "mcq", "large": "mcq"})
-    bundle.router.fit(bundle.featurise([TEXT, "Describe the weather."]), np.array([[0.2, 0.9], [0.9, 0.9]], np.float32))
-    bundle.strategy = {"kind": "cascade", "chain": [0, 1], "threshold": 0.6, "confidence": "router"}
+                             prices=prices, params={"logprobs": True} if m in asks else {}).to_dict()
+             for m in models}
+    costs = np.array([0.001 * 10 ** i for i in range(len(models))])
+    bundle = RouterBundle(KNNRouter(k=1), "knn", list(models), costs, 0.0, "text", None,
+                          {m: {"mcq": s} for m, s in specs.items()}, {m: "mcq" for m in models})
+    success = np.array([[0.2] * (len(models) - 1) + [0.9], [0.9] * len(models)], np.float32)
+    bundle.router.fit(bundle.featurise([TEXT, "Describe the weather."]), success)
+    bundle.strategy = strategy or {"kind": "cascade", "chain": [0, 1], "threshold": 0.6, "confidence": "router"}
     path = bundle.save(tmp_path / "router")
     with StubServer(default=lambda prompt: "cat") as stub:
         cfg = ServeConfig(models=(ModelEntry("tiny", "random-tiny", device="cpu"),),
                           routers=(RouterEntry("demo", str(path)),),
-                          endpoints=(EndpointEntry("small", stub.base_url, "tiny-small"),
-                                     EndpointEntry("large", stub.base_url.replace("/v1", "/large/v1"), "tiny-large")))
+                          endpoints=tuple(EndpointEntry(m, stub.base_url.replace("/v1", f"/{m}/v1"), f"tiny-{m}")
+                                          for m in models))
         app = create_app(cfg, open_mode=True)
         app.state.serve.check()  # what `visroute serve` runs before it binds: the endpoints become targets
         with TestClient(app) as client:
@@ -49,6 +54,12 @@ def proxy(tmp_path):
                     break
                 time.sleep(0.1)
             yield client, stub
+
+
+@pytest.fixture()
+def proxy(tmp_path):
+    with _served(tmp_path) as served:
+        yield served
 
 
 def _ask(client, stream=False, **extra):
@@ -96,3 +107,24 @@ def test_a_streaming_client_gets_the_kept_answer_as_events(proxy):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "cat"
     assert chunks[-1]["usage"]["total_tokens"] > 0 and all(c["model"] == "small" for c in chunks)
     assert _models(stub) == ["tiny-small"] and "stream" not in stub.requests[0]
+
+
+def test_an_agreement_cascade_stops_when_the_answers_agree(tmp_path):
+    """A cascade trained to stop on agreement (as on RouterBench's records): the second model's reply is compared
+    with the first's on its answer key; agreeing, it is kept and the dear model is never called."""
+    strategy = {"kind": "cascade", "chain": [0, 1, 2], "threshold": 1.0, "confidence": "agreement"}
+    with _served(tmp_path, ("small", "mid", "large"), asks=(), strategy=strategy) as (client, stub):
+        stub.script = [("text", "B"), ("text", "b\nbecause ...")]
+        r = _ask(client)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "mid" and r.headers["x-visroute-model"] == "mid"
+        assert _models(stub) == ["tiny-small", "tiny-mid"] and "logprobs" not in stub.requests[0]
+        calls = json.loads(r.headers["x-visroute-calls"])
+        assert [c["model"] for c in calls] == ["small", "mid"] and calls[1]["confidence"] == 1.0
+        assert calls[1]["agreement"] is True
+        stub.requests.clear()
+        stub.script = [("text", "A"), ("text", "C")]  # they disagree: the last stage answers, as routed
+        r = _ask(client)
+        assert r.status_code == 200 and r.json()["model"] == "large"
+        assert _models(stub) == ["tiny-small", "tiny-mid", "tiny-large"]
+        assert json.loads(r.headers["x-visroute-calls"])[1]["confidence"] == 0.0

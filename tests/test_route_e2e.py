@@ -43,6 +43,10 @@ prompts: [mcq, mcq-text]
     assert len(records) == (30 + 8) * (2 + 2 + 1)
     assert set(records.loc[records.model == "llava+llama", "prompt_variant"]) == {"*"}
     assert records["cost"].notna().all() and (records.loc[records.model == "llava", "cost"] > 0).all()
+    # each call's chosen option (or top-1 class) is kept as its answer key, so a cascade may stop on agreement
+    clip_rows = (records["status"] == "ok") & records.model.str.startswith("clip")
+    assert records.loc[clip_rows, "answer"].str.fullmatch(r"\d+").all()
+    assert records.loc[records["status"] != "ok", "answer"].isna().all()
     n_cells = len(list((tmp_path / "grid" / "records").glob("*.parquet")))
     r = runner.invoke(app, ["grid", "run", str(grid), "--no-progress"])  # resumable: nothing left to do
     assert r.exit_code == 0 and "grid:" not in r.stderr and n_cells == 10

@@ -8,6 +8,12 @@ threshold was calibrated on. A stage whose spec does not ask has no signal of it
 success decides it before any call, so no call is made whose answer the plan would not keep (as
 ``answer_without_signal``). An early stage that fails is passed over to the next model, and counted.
 
+A cascade trained to stop when answers agree (``"confidence": "agreement"``, on records that carry each model's
+answer, such as RouterBench's) calls every earlier stage: from the second on, a stage's confidence is the share of
+the earlier answers equal to its own, compared on ``answer_key`` (the first line of the reply, stripped and upper
+case: the key the records were compared on). The first stage, and a stage whose reply has no text, falls back to
+its own or its predicted confidence, as ``plan.run_plan`` does for local models.
+
 The last stage is answered like any routed request (streamed when asked); an earlier stage's answer is returned as
 it came, or as server-sent events for a streaming client. Every call is paid for and listed in the
 ``x-visroute-calls`` header.
@@ -35,13 +41,15 @@ def reports_confidence(router, model: str) -> bool:
 
 def cascade_stages(router, decision) -> list[tuple[str, bool]] | None:
     """The models of a cascade plan in calling order, each with whether its answer reports its own confidence (the
-    last one's is never needed), when an earlier stage does; else None: the kept model is then known before any
-    call. Each pipeline spec is read once here."""
+    last one's is never needed), when an earlier stage does or the plan stops on agreement; else None: the kept
+    model is then known before any call. Each pipeline spec is read once here."""
     p = decision.plan
-    if p.get("kind") != "cascade" or p.get("confidence") == "agreement" or len(p.get("calls", ())) < 2:
+    if p.get("kind") != "cascade" or len(p.get("calls", ())) < 2:
         return None
     stages = [(m, reports_confidence(router, m)) for m in p["calls"][:-1]]
-    return stages + [(p["calls"][-1], False)] if any(asks for _, asks in stages) else None
+    if p.get("confidence") == "agreement" or any(asks for _, asks in stages):
+        return stages + [(p["calls"][-1], False)]
+    return None
 
 
 def answer_confidence(doc: dict) -> float | None:
@@ -55,26 +63,47 @@ def answer_confidence(doc: dict) -> float | None:
     return None if lp is None else math.exp(lp)
 
 
+def answer_text(doc: dict) -> str | None:
+    """The text of a chat completion's first choice (string content, or its text parts joined); None without one."""
+    choices = doc.get("choices")
+    msg = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return content if isinstance(content, str) else None
+
+
 async def run_cascade(decision, stages: list[tuple[str, bool]], payload: dict,
                       call: StageCall) -> tuple[str, dict | None, list[dict]]:
     """Call the earlier stages in turn. Returns (the model whose answer is kept, its completion when an earlier
     stage already answered, else None: the last stage remains to be called; the calls made, with confidences)."""
+    from visroute.router.data.routerbench import answer_key
+
     threshold = float(decision.plan["threshold"])
+    agreement = decision.plan.get("confidence") == "agreement"
     calls: list[dict] = []
+    keys: list[str] = []  # the answers so far (agreement plans)
     for model, reports in stages[:-1]:
         predicted = float(decision.predicted_accuracy.get(model, 0.0))
-        if not reports:
+        if not reports and not (agreement and keys):
             if predicted >= threshold:
                 return model, None, calls  # known before calling it: answered like any routed request
-            continue
+            if not agreement:
+                continue
         early = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
-        doc = await call(model, {**early, "logprobs": True})
+        doc = await call(model, {**early, "logprobs": True} if reports else early)
         if doc is None:
             calls.append({"model": model, "confidence": None, "failed": True})
             continue
-        own = answer_confidence(doc)
+        own = answer_confidence(doc) if reports else None
         conf = own if own is not None else predicted
-        calls.append({"model": model, "confidence": conf, "own": own is not None})
+        entry = {"model": model, "confidence": conf, "own": own is not None}
+        if agreement and (key := answer_key(answer_text(doc))) is not None:
+            if keys:
+                conf = sum(k == key for k in keys) / len(keys)
+                entry.update(confidence=conf, agreement=True)
+            keys.append(key)
+        calls.append(entry)
         if conf >= threshold:
             if not payload.get("logprobs"):  # the client did not ask for them
                 for c in doc.get("choices") or []:

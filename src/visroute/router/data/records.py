@@ -28,6 +28,13 @@ def _table(cols: dict) -> "pa.Table":  # noqa: F821
                                       type=f.type) for f in schema}, schema=schema)
 
 
+def _with_answers(table, answers: list) -> "pa.Table":  # noqa: F821
+    """The records with each model's ``answer`` key (the chosen option or class index, as text; null where none)."""
+    import pyarrow as pa
+
+    return table.append_column(pa.field("answer", pa.string()), pa.array(answers, pa.string()))
+
+
 def records_from_result(result_json: str | Path, model_name: str, spec=None,
                         dataset_spec: str | None = None) -> "pa.Table":  # noqa: F821
     """Turn a result JSON + its predictions Parquet into records for ``model_name``.
@@ -65,28 +72,33 @@ def records_from_result(result_json: str | Path, model_name: str, spec=None,
               "dataset": [dataset] * n, "model": [model_name] * n, "pipeline": [spec.to_json()] * n,
               "dataset_spec": [dataset_spec] * n, "correct": t["correct"].astype(bool)}
     if doc.get("task") == "multiple_choice":
+        # the option the model chose (its index, as text: what two models agree on); none where it gave no
+        # usable answer. A cascade may stop when the models' answers agree (``strategies.agreement_confidence``)
+        answers = [None if p is None or p != p or e is not None else str(int(p))
+                   for p, e in zip(t["predicted"] if "predicted" in t else [None] * n, errors)]
         # the answer's own confidence: the top option probability (contrastive), else the generative answer's
         # token probability where it was reported (older result files have no such column)
         own = t["confidence"] if "confidence" in t else [None] * n
         scores = [float(max(s)) if len(s) else (float(c) if c is not None and c == c else np.nan)
                   for s, c in zip(t["option_scores"], own)]
         image_path = t["image_path"].astype(str) if "image_path" in t else t["image_id"].astype(str)
-        return _table({
+        return _with_answers(_table({
             **common, "task_id": t["task_id"].astype(str), "prompt_variant": [spec.prompt_variant] * n,
             "task_text": [task_text(q, list(o)) for q, o in zip(t["question"], t["options"])],
             "image_id": t["image_id"].astype(str), "image_path": image_path,
             "score": np.asarray(scores, np.float32),
             "cost": (t["call_cost"] if "call_cost" in t else t["cost"]).astype(np.float64),
             "latency_s": t["latency_s"].astype(np.float64),
-        })
+        }), answers)
     if "cost" not in t or "latency_s" not in t:
         raise VisrouteError(f"{pq_path} has no per-image cost/latency columns; re-run the evaluation")
     text = task_text(CLASSIFICATION_QUESTION, list(v.get("classnames") or []))
     root = Path(dataset_spec).expanduser()
     img_paths = [str(root / i) if root.is_dir() else "" for i in t["image_id"]]
-    return _table({
+    top1 = [str(int(k[0])) if len(k) else None for k in t["topk_labels"]] if "topk_labels" in t else [None] * n
+    return _with_answers(_table({
         **common, "task_id": t["image_id"].astype(str), "prompt_variant": ["*"] * n, "task_text": [text] * n,
         "image_id": t["image_id"].astype(str), "image_path": img_paths,
         "score": np.asarray([s[0] for s in t["topk_scores"]], np.float32),
         "cost": t["cost"].astype(np.float64), "latency_s": t["latency_s"].astype(np.float64),
-    })
+    }), [a if st == "ok" else None for a, st in zip(top1, common["status"])])
