@@ -54,6 +54,22 @@ def test_bad_files_are_one_line_errors(tmp_path):
     assert len(pq.read_table(tmp_path / "o.parquet")) == 1
 
 
+def test_a_prompt_seen_again_adds_only_the_cells_it_lacked(tmp_path):
+    """RouterDC's train and test files share some sample ids: the second row of the same prompt fills what the
+    first lacked (never overwrites), and the same id on another prompt is skipped; both are counted."""
+    from visroute.router.data.routerbench import read_routerbench
+
+    head = "sample_id,prompt,eval_name,a,a|total_cost,b,b|total_cost\n"
+    (tmp_path / "one.csv").write_text(head + "s1,same question,x,1,0.1,,\ns2,other,x,0,0.1,1,0.2\n")
+    (tmp_path / "two.csv").write_text(head + "s1,same question,x,0,0.9,1,0.3\ns2,a different prompt,x,1,0.1,0,0.2\n")
+    records, summary = read_routerbench([tmp_path / "one.csv", tmp_path / "two.csv"])
+    got = {(t, m): (c, q) for t, m, c, q in zip(*(records.column(k).to_pylist() for k in
+                                                  ("task_id", "model", "cost", "correct")))}
+    assert got == {("s1", "a"): (0.1, True), ("s1", "b"): (0.3, True), ("s2", "a"): (0.1, False),
+                   ("s2", "b"): (0.2, True)}
+    assert summary["duplicate_prompts"] == 2 and summary["tasks"] == 2 and summary["skipped_cells"] == 1
+
+
 def _fixture_script():
     """scripts/make_routerbench_fixture.py as a module (scripts/ is not a package)."""
     import importlib.util

@@ -100,7 +100,8 @@ def route_import(
         s = import_routerbench(paths, out)
         typer.echo(f"{s['tasks']} tasks x {len(s['models'])} models from {len(s['files'])} file(s) "
                    f"({', '.join(s['datasets'])}): {s['records']} records; skipped {s['skipped_cells']} missing or "
-                   f"out-of-range outcomes, {s['duplicate_prompts']} repeated prompts")
+                   f"out-of-range outcomes; {s['duplicate_prompts']} repeated sample ids added only cells their first "
+                   "prompt lacked")
         typer.echo(f"wrote {out}")
         return
     if source != "routellm":

@@ -12,7 +12,9 @@ that call) and ``MODEL|model_response``. Models are the columns that have a ``|t
 - ``prompt`` is stored as a Python list literal (``"['...']"``); it is read with ``ast.literal_eval``, which
   evaluates literals only and runs no code. The task text is the prompt's parts joined by new lines.
 - A (prompt, model) cell whose outcome or cost is missing, not a number or out of range is skipped and
-  counted: a failed call is never a sample. A ``sample_id`` seen before (e.g. in a second file) is skipped too.
+  counted: a failed call is never a sample. A ``sample_id`` seen before (e.g. in a second file) adds only the
+  cells its first row lacked (RouterDC's ARC-Challenge train and test files share 14 prompts, each missing a
+  model in one file), and is skipped when its prompt differs.
 
 Pickles (RouterBench's own ``.pkl`` release) are refused: unpickling a file runs code. Convert one yourself
 with pandas (``pd.read_pickle(F).to_csv(...)``) once you trust it.
@@ -94,7 +96,7 @@ def read_routerbench(paths) -> tuple["pa.Table", dict]:  # noqa: F821
     from visroute.router.data.records import records_schema
     from visroute.tasks.model import task_text
 
-    rows, seen, summary = [], set(), {"files": [], "skipped_cells": 0, "duplicate_prompts": 0, "models": []}
+    rows, seen, summary = [], {}, {"files": [], "skipped_cells": 0, "duplicate_prompts": 0, "models": []}
     for p in map(Path, paths):
         df = _frame(p)
         missing = [c for c in REQUIRED if c not in df.columns]
@@ -105,19 +107,23 @@ def read_routerbench(paths) -> tuple["pa.Table", dict]:  # noqa: F821
         summary["models"] = sorted(set(summary["models"]) | set(models))
         for rec in df.to_dict("records"):
             sid, bench = str(rec["sample_id"]), str(rec["eval_name"])
+            text = task_text(prompt_text(rec["prompt"]))
             if (bench, sid) in seen:
                 summary["duplicate_prompts"] += 1
-                continue
-            seen.add((bench, sid))
-            text = task_text(prompt_text(rec["prompt"]))
-            if not text:
+                if seen[(bench, sid)][0] != text:
+                    continue  # the same id for another prompt: the first one stands
+            elif not text:
                 summary["skipped_cells"] += len(models)
                 continue
+            done = seen.setdefault((bench, sid), (text, set()))[1]
             for m in models:
+                if m in done:  # measured in an earlier row of this prompt
+                    continue
                 q, c = _number(rec[m]), _number(rec[m + COST_SUFFIX])
                 if q is None or c is None or not 0.0 <= q <= 1.0 or c < 0:
                     summary["skipped_cells"] += 1
                     continue
+                done.add(m)
                 rows.append((sid, bench, text, m, q, c, answer_key(rec.get(m + "|model_response"))))
     if not rows:
         raise RouterBenchDataError("the files hold no usable (prompt, model) outcome")
