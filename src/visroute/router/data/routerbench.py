@@ -13,8 +13,8 @@ that call) and ``MODEL|model_response``. Models are the columns that have a ``|t
   evaluates literals only and runs no code. The task text is the prompt's parts joined by new lines.
 - A (prompt, model) cell whose outcome or cost is missing, not a number or out of range is skipped and
   counted: a failed call is never a sample. A ``sample_id`` seen before (e.g. in a second file) adds only the
-  cells its first row lacked (RouterDC's ARC-Challenge train and test files share 14 prompts, each missing a
-  model in one file), and is skipped when its prompt differs.
+  cells its first row lacked when its prompt is the same, and is skipped when the prompt differs (RouterDC's
+  ARC-Challenge files repeat 14 ids, each time with another prompt text, so those rows are skipped).
 
 Pickles (RouterBench's own ``.pkl`` release) are refused: unpickling a file runs code. Convert one yourself
 with pandas (``pd.read_pickle(F).to_csv(...)``) once you trust it.
