@@ -35,7 +35,7 @@ from visroute.llm.base import ChatRequest, GenerationResult, Generator, TokenLog
 from visroute.llm.cache import ResponseCache
 from visroute.llm.cancel import cancellable_sleep, check as check_cancelled, generate_kwargs, watch as watch_cancel
 from visroute.llm.endpoints import OPENAI_URL
-from visroute.llm.http import (ERROR_EXCERPT_BYTES, answer_logprob, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
+from visroute.llm.http import (ERROR_EXCERPT_BYTES, answer_logprob, content_text, MAX_RESPONSE_BYTES, Attempt, EndpointLimiter, HTTPFailure, one_line,
                                retry_after)
 from visroute.registry import Registry
 
@@ -231,9 +231,7 @@ def parse_chat_completion(body: bytes, content_type: str = "") -> tuple[str, int
     msg = choices[0].get("message") if isinstance(choices[0], dict) else None
     if not isinstance(msg, dict):
         raise HTTPFailure("invalid answer: choices[0] has no message", False)
-    content = msg.get("content")
-    if isinstance(content, list):  # content parts: keep the text ones
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    content = content_text(msg.get("content"))  # content parts: their text ones
     if content is None:
         finish = choices[0].get("finish_reason")
         raise HTTPFailure("invalid answer: the message content is null" + (f" (finish_reason {finish})" if finish else ""),

@@ -205,6 +205,14 @@ def one_line(text: str, n: int = 200) -> str:
     return line[:n] + ("..." if len(line) > n else "")
 
 
+def content_text(content):
+    """A chat message's ``content`` as the model's text: a string as it is, content parts as their text parts
+    joined; anything else is returned unchanged, for the caller to judge."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return content
+
+
 def answer_logprob(choice: dict) -> float | None:
     """The mean token log-probability of a chat completion choice (``logprobs.content[*].logprob``, as OpenAI, vLLM
     and llama.cpp report it when asked with ``logprobs: true``); None when absent or not all finite numbers <= 0."""

@@ -65,11 +65,11 @@ def answer_confidence(doc: dict) -> float | None:
 
 def answer_text(doc: dict) -> str | None:
     """The text of a chat completion's first choice (string content, or its text parts joined); None without one."""
+    from visroute.llm.http import content_text
+
     choices = doc.get("choices")
     msg = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-    content = msg.get("content") if isinstance(msg, dict) else None
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    content = content_text(msg.get("content")) if isinstance(msg, dict) else None
     return content if isinstance(content, str) else None
 
 
@@ -78,6 +78,7 @@ async def run_cascade(decision, stages: list[tuple[str, bool]], payload: dict,
     """Call the earlier stages in turn. Returns (the model whose answer is kept, its completion when an earlier
     stage already answered, else None: the last stage remains to be called; the calls made, with confidences)."""
     from visroute.router.data.routerbench import answer_key
+    from visroute.router.decide.strategies import agreement_share
 
     threshold = float(decision.plan["threshold"])
     agreement = decision.plan.get("confidence") == "agreement"
@@ -99,8 +100,8 @@ async def run_cascade(decision, stages: list[tuple[str, bool]], payload: dict,
         conf = own if own is not None else predicted
         entry = {"model": model, "confidence": conf, "own": own is not None}
         if agreement and (key := answer_key(answer_text(doc))) is not None:
-            if keys:
-                conf = sum(k == key for k in keys) / len(keys)
+            if (share := agreement_share(key, keys)) is not None:
+                conf = share
                 entry.update(confidence=conf, agreement=True)
             keys.append(key)
         calls.append(entry)

@@ -17,8 +17,8 @@ import numpy as np
 
 from visroute.errors import VisrouteError
 from visroute.router.decide.rules import choose, pick_within_target, unreachable
-from visroute.router.decide.strategies import (agreement_confidence, agreement_subchains, cascade, ensemble,
-                                               has_answers, pareto_chain)
+from visroute.router.decide.strategies import (agreement_confidence, agreement_share, agreement_subchains, cascade,
+                                               ensemble, has_answers, pareto_chain)
 
 STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
@@ -165,8 +165,9 @@ def run_plan(p: dict, proba_row: np.ndarray, call) -> dict:
         pred, own = call(j)
         conf = float(own) if own is not None and np.isfinite(own) else float(proba_row[j])
         if p.get("confidence") == "agreement" and pos:  # the share of earlier answers this one agrees with
-            key, prev = answer_of(pred), [k for k in (answer_of(c["prediction"]) for c in calls) if k is not None]
-            conf = sum(k == key for k in prev) / len(prev) if key is not None and prev else conf
+            prev = [k for k in (answer_of(c["prediction"]) for c in calls) if k is not None]
+            if (share := agreement_share(answer_of(pred), prev)) is not None:
+                conf = share
         calls.append({"model": j, "prediction": pred, "confidence": conf})
         if p["kind"] == "cascade" and conf >= p["threshold"]:
             break

@@ -53,6 +53,12 @@ def agreement_confidence(answers: np.ndarray, chain: list[int], base: np.ndarray
     return conf
 
 
+def agreement_share(key, earlier: list) -> float | None:
+    """One stage's agreement confidence at route time, as ``agreement_confidence`` computes it over a table: the
+    share of the ``earlier`` answers equal to ``key``; None without an answer or an earlier one."""
+    return sum(k == key for k in earlier) / len(earlier) if key is not None and earlier else None
+
+
 AGREEMENT_POSITIONS = (0, -4, -3, -2, -1)  # the chain's cheapest stage and its four most accurate
 
 
