@@ -147,7 +147,7 @@ def route_train(
 
 
 CONFIDENCE = {"score": "models own scores", "agreement": "agreement of the models answers",
-              "router": "router predicted success"}
+              "variants": "agreement of each earlier model's prompt variants", "router": "router predicted success"}
 
 
 def _echo_training(bundle, router: str, out: Path) -> None:

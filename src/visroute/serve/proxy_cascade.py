@@ -14,6 +14,11 @@ the earlier answers equal to its own, compared on ``answer_key`` (the first line
 case: the key the records were compared on). The first stage, and a stage whose reply has no text, falls back to
 its own or its predicted confidence, as ``plan.run_plan`` does for local models.
 
+A cascade trained to stop when one model's prompt variants agree (``"confidence": "variants"``) rewrites the
+question once per measured prompt; a chat request's prompt is the client's own, so the proxy does not rewrite it:
+such a plan's stages are decided as above, on their own confidence where their spec asks for it, else on the
+router's predicted success. ``visroute route``, ``Router.route`` and ``/v1/route`` call every variant.
+
 The last stage is answered like any routed request (streamed when asked); an earlier stage's answer is returned as
 it came, or as server-sent events for a streaming client. Every call is paid for and listed in the
 ``x-visroute-calls`` header.

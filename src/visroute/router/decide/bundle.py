@@ -342,11 +342,14 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
     elif strategy != "router":
         from visroute.router.decide.plan import calibration_record, fit_strategy, outcomes
 
-        cal = val if len(val) else train
+        from visroute.router.decide.variants import part_consensus
+
+        part = "val" if len(val) else "train"
+        cal, votes = table.part(part), part_consensus(table, part)
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
-                                       target_cost, cal.score, cal.answer)
+                                       target_cost, cal.score, cal.answer, votes)
         out = outcomes(bundle.strategy, proba, cal.success, cal.cost, bundle.costs, bundle.lam, cal.score,
-                       answers=cal.answer)
+                       answers=cal.answer, consensus=votes)
         bundle.meta["strategy_calibration"] = calibration_record(out, len(cal), target_cost)
     return bundle

@@ -7,8 +7,11 @@ proxy all follow it, and cost counts every call made.
 **Confidence.** A cascade stops at the first stage whose confidence reaches the threshold. Where a stage's answer
 carries the model's own signal (a contrastive head's top probability, the record ``score``), that is the
 confidence; otherwise it is the router's predicted success of that stage's model, which is known before the
-call. The threshold (cascade) or margin (ensemble) is calibrated on validation data: for ``target_cost`` the
-most escalation whose validation cost per task stays within it, otherwise the best validation accuracy.
+call. A cascade may instead stop when answers agree: the models' answers to the task (``"agreement"``), or one
+model's answers under each of its measured prompt variants (``"variants"``, ``visroute.router.decide.variants``:
+that stage calls every variant and pays for each). The threshold (cascade) or margin (ensemble) is calibrated on
+validation data: for ``target_cost`` the most escalation whose validation cost per task stays within it,
+otherwise the best validation accuracy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from visroute.errors import VisrouteError
 from visroute.router.decide.rules import choose, pick_within_target, unreachable
 from visroute.router.decide.strategies import (agreement_confidence, agreement_share, agreement_subchains, cascade,
                                                ensemble, has_answers, pareto_chain)
+from visroute.router.decide.variants import variant_stage_arrays
 
 STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
@@ -26,9 +30,10 @@ DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
 
 def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
                  train_success: np.ndarray, lam: float, target_cost: float | None = None,
-                 score: np.ndarray | None = None, answers: np.ndarray | None = None) -> dict:
+                 score: np.ndarray | None = None, answers: np.ndarray | None = None, consensus=None) -> dict:
     """The strategy's parameters, calibrated on validation rows (``proba``: the router's predictions there;
-    ``answers``: the models' answer keys, where the records carry them, for a cascade that stops on agreement)."""
+    ``answers``: the models' answer keys, where the records carry them, for a cascade that stops on agreement;
+    ``consensus``: the rows' prompt-variant votes, ``variants.table_consensus``)."""
     if kind not in STRATEGIES:
         raise VisrouteError(f"unknown strategy '{kind}' ({', '.join(STRATEGIES)})")
     if kind == "router":
@@ -38,7 +43,7 @@ def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.nda
     conf = confidence(proba, score)
     if kind == "cascade":
         chain = pareto_chain(expected_costs, np.nanmean(train_success, axis=0))
-        points = cascade_points(chain, proba, success, cost, score, answers)
+        points = cascade_points(chain, proba, success, cost, score, answers, consensus)
         i = int(pick_within_target(np.arange(len(points)), np.array([r["success"].mean() for *_, r in points]),
                       np.array([r["cost"].mean() for *_, r in points]), target_cost))
         sub, mode, t, _ = points[i]
@@ -49,28 +54,36 @@ def fit_strategy(kind: str, proba: np.ndarray, success: np.ndarray, cost: np.nda
     return {"kind": "ensemble", "margin": m, "lambda": lam}
 
 
-def cascade_points(chain: list[int], proba, success, cost, score=None, answers=None) -> list[tuple]:
+def cascade_points(chain: list[int], proba, success, cost, score=None, answers=None, consensus=None) -> list[tuple]:
     """Every (stages, confidence kind, threshold, outcomes) a cascade may be calibrated to: the whole chain on
-    the models' own scores or the router's predicted success, and, where the rows carry answers, the agreement
-    sub-chains (``strategies.agreement_subchains``) stopping when answers agree."""
+    the models' own scores or the router's predicted success; where the rows carry answers, the agreement
+    sub-chains (``strategies.agreement_subchains``) stopping when answers agree; where an earlier stage was
+    measured under several prompt variants, the whole chain stopping when its variants agree (``variants``)."""
     base = "score" if score is not None and np.isfinite(score).any() else "router"
     configs = [(list(chain), base)]
     if has_answers(answers, chain):
         configs += [(sub, "agreement") for sub in agreement_subchains(list(chain))]
+    if consensus is not None and consensus.stages(list(chain)):
+        configs.append((list(chain), "variants"))
     out = []
     for sub, mode in configs:
-        conf = cascade_confidence({"chain": sub, "confidence": mode}, proba, score, answers)
-        out += [(sub, mode, float(t), cascade(success, cost, conf, sub, t)) for t in thresholds(conf, sub)]
+        conf, s, c = cascade_arrays({"chain": sub, "confidence": mode}, proba, success, cost, score, answers, consensus)
+        out += [(sub, mode, float(t), cascade(s, c, conf, sub, t)) for t in thresholds(conf, sub)]
     return out
 
 
-def cascade_confidence(strategy: dict, proba, score=None, answers=None) -> np.ndarray:
-    """A cascade's confidence per task and stage: agreement of the answers where the strategy stops on it and
-    the rows carry answers, else the models' own scores or the router's predicted success."""
+def cascade_arrays(strategy: dict, proba, success, cost, score=None, answers=None, consensus=None):
+    """(confidence, success, cost) per task and model that a cascade is scored on: agreement of the answers where
+    the strategy stops on it and the rows carry answers; the prompt-variant vote (its share, kept answer and every
+    variant's call) at the earlier stages that have one; else the models' own scores or the router's predicted
+    success, with each row's own call."""
     conf = confidence(proba, score)
-    if strategy.get("confidence") == "agreement" and answers is not None:
-        return agreement_confidence(answers, strategy["chain"], conf)
-    return conf
+    mode = strategy.get("confidence")
+    if mode == "agreement" and answers is not None:
+        return agreement_confidence(answers, strategy["chain"], conf), success, cost
+    if mode == "variants" and consensus is not None:
+        return variant_stage_arrays(list(strategy["chain"]), conf, success, cost, consensus)
+    return conf, success, cost
 
 
 def confidence(proba: np.ndarray, score: np.ndarray | None) -> np.ndarray:
@@ -88,13 +101,13 @@ def thresholds(conf: np.ndarray, chain: list[int], n: int = 60) -> np.ndarray:
 
 def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.ndarray, expected_costs: np.ndarray,
              lam: float, score: np.ndarray | None = None, family_proba: np.ndarray | None = None,
-             answers: np.ndarray | None = None) -> dict:
+             answers: np.ndarray | None = None, consensus=None) -> dict:
     """Per task: answering model, success and the cost of every call, at the strategy's calibrated point
     (``family_proba``: a hierarchy's stage-one predictions)."""
     kind = strategy.get("kind", "router")
     if kind == "cascade":
-        return cascade(success, cost, cascade_confidence(strategy, proba, score, answers), strategy["chain"],
-                       strategy["threshold"])
+        conf, s, c = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
+        return cascade(s, c, conf, strategy["chain"], strategy["threshold"])
     if kind == "ensemble":
         return ensemble(proba, success, cost, expected_costs, strategy.get("lambda", lam), strategy["margin"],
                         confidence(proba, score))
@@ -109,7 +122,7 @@ def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.nd
 
 
 def sweep(strategy: dict, proba, success, cost, expected_costs, score=None, family_proba=None,
-          answers=None) -> tuple[np.ndarray, np.ndarray]:
+          answers=None, consensus=None) -> tuple[np.ndarray, np.ndarray]:
     """(points, tasks) success and cost over the strategy's sweep: a cascade's threshold, an ensemble's or a
     hierarchy's lambda."""
     kind = strategy.get("kind")
@@ -120,8 +133,8 @@ def sweep(strategy: dict, proba, success, cost, expected_costs, score=None, fami
         res = [outcomes(strategy, proba, success, cost, expected_costs, lam, family_proba=family_proba)
                for lam in lambda_grid(proba, expected_costs, 100)]
     elif kind == "cascade":
-        conf = cascade_confidence(strategy, proba, score, answers)
-        res = [cascade(success, cost, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
+        conf, s, c = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
+        res = [cascade(s, c, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
     elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
         from visroute.router.decide.rules import lambda_grid
 

@@ -1,15 +1,19 @@
 """Routing one task end to end: choose with the router, then run the chosen model's measured pipeline.
 
 The query becomes a ``Task`` whose router text comes from the same ``task_text`` as the training records, and
-the chosen model is rebuilt from the exact pipeline spec its records carry, through ``build_pipeline``.
+the chosen model is rebuilt from the exact pipeline spec its records carry, through ``build_pipeline``. A cascade
+that stops when a model's prompt variants agree calls that model once per measured variant and keeps the vote's
+answer (``visroute.router.decide.variants``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from visroute.errors import VisrouteError
 from visroute.router.decide.bundle import RouterBundle
+from visroute.router.decide.variants import model_variants, variant_vote
 from visroute.tasks.model import Task
 
 
@@ -42,18 +46,32 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
     from visroute.pipeline.build import build_pipeline
     from visroute.router.decide.plan import run_plan
 
-    specs = {}
+    specs, votes = {}, {}
+    earlier = set(d.plan["calls"][:-1]) if d.plan.get("confidence") == "variants" else set()
 
-    def call(j: int):
+    def answer(m: str, v: str | None):
         from visroute.llm.cancel import check
 
         check()  # a served request answered early (504, client gone) makes no further call
-        m = bundle.models[j]
-        specs[m] = bundle.pipeline_spec(m, variant)
-        pred = build_pipeline(specs[m], runtime).predict([task])[0]
+        spec = bundle.pipeline_spec(m, v)
+        pred = build_pipeline(spec, runtime).predict([task])[0]
         if pred.error:
             raise VisrouteError(f"{m} failed to answer: {pred.error}")
-        return pred, own_confidence(pred)
+        return spec, pred
+
+    def call(j: int):
+        m = bundle.models[j]
+        variants = model_variants(bundle.pipelines, m) if m in earlier else []
+        if not variants:
+            specs[m], pred = answer(m, variant)
+            return pred, own_confidence(pred)
+        # a cascade stopping when its prompt variants agree: every variant is called and paid for
+        answered = [answer(m, v) for v in variants]
+        i, share = variant_vote([p.predicted for _, p in answered])
+        specs[m], kept = answered[i]
+        votes[m] = {"variants": variants, "answers": [p.predicted for _, p in answered], "kept": variants[i]}
+        return replace(kept, call_cost=sum(p.call_cost or 0.0 for _, p in answered),
+                       latency_s=sum(p.latency_s or 0.0 for _, p in answered)), share
 
     proba = [d.predicted_accuracy[m] for m in bundle.models]
     plan = {**d.plan, "calls": [bundle.models.index(m) for m in d.plan["calls"]]}
@@ -65,7 +83,7 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
                                                                                      for c in res["calls"]),
                cost=sum(c["prediction"].call_cost or 0.0 for c in res["calls"]), cached=pred.cached,
                calls=[{"model": bundle.models[c["model"]], "cost": c["prediction"].call_cost,
-                       "confidence": c["confidence"]} for c in res["calls"]])
+                       "confidence": c["confidence"], **votes.get(bundle.models[c["model"]], {})} for c in res["calls"]])
     return out
 
 

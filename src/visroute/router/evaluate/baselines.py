@@ -106,12 +106,15 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
     policies = {name: sweep_outcomes(sweep_picks(p, bundle.costs), test.success, test.cost)
                 for name, p in {"router": proba, **baselines}.items()}
     fam = bundle.family_proba(test.text, images)  # a hierarchy's stage one (else None)
-    policies.update(strategy_policies(table, bundle, proba, test, fam))
+    from visroute.router.decide.variants import part_consensus
+
+    votes = part_consensus(table, part)  # a "variants" cascade's prompt-variant votes (None without variants)
+    policies.update(strategy_policies(table, bundle, proba, test, fam, votes))
     if bundle.strategy.get("kind", "router") != "router":
         from visroute.router.decide.plan import outcomes
 
         out = outcomes(bundle.strategy, proba, test.success, test.cost, bundle.costs, bundle.lam, test.score, fam,
-                       test.answer)
+                       test.answer, votes)
         w = test.weight / test.weight.sum()
         report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
                               "cost": float((out["cost"] * w).sum()), "calls_per_task": _calls(bundle.strategy, out),
@@ -121,7 +124,7 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
 
 
 def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarray, test: RoutingTable,
-                      family_proba: np.ndarray | None = None) -> dict:
+                      family_proba: np.ndarray | None = None, consensus=None) -> dict:
     """The router's predictions run as a cascade (along the training chain) and as an ensemble, and a hierarchy
     bundle's two stages, each swept over its own parameter: (points, tasks) success and the cost of every call,
     for the same AIQ curves."""
@@ -132,9 +135,9 @@ def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarr
     chain = pareto_chain(bundle.costs, np.nanmean(train.success, axis=0))
     from visroute.router.decide.plan import cascade_points
 
-    # every threshold of the whole chain (and, where the rows carry answers, of the agreement sub-chains); a
-    # one-model chain (the cheapest is also the best) is that model
-    pts = cascade_points(chain, proba, test.success, test.cost, test.score, test.answer)
+    # every threshold of the whole chain (and, where the rows carry answers, of the agreement sub-chains; where a
+    # stage has prompt variants, of their votes); a one-model chain (the cheapest is also the best) is that model
+    pts = cascade_points(chain, proba, test.success, test.cost, test.score, test.answer, consensus)
     out = {"cascade": (np.stack([r["success"] for *_, r in pts]), np.stack([r["cost"] for *_, r in pts]))}
     ens = bundle.strategy if bundle.strategy.get("kind") == "ensemble" else {"kind": "ensemble"}
     out["ensemble"] = sweep(ens, proba, test.success, test.cost, bundle.costs, test.score)
