@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
@@ -54,6 +55,20 @@ prompts: [mcq, mcq-text]
     r = runner.invoke(app, ["route", "build", str(tmp_path / "grid" / "records.parquet"), "--out", str(tmp_path / "table")])
     assert r.exit_code == 0, r.output
     assert "76 rows x 4 models" in r.stdout  # (30 + 8) tasks x 2 prompt variants
+    # llava was measured under both prompts: a cascade may stop when they agree (one vote per task, two calls)
+    from visroute.router.data.table import RoutingTable
+    from visroute.router.decide.variants import table_consensus
+
+    table = RoutingTable.load(tmp_path / "table")
+    votes, j = table_consensus(table), table.models.index("llava")
+    others = [table.models.index(m) for m in ("clip-a", "clip-b", "llava+llama")]
+    assert np.isnan(votes.share[:, others]).all()  # one prompt each ("*"): nothing to vote with
+    ran = np.isfinite(table.success[:, j])
+    assert ran.any() and (votes.calls[ran, j] <= 2).all() and set(np.round(votes.share[ran, j], 6)) <= {0.0, 0.5, 1.0}
+    for d, t in {(d, t) for d, t in zip(table.dataset[ran], table.task_id[ran])}:
+        rows = (table.dataset == d) & (table.task_id == t) & ran
+        np.testing.assert_allclose(votes.cost[rows, j], table.cost[rows, j].sum(), rtol=1e-6)  # both calls paid
+        assert (votes.calls[rows, j] == rows.sum()).all()
     r = runner.invoke(app, ["route", "train", str(tmp_path / "table"), "--router", "mlp",
                             "--out", str(tmp_path / "router"), "--target-share", "0.5"])
     assert r.exit_code == 0, r.output
