@@ -160,3 +160,27 @@ def test_route_task_calls_every_variant_and_keeps_the_vote(monkeypatch, answers,
     assert first["confidence"] == pytest.approx(max(np.unique(list(answers.values()), return_counts=True)[1]) / 3)
     if kept == "vlm":
         assert out["answer"] == "b" and first["kept"] == "mcq"
+
+
+def test_route_train_and_eval_a_variants_cascade_from_the_cli(tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from visroute.cli import app
+
+    pq.write_table(_records(n_tasks=160, seed=1), tmp_path / "records.parquet")
+    runner = CliRunner()
+    r = runner.invoke(app, ["route", "build", str(tmp_path / "records.parquet"), "--out", str(tmp_path / "table"),
+                            "--split", "sample"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["route", "train", str(tmp_path / "table"), "--router", "logistic", "--strategy", "cascade",
+                            "--target-cost", "12", "--out", str(tmp_path / "cascade")])
+    assert r.exit_code == 0, r.output
+    assert "strategy cascade: chain vlm -> dear" in r.stdout and "prompt variants" in r.stdout
+    r = runner.invoke(app, ["route", "eval", str(tmp_path / "table"), "--router", str(tmp_path / "cascade"),
+                            "--out", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    st = rep["strategy"]
+    assert st["confidence"] == "variants" and 3.0 <= st["cost"] <= 23.0  # the vlm's three calls, at least
+    assert st["accuracy"] > rep["single_models"]["vlm"]["accuracy"]

@@ -249,15 +249,14 @@ class RouterBundle:
 
 def _strategy(d, n_models: int, path) -> dict:
     """A saved strategy, range-checked (it decides which models are called)."""
-    from visroute.router.decide.plan import STRATEGIES
+    from visroute.router.decide.plan import CASCADE_CONFIDENCES, STRATEGIES
 
     d = d if d is not None else {"kind": "router"}
     ok = isinstance(d, dict) and d.get("kind") in STRATEGIES
     if ok and d["kind"] == "cascade":
         ch = d.get("chain")
         ok = isinstance(ch, list) and bool(ch) and all(isinstance(j, int) and 0 <= j < n_models for j in ch) \
-            and isinstance(d.get("threshold"), (int, float)) and d.get("confidence", "router") in ("router", "score",
-                                                                                                   "agreement")
+            and isinstance(d.get("threshold"), (int, float)) and d.get("confidence", "router") in CASCADE_CONFIDENCES
     if ok and d["kind"] == "ensemble":
         ok = isinstance(d.get("margin"), (int, float)) and 0 <= d["margin"] <= 1
     if ok and d["kind"] == "hierarchy":

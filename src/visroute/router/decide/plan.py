@@ -25,6 +25,7 @@ from visroute.router.decide.strategies import (agreement_confidence, agreement_s
 from visroute.router.decide.variants import variant_stage_arrays
 
 STRATEGIES = ("router", "cascade", "ensemble", "hierarchy")
+CASCADE_CONFIDENCES = ("router", "score", "agreement", "variants")  # what a cascade stage's confidence is
 DEFAULT_MARGIN = 0.05  # an ensemble curve's margin where none was calibrated
 
 
