@@ -1,7 +1,8 @@
 """Why routers gain so little over the single-model hull on RouterBench ARC-Challenge and MBPP: how much the
 task text predicts, and what each candidate change does, on repeated seeds.
 
-    python benchmarks/routing_signal.py --routerbench PATH [--repeats 3] [--folds 5] [--part all|signal|bounds] [--smoke]
+    python benchmarks/routing_signal.py --routerbench PATH [--repeats 3] [--folds 5] [--part all|signal|bounds|scorer]
+                                         [--smoke]
 
 PATH as for ``routing_real.py --routerbench`` (a folder with the four ARC/MBPP CSVs or a bare git mirror of
 RouterDC; only those four files are opened, Winogrande never). Every figure is out-of-fold (K random folds per
@@ -25,6 +26,11 @@ spread over seeds is the interval). Printed:
 agreement cascade and 2-of-3 vote scored on the tasks it is picked on: a ceiling, not a result; ``_bounds.py``),
 and how much of it survives picking the configurations on one random half of the tasks and scoring on the other.
 Answers are the importer's ``answer`` column (each response's first line, upper case).
+
+``--part scorer`` (also in ``all``) prints, out of fold, cascades whose confidence is an answer-aware scorer
+(FrugalGPT's: P(right | task, answer) from MiniLM embeddings of the task and of the whole response, logistic
+regression trained on the other folds; ``_scorer.py``) beside the same scorer reading the task alone, along each
+fold's training chain and along every two of its models (pooled): whether reading the answer helps a cascade.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import sys
 import numpy as np
 
 import _bounds
+import _scorer
 import routing_multi as rm
 from visroute.router.decide.rules import apply_rule, choose, decision_rule, lambda_grid
 from visroute.router.decide.strategies import pareto_chain
@@ -255,13 +262,53 @@ def upper_bounds(table, seeds: int) -> list[str]:
     return lines
 
 
+def scorer(table, paths, folds: int, repeats: int) -> list[str]:
+    """Out-of-fold cascades on an answer-aware scorer and on a task-only one (``_scorer``), per dataset."""
+    from visroute.router.data.embed import TextEmbedder
+    from visroute.router.data.texts import detect_rule
+
+    emb = TextEmbedder()
+    texts = detect_rule(table.text, table.dataset).apply_all(table.text)
+    R = _scorer.responses(paths, table)
+    lines = ["ANSWER-AWARE SCORER (out of fold): a cascade stops when P(right | task, answer) reaches the threshold"]
+    for d in rm.DATASETS:
+        sel = np.flatnonzero(table.dataset == d)
+        full = np.isfinite(table.success[sel].astype(float)).all(1) & np.isfinite(table.cost[sel].astype(float)).all(1)
+        sel = sel[full]
+        if len(sel) < 2 * folds:
+            continue
+        S, C = table.success[sel].astype(float), table.cost[sel].astype(float)
+        Xt = emb.embed([texts[i] for i in sel])
+        Xa = {j: emb.embed([str(r)[:2000] for r in R[sel, j]]) for j in range(S.shape[1])}
+        zero = hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
+        res: dict[str, list] = {}
+        for seed in range(repeats):
+            fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
+            for reads, P in (("task + answer", _scorer.scorer_oof(Xt, Xa, S, fold_of)),
+                             ("task only", _scorer.scorer_oof(Xt, None, S, fold_of))):
+                for along, pairs in (("chain", False), ("every two", True)):
+                    out = _scorer.scored_cascades(S, C, P, fold_of, pairs)
+                    res.setdefault(f"{reads}, {along}", []).append(gain_and_cost(*out, S, C, zero))
+        lines += [f"{d}: {len(S)} tasks, single-model hull AIQ {zero:.3f}; "
+                  f"{np.mean(R[sel] != ''):.0%} of the cells carry a response",
+                  f"  {'scorer, stages':<26} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
+        for name, vals in res.items():
+            g = np.array([v[0] for v in vals])
+            reach = [v[1] for v in vals if v[1] is not None]
+            cost = f"{np.mean(reach):.0%} ({len(reach)}/{len(vals)})" if reach else f"never (0/{len(vals)})"
+            lines.append(f"  {name:<26} {g.mean():+.4f}±{g.std():.4f} {cost:>32}")
+    lines.append(f"(mean±std over {repeats} seeds of {folds}-fold out-of-fold scorers; every call paid)")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--routerbench", help="RouterDC's routerbench_zs folder or a bare git mirror of RouterDC")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="seeds of the out-of-fold runs and of the half splits")
-    ap.add_argument("--part", choices=("all", "signal", "bounds"), default="all",
-                    help="signal: the out-of-fold routers; bounds: the in-sample ceiling of the agreement strategies")
+    ap.add_argument("--part", choices=("all", "signal", "bounds", "scorer"), default="all",
+                    help="signal: the out-of-fold routers; bounds: the in-sample ceiling of the agreement strategies; "
+                         "scorer: cascades on an answer-aware scorer")
     ap.add_argument("--smoke", action="store_true", help="the committed fixture, 2 folds, 1 repeat")
     a = ap.parse_args()
     if a.smoke:
@@ -270,9 +317,11 @@ def main() -> None:
         sys.exit("--routerbench PATH is required (or --smoke)")
     if a.folds < 2 or a.repeats < 1:
         sys.exit("--folds must be >= 2 and --repeats >= 1")
-    table = load(rm.find_files(a.routerbench, a.smoke))
+    paths = rm.find_files(a.routerbench, a.smoke)
+    table = load(paths)
     lines = (signal(table, a.folds, a.repeats) if a.part in ("all", "signal") else []) + \
-        (upper_bounds(table, a.repeats) if a.part in ("all", "bounds") else [])
+        (upper_bounds(table, a.repeats) if a.part in ("all", "bounds") else []) + \
+        (scorer(table, paths, a.folds, a.repeats) if a.part in ("all", "scorer") else [])
     print("\n".join(lines))
 
 
