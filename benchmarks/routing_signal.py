@@ -61,6 +61,17 @@ def gain_and_cost(Sp, Cp, S, C, zero: float) -> tuple[float, float | None]:
     return hull_area(x, a) - zero, None if xr is None else float((lo + xr * span) / mc[b])
 
 
+def gain_rows(res: dict[str, list], head: str, width: int) -> list[str]:
+    """A header and one row per policy: its AIQ gain mean±std over seeds and its cost to reach the best model."""
+    lines = [f"  {head:<{width}} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
+    for name, vals in res.items():
+        g = np.array([v[0] for v in vals])
+        reach = [v[1] for v in vals if v[1] is not None]
+        cost = f"{np.mean(reach):.0%} ({len(reach)}/{len(vals)})" if reach else f"never (0/{len(vals)})"
+        lines.append(f"  {name:<{width}} {g.mean():+.4f}±{g.std():.4f} {cost:>32}")
+    return lines
+
+
 def lam_curve(P, S, C, costs):
     return sweep_outcomes(np.stack([choose(P, costs, lam) for lam in lambda_grid(P, costs)]), S, C)
 
@@ -202,13 +213,7 @@ def signal(table, folds: int, repeats: int) -> list[str]:
                   "  logistic out-of-fold AUC per model: " + " ".join(
                       f"{m.split('/')[-1][:10]}={a:.2f}" for m, a in zip(table.models, np.nanmean(aucs, 0))),
                   f"  corr(predicted, realised mean success over models): {np.mean(diff):.2f}",
-                  f"  training-fold cost-accuracy chains: {sorted(chains)}",
-                  f"  {'variant':<22} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
-        for name, vals in res.items():
-            g = np.array([v[0] for v in vals])
-            reach = [v[1] for v in vals if v[1] is not None]
-            cost = f"{np.mean(reach):.0%} ({len(reach)}/{len(vals)})" if reach else f"never (0/{len(vals)})"
-            lines.append(f"  {name:<22} {g.mean():+.4f}±{g.std():.4f} {cost:>32}")
+                  f"  training-fold cost-accuracy chains: {sorted(chains)}"] + gain_rows(res, "variant", 22)
     lines.append(f"(mean±std over {repeats} seeds of {folds}-fold out-of-fold predictions)")
     return lines
 
@@ -290,13 +295,7 @@ def scorer(table, paths, folds: int, repeats: int) -> list[str]:
                     out = _scorer.scored_cascades(S, C, P, fold_of, pairs)
                     res.setdefault(f"{reads}, {along}", []).append(gain_and_cost(*out, S, C, zero))
         lines += [f"{d}: {len(S)} tasks, single-model hull AIQ {zero:.3f}; "
-                  f"{np.mean(R[sel] != ''):.0%} of the cells carry a response",
-                  f"  {'scorer, stages':<26} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
-        for name, vals in res.items():
-            g = np.array([v[0] for v in vals])
-            reach = [v[1] for v in vals if v[1] is not None]
-            cost = f"{np.mean(reach):.0%} ({len(reach)}/{len(vals)})" if reach else f"never (0/{len(vals)})"
-            lines.append(f"  {name:<26} {g.mean():+.4f}±{g.std():.4f} {cost:>32}")
+                  f"{np.mean(R[sel] != ''):.0%} of the cells carry a response"] + gain_rows(res, "scorer, stages", 26)
     lines.append(f"(mean±std over {repeats} seeds of {folds}-fold out-of-fold scorers; every call paid)")
     return lines
 
