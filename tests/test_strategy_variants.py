@@ -65,11 +65,15 @@ def _records(n_tasks: int = 120, seed: int = 0) -> pa.Table:
             rows.append(("vlm", v, t, ans == truth, 1.0, str(ans)))
         rows.append(("dear", "*", t, rng.random() < 0.95, 20.0, str(truth)))
     model, variant, task, correct, cost, answer = zip(*rows)
-    spec = {"vlm": json.dumps({"name": "vlm", "head": "vlm"}), "dear": json.dumps({"name": "dear", "head": "llm"})}
     return pa.table({"dataset": ["sqa"] * len(rows), "prompt_variant": list(variant),
                      "task_id": [f"q{t}" for t in task], "task_text": [f"question {t}" for t in task],
                      "model": list(model), "correct": list(correct), "cost": list(cost), "answer": list(answer),
-                     "status": ["ok"] * len(rows), "pipeline": [spec[m] for m in model]})
+                     "status": ["ok"] * len(rows), "pipeline": [_spec(m, v) for m, v in zip(model, variant)]})
+
+
+def _spec(model: str, variant: str) -> str:
+    spec = {"name": model, "head": "vlm", "vlm": "random-tiny:llava"}
+    return json.dumps(spec | ({"prompt": variant} if variant != "*" else {}))
 
 
 def test_table_votes_and_a_calibrated_variants_cascade():
@@ -162,7 +166,7 @@ def test_route_task_calls_every_variant_and_keeps_the_vote(monkeypatch, answers,
         assert out["answer"] == "b" and first["kept"] == "mcq"
 
 
-def test_route_train_and_eval_a_variants_cascade_from_the_cli(tmp_path):
+def test_route_train_eval_and_route_a_variants_cascade_from_the_cli(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
@@ -184,3 +188,12 @@ def test_route_train_and_eval_a_variants_cascade_from_the_cli(tmp_path):
     st = rep["strategy"]
     assert st["confidence"] == "variants" and 3.0 <= st["cost"] <= 23.0  # the vlm's three calls, at least
     assert st["accuracy"] > rep["single_models"]["vlm"]["accuracy"]
+    # routed from the CLI: the vlm is asked under its three prompts; they agree, so it answers
+    replies = {("vlm", v): 2 for v in ("mcq", "mcq-text", "mcq-short")} | {("dear", "mcq"): 0}
+    log = []
+    monkeypatch.setattr("visroute.pipeline.build.build_pipeline", lambda spec, runtime=None: _Pipe(spec, replies, log))
+    r = runner.invoke(app, ["route", "ask", "--task", "question 3", "--options", "a,b,c",
+                            "--router", str(tmp_path / "cascade")])
+    assert r.exit_code == 0, r.output
+    assert log == [("vlm", "mcq"), ("vlm", "mcq-short"), ("vlm", "mcq-text")]
+    assert "answer: c" in r.stdout and "called vlm: cost 3, confidence 1.000 (3 prompt variants, kept mcq)" in r.stdout

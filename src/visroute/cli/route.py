@@ -288,3 +288,7 @@ def route_ask(
         typer.echo(f"  {name:<20} predicted accuracy {p:.3f}   expected cost {result['expected_cost'][name]:.3g}")
     if "answer" in result:
         typer.echo(f"answer: {result['answer']}  (raw: {result['raw_answer']!r}, parsed by {result['parse_rule']})")
+    if result.get("strategy", "router") != "router":  # what each call cost and how sure it was
+        for c in result.get("calls") or []:
+            vote = f" ({len(c['variants'])} prompt variants, kept {c['kept']})" if c.get("variants") else ""
+            typer.echo(f"  called {c['model']}: cost {c['cost']:.3g}, confidence {c['confidence']:.3f}{vote}")
