@@ -104,6 +104,11 @@ def test_which_plans_run_stages():
         == [("small", False), ("large", False)]  # every earlier stage is called: its answer is compared
     assert cascade_stages(_router({"small": False, "large": True}), _decision(["small", "large"])) is None
     assert cascade_stages(router, _decision(["large"])) is None
+    # a prompt-variant vote rewrites the question; the proxy keeps the client's prompt: decided as without agreement
+    assert cascade_stages(_router({"small": False, "large": False}), _decision(["small", "large"],
+                                                                               confidence="variants")) is None
+    assert cascade_stages(router, _decision(["small", "large"], confidence="variants")) == [("small", True),
+                                                                                            ("large", False)]
 
 
 def test_confidence_is_range_checked():
