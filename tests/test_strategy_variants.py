@@ -188,6 +188,9 @@ def test_route_train_eval_and_route_a_variants_cascade_from_the_cli(tmp_path, mo
     st = rep["strategy"]
     assert st["confidence"] == "variants" and 3.0 <= st["cost"] <= 23.0  # the vlm's three calls, at least
     assert st["accuracy"] > rep["single_models"]["vlm"]["accuracy"]
+    # calls per task: three variants, plus the dear model where the cascade escalated (a call costs 1 or 20)
+    assert st["calls_per_task"] == pytest.approx(3 + (st["cost"] - 3) / 20)
+    assert "calls per task" in r.stdout
     # routed from the CLI: the vlm is asked under its three prompts; they agree, so it answers
     replies = {("vlm", v): 2 for v in ("mcq", "mcq-text", "mcq-short")} | {("dear", "mcq"): 0}
     log = []

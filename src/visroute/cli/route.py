@@ -197,7 +197,9 @@ def route_eval(
     typer.echo(f"{'router (' + kind + ')':<28} {op['accuracy']:>9.4f} {op['cost']:>12.3g}")
     if report.get("strategy"):
         st = report["strategy"]
-        typer.echo(f"{st['kind'] + ' (calibrated)':<28} {st['accuracy']:>9.4f} {st['cost']:>12.3g}  (every call counted)")
+        calls = f", {st['calls_per_task']:.2f} calls per task" if st.get("calls_per_task") is not None else ""
+        typer.echo(f"{st['kind'] + ' (calibrated)':<28} {st['accuracy']:>9.4f} {st['cost']:>12.3g}  "
+                   f"(every call counted{calls})")
     kb = report["knn_baseline"]["operating_point"]
     typer.echo(f"{'knn baseline':<28} {kb['accuracy']:>9.4f} {kb['cost']:>12.3g}  (at the router's share)")
     for line in _metric_lines(report):
