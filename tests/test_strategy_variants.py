@@ -115,10 +115,11 @@ def test_variant_stage_arrays_leave_the_last_stage_and_unvoted_rows_alone():
     c = consensus_arrays(np.array([0, 0, 1]), np.array(["a", "b", "a"]),
                          np.array([["1", "1"], ["1", "2"], ["0", "0"]], dtype=object),
                          np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), np.ones((3, 2)), np.array([True, True]))
-    conf, s, cost = variant_stage_arrays([0, 1], np.full((3, 2), 0.4), np.zeros((3, 2)), np.ones((3, 2)), c)
+    conf, s, cost, calls = variant_stage_arrays([0, 1], np.full((3, 2), 0.4), np.zeros((3, 2)), np.ones((3, 2)), c)
     np.testing.assert_allclose(conf[:, 0], [1.0, 1.0, 1.0]) and np.testing.assert_allclose(conf[:, 1], 0.4)
     np.testing.assert_allclose(cost[:, 0], [2.0, 2.0, 1.0]) and np.testing.assert_allclose(cost[:, 1], 1.0)
     np.testing.assert_allclose(s[:, 1], 0.0)  # the last stage answers once, with the row's own outcome
+    np.testing.assert_allclose(calls, [[2, 1], [2, 1], [1, 1]])  # task 0's two variants; task 1 ran once
 
 
 class _Pipe:

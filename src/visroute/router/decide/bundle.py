@@ -343,8 +343,8 @@ def train_bundle(table: RoutingTable, kind: str = "knn", features: str = "text",
 
         from visroute.router.decide.variants import part_consensus
 
-        part = "val" if len(val) else "train"
-        cal, votes = table.part(part), part_consensus(table, part)
+        cal = val if len(val) else train
+        votes = part_consensus(table, "val" if len(val) else "train")
         proba = bundle.predict_proba(cal.text, bundle.table_images(cal))
         bundle.strategy = fit_strategy(strategy, proba, cal.success, cal.cost, bundle.costs, train.success, bundle.lam,
                                        target_cost, cal.score, cal.answer, votes)

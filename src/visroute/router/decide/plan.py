@@ -68,23 +68,24 @@ def cascade_points(chain: list[int], proba, success, cost, score=None, answers=N
         configs.append((list(chain), "variants"))
     out = []
     for sub, mode in configs:
-        conf, s, c = cascade_arrays({"chain": sub, "confidence": mode}, proba, success, cost, score, answers, consensus)
-        out += [(sub, mode, float(t), cascade(s, c, conf, sub, t)) for t in thresholds(conf, sub)]
+        conf, s, c, k = cascade_arrays({"chain": sub, "confidence": mode}, proba, success, cost, score, answers,
+                                       consensus)
+        out += [(sub, mode, float(t), cascade(s, c, conf, sub, t, k)) for t in thresholds(conf, sub)]
     return out
 
 
 def cascade_arrays(strategy: dict, proba, success, cost, score=None, answers=None, consensus=None):
-    """(confidence, success, cost) per task and model that a cascade is scored on: agreement of the answers where
-    the strategy stops on it and the rows carry answers; the prompt-variant vote (its share, kept answer and every
-    variant's call) at the earlier stages that have one; else the models' own scores or the router's predicted
-    success, with each row's own call."""
+    """(confidence, success, cost, calls) per task and model that a cascade is scored on: agreement of the answers
+    where the strategy stops on it and the rows carry answers; the prompt-variant vote (its share, kept answer and
+    every variant's call) at the earlier stages that have one; else the models' own scores or the router's
+    predicted success, with each row's own call (calls None: one per stage)."""
     conf = confidence(proba, score)
     mode = strategy.get("confidence")
     if mode == "agreement" and answers is not None:
-        return agreement_confidence(answers, strategy["chain"], conf), success, cost
+        return agreement_confidence(answers, strategy["chain"], conf), success, cost, None
     if mode == "variants" and consensus is not None:
         return variant_stage_arrays(list(strategy["chain"]), conf, success, cost, consensus)
-    return conf, success, cost
+    return conf, success, cost, None
 
 
 def confidence(proba: np.ndarray, score: np.ndarray | None) -> np.ndarray:
@@ -107,8 +108,8 @@ def outcomes(strategy: dict, proba: np.ndarray, success: np.ndarray, cost: np.nd
     (``family_proba``: a hierarchy's stage-one predictions)."""
     kind = strategy.get("kind", "router")
     if kind == "cascade":
-        conf, s, c = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
-        return cascade(s, c, conf, strategy["chain"], strategy["threshold"])
+        conf, s, c, k = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
+        return cascade(s, c, conf, strategy["chain"], strategy["threshold"], k)
     if kind == "ensemble":
         return ensemble(proba, success, cost, expected_costs, strategy.get("lambda", lam), strategy["margin"],
                         confidence(proba, score))
@@ -134,8 +135,8 @@ def sweep(strategy: dict, proba, success, cost, expected_costs, score=None, fami
         res = [outcomes(strategy, proba, success, cost, expected_costs, lam, family_proba=family_proba)
                for lam in lambda_grid(proba, expected_costs, 100)]
     elif kind == "cascade":
-        conf, s, c = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
-        res = [cascade(s, c, conf, strategy["chain"], t) for t in thresholds(conf, strategy["chain"])]
+        conf, s, c, k = cascade_arrays(strategy, proba, success, cost, score, answers, consensus)
+        res = [cascade(s, c, conf, strategy["chain"], t, k) for t in thresholds(conf, strategy["chain"])]
     elif kind == "ensemble":  # the lambda sweep (cheap to dear) at the calibrated margin
         from visroute.router.decide.rules import lambda_grid
 

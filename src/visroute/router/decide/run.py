@@ -67,9 +67,10 @@ def route_task(bundle: RouterBundle, image: str | Path | None, question: str, op
             return pred, own_confidence(pred)
         # a cascade stopping when its prompt variants agree: every variant is called and paid for
         answered = [answer(m, v) for v in variants]
-        i, share = variant_vote([p.predicted for _, p in answered])
+        keys = [p.predicted for _, p in answered]
+        i, share = variant_vote(keys)
         specs[m], kept = answered[i]
-        votes[m] = {"variants": variants, "answers": [p.predicted for _, p in answered], "kept": variants[i]}
+        votes[m] = {"variants": variants, "answers": keys, "kept": variants[i]}
         return replace(kept, call_cost=sum(p.call_cost or 0.0 for _, p in answered),
                        latency_s=sum(p.latency_s or 0.0 for _, p in answered)), share
 

@@ -23,19 +23,21 @@ from visroute.router.decide.rules import choose, pareto_chain  # noqa: F401 - pa
 
 
 def cascade(success: np.ndarray, cost: np.ndarray, confidence: np.ndarray, chain: list[int],
-            threshold: float) -> dict:
+            threshold: float, calls: np.ndarray | None = None) -> dict:
     """Call ``chain`` in order and stop at the first model whose confidence is >= ``threshold`` (the last stage
-    always answers). Per task: the answering model, its success and the summed cost of every call made."""
+    always answers). Per task: the answering model, its success, the summed cost of every call made and how many
+    calls that was (``calls``: per task and model, the calls one stage makes; None: one each)."""
     n = len(success)
     answered = np.full(n, -1, np.int64)
-    spent = np.zeros(n)
+    spent, made = np.zeros(n), np.zeros(n)
     for pos, j in enumerate(chain):
         active = answered < 0
         spent[active] += np.nan_to_num(cost[active, j])
+        made[active] += 1 if calls is None else calls[active, j]
         stop = active & ((pos == len(chain) - 1) | (np.nan_to_num(confidence[:, j], nan=-np.inf) >= threshold))
         answered[stop] = j
     rows = np.arange(n)
-    return {"model": answered, "success": np.nan_to_num(success[rows, answered]), "cost": spent}
+    return {"model": answered, "success": np.nan_to_num(success[rows, answered]), "cost": spent, "calls": made}
 
 
 def agreement_confidence(answers: np.ndarray, chain: list[int], base: np.ndarray) -> np.ndarray:

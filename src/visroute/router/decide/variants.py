@@ -48,7 +48,7 @@ def variant_vote(keys: list) -> tuple[int, float]:
 
 def varied_models(models: list[str], pipelines: dict) -> np.ndarray:
     """Whether each model was measured under two or more prompt variants (``pipelines``: model -> variant -> spec)."""
-    return np.array([len([v for v in (pipelines.get(m) or {}) if v != "*"]) >= 2 for m in models], bool)
+    return np.array([bool(model_variants(pipelines, m)) for m in models], bool)
 
 
 def model_variants(pipelines: dict, model: str) -> list[str]:
@@ -125,13 +125,14 @@ def part_consensus(table, part: str) -> Consensus | None:
 
 
 def variant_stage_arrays(chain: list[int], conf: np.ndarray, success: np.ndarray, cost: np.ndarray,
-                         consensus: Consensus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(confidence, success, cost) a ``"variants"`` cascade along ``chain`` is scored on: its earlier stages with a
-    vote take the vote's share, kept answer and summed cost; every other stage, and rows without a vote, keep
-    ``conf`` (own score or predicted success) and the row's own call."""
+                         consensus: Consensus) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence, success, cost, calls) a ``"variants"`` cascade along ``chain`` is scored on: its earlier stages
+    with a vote take the vote's share, kept answer, summed cost and number of variant calls; every other stage, and
+    rows without a vote, keep ``conf`` (own score or predicted success) and the row's own single call."""
     conf, success, cost = (np.array(a, np.float64, copy=True) for a in (conf, success, cost))
+    calls = np.ones(success.shape)
     for j in consensus.stages(chain):
         has = np.isfinite(consensus.share[:, j])
-        conf[has, j], success[has, j], cost[has, j] = (consensus.share[has, j], consensus.success[has, j],
-                                                       consensus.cost[has, j])
-    return conf, success, cost
+        conf[has, j], success[has, j], cost[has, j], calls[has, j] = (
+            consensus.share[has, j], consensus.success[has, j], consensus.cost[has, j], consensus.calls[has, j])
+    return conf, success, cost, calls

@@ -118,7 +118,7 @@ def evaluate_with_baselines(table: RoutingTable, bundle: RouterBundle, part: str
         w = test.weight / test.weight.sum()
         report["strategy"] = {**bundle.strategy, "accuracy": float((out["success"] * w).sum()),
                               "cost": float((out["cost"] * w).sum()),
-                              "calls_per_task": _calls(bundle.strategy, out, test.weight, votes),
+                              "calls_per_task": _calls(bundle.strategy, out, test.weight),
                               "calibration": bundle.meta.get("strategy_calibration")}
     report["aiq"] = aiq_report(policies, test.success, test.cost, test.weight, n_boot=n_boot)
     return report
@@ -148,22 +148,13 @@ def strategy_policies(table: RoutingTable, bundle: RouterBundle, proba: np.ndarr
     return out
 
 
-def _calls(strategy: dict, out: dict, weight: np.ndarray, consensus=None) -> float:
+def _calls(strategy: dict, out: dict, weight: np.ndarray) -> float:
     """Model calls per task (weighted mean) at the strategy's calibrated point: an ensemble's one or two; a
-    cascade's stages up to the one that answered, a prompt-variant stage counting each variant it called."""
+    cascade's as it counted them (each prompt variant a call); one otherwise."""
     w = weight / weight.sum()
     if strategy["kind"] == "ensemble":
         return float(((1 + out["both"]) * w).sum())
-    if strategy["kind"] != "cascade":
-        return 1.0
-    chain = list(strategy["chain"])
-    per_stage = np.ones((len(w), len(chain)))
-    if strategy.get("confidence") == "variants" and consensus is not None:
-        for k, j in enumerate(chain[:-1]):
-            per_stage[:, k] = np.where(consensus.calls[:, j] > 0, consensus.calls[:, j], 1)
-    upto = np.array([chain.index(int(m)) for m in out["model"]])
-    made = np.where(np.arange(len(chain))[None, :] <= upto[:, None], per_stage, 0).sum(axis=1)
-    return float((made * w).sum())
+    return float((out["calls"] * w).sum()) if "calls" in out else 1.0
 
 
 def sweep_picks(proba: np.ndarray, costs: np.ndarray) -> np.ndarray:
