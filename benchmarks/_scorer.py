@@ -52,20 +52,20 @@ def scorer_oof(Xtask: np.ndarray, Xanswer: dict[int, np.ndarray] | None, S: np.n
     return P
 
 
-def scored_cascades(S: np.ndarray, C: np.ndarray, conf: np.ndarray, fold_of: np.ndarray,
-                    pairs: bool, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """(points, tasks) success and cost of every call over the threshold sweep: along each fold's training
-    cost-accuracy chain (``pairs`` False), or along every two of its models in cost order, all pooled (True)."""
+def pair_cascades(S: np.ndarray, C: np.ndarray, conf: np.ndarray, fold_of: np.ndarray,
+                  n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(points, tasks) success and cost of every call over the threshold sweep of a cascade along every two models
+    of each fold's training cost-accuracy chain in cost order, all pooled (the whole chain is
+    ``routing_multi.cascade_outcomes``, on the same thresholds)."""
     ts = np.r_[-np.inf, np.unique(np.quantile(conf, np.linspace(0, 1, n))), np.inf]
     chains = [pareto_chain(np.nanmean(C[fold_of != f], 0), np.nanmean(S[fold_of != f], 0)) for f in np.unique(fold_of)]
     size = min(len(c) for c in chains)
-    subs = [(a, b) for a in range(size) for b in range(a + 1, size)] if pairs else [None]
-    Ss, Cs = np.zeros((len(subs) * len(ts), len(S))), np.zeros((len(subs) * len(ts), len(S)))
+    pairs = [(a, b) for a in range(size) for b in range(a + 1, size)]
+    Ss, Cs = np.zeros((len(pairs) * len(ts), len(S))), np.zeros((len(pairs) * len(ts), len(S)))
     for f, chain in zip(np.unique(fold_of), chains):
         te = fold_of == f
-        for k, sub in enumerate(subs):
-            stages = chain if sub is None else [chain[sub[0]], chain[sub[1]]]
+        for k, (a, b) in enumerate(pairs):
             for i, t in enumerate(ts):
-                r = cascade(S[te], C[te], conf[te], stages, t)
+                r = cascade(S[te], C[te], conf[te], [chain[a], chain[b]], t)
                 Ss[k * len(ts) + i, te], Cs[k * len(ts) + i, te] = r["success"], r["cost"]
     return Ss, Cs

@@ -61,6 +61,19 @@ def gain_and_cost(Sp, Cp, S, C, zero: float) -> tuple[float, float | None]:
     return hull_area(x, a) - zero, None if xr is None else float((lo + xr * span) / mc[b])
 
 
+def single_hull(S, C) -> float:
+    """The single models' AIQ: the area under their hull, cost normalised between the cheapest and the dearest."""
+    return hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
+
+
+def complete_rows(table, dataset: str) -> tuple[np.ndarray, int]:
+    """The dataset's rows with every model's outcome and cost, and how many were left out: a task missing one
+    would count that call as free and failed."""
+    sel = np.flatnonzero(table.dataset == dataset)
+    full = np.isfinite(table.success[sel].astype(float)).all(1) & np.isfinite(table.cost[sel].astype(float)).all(1)
+    return sel[full], int((~full).sum())
+
+
 def gain_rows(res: dict[str, list], head: str, width: int) -> list[str]:
     """A header and one row per policy: its AIQ gain mean±std over seeds and its cost to reach the best model."""
     lines = [f"  {head:<{width}} {'AIQ gain':>16} {'cost to best (repeats reached)':>32}"]
@@ -182,7 +195,7 @@ def signal(table, folds: int, repeats: int) -> list[str]:
         A = table.answer[sel]
         length = np.log1p([len(t) for t in table.text[sel]])[:, None]
         Xl = np.hstack([X, (length - length.mean()) / (length.std() or 1)]).astype(np.float32)
-        zero = hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
+        zero = single_hull(S, C)
         res: dict[str, list] = {}
         aucs, diff = [], []
         costs = C.mean(0)
@@ -224,9 +237,7 @@ def upper_bounds(table, seeds: int) -> list[str]:
     lines = ["UPPER BOUNDS, IN-SAMPLE: every configuration is scored on the very tasks it is picked on, knowing their",
              "outcomes; an optimistic ceiling of what these strategies can reach here, NOT a result a router achieves."]
     for d in rm.DATASETS:
-        sel = np.flatnonzero(table.dataset == d)
-        full = np.isfinite(table.success[sel].astype(float)).all(1) & np.isfinite(table.cost[sel].astype(float)).all(1)
-        sel = sel[full]  # a task missing a model's outcome would count that call as free and failed
+        sel, left_out = complete_rows(table, d)
         if len(sel) < 4:
             continue
         S, C, A = table.success[sel].astype(float), table.cost[sel].astype(float), table.answer[sel]
@@ -234,7 +245,7 @@ def upper_bounds(table, seeds: int) -> list[str]:
         labels, Ss, Cs = _bounds.configurations(S, C, A)
         acc, mc = S.mean(0), C.mean(0)
         b = int(max(range(len(acc)), key=lambda j: (acc[j], -mc[j])))
-        lines += [f"{d}: {len(sel)} tasks with every model's outcome ({len(full) - len(sel)} left out), single-model "
+        lines += [f"{d}: {len(sel)} tasks with every model's outcome ({left_out} left out), single-model "
                   f"hull AIQ {_bounds.frontier([], [], S, C)['zero']:.3f}, best model {short[b]} "
                   f"(accuracy {acc[b]:.3f}, ${mc[b]:.5f} per task); {np.mean(A != ''):.0%} of the cells carry an answer",
                   f"  {'family':<26} {'configs':>7} {'AIQ gain':>9} {'largest gap (at x)':>19} {'cost to best':>13}"]
@@ -277,22 +288,20 @@ def scorer(table, paths, folds: int, repeats: int) -> list[str]:
     R = _scorer.responses(paths, table)
     lines = ["ANSWER-AWARE SCORER (out of fold): a cascade stops when P(right | task, answer) reaches the threshold"]
     for d in rm.DATASETS:
-        sel = np.flatnonzero(table.dataset == d)
-        full = np.isfinite(table.success[sel].astype(float)).all(1) & np.isfinite(table.cost[sel].astype(float)).all(1)
-        sel = sel[full]
+        sel, _ = complete_rows(table, d)
         if len(sel) < 2 * folds:
             continue
         S, C = table.success[sel].astype(float), table.cost[sel].astype(float)
         Xt = emb.embed([texts[i] for i in sel])
         Xa = {j: emb.embed([str(r)[:2000] for r in R[sel, j]]) for j in range(S.shape[1])}
-        zero = hull_area((C.mean(0) - C.mean(0).min()) / np.ptp(C.mean(0)), S.mean(0))
+        zero = single_hull(S, C)
         res: dict[str, list] = {}
         for seed in range(repeats):
             fold_of = np.random.default_rng(seed).permutation(len(S)) % folds
             for reads, P in (("task + answer", _scorer.scorer_oof(Xt, Xa, S, fold_of)),
                              ("task only", _scorer.scorer_oof(Xt, None, S, fold_of))):
-                for along, pairs in (("chain", False), ("every two", True)):
-                    out = _scorer.scored_cascades(S, C, P, fold_of, pairs)
+                for along, out in (("chain", rm.cascade_outcomes(S, C, P, fold_of)),
+                                   ("every two", _scorer.pair_cascades(S, C, P, fold_of))):
                     res.setdefault(f"{reads}, {along}", []).append(gain_and_cost(*out, S, C, zero))
         lines += [f"{d}: {len(S)} tasks, single-model hull AIQ {zero:.3f}; "
                   f"{np.mean(R[sel] != ''):.0%} of the cells carry a response"] + gain_rows(res, "scorer, stages", 26)

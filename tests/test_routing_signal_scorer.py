@@ -9,9 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-_spec = importlib.util.spec_from_file_location("_scorer", Path(__file__).resolve().parents[1] / "benchmarks" / "_scorer.py")
-scorer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(scorer)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+scorer, multi = _load("_scorer"), _load("routing_multi")  # the chain's cascade is routing_multi's
 
 
 def test_responses_follow_the_table_and_keep_a_repeated_ids_first_row(tmp_path):
@@ -32,12 +37,12 @@ def test_scored_cascades_by_hand():
     conf = np.tile([0.9, 0.6, 0.0], (8, 1))
     conf[1::2, 0] = 0.1  # the scorer says model 0 is unsure on the tasks it gets wrong (1 and 3)
     fold_of = np.arange(8) // 4  # each fold holds the four kinds of task: the same chain
-    Ss, Cs = scorer.scored_cascades(S, C, conf, fold_of, pairs=False, n=5)
+    Ss, Cs = multi.cascade_outcomes(S, C, conf, fold_of, n=5)
     at = {float(t): i for i, t in enumerate(np.r_[-np.inf, np.unique(np.quantile(conf, np.linspace(0, 1, 5))), np.inf])}
     i = at[0.6]  # model 0 stops on tasks 0 and 2 (right), the rest stop at model 1 (0.6 >= 0.6, right)
     assert Ss[i].tolist() == [1.0] * 8 and Cs[i].tolist() == [1, 4, 1, 4] * 2
     assert Ss[-1].tolist() == [1.0] * 8 and Cs[-1].tolist() == [14.0] * 8  # never confident: every call paid
-    Sp, Cp = scorer.scored_cascades(S, C, conf, fold_of, pairs=True, n=5)
+    Sp, Cp = scorer.pair_cascades(S, C, conf, fold_of, n=5)
     assert len(Sp) == 3 * len(Ss)  # (0, 1), (0, 2), (1, 2)
     pair_02 = Cp[len(Ss) + i]  # model 0, then model 2: 1 where model 0 stops, 11 elsewhere
     assert pair_02.tolist() == [1, 11, 1, 11] * 2
